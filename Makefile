@@ -1,0 +1,36 @@
+# Two commands for a new user: `make demo` (set up + main job) and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# On a machine without CUDA take torch's CPU wheel before anything pulls the multi-GB CUDA build.
+TORCH_SPEC ?= torch==2.13.0
+# e.g. TORCH_PIP_ARGS='--index-url <your CPU wheel index>' elsewhere
+TORCH_PIP_ARGS ?=
+
+.PHONY: setup demo test test-all clean
+
+$(BIN)/dtcond: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --upgrade pip
+	@if command -v nvidia-smi >/dev/null 2>&1; then \
+	  echo "CUDA found: installing the default torch build"; $(BIN)/pip install torch; \
+	else \
+	  echo "no CUDA: installing torch's CPU wheel ($(TORCH_SPEC) $(TORCH_PIP_ARGS))"; \
+	  $(BIN)/pip install "$(TORCH_SPEC)" $(TORCH_PIP_ARGS); \
+	fi
+	$(BIN)/pip install -e ".[dev]"
+	@touch $@
+
+setup: $(BIN)/dtcond
+
+demo: setup
+	$(BIN)/dtcond demo
+
+test: setup
+	$(BIN)/python -m pytest -q -m "not slow"
+
+test-all: setup
+	$(BIN)/python -m pytest -q
+
+clean:
+	rm -rf outputs multirun lightning_logs .pytest_cache

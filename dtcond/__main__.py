@@ -1,0 +1,3 @@
+from dtcond.cli import main
+
+main()

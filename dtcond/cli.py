@@ -1,0 +1,135 @@
+"""``dtcond <command> [hydra overrides]``: one Hydra app per command, composed from ``conf/<command>.yaml``.
+
+Hydra stays here: each command turns its ``DictConfig`` into plain values and calls library code.
+A :class:`~dtcond.errors.DtcondError` becomes one line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Callable
+
+from dtcond.errors import DtcondError
+
+USAGE = """usage: dtcond <command> [key=value ...] [-m] [--cfg job] [--help]
+
+commands:
+  collect   roll out a behaviour mixture and write a local Minari dataset
+  demo      the end-to-end demo (today: collect the default dataset and summarize it)
+
+Each command is a Hydra app: `dtcond collect env=pendulum episodes=50`, `dtcond collect --help`."""
+
+
+def conf_dir() -> Path:
+    """The Hydra configs: shipped inside the wheel as dtcond/conf, or the repo's conf/ in a checkout."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "conf", here.parent / "conf"):
+        if candidate.is_dir():
+            return candidate
+    raise DtcondError("cannot find dtcond's Hydra configs (dtcond/conf or conf/ beside the package)")
+
+
+def fail(command: str, message: str) -> None:
+    print(f"dtcond {command}: error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+# ----------------------------------------------------------------------------------------------
+# Commands: DictConfig in, plain values out.
+
+
+def _set_datasets_path(cfg) -> None:
+    if cfg.get("datasets_path"):
+        os.environ["MINARI_DATASETS_PATH"] = str(Path(cfg.datasets_path).expanduser().resolve())
+
+
+def _components(cfg_behavior) -> list:
+    from omegaconf import OmegaConf
+
+    from dtcond.behavior import Component
+
+    items = OmegaConf.to_container(cfg_behavior, resolve=True)
+    if not isinstance(items, list):
+        raise DtcondError("behavior must be a list of {policy, noise, weight} entries")
+    comps = []
+    for item in items:
+        if isinstance(item, str):
+            item = {"policy": item}
+        if not isinstance(item, dict) or "policy" not in item:
+            raise DtcondError(f"behavior entry {item!r} needs at least a 'policy' key")
+        unknown = set(item) - {"policy", "noise", "weight", "name"}
+        if unknown:
+            raise DtcondError(f"behavior entry {item!r} has unknown keys {sorted(unknown)} (use policy, noise, weight, name)")
+        comps.append(Component(**item))
+    return comps
+
+
+def collect_command(cfg) -> None:
+    from dtcond.collect import collect
+
+    _set_datasets_path(cfg)
+    summary = collect(
+        env_id=cfg.env.id,
+        behavior=_components(cfg.behavior),
+        episodes=int(cfg.episodes),
+        dataset_id=cfg.dataset_id,
+        seed=int(cfg.seed),
+        env_kwargs=dict(cfg.env.kwargs or {}),
+        max_episode_steps=cfg.env.get("max_episode_steps"),
+        overwrite=bool(cfg.overwrite),
+        progress=bool(cfg.progress),
+    )
+    print(summary.format())
+
+
+def demo_command(cfg) -> None:
+    from dtcond.data import datasets_root, load, return_summary
+
+    _set_datasets_path(cfg)
+    dataset_id = cfg.dataset_id
+    if bool(cfg.fresh) or not (datasets_root() / dataset_id).exists():
+        collect_command(cfg)
+    else:
+        stats = load(dataset_id).stats
+        r = return_summary(stats.episode_returns)
+        print(f"dataset {dataset_id} exists, reused ({stats.num_episodes} episodes, {stats.num_steps} steps); fresh=true remakes it")
+        print("  return  min {min:.1f} | p5 {p5:.1f} | median {median:.1f} | p95 {p95:.1f} | max {max:.1f}".format(**r))
+    print("demo: training, target sweeps and the RL comparison are not part of the demo yet.")
+
+
+COMMANDS: dict[str, Callable] = {"collect": collect_command, "demo": demo_command}
+
+
+def run(command: str, overrides: list[str]) -> None:
+    import hydra
+
+    task = COMMANDS[command]
+
+    @hydra.main(config_path=str(conf_dir()), config_name=command, version_base="1.3")
+    def app(cfg) -> None:
+        try:
+            task(cfg)
+        except DtcondError as exc:
+            fail(command, str(exc))
+        except KeyboardInterrupt:
+            fail(command, "interrupted; nothing partial was kept")
+
+    sys.argv = [f"dtcond {command}", *overrides]
+    app()
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(USAGE)
+        sys.exit(0 if argv else 2)
+    command, overrides = argv[0], argv[1:]
+    if command not in COMMANDS:
+        fail("", f"unknown command {command!r}; choose one of {', '.join(COMMANDS)}")
+    run(command, overrides)
+
+
+if __name__ == "__main__":
+    main()

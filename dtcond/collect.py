@@ -1,0 +1,219 @@
+"""Make Minari datasets locally by rolling out behaviour policies (``dtcond collect``).
+
+Datasets are written with Minari's own writer (``minari.create_dataset_from_buffers``, which,
+unlike ``DataCollector``, needs no jax) into a hidden staging folder under the datasets root and
+then renamed into place, so a crash or Ctrl-C never leaves a half-written dataset under its id.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import tempfile
+import time
+import uuid
+import warnings
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+
+from dtcond.behavior import Component, episode_assignment, make_policy
+from dtcond.data import INFO_KEYS, check_spaces, datasets_root, return_summary
+from dtcond.errors import DtcondError
+
+_DATASET_ID = re.compile(r"^([A-Za-z0-9_.\-]+/)*[A-Za-z0-9_.\-]+-v\d+$")
+
+
+def check_dataset_id(dataset_id: str) -> None:
+    if not _DATASET_ID.match(dataset_id or ""):
+        raise DtcondError(
+            f"invalid dataset id {dataset_id!r}: use '<namespace>/<name>-v<N>', e.g. 'dtcond/cartpole/mixture-v0'"
+        )
+
+
+@dataclass
+class CollectSummary:
+    dataset_id: str
+    path: str
+    env_id: str
+    episodes: int
+    steps: int
+    returns: dict[str, float]
+    per_component: list[dict] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def format(self) -> str:
+        r = self.returns
+        lines = [
+            f"dataset {self.dataset_id}  ({self.env_id}, {self.episodes} episodes, {self.steps} steps, {self.seconds:.1f}s)",
+            f"  path    {self.path}",
+            "  return  min {min:.1f} | p5 {p5:.1f} | median {median:.1f} | p95 {p95:.1f} | max {max:.1f}  (mean {mean:.1f})".format(**r),
+            "  behaviour components:",
+        ]
+        for c in self.per_component:
+            lines.append(f"    {c['name']:<28} {c['episodes']:>5} episodes  mean return {c['mean_return']:>9.1f}")
+        return "\n".join(lines)
+
+
+def collect(
+    env_id: str,
+    behavior: list[Component],
+    episodes: int,
+    dataset_id: str,
+    seed: int = 0,
+    env_kwargs: dict | None = None,
+    max_episode_steps: int | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+    description: str | None = None,
+) -> CollectSummary:
+    """Roll out a behaviour mixture in ``env_id`` and write a local Minari dataset.
+
+    >>> from dtcond.behavior import Component
+    >>> s = collect("CartPole-v1", [Component("random")], episodes=3, dataset_id="doc/cp-v0",
+    ...             progress=False, overwrite=True)                     # doctest: +SKIP
+    >>> s.episodes                                                       # doctest: +SKIP
+    3
+    """
+    check_dataset_id(dataset_id)
+    final = datasets_root() / dataset_id
+    if final.exists() and not overwrite:
+        raise DtcondError(f"dataset {dataset_id!r} already exists at {final}; pass overwrite=true or choose another id")
+    assignment = episode_assignment(behavior, episodes, seed)  # validates weights and count
+    try:
+        env = gym.make(env_id, max_episode_steps=max_episode_steps, **(env_kwargs or {}))
+    except gym.error.Error as exc:
+        raise DtcondError(f"cannot make env {env_id!r}: {exc}") from exc
+    check_spaces(env.observation_space, env.action_space)
+
+    start = time.perf_counter()
+    rng = np.random.default_rng(seed)
+    episode_seeds = rng.integers(2**31 - 1, size=episodes)
+    # Each component's policy is built once (an SB3 load is slow) with its own noise stream.
+    policies = [make_policy(c, env, np.random.default_rng((seed, i))) for i, c in enumerate(behavior)]
+    buffers, returns = [], []
+    from tqdm.auto import tqdm
+
+    for i in tqdm(range(episodes), desc=f"collect {env_id}", disable=not progress, unit="ep"):
+        component = int(assignment[i])
+        buffer, episode_return = _rollout(env, policies[component], int(episode_seeds[i]), i, component)
+        buffers.append(buffer)
+        returns.append(episode_return)
+    env.close()
+
+    path = write_dataset(
+        dataset_id,
+        buffers,
+        env,
+        overwrite=overwrite,
+        algorithm_name="dtcond behaviour mixture: " + ", ".join(f"{c.name} x{c.weight:g}" for c in behavior),
+        description=description or f"{env_id} rollouts of a behaviour mixture, made by dtcond collect (seed {seed})",
+    )
+    returns = np.asarray(returns)
+    per_component = [
+        {"name": c.name, "episodes": int((assignment == k).sum()), "mean_return": float(returns[assignment == k].mean()) if (assignment == k).any() else float("nan")}
+        for k, c in enumerate(behavior)
+    ]
+    return CollectSummary(
+        dataset_id=dataset_id,
+        path=str(path),
+        env_id=env_id,
+        episodes=episodes,
+        steps=int(sum(len(b.rewards) for b in buffers)),
+        returns=return_summary(returns),
+        per_component=per_component,
+        seconds=time.perf_counter() - start,
+    )
+
+
+def _rollout(env: gym.Env, policy, episode_seed: int, episode_id: int, component: int):
+    from minari.data_collector.episode_buffer import EpisodeBuffer
+
+    obs, info = env.reset(seed=episode_seed)
+    observations, actions, rewards, terminations, truncations = [obs], [], [], [], []
+    extras = {key: [float(info.get(key, 0.0))] for key in INFO_KEYS}
+    while True:
+        action = policy(obs)
+        obs, reward, terminated, truncated, info = env.step(action)
+        observations.append(obs)
+        actions.append(action)
+        rewards.append(float(reward))
+        terminations.append(bool(terminated))
+        truncations.append(bool(truncated))
+        for key in INFO_KEYS:
+            extras[key].append(float(info.get(key, 0.0)))
+        if terminated or truncated:
+            break
+    # Keys the env never reported are dropped rather than stored as zeros.
+    infos = {k: np.asarray(v, dtype=np.float32) for k, v in extras.items() if any(v)}
+    infos["behavior_component"] = np.full(len(observations), component, dtype=np.int64)
+    buffer = EpisodeBuffer(
+        id=episode_id,
+        seed=episode_seed,
+        observations=np.asarray(observations),
+        actions=np.asarray(actions),
+        rewards=rewards,
+        terminations=terminations,
+        truncations=truncations,
+        infos=infos,
+    )
+    return buffer, float(np.sum(rewards))
+
+
+@contextmanager
+def _minari_root(path: Path):
+    """Point Minari's writer at ``path`` for the duration (it reads the env var on every call)."""
+    old = os.environ.get("MINARI_DATASETS_PATH")
+    os.environ["MINARI_DATASETS_PATH"] = str(path)
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("MINARI_DATASETS_PATH", None)
+        else:
+            os.environ["MINARI_DATASETS_PATH"] = old
+
+
+def write_dataset(dataset_id: str, buffers: list, env: gym.Env, overwrite: bool = False, **metadata) -> Path:
+    """Write episode buffers as Minari dataset ``dataset_id``, atomically; returns its folder."""
+    import minari
+
+    check_dataset_id(dataset_id)
+    root = datasets_root()
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / dataset_id
+    if final.exists() and not overwrite:
+        raise DtcondError(f"dataset {dataset_id!r} already exists at {final}; pass overwrite=true or choose another id")
+    # Hidden names are skipped by Minari's listing, so a staged dataset is never visible under its id.
+    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=root))
+    try:
+        with _minari_root(staging), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Minari's nudges for author/permalink metadata
+            minari.create_dataset_from_buffers(
+                dataset_id, buffers, env=env.spec, author="dtcond", code_permalink="dtcond collect", **metadata
+            )
+        _copy_namespace_metadata(staging, root, dataset_id)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        if final.exists():
+            trash = root / f".trash-{uuid.uuid4().hex}"
+            os.rename(final, trash)
+            os.rename(staging / dataset_id, final)
+            shutil.rmtree(trash, ignore_errors=True)
+        else:
+            os.rename(staging / dataset_id, final)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return final
+
+
+def _copy_namespace_metadata(staging: Path, root: Path, dataset_id: str) -> None:
+    parts = dataset_id.split("/")[:-1]
+    for depth in range(1, len(parts) + 1):
+        rel = Path(*parts[:depth]) / "namespace_metadata.json"
+        if (staging / rel).exists() and not (root / rel).exists():
+            (root / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(staging / rel, root / rel)

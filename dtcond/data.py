@@ -1,0 +1,391 @@
+"""Offline data: local Minari datasets → trajectories, their statistics, and K-step training windows.
+
+Minari stores T+1 observations per episode (the final one included); actions and rewards pair
+with ``observations[:-1]``. Infos are stored T+1 long too (the reset info first), so per-step
+``true_reward`` / ``cost`` are ``infos[key][1:]``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+
+from dtcond.errors import DtcondError
+
+# Per-step quantities a testbed env may report in `info`, carried through when present.
+INFO_KEYS = ("true_reward", "cost")
+
+
+def datasets_root() -> Path:
+    """Where Minari keeps local datasets (``$MINARI_DATASETS_PATH`` or ``~/.minari/datasets``)."""
+    root = os.environ.get("MINARI_DATASETS_PATH")
+    return Path(root) if root else Path.home() / ".minari" / "datasets"
+
+
+def local_dataset_ids() -> list[str]:
+    """Ids of the datasets under :func:`datasets_root`, found without touching the network."""
+    root = datasets_root()
+    if not root.is_dir():
+        return []
+    ids = []
+    for meta in root.rglob("data/metadata.json"):
+        rel = meta.parent.parent.relative_to(root)
+        if not any(part.startswith(".") for part in rel.parts):
+            ids.append(rel.as_posix())
+    return sorted(ids)
+
+
+@dataclass
+class Trajectory:
+    """One episode, aligned: ``observations[t]`` is the state in which ``actions[t]`` was taken."""
+
+    observations: np.ndarray  # (T, obs_dim) float32
+    actions: np.ndarray  # (T, act_dim) float32, or (T,) int64 for Discrete
+    rewards: np.ndarray  # (T,) float32
+    returns_to_go: np.ndarray  # (T,) float32, rtg[t] = sum_{k>=t} gamma^(k-t) r_k
+    timesteps: np.ndarray  # (T,) int64
+    terminated: bool
+    truncated: bool
+    true_rewards: np.ndarray | None = None  # (T,) when the env reports info["true_reward"]
+    costs: np.ndarray | None = None  # (T,) when the env reports info["cost"]
+
+    def __len__(self) -> int:
+        return len(self.rewards)
+
+    @property
+    def episode_return(self) -> float:
+        return float(self.rewards.sum())
+
+
+def returns_to_go(rewards: np.ndarray, gamma: float = 1.0) -> np.ndarray:
+    """Discounted suffix sums of ``rewards``.
+
+    >>> returns_to_go(np.array([1.0, 2.0, 3.0])).tolist()
+    [6.0, 5.0, 3.0]
+    """
+    rewards = np.asarray(rewards, dtype=np.float64)
+    if gamma == 1.0:
+        # reversed cumulative sum, in float64 so long episodes do not drift
+        return np.cumsum(rewards[::-1])[::-1].astype(np.float32)
+    out = np.empty_like(rewards)
+    running = 0.0
+    for t in range(len(rewards) - 1, -1, -1):
+        running = rewards[t] + gamma * running
+        out[t] = running
+    return out.astype(np.float32)
+
+
+@dataclass
+class DatasetStats:
+    """Everything a trained policy needs to know about its data, JSON-serializable.
+
+    It travels inside every checkpoint so that ``quantile(0.9)`` or ``1.5 x best return`` can be
+    resolved, and observations normalized, without the dataset.
+    """
+
+    dataset_id: str
+    env_id: str | None
+    env_kwargs: dict
+    max_episode_steps: int | None
+    obs_dim: int
+    action_kind: str  # "discrete" | "continuous"
+    action_dim: int  # number of actions (discrete) or vector size (continuous)
+    action_low: list[float] | None
+    action_high: list[float] | None
+    obs_mean: list[float]
+    obs_std: list[float]
+    episode_returns: list[float]  # all of them, sorted ascending
+    max_episode_length: int
+    num_episodes: int
+    num_steps: int
+    gamma: float = 1.0
+    ref_min_score: float | None = None
+    ref_max_score: float | None = None
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def min_return(self) -> float:
+        return self.episode_returns[0]
+
+    @property
+    def max_return(self) -> float:
+        return self.episode_returns[-1]
+
+    @property
+    def is_discrete(self) -> bool:
+        return self.action_kind == "discrete"
+
+    def return_quantile(self, q: float) -> float:
+        """The q-th quantile of episode returns (numpy's linear interpolation)."""
+        return float(np.quantile(np.asarray(self.episode_returns), q))
+
+    def tail_probability(self, g: float) -> float:
+        """``P_data(G >= g)``: the fraction of dataset episodes whose return reaches ``g``."""
+        returns = np.asarray(self.episode_returns)
+        return float((returns >= g).mean())
+
+    def normalize_obs(self, obs: np.ndarray) -> np.ndarray:
+        mean = np.asarray(self.obs_mean, dtype=np.float32)
+        std = np.asarray(self.obs_std, dtype=np.float32)
+        return ((np.asarray(obs, dtype=np.float32) - mean) / std).astype(np.float32)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> DatasetStats:
+        known = {f for f in cls.__dataclass_fields__}
+        unknown = set(d) - known
+        if unknown:
+            raise DtcondError(f"dataset stats have unknown fields {sorted(unknown)}; written by a newer dtcond?")
+        return cls(**d)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict())
+
+
+@dataclass
+class OfflineData:
+    """A loaded dataset: aligned trajectories plus their statistics."""
+
+    trajectories: list[Trajectory]
+    stats: DatasetStats
+
+    def __len__(self) -> int:
+        return len(self.trajectories)
+
+
+def _flatten_observations(space: gym.Space, observations) -> np.ndarray:
+    """(T+1, obs_dim) float32 from a Box or a Dict of Boxes; anything else is refused."""
+    if isinstance(space, gym.spaces.Box):
+        obs = np.asarray(observations)
+        return obs.reshape(obs.shape[0], -1).astype(np.float32)
+    if isinstance(space, gym.spaces.Dict) and all(isinstance(s, gym.spaces.Box) for s in space.spaces.values()):
+        parts = [np.asarray(observations[k]) for k in space.spaces]
+        return np.concatenate([p.reshape(p.shape[0], -1) for p in parts], axis=1).astype(np.float32)
+    raise DtcondError(
+        f"unsupported observation space {space}: dtcond handles Box observations or a Dict of Boxes (flattened)"
+    )
+
+
+def check_spaces(observation_space: gym.Space, action_space: gym.Space) -> None:
+    """Raise a one-line :class:`DtcondError` unless dtcond can model these spaces."""
+    if isinstance(observation_space, gym.spaces.Dict):
+        bad = [k for k, s in observation_space.spaces.items() if not isinstance(s, gym.spaces.Box)]
+        if bad:
+            raise DtcondError(f"unsupported observation space: Dict entries {bad} are not Box; only Box entries can be flattened")
+    elif not isinstance(observation_space, gym.spaces.Box):
+        raise DtcondError(
+            f"unsupported observation space {type(observation_space).__name__}: dtcond handles Box observations or a Dict of Boxes"
+        )
+    if isinstance(action_space, gym.spaces.Box):
+        if len(action_space.shape) != 1:
+            raise DtcondError(f"unsupported action space {action_space}: Box actions must be 1-D")
+        if not (np.all(np.isfinite(action_space.low)) and np.all(np.isfinite(action_space.high))):
+            raise DtcondError(f"unsupported action space {action_space}: Box actions need finite bounds")
+    elif not isinstance(action_space, gym.spaces.Discrete):
+        raise DtcondError(f"unsupported action space {type(action_space).__name__}: dtcond handles Box or Discrete actions")
+
+
+def _load_minari(dataset_id: str):
+    import minari
+
+    known = local_dataset_ids()
+    if dataset_id not in known:
+        listing = ", ".join(known) if known else "none"
+        raise DtcondError(
+            f"unknown dataset id {dataset_id!r} under {datasets_root()} (local datasets: {listing}); make one with `dtcond collect`"
+        )
+    try:
+        return minari.load_dataset(dataset_id)
+    except Exception as exc:  # a corrupt hdf5 or metadata.json
+        raise DtcondError(f"cannot read dataset {dataset_id!r}: {exc}") from exc
+
+
+def load(dataset_id: str, gamma: float = 1.0) -> OfflineData:
+    """Load a local Minari dataset into aligned trajectories and their :class:`DatasetStats`.
+
+    >>> data = load("dtcond/cartpole/mixture-v0")      # doctest: +SKIP
+    >>> data.stats.max_return, len(data.trajectories)   # doctest: +SKIP
+    """
+    if not 0.0 < gamma <= 1.0:
+        raise DtcondError(f"gamma must be in (0, 1], got {gamma}")
+    ds = _load_minari(dataset_id)
+    check_spaces(ds.observation_space, ds.action_space)
+    discrete = isinstance(ds.action_space, gym.spaces.Discrete)
+
+    trajectories = []
+    for episode in ds.iterate_episodes():
+        if len(episode) == 0:
+            continue
+        obs = _flatten_observations(ds.observation_space, episode.observations)
+        rewards = np.asarray(episode.rewards, dtype=np.float64)
+        if not np.all(np.isfinite(obs)):
+            raise DtcondError(f"dataset {dataset_id!r} episode {episode.id} has NaN/inf observations")
+        if not np.all(np.isfinite(rewards)):
+            raise DtcondError(f"dataset {dataset_id!r} episode {episode.id} has NaN/inf rewards")
+        if discrete:
+            actions = np.asarray(episode.actions).reshape(-1).astype(np.int64)
+        else:
+            actions = np.asarray(episode.actions, dtype=np.float32).reshape(len(episode), -1)
+            if not np.all(np.isfinite(actions)):
+                raise DtcondError(f"dataset {dataset_id!r} episode {episode.id} has NaN/inf actions")
+        extras = {}
+        for key in INFO_KEYS:
+            if key in episode.infos:
+                values = np.asarray(episode.infos[key], dtype=np.float32).reshape(-1)
+                extras[key] = values[1:] if len(values) == len(episode) + 1 else values[: len(episode)]
+        T = len(episode)
+        trajectories.append(
+            Trajectory(
+                observations=obs[:-1],
+                actions=actions,
+                rewards=rewards.astype(np.float32),
+                returns_to_go=returns_to_go(rewards, gamma),
+                timesteps=np.arange(T, dtype=np.int64),
+                terminated=bool(episode.terminations[-1]),
+                truncated=bool(episode.truncations[-1]),
+                true_rewards=extras.get("true_reward"),
+                costs=extras.get("cost"),
+            )
+        )
+    if not trajectories:
+        raise DtcondError(f"dataset {dataset_id!r} is empty: it has no episodes with at least one step")
+
+    return OfflineData(trajectories, compute_stats(trajectories, ds, dataset_id, gamma))
+
+
+def compute_stats(trajectories: list[Trajectory], ds, dataset_id: str, gamma: float) -> DatasetStats:
+    all_obs = np.concatenate([t.observations for t in trajectories]).astype(np.float64)
+    # A constant feature would divide by zero; 1e-6 keeps it at zero after normalization.
+    std = np.maximum(all_obs.std(axis=0), 1e-6)
+    returns = sorted(float(np.asarray(t.rewards, dtype=np.float64).sum()) for t in trajectories)
+    action_space = ds.action_space
+    discrete = isinstance(action_space, gym.spaces.Discrete)
+    spec = ds.env_spec
+    metadata = ds.storage.metadata
+    return DatasetStats(
+        dataset_id=dataset_id,
+        env_id=spec.id if spec is not None else None,
+        env_kwargs=dict(spec.kwargs) if spec is not None else {},
+        max_episode_steps=spec.max_episode_steps if spec is not None else None,
+        obs_dim=int(all_obs.shape[1]),
+        action_kind="discrete" if discrete else "continuous",
+        action_dim=int(action_space.n) if discrete else int(action_space.shape[0]),
+        action_low=None if discrete else [float(x) for x in action_space.low],
+        action_high=None if discrete else [float(x) for x in action_space.high],
+        obs_mean=[float(x) for x in all_obs.mean(axis=0)],
+        obs_std=[float(x) for x in std],
+        episode_returns=returns,
+        max_episode_length=max(len(t) for t in trajectories),
+        num_episodes=len(trajectories),
+        num_steps=int(sum(len(t) for t in trajectories)),
+        gamma=gamma,
+        ref_min_score=metadata.get("ref_min_score"),
+        ref_max_score=metadata.get("ref_max_score"),
+    )
+
+
+def return_summary(returns) -> dict[str, float]:
+    """min / p5 / median / p95 / max / mean of a set of episode returns."""
+    r = np.asarray(returns, dtype=np.float64)
+    q = np.quantile(r, [0.0, 0.05, 0.5, 0.95, 1.0])
+    return {"min": q[0], "p5": q[1], "median": q[2], "p95": q[3], "max": q[4], "mean": float(r.mean())}
+
+
+# ----------------------------------------------------------------------------------------------
+# Training windows
+
+
+@dataclass
+class Window:
+    """A batch-ready segment of L steps ending at a sampled step, left-padded at episode starts."""
+
+    observations: np.ndarray  # (L, obs_dim) float32, normalized
+    actions: np.ndarray  # (L, act_dim) float32 or (L,) int64
+    returns_to_go: np.ndarray  # (L,) float32, raw (the model scales them)
+    timesteps: np.ndarray  # (L,) int64
+    mask: np.ndarray  # (L,) bool, False on padding
+
+
+def make_window(traj: Trajectory, end: int, length: int, stats: DatasetStats) -> Window:
+    """The ``length`` steps of ``traj`` ending at step ``end`` (inclusive), left-padded with zeros.
+
+    Padding sits at the start, where an episode's history is short, which is where a rollout's
+    context is short too.
+    """
+    start = max(0, end + 1 - length)
+    n = end + 1 - start
+    pad = length - n
+    obs = stats.normalize_obs(traj.observations[start : end + 1])
+    window_obs = np.zeros((length, obs.shape[1]), dtype=np.float32)
+    window_obs[pad:] = obs
+    if traj.actions.ndim == 1:
+        actions = np.zeros(length, dtype=np.int64)
+    else:
+        actions = np.zeros((length, traj.actions.shape[1]), dtype=np.float32)
+    actions[pad:] = traj.actions[start : end + 1]
+    rtg = np.zeros(length, dtype=np.float32)
+    rtg[pad:] = traj.returns_to_go[start : end + 1]
+    timesteps = np.zeros(length, dtype=np.int64)
+    timesteps[pad:] = traj.timesteps[start : end + 1]
+    mask = np.zeros(length, dtype=bool)
+    mask[pad:] = True
+    return Window(window_obs, actions, rtg, timesteps, mask)
+
+
+class WindowDataset:
+    """Random windows over a set of trajectories, episodes drawn in proportion to their length.
+
+    Drawing the window's last step uniformly over all steps is the same as drawing an episode with
+    probability ∝ length and then a step in it uniformly. ``epoch_size`` windows make one epoch;
+    window ``i`` of epoch ``e`` is a pure function of (seed, e, i), so runs and resumes repeat.
+    """
+
+    def __init__(self, trajectories: list[Trajectory], stats: DatasetStats, length: int, epoch_size: int, seed: int = 0):
+        if length < 1:
+            raise DtcondError(f"window length must be >= 1, got {length}")
+        if not trajectories:
+            raise DtcondError("no trajectories to draw windows from")
+        if epoch_size < 1:
+            raise DtcondError(f"epoch_size must be >= 1, got {epoch_size}")
+        self.trajectories = trajectories
+        self.stats = stats
+        self.length = length
+        self.epoch_size = epoch_size
+        self.seed = seed
+        self.epoch = 0
+        lengths = np.array([len(t) for t in trajectories])
+        self._offsets = np.concatenate([[0], np.cumsum(lengths)])  # global step index → episode
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.epoch_size
+
+    def locate(self, global_step: int) -> tuple[int, int]:
+        episode = int(np.searchsorted(self._offsets, global_step, side="right") - 1)
+        return episode, int(global_step - self._offsets[episode])
+
+    def __getitem__(self, i: int) -> dict[str, np.ndarray]:
+        rng = np.random.default_rng((self.seed, self.epoch, i))
+        episode, step = self.locate(int(rng.integers(self._offsets[-1])))
+        w = make_window(self.trajectories[episode], step, self.length, self.stats)
+        return asdict(w)
+
+
+def split_by_episode(n_episodes: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Disjoint train/val episode indices; val gets at least one episode when there are two or more."""
+    if not 0.0 <= val_fraction < 1.0:
+        raise DtcondError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    order = np.random.default_rng(seed).permutation(n_episodes)
+    n_val = math.ceil(val_fraction * n_episodes) if val_fraction > 0 else 0
+    n_val = min(n_val, n_episodes - 1)
+    return np.sort(order[n_val:]), np.sort(order[:n_val])

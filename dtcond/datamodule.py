@@ -1,0 +1,89 @@
+"""The Lightning side of the data layer: train/val windows split by episode."""
+
+from __future__ import annotations
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader
+
+from dtcond.data import OfflineData, WindowDataset, load, split_by_episode
+
+
+class WindowDataModule(L.LightningDataModule):
+    """Windows of ``window_len`` steps from a local Minari dataset, split into train/val by episode.
+
+    >>> dm = WindowDataModule("dtcond/cartpole/mixture-v0", window_len=40)   # doctest: +SKIP
+    >>> dm.setup(); batch = next(iter(dm.train_dataloader()))               # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        dataset_id: str,
+        window_len: int,
+        batch_size: int = 64,
+        steps_per_epoch: int = 500,
+        val_windows: int = 512,
+        val_fraction: float = 0.1,
+        gamma: float = 1.0,
+        num_workers: int = 0,
+        seed: int = 0,
+        data: OfflineData | None = None,
+    ):
+        super().__init__()
+        self.dataset_id = dataset_id
+        self.window_len = window_len
+        self.batch_size = batch_size
+        self.steps_per_epoch = steps_per_epoch
+        self.val_windows = val_windows
+        self.val_fraction = val_fraction
+        self.gamma = gamma
+        self.num_workers = num_workers
+        self.seed = seed
+        self.data = data
+        self.train_set: WindowDataset | None = None
+        self.val_set: WindowDataset | None = None
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_set is not None:
+            return
+        if self.data is None:
+            self.data = load(self.dataset_id, gamma=self.gamma)
+        trajs, stats = self.data.trajectories, self.data.stats
+        train_idx, val_idx = split_by_episode(len(trajs), self.val_fraction, self.seed)
+        self.train_set = WindowDataset(
+            [trajs[i] for i in train_idx], stats, self.window_len, self.steps_per_epoch * self.batch_size, self.seed
+        )
+        if len(val_idx):
+            # A fixed set of windows (seed+1, epoch 0), so val loss is comparable across epochs.
+            self.val_set = WindowDataset([trajs[i] for i in val_idx], stats, self.window_len, self.val_windows, self.seed + 1)
+
+    @property
+    def stats(self):
+        return self.data.stats if self.data is not None else None
+
+    def _loader(self, dataset: WindowDataset, shuffle: bool) -> DataLoader:
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            shuffle=False,  # windows are already random draws; order is part of the seed
+            num_workers=self.num_workers,
+            collate_fn=collate_windows,
+            drop_last=shuffle,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, shuffle=True)
+
+    def val_dataloader(self):
+        return self._loader(self.val_set, shuffle=False) if self.val_set is not None else []
+
+    def set_epoch(self, epoch: int) -> None:
+        """Called at each train epoch start so every epoch draws fresh, reproducible windows."""
+        if self.train_set is not None:
+            self.train_set.set_epoch(epoch)
+
+
+def collate_windows(items: list[dict]) -> dict[str, torch.Tensor]:
+    import numpy as np
+
+    return {k: torch.from_numpy(np.stack([it[k] for it in items])) for k in items[0]}
