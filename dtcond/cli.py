@@ -127,7 +127,8 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(0 if argv else 2)
     command, overrides = argv[0], argv[1:]
     if command not in COMMANDS:
-        fail("", f"unknown command {command!r}; choose one of {', '.join(COMMANDS)}")
+        print(f"dtcond: error: unknown command {command!r}; choose one of {', '.join(COMMANDS)}", file=sys.stderr)
+        sys.exit(2)
     run(command, overrides)
 
 

@@ -8,7 +8,6 @@ then renamed into place, so a crash or Ctrl-C never leaves a half-written datase
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import tempfile
 import time
@@ -25,11 +24,17 @@ from dtcond.behavior import Component, episode_assignment, make_policy
 from dtcond.data import INFO_KEYS, check_spaces, datasets_root, return_summary
 from dtcond.errors import DtcondError
 
-_DATASET_ID = re.compile(r"^([A-Za-z0-9_.\-]+/)*[A-Za-z0-9_.\-]+-v\d+$")
-
-
 def check_dataset_id(dataset_id: str) -> None:
-    if not _DATASET_ID.match(dataset_id or ""):
+    """Minari's own id rules, plus an explicit version (an id without -vN breaks Minari's writer)."""
+    from minari.dataset.minari_dataset import parse_dataset_id
+    from minari.namespace import validate_namespace
+
+    try:
+        namespace, _, version = parse_dataset_id(dataset_id or "")
+        validate_namespace(namespace)
+    except Exception:
+        version = None
+    if version is None:
         raise DtcondError(
             f"invalid dataset id {dataset_id!r}: use '<namespace>/<name>-v<N>', e.g. 'dtcond/cartpole/mixture-v0'"
         )

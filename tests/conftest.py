@@ -1,0 +1,84 @@
+"""Shared fixtures: every test gets its own Minari root in a temp dir; nothing is downloaded."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(autouse=True)
+def minari_root(tmp_path, monkeypatch) -> Path:
+    root = tmp_path / "minari"
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(root))
+    return root
+
+
+def run_cli(*args: str, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run `python -m dtcond ...` in a subprocess, Hydra's outputs kept under `cwd`."""
+    env = dict(os.environ)
+    env.setdefault("HYDRA_FULL_ERROR", "0")
+    return subprocess.run(
+        [sys.executable, "-m", "dtcond", *args, f"hydra.run.dir={cwd}/hydra"],
+        cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout,
+    )
+
+
+def write_buffers(dataset_id: str, episodes: list[dict], env_id: str | None = None, **spaces):
+    """A dataset written straight through Minari's writer from hand-made episodes.
+
+    Each episode is a dict with observations (T+1), actions (T), rewards (T) and optional infos.
+    """
+    import minari
+    from minari.data_collector.episode_buffer import EpisodeBuffer
+
+    buffers = []
+    for i, ep in enumerate(episodes):
+        T = len(ep["rewards"])
+        buffers.append(
+            EpisodeBuffer(
+                id=i, seed=i,
+                observations=ep["observations"], actions=ep["actions"], rewards=list(ep["rewards"]),
+                terminations=[False] * (T - 1) + [True], truncations=[False] * T,
+                infos=ep.get("infos", {}),
+            )
+        )
+    return minari.create_dataset_from_buffers(dataset_id, buffers, env=env_id, **spaces)
+
+
+@pytest.fixture
+def cartpole_dataset() -> str:
+    """A small CartPole mixture (expert, noisy, random) made by dtcond's collector."""
+    from dtcond.behavior import Component
+    from dtcond.collect import collect
+
+    comps = [Component("cartpole_balance", 0.0, 0.3), Component("cartpole_balance", 0.5, 0.4), Component("random", 0.0, 0.3)]
+    collect("CartPole-v1", comps, episodes=20, dataset_id="test/cartpole/mix-v0", seed=0, progress=False)
+    return "test/cartpole/mix-v0"
+
+
+@pytest.fixture
+def pendulum_dataset() -> str:
+    from dtcond.behavior import Component
+    from dtcond.collect import collect
+
+    comps = [Component("pendulum_swingup", 0.0, 0.5), Component("random", 0.0, 0.5)]
+    collect("Pendulum-v1", comps, episodes=6, dataset_id="test/pendulum/mix-v0", seed=0, progress=False,
+            max_episode_steps=60)
+    return "test/pendulum/mix-v0"
+
+
+def rng_episode(T: int, obs_dim: int = 3, seed: int = 0, discrete: int | None = None) -> dict:
+    rng = np.random.default_rng(seed)
+    actions = rng.integers(discrete, size=T) if discrete else rng.uniform(-1, 1, size=(T, 1)).astype(np.float32)
+    return {
+        "observations": rng.normal(size=(T + 1, obs_dim)).astype(np.float32),
+        "actions": actions,
+        "rewards": rng.normal(size=T).astype(np.float64),
+    }

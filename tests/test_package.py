@@ -1,0 +1,32 @@
+"""The package contract: a light, side-effect-free import and a working CLI entry point."""
+
+import subprocess
+import sys
+
+from conftest import REPO
+
+
+def test_import_is_light_and_side_effect_free(tmp_path):
+    code = (
+        "import sys, os; before = set(os.listdir('.')); import dtcond; "
+        "heavy = [m for m in ('torch', 'lightning', 'minari', 'hydra') if m in sys.modules]; "
+        "assert not heavy, heavy; assert set(os.listdir('.')) == before; "
+        "assert set(dtcond.__all__) <= set(dir(dtcond)) | {'collect', 'load_dataset'}"
+    )
+    subprocess.run([sys.executable, "-c", code], cwd=tmp_path, check=True)
+
+
+def test_cli_usage_and_unknown_command(tmp_path):
+    ok = subprocess.run([sys.executable, "-m", "dtcond", "--help"], capture_output=True, text=True, cwd=tmp_path)
+    assert ok.returncode == 0 and "collect" in ok.stdout
+    bad = subprocess.run([sys.executable, "-m", "dtcond", "colect"], capture_output=True, text=True, cwd=tmp_path)
+    assert bad.returncode == 2
+    assert bad.stderr.strip().startswith("dtcond: error: unknown command 'colect'; choose one of collect")
+    assert not list(tmp_path.iterdir())
+
+
+def test_configs_ship_with_the_package():
+    from dtcond.cli import conf_dir
+
+    assert (conf_dir() / "collect.yaml").is_file()
+    assert conf_dir() in (REPO / "conf", REPO / "dtcond" / "conf")
