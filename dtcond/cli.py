@@ -17,6 +17,7 @@ USAGE = """usage: dtcond <command> [key=value ...] [-m] [--cfg job] [--help]
 
 commands:
   collect   roll out a behaviour mixture and write a local Minari dataset
+  train     fit a Decision Transformer on a dataset; writes last.ckpt and a policy bundle
   demo      the end-to-end demo (today: collect the default dataset and summarize it)
 
 Each command is a Hydra app: `dtcond collect env=pendulum episodes=50`, `dtcond collect --help`."""
@@ -84,6 +85,35 @@ def collect_command(cfg) -> None:
     print(summary.format())
 
 
+def _plain(node) -> dict:
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(node, resolve=True) if node is not None else {}
+
+
+def train_command(cfg) -> None:
+    from hydra.core.hydra_config import HydraConfig
+
+    from dtcond.training import train
+
+    _set_datasets_path(cfg)
+    result = train(
+        dataset_id=cfg.dataset.id,
+        out_dir=HydraConfig.get().runtime.output_dir,
+        model=_plain(cfg.model),
+        data={**_plain(cfg.data), "gamma": float(cfg.dataset.gamma)},
+        optim=_plain(cfg.optim),
+        trainer=_plain(cfg.trainer),
+        seed=int(cfg.seed),
+        checkpoint_every=int(cfg.checkpoint_every),
+        resume=bool(cfg.resume),
+    )
+    val = f"{result.val_loss:.4f}" if result.val_loss is not None else "n/a"
+    print(f"trained {cfg.dataset.id}: {result.global_step} steps, val/loss {val}")
+    print(f"  policy bundle  {result.bundle}")
+    print(f"  checkpoint     {result.last_checkpoint}")
+
+
 def demo_command(cfg) -> None:
     from dtcond.data import datasets_root, load, return_summary
 
@@ -99,7 +129,7 @@ def demo_command(cfg) -> None:
     print("demo: training, target sweeps and the RL comparison are not part of the demo yet.")
 
 
-COMMANDS: dict[str, Callable] = {"collect": collect_command, "demo": demo_command}
+COMMANDS: dict[str, Callable] = {"collect": collect_command, "train": train_command, "demo": demo_command}
 
 
 def run(command: str, overrides: list[str]) -> None:

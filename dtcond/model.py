@@ -1,0 +1,276 @@
+"""The Decision Transformer, written plainly.
+
+Each timestep t contributes three tokens, (R̂_t, s_t, a_t), each embedded and summed with a learned
+embedding of the episode timestep t; the action a_t is predicted from the hidden state at s_t.
+
+Attention is causal and *banded*: a token at timestep t sees tokens of timesteps t-K+1 .. t only
+(K = ``context_len``). With no position embeddings besides the timestep, a token's keys and values
+then never depend on how far back a sequence starts, so decoding an episode step by step with a
+rolling key/value cache of the last K timesteps reproduces a full forward over the whole episode
+exactly (see ``DecisionTransformer.step``). Training uses segments longer than K so the model learns
+under the same pattern it is decoded with; with ``segment == K`` it is the plain windowed DT.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from einops import rearrange
+
+from dtcond.errors import DtcondError
+
+TOKENS_PER_STEP = 3  # return-to-go, state, action
+
+
+@dataclass
+class DTConfig:
+    obs_dim: int
+    act_dim: int  # vector size (continuous) or number of actions (discrete)
+    discrete: bool = False
+    context_len: int = 20  # K: timesteps a token attends back over (the paper's context)
+    n_layer: int = 3
+    n_head: int = 1
+    n_embd: int = 128
+    dropout: float = 0.1
+    max_timestep: int = 1000  # timestep embedding table size; later timesteps share the last row
+    return_scale: float = 1000.0  # returns-to-go are divided by this before embedding
+    action_low: list[float] | None = None  # continuous: actions are squashed into [low, high]
+    action_high: list[float] | None = None
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.obs_dim < 1 or self.act_dim < 1:
+            raise DtcondError(f"obs_dim and act_dim must be >= 1, got {self.obs_dim}, {self.act_dim}")
+        if self.context_len < 1:
+            raise DtcondError(f"context_len must be >= 1, got {self.context_len}")
+        if self.n_embd % self.n_head:
+            raise DtcondError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
+        if not (self.return_scale > 0 and math.isfinite(self.return_scale)):
+            raise DtcondError(f"return_scale must be a positive number, got {self.return_scale}")
+        if not self.discrete:
+            if self.action_low is None or self.action_high is None:
+                self.action_low, self.action_high = [-1.0] * self.act_dim, [1.0] * self.act_dim
+            if len(self.action_low) != self.act_dim or len(self.action_high) != self.act_dim:
+                raise DtcondError("action_low/action_high must have act_dim entries")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> DTConfig:
+        unknown = set(d) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise DtcondError(f"model config has unknown keys {sorted(unknown)}")
+        return cls(**d)
+
+
+def band_mask(steps_q: torch.Tensor, steps_k: torch.Tensor, context_len: int) -> torch.Tensor:
+    """True where a query may attend a key: key not later, and fewer than K timesteps back.
+
+    ``steps_*`` are per-token step indices (B, Tq) / (B, Tk) counted within the sequence, with the
+    token order breaking ties (a key at the same step but later in the order is masked by the caller).
+    """
+    diff = steps_q[..., :, None] - steps_k[..., None, :]  # (B, Tq, Tk)
+    return (diff >= 0) & (diff < context_len)
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, cfg: DTConfig):
+        super().__init__()
+        self.n_head = cfg.n_head
+        self.qkv = nn.Linear(cfg.n_embd, 3 * cfg.n_embd)
+        self.proj = nn.Linear(cfg.n_embd, cfg.n_embd)
+        self.dropout = cfg.dropout
+        self.resid_drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x, mask, cache: tuple[torch.Tensor, torch.Tensor] | None = None):
+        # x: (B, T, C); mask: (B, 1, T, T_past + T) bool; cache: keys/values of earlier tokens
+        q, k, v = rearrange(self.qkv(x), "b t (three h d) -> three b h t d", three=3, h=self.n_head)  # (B, nh, T, hd)
+        if cache is not None:
+            k = torch.cat([cache[0], k], dim=2)  # (B, nh, T_past + T, hd)
+            v = torch.cat([cache[1], v], dim=2)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0)
+        y = rearrange(y, "b h t d -> b t (h d)")  # (B, T, C)
+        return self.resid_drop(self.proj(y)), (k, v)
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: DTConfig):
+        super().__init__()
+        self.fc = nn.Linear(cfg.n_embd, 4 * cfg.n_embd)
+        self.proj = nn.Linear(4 * cfg.n_embd, cfg.n_embd)
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x):
+        return self.drop(self.proj(F.gelu(self.fc(x))))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: DTConfig):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(cfg.n_embd)
+        self.attn = CausalSelfAttention(cfg)
+        self.ln_2 = nn.LayerNorm(cfg.n_embd)
+        self.mlp = MLP(cfg)
+
+    def forward(self, x, mask, cache=None):
+        a, kv = self.attn(self.ln_1(x), mask, cache)
+        x = x + a
+        x = x + self.mlp(self.ln_2(x))
+        return x, kv
+
+
+@dataclass
+class DecodeState:
+    """Per-layer keys/values of the tokens still inside the band, and the step count so far."""
+
+    keys: list[torch.Tensor]  # per layer (B, nh, n_cached, hd)
+    values: list[torch.Tensor]
+    token_steps: torch.Tensor  # (n_cached,) step index of each cached token
+    step: int = 0
+
+    def select(self, rows: torch.Tensor) -> DecodeState:
+        """Keep only the batch rows ``rows`` (episodes still running)."""
+        return DecodeState([k[rows] for k in self.keys], [v[rows] for v in self.values], self.token_steps, self.step)
+
+
+class DecisionTransformer(nn.Module):
+    def __init__(self, cfg: DTConfig):
+        super().__init__()
+        self.cfg = cfg
+        C = cfg.n_embd
+        self.embed_timestep = nn.Embedding(cfg.max_timestep, C)
+        self.embed_return = nn.Linear(1, C)
+        self.embed_state = nn.Linear(cfg.obs_dim, C)
+        self.embed_action = nn.Embedding(cfg.act_dim, C) if cfg.discrete else nn.Linear(cfg.act_dim, C)
+        self.embed_ln = nn.LayerNorm(C)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList([Block(cfg) for _ in range(cfg.n_layer)])
+        self.ln_f = nn.LayerNorm(C)
+        self.action_head = nn.Linear(C, cfg.act_dim)
+        if not cfg.discrete:
+            low = torch.tensor(cfg.action_low, dtype=torch.float32)
+            high = torch.tensor(cfg.action_high, dtype=torch.float32)
+            # Not persistent: they are rebuilt from the config, so weights files hold weights only.
+            self.register_buffer("action_mid", (high + low) / 2, persistent=False)
+            self.register_buffer("action_half", (high - low) / 2, persistent=False)
+        self.apply(self._init_weights)
+
+    @staticmethod
+    def _init_weights(module):
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    # ------------------------------------------------------------------ embedding and heads
+
+    def _embed(self, returns_to_go, observations, actions, timesteps):
+        """Interleaved tokens (B, 3T, C) for T timesteps; ``actions`` may be one step short."""
+        t_emb = self.embed_timestep(timesteps.clamp(max=self.cfg.max_timestep - 1))  # (B, T, C)
+        r = self.embed_return(returns_to_go[..., None] / self.cfg.return_scale) + t_emb  # (B, T, C)
+        s = self.embed_state(observations) + t_emb  # (B, T, C)
+        a = self.embed_action(actions) + t_emb[:, : actions.shape[1]]  # (B, T or T-1, C)
+        if a.shape[1] < s.shape[1]:  # the last action is not known yet: pad, the caller drops its token
+            a = F.pad(a, (0, 0, 0, s.shape[1] - a.shape[1]))
+        x = rearrange(torch.stack([r, s, a], dim=2), "b t k c -> b (t k) c")  # (B, 3T, C)
+        return self.drop(self.embed_ln(x))
+
+    def _head(self, h):
+        """Action from hidden states at state tokens: logits (discrete) or squashed actions."""
+        out = self.action_head(self.ln_f(h))  # (B, T, act_dim)
+        if self.cfg.discrete:
+            return out
+        return self.action_mid + self.action_half * torch.tanh(out)
+
+    # ------------------------------------------------------------------ full forward (training)
+
+    def forward(self, returns_to_go, observations, actions, timesteps, mask=None):
+        """Action predictions (logits or actions) at every timestep: (B, T, act_dim).
+
+        returns_to_go (B, T) raw, observations (B, T, obs_dim) normalized, actions (B, T) long or
+        (B, T, act_dim), timesteps (B, T) long, mask (B, T) bool with False on left padding.
+        """
+        B, T = returns_to_go.shape
+        x = self._embed(returns_to_go, observations, actions, timesteps)  # (B, 3T, C)
+        steps = torch.arange(T, device=x.device).repeat_interleave(TOKENS_PER_STEP)  # (3T,)
+        order = torch.arange(3 * T, device=x.device)
+        attn = band_mask(steps, steps, self.cfg.context_len) & (order[:, None] >= order[None, :])  # (3T, 3T)
+        attn = attn[None].expand(B, -1, -1)  # (B, 3T, 3T)
+        if mask is not None:
+            key_ok = mask.repeat_interleave(TOKENS_PER_STEP, dim=1)  # (B, 3T)
+            # Padding keys are hidden; every token still sees itself, so no row is empty.
+            attn = (attn & key_ok[:, None, :]) | torch.eye(3 * T, dtype=torch.bool, device=x.device)
+        attn = attn[:, None]  # (B, 1, 3T, 3T)
+        for block in self.blocks:
+            x, _ = block(x, attn)
+        h = rearrange(x, "b (t k) c -> b t k c", k=TOKENS_PER_STEP)[:, :, 1]  # (B, T, C) at state tokens
+        return self._head(h)
+
+    # ------------------------------------------------------------------ incremental decoding (rollouts)
+
+    def start(self, batch_size: int, device=None) -> DecodeState:
+        """An empty cache for ``batch_size`` episodes that start together at timestep 0."""
+        nh, hd = self.cfg.n_head, self.cfg.n_embd // self.cfg.n_head
+        empty = torch.zeros(batch_size, nh, 0, hd, device=device)
+        return DecodeState(
+            [empty] * self.cfg.n_layer, [empty] * self.cfg.n_layer, torch.zeros(0, dtype=torch.long, device=device)
+        )
+
+    @torch.no_grad()
+    def step(self, state: DecodeState, returns_to_go, observations, prev_actions=None, timesteps=None):
+        """Feed (a_{t-1}, R̂_t, s_t) and return the prediction for a_t, (B, act_dim), and the new state.
+
+        returns_to_go (B,), observations (B, obs_dim), prev_actions (B,) or (B, act_dim), None at t=0;
+        timesteps (B,) long, default: the step count. Equals ``forward`` over the whole history.
+        """
+        t = state.step
+        B = returns_to_go.shape[0]
+        device = returns_to_go.device
+        if timesteps is None:
+            timesteps = torch.full((B,), t, dtype=torch.long, device=device)
+        t_emb = self.embed_timestep(timesteps.clamp(max=self.cfg.max_timestep - 1))  # (B, C)
+        tokens, token_steps = [], []
+        if t > 0:
+            # a_{t-1} belongs to step t-1, so it carries that step's timestep embedding.
+            prev_t_emb = self.embed_timestep((timesteps - 1).clamp(min=0, max=self.cfg.max_timestep - 1))
+            tokens.append(self.embed_action(prev_actions) + prev_t_emb)
+            token_steps.append(t - 1)
+        tokens.append(self.embed_return(returns_to_go[:, None] / self.cfg.return_scale) + t_emb)
+        tokens.append(self.embed_state(observations) + t_emb)
+        token_steps += [t, t]
+        x = self.embed_ln(torch.stack(tokens, dim=1))  # (B, n_new, C)
+        new_steps = torch.tensor(token_steps, dtype=torch.long, device=device)  # (n_new,)
+        all_steps = torch.cat([state.token_steps, new_steps])  # (n_cached + n_new,)
+        n_cached = state.token_steps.shape[0]
+        n_new = new_steps.shape[0]
+        attn = band_mask(new_steps, all_steps, self.cfg.context_len)  # (n_new, n_all)
+        order_q = torch.arange(n_cached, n_cached + n_new, device=device)
+        attn = attn & (order_q[:, None] >= torch.arange(n_cached + n_new, device=device)[None, :])
+        keys, values = [], []
+        for i, block in enumerate(self.blocks):
+            x, (k, v) = block(x, attn, (state.keys[i], state.values[i]))
+            keys.append(k)
+            values.append(v)
+        prediction = self._head(x[:, -1])  # (B, act_dim) from s_t
+        # Keep what the next call's queries can see: a_t (step t) looks back to step t+1-K.
+        keep = all_steps >= t + 1 - self.cfg.context_len
+        new_state = DecodeState([k[:, :, keep] for k in keys], [v[:, :, keep] for v in values], all_steps[keep], t + 1)
+        return prediction, new_state
+
+
+def configure_optimizer(model: nn.Module, lr: float, weight_decay: float, betas=(0.9, 0.999)):
+    """AdamW with weight decay on matrices only (biases, LayerNorms excluded), fused when on CUDA."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [
+        {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
+        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+    ]
+    fused = all(p.is_cuda for p in params)
+    return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), fused=fused or None)
