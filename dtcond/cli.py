@@ -18,6 +18,8 @@ USAGE = """usage: dtcond <command> [key=value ...] [-m] [--cfg job] [--help]
 commands:
   collect   roll out a behaviour mixture and write a local Minari dataset
   train     fit a Decision Transformer on a dataset; writes last.ckpt and a policy bundle
+  eval      roll out a policy at many target returns into a results table (+ calibration report)
+  report    calibration metrics, plot and markdown from a results table
   demo      the end-to-end demo (today: collect the default dataset and summarize it)
 
 Each command is a Hydra app: `dtcond collect env=pendulum episodes=50`, `dtcond collect --help`."""
@@ -114,6 +116,51 @@ def train_command(cfg) -> None:
     print(f"  checkpoint     {result.last_checkpoint}")
 
 
+def eval_command(cfg) -> None:
+    from dtcond.checkpoints import load_policy
+    from dtcond.evaluation import evaluate
+    from dtcond.report import per_target_table, write_report
+    from dtcond.results import ResultsStore
+    from dtcond.targets import from_sampler
+
+    _set_datasets_path(cfg)
+    if int(cfg.episodes) < 1:
+        raise DtcondError(f"episodes must be >= 1, got {cfg.episodes}")
+    store = ResultsStore(Path(cfg.results).expanduser())  # fails now, not after an hour, if unwritable
+    policy = load_policy(Path(cfg.policy).expanduser())
+    policy.greedy, policy.temperature = bool(cfg.greedy), float(cfg.temperature)
+    specs = from_sampler(_plain(cfg.sampler), policy.stats)
+    records = evaluate(
+        policy, specs, episodes=int(cfg.episodes), seed=int(cfg.seed), results=store, run_id=str(cfg.run_id),
+        batch_size=int(cfg.batch_size), progress=bool(cfg.progress),
+        env_kwargs=None, env_id=cfg.get("env_id"),
+    )
+    import pandas as pd
+
+    table = per_target_table(pd.DataFrame(records))
+    print(f"{policy.kind} {policy.fingerprint} on {policy.env_id}: {len(records)} episodes -> {store.path}")
+    for r in table.itertuples():
+        flag = " OOD" if r.ood else ""
+        print(f"  {r.target_spec:>18} target {r.target:9.1f} (P_data {r.target_quantile:4.2f}{flag:4}) "
+              f"achieved {r.return_mean:9.1f} +- {r.return_ci95:6.1f}")
+    if bool(cfg.report):
+        report = write_report(store.path)
+        for out in report["outputs"].values():
+            print(f"  report {out['markdown']}  plot {out['plot']}")
+
+
+def report_command(cfg) -> None:
+    from dtcond.report import write_report
+
+    report = write_report(Path(cfg.results).expanduser(), cfg.get("out_dir"))
+    for dataset_id, out in report["outputs"].items():
+        print(f"{dataset_id}: {out['markdown']}  {out['plot']}")
+    for fp, m in report["metrics"].items():
+        ind = m.get("in_distribution") or {}
+        print(f"  {fp}: in-distribution normalized MAE {ind.get('normalized_mae', float('nan')):.3f}, "
+              f"Spearman {ind.get('spearman', float('nan')):.2f}, saturation at target {m.get('saturation_target', float('nan')):.1f}")
+
+
 def demo_command(cfg) -> None:
     from dtcond.data import datasets_root, load, return_summary
 
@@ -129,7 +176,13 @@ def demo_command(cfg) -> None:
     print("demo: training, target sweeps and the RL comparison are not part of the demo yet.")
 
 
-COMMANDS: dict[str, Callable] = {"collect": collect_command, "train": train_command, "demo": demo_command}
+COMMANDS: dict[str, Callable] = {
+    "collect": collect_command,
+    "train": train_command,
+    "eval": eval_command,
+    "report": report_command,
+    "demo": demo_command,
+}
 
 
 def run(command: str, overrides: list[str]) -> None:

@@ -40,11 +40,34 @@ class ConditionedPolicy:
         self._state = None
         self._rtg = None
         self._prev_action = None
-        self._generator = torch.Generator(device="cpu")
+        self._rng = np.random.default_rng()
+        self._weights_hash = None
+        if temperature <= 0 or not math.isfinite(temperature):
+            raise DtcondError(f"temperature must be a positive number, got {temperature}")
 
     @property
     def config(self):
         return self.model.cfg
+
+    @property
+    def kind(self) -> str:
+        """"dt" for a return-conditioned policy, "bc" for one trained without returns."""
+        return "dt" if self.condition_on_return else "bc"
+
+    @property
+    def fingerprint(self) -> str:
+        """Identifies the weights and the decoding mode, so results tables key episodes by it."""
+        if self._weights_hash is None:
+            import hashlib
+
+            h = hashlib.sha256()
+            for name, tensor in sorted(self.model.state_dict().items()):
+                h.update(name.encode())
+                h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+            self._weights_hash = h.hexdigest()[:12]
+        if not self.config.discrete:
+            return self._weights_hash
+        return f"{self._weights_hash}-{'greedy' if self.greedy else f't{self.temperature:g}'}"
 
     @property
     def device(self) -> torch.device:
@@ -79,15 +102,14 @@ class ConditionedPolicy:
             )
 
     def reset(self, target: float, seed: int | None = None) -> None:
-        """Start an episode conditioned on the return ``target``."""
+        """Start an episode conditioned on the return ``target``; ``seed`` seeds action sampling."""
         target = float(target)
         if not math.isfinite(target):
             raise DtcondError(f"target return must be finite, got {target}")
         self._rtg = target
         self._state = self.model.start(1, device=self.device)
         self._prev_action = None
-        if seed is not None:
-            self._generator.manual_seed(seed)
+        self._rng = np.random.default_rng(seed)
 
     @torch.inference_mode()
     def act(self, obs, reward: float | None = None):
@@ -100,20 +122,25 @@ class ConditionedPolicy:
         rtg = self._rtg if self.condition_on_return else 0.0
         rtg_t = torch.tensor([rtg], dtype=torch.float32, device=self.device)  # (1,)
         out, self._state = self.model.step(self._state, rtg_t, obs_t, self._prev_action)
-        action = self.select_action(out)  # (1,) or (1, act_dim)
+        action = self.select_action(out, self._rng.random(1))  # (1,) or (1, act_dim)
         self._prev_action = action
         if self.config.discrete:
             return int(action[0])
         return action[0].cpu().numpy()
 
-    def select_action(self, out: torch.Tensor) -> torch.Tensor:
-        """Greedy or sampled actions from a batch of head outputs (logits or continuous actions)."""
+    def select_action(self, out: torch.Tensor, uniforms: np.ndarray) -> torch.Tensor:
+        """Actions from a batch of head outputs: continuous as is, discrete greedy or sampled.
+
+        Sampling inverts the CDF at ``uniforms`` (one U(0,1) draw per row, from each episode's own
+        stream), so an episode's actions do not depend on which other episodes share its batch.
+        """
         if not self.config.discrete:
             return out
         if self.greedy:
             return out.argmax(-1)
-        probs = torch.softmax(out.float() / self.temperature, dim=-1).cpu()
-        return torch.multinomial(probs, 1, generator=self._generator)[:, 0].to(out.device)
+        cdf = torch.softmax(out.float() / self.temperature, dim=-1).cumsum(-1)  # (B, n)
+        u = torch.as_tensor(uniforms, dtype=cdf.dtype, device=cdf.device)[:, None]  # (B, 1)
+        return (cdf < u).sum(-1).clamp(max=cdf.shape[-1] - 1)
 
     def _flat_obs(self, obs) -> np.ndarray:
         if isinstance(obs, dict):

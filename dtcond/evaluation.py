@@ -1,0 +1,201 @@
+"""Batched, seeded evaluation: every (target, episode) pair rolled out together, one forward per step.
+
+Episodes run in a Gymnasium ``SyncVectorEnv``; all start at timestep 0, and when one ends its row
+leaves the model's batch (and its key/value cache), so the batch shrinks as episodes finish.
+Seeds are per episode, not per batch: episode j of every target sees the same env seed (common
+random numbers across targets), and its action-sampling and quantilizer draws come from streams of
+its own, so results do not depend on batch size or on which episodes share a batch.
+"""
+
+from __future__ import annotations
+
+import time
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+from dtcond.errors import DtcondError
+from dtcond.results import ResultsStore
+from dtcond.targets import ResolvedTarget, TargetSpec, parse
+
+
+@dataclass(frozen=True)
+class Job:
+    spec: TargetSpec
+    episode: int
+    seed: int
+
+    @property
+    def env_seed(self) -> int:
+        return int(np.random.SeedSequence([self.seed, self.episode]).generate_state(1)[0] >> 1)
+
+    def _stream(self, purpose: int) -> np.random.Generator:
+        spec_id = zlib.crc32(str(self.spec).encode())
+        return np.random.default_rng([self.seed, self.episode, spec_id, purpose])
+
+    def sampling_rng(self) -> np.random.Generator:
+        """The stream an episode's sampled actions draw from."""
+        return self._stream(1)
+
+    def target_rng(self) -> np.random.Generator:
+        """The stream a quantilizer's per-episode target is drawn from."""
+        return self._stream(2)
+
+    def key(self, fingerprint: str, env_id: str) -> str:
+        return f"{fingerprint}|{env_id}|{self.spec}|seed{self.seed}|ep{self.episode}"
+
+
+def make_jobs(targets, episodes: int, seed: int) -> list[Job]:
+    if isinstance(targets, (str, int, float, TargetSpec)):
+        targets = [targets]
+    specs = [parse(t) for t in targets]
+    if not specs:
+        raise DtcondError("no targets to evaluate")
+    if int(episodes) < 1:
+        raise DtcondError(f"episodes must be >= 1, got {episodes}")
+    return [Job(spec, j, int(seed)) for spec in specs for j in range(int(episodes))]
+
+
+def evaluate(
+    policy,
+    targets,
+    episodes: int = 10,
+    seed: int = 0,
+    results: str | Path | ResultsStore | None = None,
+    run_id: str = "",
+    batch_size: int = 256,
+    progress: bool = False,
+    env_kwargs: dict | None = None,
+    env_id: str | None = None,
+) -> list[dict]:
+    """Roll out ``episodes`` episodes per target spec; one record (a dict) per episode.
+
+    With ``results``, finished episodes are appended to that table as they end, episodes already
+    in it are not run again, and the records returned include them.
+
+    >>> records = evaluate(policy, ["q0.5", "q0.9", "x1.5", "quantilizer:0.1"], episodes=10)  # doctest: +SKIP
+    >>> import pandas as pd; pd.DataFrame(records).groupby("target_spec").episode_return.mean()  # doctest: +SKIP
+    """
+    jobs = make_jobs(targets, episodes, seed)
+    if batch_size < 1:
+        raise DtcondError(f"batch_size must be >= 1, got {batch_size}")
+    store = results if isinstance(results, ResultsStore) or results is None else ResultsStore(results)
+    fingerprint, env = policy.fingerprint, env_id or policy.env_id
+    wanted = {job.key(fingerprint, env) for job in jobs}
+    existing = {r["key"]: r for r in store.read() if r.get("key") in wanted} if store else {}
+    todo = [job for job in jobs if job.key(fingerprint, env) not in existing]
+
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=len(todo), desc=f"eval {policy.env_id}", unit="ep", disable=not progress)
+    fresh: dict[str, dict] = {}
+    for start in range(0, len(todo), batch_size):
+        for record in _rollout(policy, todo[start : start + batch_size], run_id, env_kwargs, env_id):
+            if store is not None:
+                store.append([record])
+            fresh[record["key"]] = record
+            bar.update(1)
+    bar.close()
+    return [existing.get(k) or fresh[k] for k in (job.key(fingerprint, env) for job in jobs)]
+
+
+def make_vector_env(policy, n: int, env_kwargs: dict | None = None, env_id: str | None = None) -> gym.vector.VectorEnv:
+    """``n`` copies of the policy's env (or ``env_id``), autoresetting on the step after an episode ends."""
+    env_id = env_id or policy.env_id
+    if env_id is None:
+        raise DtcondError("the policy's dataset recorded no env id, so dtcond cannot make its env")
+    kwargs = {**policy.stats.env_kwargs, **(env_kwargs or {})}
+    try:
+        envs = gym.vector.SyncVectorEnv([lambda: gym.make(env_id, **kwargs)] * n)
+    except gym.error.Error as exc:
+        raise DtcondError(f"cannot make env {env_id!r}: {exc}") from None
+    policy.check_env(envs)
+    return envs
+
+
+def _flatten(obs) -> np.ndarray:
+    if isinstance(obs, dict):
+        return np.concatenate([np.asarray(v, dtype=np.float32).reshape(len(v), -1) for v in obs.values()], axis=1)
+    obs = np.asarray(obs, dtype=np.float32)
+    return obs.reshape(obs.shape[0], -1)
+
+
+def _rollout(policy, jobs: list[Job], run_id: str, env_kwargs: dict | None, env_id: str | None):
+    """Run one batch of jobs to the end of every episode, yielding records as episodes finish."""
+    n = len(jobs)
+    envs = make_vector_env(policy, n, env_kwargs, env_id)
+    stats, model, device = policy.stats, policy.model, policy.device
+    resolved: list[ResolvedTarget] = [job.spec.resolve(stats, job.target_rng()) for job in jobs]
+    rngs = [job.sampling_rng() for job in jobs]
+    rtg = np.array([r.value for r in resolved], dtype=np.float64)
+    returns = np.zeros(n)
+    true_returns = np.zeros(n)
+    costs = np.zeros(n)
+    seen = {"true_reward": False, "cost": False}
+    lengths = np.zeros(n, dtype=np.int64)
+    actions_all = np.zeros(envs.action_space.shape, dtype=envs.action_space.dtype)
+    active = np.arange(n)
+    state = model.start(n, device=device)
+    prev = None
+    start = time.perf_counter()
+    obs, _ = envs.reset(seed=[job.env_seed for job in jobs])
+    try:
+        with torch.inference_mode():
+            while active.size:
+                obs_t = torch.as_tensor(stats.normalize_obs(_flatten(obs)[active]), device=device)  # (A, obs_dim)
+                cond = rtg[active] if policy.condition_on_return else np.zeros(active.size)
+                rtg_t = torch.as_tensor(cond, dtype=torch.float32, device=device)  # (A,)
+                out, state = model.step(state, rtg_t, obs_t, prev)
+                action = policy.select_action(out, np.array([rngs[i].random() for i in active]))
+                actions_all[active] = action.cpu().numpy()
+                obs, reward, terminated, truncated, info = envs.step(actions_all)
+                reward = np.asarray(reward, dtype=np.float64)
+                returns[active] += reward[active]
+                rtg[active] -= reward[active]
+                lengths[active] += 1
+                for key, acc in (("true_reward", true_returns), ("cost", costs)):
+                    if key in info:
+                        seen[key] = True
+                        acc[active] += np.asarray(info[key], dtype=np.float64)[active]
+                done = (terminated | truncated)[active]
+                if done.any():
+                    elapsed = time.perf_counter() - start
+                    for i in active[done]:
+                        r, job = resolved[i], jobs[i]
+                        yield {
+                            "key": job.key(policy.fingerprint, env_id or policy.env_id),
+                            "run_id": run_id,
+                            "policy_kind": policy.kind,
+                            "policy": policy.source,
+                            "fingerprint": policy.fingerprint,
+                            "env_id": env_id or policy.env_id,
+                            "dataset_id": stats.dataset_id,
+                            "target_spec": str(job.spec),
+                            "target": r.value,
+                            "target_quantile": r.quantile,
+                            "ood": r.ood,
+                            "seed": job.seed,
+                            "episode": job.episode,
+                            "env_seed": job.env_seed,
+                            "episode_return": float(returns[i]),
+                            "length": int(lengths[i]),
+                            "terminated": bool(terminated[i]),
+                            "truncated": bool(truncated[i]),
+                            "true_return": float(true_returns[i]) if seen["true_reward"] else None,
+                            "cost": float(costs[i]) if seen["cost"] else None,
+                            "greedy": bool(policy.greedy),
+                            "wall_time": elapsed,
+                        }
+                    keep = ~done
+                    active = active[keep]
+                    rows = torch.as_tensor(np.flatnonzero(keep), device=device)
+                    state = state.select(rows)
+                    prev = action[rows]
+                else:
+                    prev = action
+    finally:
+        envs.close()

@@ -1,0 +1,184 @@
+"""Target specs: how a user names the return to condition on, resolved against a dataset's returns.
+
+=================  =========  ===========================================================
+spec               string     resolves to
+=================  =========  ===========================================================
+absolute(g)        ``300``    the return g
+normalized(x)      ``n0.5``   min + x·(max − min) of the dataset's episode returns
+quantile(q)        ``q0.9``   the q-th quantile of the dataset's episode returns
+scale(m)           ``x1.5``   best + (m − 1)·|best|: m × best for a positive best return,
+                              and m > 1 always asks for more than the best (OOD)
+quantilizer(q)     ``quantilizer:0.1``  per episode, a return drawn uniformly from the
+                              dataset's top-q fraction of episodes (Taylor's quantilizer
+                              applied to whole trajectories)
+=================  =========  ===========================================================
+
+Every resolved target carries ``P_data(G >= g)`` and whether it lies outside the data's range.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+
+import numpy as np
+
+from dtcond.data import DatasetStats
+from dtcond.errors import DtcondError
+
+KINDS = ("absolute", "normalized", "quantile", "scale", "quantilizer")
+# Beyond this many dataset return ranges past the data, a target is a typo, not an experiment.
+ABSURD_RANGES = 1000.0
+
+
+@dataclass(frozen=True)
+class TargetSpec:
+    kind: str
+    value: float
+
+    def __post_init__(self):
+        if self.kind not in KINDS:
+            raise DtcondError(f"unknown target kind {self.kind!r}; use one of {', '.join(KINDS)}")
+        if not math.isfinite(self.value):
+            raise DtcondError(f"target {self.kind} value must be finite, got {self.value}")
+        if self.kind == "quantile" and not 0.0 <= self.value <= 1.0:
+            raise DtcondError(f"quantile must be in [0, 1], got {self.value}")
+        if self.kind == "quantilizer" and not 0.0 < self.value <= 1.0:
+            raise DtcondError(f"quantilizer fraction q must be in (0, 1], got {self.value}")
+
+    def __str__(self) -> str:
+        v = f"{self.value:g}"
+        return {"absolute": v, "normalized": f"n{v}", "quantile": f"q{v}", "scale": f"x{v}", "quantilizer": f"quantilizer:{v}"}[self.kind]
+
+    @property
+    def is_random(self) -> bool:
+        """Whether each episode draws its own target (quantilizer) rather than sharing one."""
+        return self.kind == "quantilizer"
+
+    def resolve(self, stats: DatasetStats, rng: np.random.Generator | None = None) -> ResolvedTarget:
+        """The return to condition on. A quantilizer needs ``rng`` (one draw per episode)."""
+        returns = np.asarray(stats.episode_returns, dtype=np.float64)
+        lo, hi = float(returns[0]), float(returns[-1])
+        if self.kind == "absolute":
+            g = self.value
+        elif self.kind == "normalized":
+            g = lo + self.value * (hi - lo)
+        elif self.kind == "quantile":
+            g = float(np.quantile(returns, self.value))
+        elif self.kind == "scale":
+            g = hi + (self.value - 1.0) * abs(hi)
+        else:
+            if rng is None:
+                raise DtcondError("a quantilizer target draws a return per episode: pass rng")
+            tail = returns[len(returns) - quantilizer_tail_size(len(returns), self.value):]
+            g = float(tail[rng.integers(len(tail))])
+        span = max(hi - lo, abs(hi), 1.0)
+        if abs(g - hi) > ABSURD_RANGES * span and abs(g - lo) > ABSURD_RANGES * span:
+            raise DtcondError(
+                f"target {self} resolves to {g:g}, over {ABSURD_RANGES:g}x the data's return range [{lo:g}, {hi:g}] away; is it a typo?"
+            )
+        return ResolvedTarget(str(self), g, float((returns >= g).mean()), bool(g < lo or g > hi))
+
+
+@dataclass(frozen=True)
+class ResolvedTarget:
+    spec: str
+    value: float  # the return-to-go the episode starts from
+    quantile: float  # P_data(G >= value)
+    ood: bool  # outside [min, max] of the dataset's episode returns
+
+
+def quantilizer_tail_size(n_episodes: int, q: float) -> int:
+    """How many of the best episodes form the top-q fraction: ceil(q·n), at least one."""
+    return max(1, math.ceil(q * n_episodes - 1e-9))
+
+
+def absolute(g: float) -> TargetSpec:
+    """A raw return. ``absolute(300.0).resolve(stats).value == 300.0``"""
+    return TargetSpec("absolute", float(g))
+
+
+def normalized(x: float) -> TargetSpec:
+    """0 = the dataset's worst episode return, 1 = its best; > 1 is out of distribution."""
+    return TargetSpec("normalized", float(x))
+
+
+def quantile(q: float) -> TargetSpec:
+    """The q-th quantile of the dataset's episode returns, q in [0, 1]."""
+    return TargetSpec("quantile", float(q))
+
+
+def scale(m: float) -> TargetSpec:
+    """m × the dataset's best return (for a negative best: best + (m − 1)·|best|); OOD when m > 1."""
+    return TargetSpec("scale", float(m))
+
+
+def quantilizer(q: float) -> TargetSpec:
+    """Per episode, a return drawn from the dataset's top-q fraction of episodes, q in (0, 1]."""
+    return TargetSpec("quantilizer", float(q))
+
+
+_PATTERNS = [
+    (re.compile(r"^(?:quantilizer[:=]|qz)(.+)$"), "quantilizer"),
+    (re.compile(r"^(?:quantile[:=]|q)(.+)$"), "quantile"),
+    (re.compile(r"^(?:scale[:=]|x)(.+)$"), "scale"),
+    (re.compile(r"^(?:normalized[:=]|n)(.+)$"), "normalized"),
+    (re.compile(r"^(?:absolute[:=]|abs[:=])?(.+)$"), "absolute"),
+]
+
+
+def parse(text: str | float | int | TargetSpec) -> TargetSpec:
+    """A spec from the CLI's short form.
+
+    >>> [str(parse(s)) for s in ["q0.9", "x1.5", "3000", "quantilizer:0.1", "n0.5", "-150.5"]]
+    ['q0.9', 'x1.5', '3000', 'quantilizer:0.1', 'n0.5', '-150.5']
+    """
+    if isinstance(text, TargetSpec):
+        return text
+    if isinstance(text, (int, float)) and not isinstance(text, bool):
+        return absolute(float(text))
+    s = str(text).strip().lower()
+    for pattern, kind in _PATTERNS:
+        m = pattern.match(s)
+        if m:
+            try:
+                value = float(m.group(1))
+            except ValueError:
+                break
+            return TargetSpec(kind, value)
+    raise DtcondError(
+        f"cannot parse target {text!r}: use a return (300), q<quantile> (q0.9), x<multiple of best> (x1.5), "
+        "n<normalized> (n0.5) or quantilizer:<q> (quantilizer:0.1)"
+    )
+
+
+def grid(stats: DatasetStats, n: int = 7, low: float = 0.05, high: float = 0.95, ood_scales=(1.25, 1.5, 2.0)) -> list[TargetSpec]:
+    """A RADT-style sweep: ``n`` returns evenly spaced between two quantiles of the data, then OOD multiples.
+
+    >>> [str(s) for s in grid(stats, n=3, ood_scales=[1.5])]     # doctest: +SKIP
+    ['15', '257.5', '500', 'x1.5']
+    """
+    if n < 1:
+        raise DtcondError(f"the grid needs n >= 1 targets, got {n}")
+    if not 0 <= low <= high <= 1:
+        raise DtcondError(f"grid quantiles must satisfy 0 <= low <= high <= 1, got {low}, {high}")
+    lo, hi = stats.return_quantile(low), stats.return_quantile(high)
+    values = np.linspace(lo, hi, n) if n > 1 else np.array([(lo + hi) / 2])
+    # Rounded to 4 significant digits so the spec strings (and the results keys) are stable and short.
+    return [absolute(float(f"{v:.4g}")) for v in values] + [scale(m) for m in ood_scales]
+
+
+def from_sampler(sampler: dict, stats: DatasetStats) -> list[TargetSpec]:
+    """The target specs a sampler config names: ``target`` (one), ``targets`` (a list), or its ``name``'s set."""
+    if sampler.get("target") is not None:
+        return [parse(sampler["target"])]
+    if sampler.get("targets"):
+        return [parse(t) for t in sampler["targets"]]
+    name = sampler.get("name")
+    if name == "grid":
+        return grid(stats, int(sampler.get("n", 7)), float(sampler.get("low_quantile", 0.05)),
+                    float(sampler.get("high_quantile", 0.95)), sampler.get("ood_scales") or ())
+    if name == "quantilizer":
+        return [quantilizer(float(q)) for q in sampler.get("qs") or ()]
+    raise DtcondError(f"sampler {name!r} names no targets: set sampler.target or sampler.targets")

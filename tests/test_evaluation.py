@@ -1,0 +1,152 @@
+"""Batched evaluation: equal to one env at a time, resumable, one consistent table."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from conftest import run_cli
+from dtcond.checkpoints import load_policy
+from dtcond.errors import DtcondError
+from dtcond.evaluation import evaluate, make_jobs
+from dtcond.results import ResultsStore
+from dtcond.training import train
+
+TINY = dict(context_len=4, n_layer=2, n_head=2, n_embd=16, dropout=0.0)
+QUIET = dict(enable_progress_bar=False, enable_model_summary=False, logger=False)
+SPECS = ["q0.1", "q0.9", "x1.5", "quantilizer:0.25"]
+
+
+@pytest.fixture
+def cartpole_policy(cartpole_dataset, tmp_path):
+    r = train(cartpole_dataset, tmp_path / "cp", model=TINY, data=dict(batch_size=16, steps_per_epoch=20),
+              trainer=dict(max_steps=40, **QUIET))
+    return load_policy(r.bundle)
+
+
+@pytest.fixture
+def pendulum_policy(pendulum_dataset, tmp_path):
+    r = train(pendulum_dataset, tmp_path / "pd", model=TINY, data=dict(batch_size=16, steps_per_epoch=20),
+              trainer=dict(max_steps=20, **QUIET))
+    return load_policy(r.bundle)
+
+
+def one_at_a_time(policy, specs, episodes, seed, max_steps=None):
+    """The reference: the single-env API, one episode after another, with the evaluator's seeds."""
+    out = []
+    for job in make_jobs(specs, episodes, seed):
+        env = policy.make_env(**({"max_episode_steps": max_steps} if max_steps else {}))
+        target = job.spec.resolve(policy.stats, job.target_rng())
+        obs, _ = env.reset(seed=job.env_seed)
+        policy.reset(target.value)
+        policy._rng = job.sampling_rng()
+        total, length, reward = 0.0, 0, None
+        while True:
+            obs, reward, term, trunc, _ = env.step(policy.act(obs, reward))
+            total += reward
+            length += 1
+            if term or trunc:
+                break
+        out.append((str(job.spec), job.episode, total, length))
+    return out
+
+
+def summary(records):
+    return [(r["target_spec"], r["episode"], r["episode_return"], r["length"]) for r in records]
+
+
+def test_batched_equals_one_env_at_a_time_discrete(cartpole_policy):
+    batched = summary(evaluate(cartpole_policy, SPECS, episodes=3, seed=7))
+    assert batched == one_at_a_time(cartpole_policy, SPECS, 3, 7)
+    assert len({r[3] for r in batched}) > 1  # episodes of different lengths shared the batch
+
+
+def test_batched_equals_one_env_at_a_time_continuous(pendulum_policy):
+    batched = summary(evaluate(pendulum_policy, SPECS, episodes=2, seed=3, env_kwargs={"max_episode_steps": 60}))
+    single = one_at_a_time(pendulum_policy, SPECS, 2, 3, max_steps=60)
+    for (s1, e1, r1, l1), (s2, e2, r2, l2) in zip(batched, single):
+        assert (s1, e1, l1) == (s2, e2, l2) and r1 == pytest.approx(r2, rel=1e-4)
+
+
+def test_results_do_not_depend_on_batch_size(cartpole_policy):
+    big = evaluate(cartpole_policy, SPECS, episodes=3, seed=1)
+    small = evaluate(cartpole_policy, SPECS, episodes=3, seed=1, batch_size=5)
+    assert summary(big) == summary(small)
+
+
+def test_records_carry_the_target_and_its_data_quantile(cartpole_policy):
+    recs = evaluate(cartpole_policy, ["q0.5", "x1.5"], episodes=2, seed=0)
+    stats = cartpole_policy.stats
+    assert recs[0]["target"] == pytest.approx(stats.return_quantile(0.5)) and not recs[0]["ood"]
+    assert recs[0]["target_quantile"] == pytest.approx(stats.tail_probability(recs[0]["target"]))
+    assert recs[-1]["ood"] and recs[-1]["target_quantile"] == 0.0 and recs[-1]["target"] == 750.0
+    assert recs[0]["env_id"] == "CartPole-v1" and recs[0]["policy_kind"] == "dt" and recs[0]["cost"] is None
+
+
+def test_an_interrupted_sweep_resumes_without_repeating_episodes(cartpole_policy, tmp_path, monkeypatch):
+    path = tmp_path / "results.jsonl"
+    real_append = ResultsStore.append
+    calls = {"n": 0}
+
+    def append_then_die(self, records):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise KeyboardInterrupt
+        return real_append(self, records)
+
+    monkeypatch.setattr(ResultsStore, "append", append_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        evaluate(cartpole_policy, SPECS, episodes=3, seed=0, results=path)
+    monkeypatch.setattr(ResultsStore, "append", real_append)
+    assert len(ResultsStore(path).read()) == 4
+    with open(path, "a") as f:
+        f.write('{"key": "torn-by-a-crash", "episode_ret')  # a crash mid-append leaves a torn last line
+    full = evaluate(cartpole_policy, SPECS, episodes=3, seed=0, results=path)
+    rows = ResultsStore(path).read()
+    assert len(rows) == len(full) == 12
+    assert len({r["key"] for r in rows}) == 12
+    assert all(json.loads(line) for line in path.read_text().splitlines())  # no torn line left
+    again = evaluate(cartpole_policy, SPECS, episodes=3, seed=0, results=path)
+    assert len(ResultsStore(path).read()) == 12 and summary(again) == summary(full)
+
+
+def test_bad_evaluation_input(cartpole_policy):
+    with pytest.raises(DtcondError, match="episodes must be >= 1"):
+        evaluate(cartpole_policy, ["q0.5"], episodes=0)
+    with pytest.raises(DtcondError, match="no targets"):
+        evaluate(cartpole_policy, [], episodes=1)
+    with pytest.raises(DtcondError, match="do not match the policy"):
+        evaluate(cartpole_policy, ["q0.5"], episodes=1, env_id="Pendulum-v1")
+    with pytest.raises(DtcondError, match="cannot make env"):
+        evaluate(cartpole_policy, ["q0.5"], episodes=1, env_id="NoSuchEnv-v0")
+
+
+def test_cli_eval_grid_report_and_bad_targets(cartpole_policy, tmp_path):
+    results = tmp_path / "results.jsonl"
+    base = ("eval", f"policy={cartpole_policy.source}", f"results={results}", "episodes=2", "progress=false")
+    out = run_cli(*base, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    rows = ResultsStore(results).read()
+    assert len(rows) == (7 + 3) * 2 and sum(r["ood"] for r in rows) == 3 * 2
+    assert (tmp_path / "calibration.png").stat().st_size > 10_000 and "normalized MAE" in (tmp_path / "calibration.md").read_text()
+    before = results.read_bytes()
+    for bad, message in [("sampler.target=qnan", "value must be finite, got nan"), ("sampler.target=q1.5", "quantile must be in"),
+                         ("episodes=0", "episodes must be >= 1")]:
+        out = run_cli(*base, bad, cwd=tmp_path)
+        assert out.returncode == 2 and message in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.stderr
+    assert results.read_bytes() == before  # nothing written is lost or changed
+    out = run_cli("eval", f"policy={tmp_path}/nothing", f"results={results}", cwd=tmp_path)
+    assert out.returncode == 2 and "no policy at" in out.stderr
+
+
+def test_multirun_with_joblib_writes_one_consistent_table(cartpole_policy, tmp_path):
+    results = tmp_path / "results.jsonl"
+    out = run_cli("eval", f"policy={cartpole_policy.source}", f"results={results}", "episodes=3", "progress=false",
+                  "report=false", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", f"hydra.sweep.dir={tmp_path}/multi",
+                  "-m", "sampler.target=q0.2,q0.5,q0.8,x1.5", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    rows = ResultsStore(results).read()
+    assert len(rows) == 12 and len({r["key"] for r in rows}) == 12
+    assert sorted({r["target_spec"] for r in rows}) == ["q0.2", "q0.5", "q0.8", "x1.5"]
