@@ -143,9 +143,9 @@ def test_cli_eval_grid_report_and_bad_targets(cartpole_policy, tmp_path):
 
 def test_multirun_with_joblib_writes_one_consistent_table(cartpole_policy, tmp_path):
     results = tmp_path / "results.jsonl"
-    out = run_cli("eval", f"policy={cartpole_policy.source}", f"results={results}", "episodes=3", "progress=false",
+    out = run_cli("eval", "-m", f"policy={cartpole_policy.source}", f"results={results}", "episodes=3", "progress=false",
                   "report=false", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", f"hydra.sweep.dir={tmp_path}/multi",
-                  "-m", "sampler.target=q0.2,q0.5,q0.8,x1.5", cwd=tmp_path)
+                  "sampler.target=q0.2,q0.5,q0.8,x1.5", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     rows = ResultsStore(results).read()
     assert len(rows) == 12 and len({r["key"] for r in rows}) == 12
