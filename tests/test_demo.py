@@ -1,0 +1,20 @@
+"""The demo end to end at a tiny budget, and its reuse of what a first run made."""
+
+from conftest import run_cli
+from dtcond.results import ResultsStore
+
+
+def test_demo_runs_end_to_end_and_reuses_its_work(tmp_path, minari_root):
+    args = ("demo", "model=tiny", "trainer.max_steps=20", "data.steps_per_epoch=10", "episodes=12", "eval_episodes=2",
+            "grid.n=3", "quantilizer.qs=[0.5]", f"out_dir={tmp_path}/demo", "progress=false")
+    first = run_cli(*args, cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    assert "demo done" in first.stdout and "normalized MAE" in first.stdout
+    results = tmp_path / "demo" / "eval" / "results.jsonl"
+    assert len(ResultsStore(results).read()) == (3 + 3 + 1) * 2
+    assert (tmp_path / "demo" / "eval" / "calibration.png").exists()
+
+    second = run_cli(*args, cwd=tmp_path)
+    assert second.returncode == 0, second.stderr
+    assert "exists, reused" in second.stdout and "20 steps" in second.stdout
+    assert len(ResultsStore(results).read()) == 14  # nothing run twice
