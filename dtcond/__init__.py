@@ -8,17 +8,34 @@ from dtcond.errors import DtcondError
 
 __version__ = "0.1.0"
 
-__all__ = ["DtcondError", "__version__", "collect", "load_dataset"]
+# name -> (module, attribute); resolved on first use so `import dtcond` stays light.
+_LAZY = {
+    "collect": ("dtcond.collect", "collect"),
+    "load_dataset": ("dtcond.data", "load"),
+    "DatasetStats": ("dtcond.data", "DatasetStats"),
+    "DTConfig": ("dtcond.model", "DTConfig"),
+    "DecisionTransformer": ("dtcond.model", "DecisionTransformer"),
+    "train": ("dtcond.training", "train"),
+    "load_policy": ("dtcond.checkpoints", "load_policy"),
+    "ConditionedPolicy": ("dtcond.policy", "ConditionedPolicy"),
+    "evaluate": ("dtcond.evaluation", "evaluate"),
+    "ResultsStore": ("dtcond.results", "ResultsStore"),
+    "write_report": ("dtcond.report", "write_report"),
+    "targets": ("dtcond.targets", None),
+}
+
+__all__ = ["DtcondError", "__version__", *_LAZY]
 
 
 def __getattr__(name):
-    # Lazy so that `import dtcond` does not pay for torch/minari until they are needed.
-    if name == "collect":
-        from dtcond.collect import collect
+    if name not in _LAZY:
+        raise AttributeError(f"module 'dtcond' has no attribute {name!r}")
+    import importlib
 
-        return collect
-    if name == "load_dataset":
-        from dtcond.data import load
+    module, attr = _LAZY[name]
+    mod = importlib.import_module(module)
+    return mod if attr is None else getattr(mod, attr)
 
-        return load
-    raise AttributeError(f"module 'dtcond' has no attribute {name!r}")
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))

@@ -133,7 +133,7 @@ def eval_command(cfg) -> None:
     records = evaluate(
         policy, specs, episodes=int(cfg.episodes), seed=int(cfg.seed), results=store, run_id=str(cfg.run_id),
         batch_size=int(cfg.batch_size), progress=bool(cfg.progress),
-        env_kwargs=None, env_id=cfg.get("env_id"),
+        env_kwargs=None, env_id=cfg.get("env_id"), decode=str(cfg.decode),
     )
     import pandas as pd
 
@@ -233,6 +233,17 @@ COMMANDS: dict[str, Callable] = {
 }
 
 
+def _quiet_libraries() -> None:
+    """Lightning's device banners and tips, doubled by Hydra's log handler, drown the progress bar."""
+    import logging
+    import warnings
+
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric", "pytorch_lightning"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+    warnings.filterwarnings("ignore", module="minari")
+
+
 def run(command: str, overrides: list[str]) -> None:
     import hydra
 
@@ -240,6 +251,7 @@ def run(command: str, overrides: list[str]) -> None:
 
     @hydra.main(config_path=str(conf_dir()), config_name=command, version_base="1.3")
     def app(cfg) -> None:
+        _quiet_libraries()
         try:
             task(cfg)
         except DtcondError as exc:

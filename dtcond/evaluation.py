@@ -71,8 +71,13 @@ def evaluate(
     progress: bool = False,
     env_kwargs: dict | None = None,
     env_id: str | None = None,
+    decode: str = "cached",
 ) -> list[dict]:
     """Roll out ``episodes`` episodes per target spec; one record (a dict) per episode.
+
+    ``decode="cached"`` feeds one step at a time through the key/value cache (exact for the banded
+    model); ``decode="window"`` recomputes the last K steps every step, as the original DT does —
+    the reference for a model trained on K-step windows.
 
     With ``results``, finished episodes are appended to that table as they end, episodes already
     in it are not run again, and the records returned include them.
@@ -81,10 +86,12 @@ def evaluate(
     >>> import pandas as pd; pd.DataFrame(records).groupby("target_spec").episode_return.mean()  # doctest: +SKIP
     """
     jobs = make_jobs(targets, episodes, seed)
+    if decode not in ("cached", "window"):
+        raise DtcondError(f"decode must be 'cached' or 'window', got {decode!r}")
     if batch_size < 1:
         raise DtcondError(f"batch_size must be >= 1, got {batch_size}")
     store = results if isinstance(results, ResultsStore) or results is None else ResultsStore(results)
-    fingerprint, env = policy.fingerprint, env_id or policy.env_id
+    fingerprint, env = policy.fingerprint + ("" if decode == "cached" else "-window"), env_id or policy.env_id
     wanted = {job.key(fingerprint, env) for job in jobs}
     existing = {r["key"]: r for r in store.read() if r.get("key") in wanted} if store else {}
     todo = [job for job in jobs if job.key(fingerprint, env) not in existing]
@@ -94,7 +101,7 @@ def evaluate(
     bar = tqdm(total=len(todo), desc=f"eval {policy.env_id}", unit="ep", disable=not progress)
     fresh: dict[str, dict] = {}
     for start in range(0, len(todo), batch_size):
-        for record in _rollout(policy, todo[start : start + batch_size], run_id, env_kwargs, env_id):
+        for record in _rollout(policy, todo[start : start + batch_size], run_id, env_kwargs, env_id, decode, fingerprint):
             if store is not None:
                 store.append([record])
             fresh[record["key"]] = record
@@ -124,7 +131,36 @@ def _flatten(obs) -> np.ndarray:
     return obs.reshape(obs.shape[0], -1)
 
 
-def _rollout(policy, jobs: list[Job], run_id: str, env_kwargs: dict | None, env_id: str | None):
+class _Window:
+    """The last K steps of every running episode, recomputed in full each step (``decode="window"``)."""
+
+    def __init__(self, model):
+        self.model, self.K = model, model.cfg.context_len
+        self.rtg = self.obs = self.act = self.ts = None
+
+    def step(self, rtg_t, obs_t, t: int):
+        ts_t = torch.full_like(rtg_t, t, dtype=torch.long)
+        cfg = self.model.cfg
+        blank = torch.zeros(rtg_t.shape[0], dtype=torch.long, device=rtg_t.device) if cfg.discrete else torch.zeros(
+            rtg_t.shape[0], cfg.act_dim, device=rtg_t.device)
+        if self.rtg is None:
+            self.rtg, self.obs, self.act, self.ts = rtg_t[:, None], obs_t[:, None], blank[:, None], ts_t[:, None]
+        else:
+            self.rtg = torch.cat([self.rtg, rtg_t[:, None]], 1)[:, -self.K :]  # (A, <=K)
+            self.obs = torch.cat([self.obs, obs_t[:, None]], 1)[:, -self.K :]  # (A, <=K, obs_dim)
+            self.act = torch.cat([self.act, blank[:, None]], 1)[:, -self.K :]  # (A, <=K[, act_dim])
+            self.ts = torch.cat([self.ts, ts_t[:, None]], 1)[:, -self.K :]
+        return self.model(self.rtg, self.obs, self.act, self.ts)[:, -1]  # (A, act_dim)
+
+    def record(self, action) -> None:
+        self.act[:, -1] = action
+
+    def select(self, rows) -> None:
+        self.rtg, self.obs, self.act, self.ts = self.rtg[rows], self.obs[rows], self.act[rows], self.ts[rows]
+
+
+def _rollout(policy, jobs: list[Job], run_id: str, env_kwargs: dict | None, env_id: str | None,
+             decode: str = "cached", fingerprint: str | None = None):
     """Run one batch of jobs to the end of every episode, yielding records as episodes finish."""
     n = len(jobs)
     envs = make_vector_env(policy, n, env_kwargs, env_id)
@@ -140,6 +176,8 @@ def _rollout(policy, jobs: list[Job], run_id: str, env_kwargs: dict | None, env_
     actions_all = np.zeros(envs.action_space.shape, dtype=envs.action_space.dtype)
     active = np.arange(n)
     state = model.start(n, device=device)
+    window = _Window(model) if decode == "window" else None
+    fingerprint = fingerprint or policy.fingerprint
     prev = None
     start = time.perf_counter()
     obs, _ = envs.reset(seed=[job.env_seed for job in jobs])
@@ -149,8 +187,13 @@ def _rollout(policy, jobs: list[Job], run_id: str, env_kwargs: dict | None, env_
                 obs_t = torch.as_tensor(stats.normalize_obs(_flatten(obs)[active]), device=device)  # (A, obs_dim)
                 cond = rtg[active] if policy.condition_on_return else np.zeros(active.size)
                 rtg_t = torch.as_tensor(cond, dtype=torch.float32, device=device)  # (A,)
-                out, state = model.step(state, rtg_t, obs_t, prev)
+                if window is None:
+                    out, state = model.step(state, rtg_t, obs_t, prev)
+                else:
+                    out = window.step(rtg_t, obs_t, int(lengths[active[0]]))
                 action = policy.select_action(out, np.array([rngs[i].random() for i in active]))
+                if window is not None:
+                    window.record(action)
                 actions_all[active] = action.cpu().numpy()
                 obs, reward, terminated, truncated, info = envs.step(actions_all)
                 reward = np.asarray(reward, dtype=np.float64)
@@ -167,11 +210,12 @@ def _rollout(policy, jobs: list[Job], run_id: str, env_kwargs: dict | None, env_
                     for i in active[done]:
                         r, job = resolved[i], jobs[i]
                         yield {
-                            "key": job.key(policy.fingerprint, env_id or policy.env_id),
+                            "key": job.key(fingerprint, env_id or policy.env_id),
                             "run_id": run_id,
                             "policy_kind": policy.kind,
                             "policy": policy.source,
-                            "fingerprint": policy.fingerprint,
+                            "fingerprint": fingerprint,
+                            "decode": decode,
                             "env_id": env_id or policy.env_id,
                             "dataset_id": stats.dataset_id,
                             "target_spec": str(job.spec),
@@ -193,7 +237,10 @@ def _rollout(policy, jobs: list[Job], run_id: str, env_kwargs: dict | None, env_
                     keep = ~done
                     active = active[keep]
                     rows = torch.as_tensor(np.flatnonzero(keep), device=device)
-                    state = state.select(rows)
+                    if window is None:
+                        state = state.select(rows)
+                    else:
+                        window.select(rows)
                     prev = action[rows]
                 else:
                     prev = action

@@ -150,3 +150,15 @@ def test_multirun_with_joblib_writes_one_consistent_table(cartpole_policy, tmp_p
     rows = ResultsStore(results).read()
     assert len(rows) == 12 and len({r["key"] for r in rows}) == 12
     assert sorted({r["target_spec"] for r in rows}) == ["q0.2", "q0.5", "q0.8", "x1.5"]
+
+
+def test_window_decoding_equals_cached_decoding_for_one_layer(cartpole_dataset, tmp_path):
+    # With one layer a token's keys depend on its own embedding only, so recomputing the last K
+    # steps and reading them from the banded cache are the same computation.
+    r = train(cartpole_dataset, tmp_path / "one", model={**TINY, "n_layer": 1}, data=dict(batch_size=16, steps_per_epoch=20),
+              trainer=dict(max_steps=30, **QUIET))
+    policy = load_policy(r.bundle)
+    cached = evaluate(policy, SPECS, episodes=2, seed=5)
+    window = evaluate(policy, SPECS, episodes=2, seed=5, decode="window")
+    assert summary(cached) == summary(window)
+    assert window[0]["decode"] == "window" and window[0]["fingerprint"].endswith("-window")
