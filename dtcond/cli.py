@@ -129,11 +129,14 @@ def eval_command(cfg) -> None:
     store = ResultsStore(Path(cfg.results).expanduser())  # fails now, not after an hour, if unwritable
     policy = load_policy(Path(cfg.policy).expanduser())
     policy.greedy, policy.temperature = bool(cfg.greedy), float(cfg.temperature)
+    if cfg.decode not in ("cached", "window"):
+        raise DtcondError(f"decode must be 'cached' or 'window', got {cfg.decode!r}")
+    policy.decode = str(cfg.decode)
     specs = from_sampler(_plain(cfg.sampler), policy.stats)
     records = evaluate(
         policy, specs, episodes=int(cfg.episodes), seed=int(cfg.seed), results=store, run_id=str(cfg.run_id),
         batch_size=int(cfg.batch_size), progress=bool(cfg.progress),
-        env_kwargs=None, env_id=cfg.get("env_id"), decode=str(cfg.decode),
+        env_kwargs=None, env_id=cfg.get("env_id"),
     )
     import pandas as pd
 

@@ -9,6 +9,7 @@ its own, so results do not depend on batch size or on which episodes share a bat
 
 from __future__ import annotations
 
+import math
 import time
 import zlib
 from dataclasses import dataclass
@@ -16,8 +17,6 @@ from pathlib import Path
 
 import gymnasium as gym
 import numpy as np
-import torch
-
 from dtcond.errors import DtcondError
 from dtcond.results import ResultsStore
 from dtcond.targets import ResolvedTarget, TargetSpec, parse
@@ -62,7 +61,7 @@ def make_jobs(targets, episodes: int, seed: int) -> list[Job]:
 
 def evaluate(
     policy,
-    targets,
+    targets=None,
     episodes: int = 10,
     seed: int = 0,
     results: str | Path | ResultsStore | None = None,
@@ -71,13 +70,13 @@ def evaluate(
     progress: bool = False,
     env_kwargs: dict | None = None,
     env_id: str | None = None,
-    decode: str = "cached",
+    scorer=None,
 ) -> list[dict]:
     """Roll out ``episodes`` episodes per target spec; one record (a dict) per episode.
 
-    ``decode="cached"`` feeds one step at a time through the key/value cache (exact for the banded
-    model); ``decode="window"`` recomputes the last K steps every step, as the original DT does —
-    the reference for a model trained on K-step windows.
+    ``policy`` is anything with the batch protocol of :mod:`dtcond.policy` (a DT, BC/%BC, or an SB3
+    baseline). With a ``scorer`` (:class:`dtcond.roaming.RoamingScorer`) every record also carries
+    how far the episode roamed from the data (NLL under the behaviour model, KL, novelty, entropy).
 
     With ``results``, finished episodes are appended to that table as they end, episodes already
     in it are not run again, and the records returned include them.
@@ -85,13 +84,15 @@ def evaluate(
     >>> records = evaluate(policy, ["q0.5", "q0.9", "x1.5", "quantilizer:0.1"], episodes=10)  # doctest: +SKIP
     >>> import pandas as pd; pd.DataFrame(records).groupby("target_spec").episode_return.mean()  # doctest: +SKIP
     """
+    if targets is None:
+        if policy.kind == "dt":
+            raise DtcondError("a return-conditioned policy needs targets, e.g. ['q0.5', 'q0.9', 'x1.5']")
+        targets = ["none"]
     jobs = make_jobs(targets, episodes, seed)
-    if decode not in ("cached", "window"):
-        raise DtcondError(f"decode must be 'cached' or 'window', got {decode!r}")
     if batch_size < 1:
         raise DtcondError(f"batch_size must be >= 1, got {batch_size}")
     store = results if isinstance(results, ResultsStore) or results is None else ResultsStore(results)
-    fingerprint, env = policy.fingerprint + ("" if decode == "cached" else "-window"), env_id or policy.env_id
+    fingerprint, env = policy.fingerprint, env_id or policy.env_id
     wanted = {job.key(fingerprint, env) for job in jobs}
     existing = {r["key"]: r for r in store.read() if r.get("key") in wanted} if store else {}
     todo = [job for job in jobs if job.key(fingerprint, env) not in existing]
@@ -101,7 +102,7 @@ def evaluate(
     bar = tqdm(total=len(todo), desc=f"eval {policy.env_id}", unit="ep", disable=not progress)
     fresh: dict[str, dict] = {}
     for start in range(0, len(todo), batch_size):
-        for record in _rollout(policy, todo[start : start + batch_size], run_id, env_kwargs, env_id, decode, fingerprint):
+        for record in _rollout(policy, todo[start : start + batch_size], run_id, env_kwargs, env_id, fingerprint, scorer):
             if store is not None:
                 store.append([record])
             fresh[record["key"]] = record
@@ -131,118 +132,82 @@ def _flatten(obs) -> np.ndarray:
     return obs.reshape(obs.shape[0], -1)
 
 
-class _Window:
-    """The last K steps of every running episode, recomputed in full each step (``decode="window"``)."""
-
-    def __init__(self, model):
-        self.model, self.K = model, model.cfg.context_len
-        self.rtg = self.obs = self.act = self.ts = None
-
-    def step(self, rtg_t, obs_t, t: int):
-        ts_t = torch.full_like(rtg_t, t, dtype=torch.long)
-        cfg = self.model.cfg
-        blank = torch.zeros(rtg_t.shape[0], dtype=torch.long, device=rtg_t.device) if cfg.discrete else torch.zeros(
-            rtg_t.shape[0], cfg.act_dim, device=rtg_t.device)
-        if self.rtg is None:
-            self.rtg, self.obs, self.act, self.ts = rtg_t[:, None], obs_t[:, None], blank[:, None], ts_t[:, None]
-        else:
-            self.rtg = torch.cat([self.rtg, rtg_t[:, None]], 1)[:, -self.K :]  # (A, <=K)
-            self.obs = torch.cat([self.obs, obs_t[:, None]], 1)[:, -self.K :]  # (A, <=K, obs_dim)
-            self.act = torch.cat([self.act, blank[:, None]], 1)[:, -self.K :]  # (A, <=K[, act_dim])
-            self.ts = torch.cat([self.ts, ts_t[:, None]], 1)[:, -self.K :]
-        return self.model(self.rtg, self.obs, self.act, self.ts)[:, -1]  # (A, act_dim)
-
-    def record(self, action) -> None:
-        self.act[:, -1] = action
-
-    def select(self, rows) -> None:
-        self.rtg, self.obs, self.act, self.ts = self.rtg[rows], self.obs[rows], self.act[rows], self.ts[rows]
-
-
 def _rollout(policy, jobs: list[Job], run_id: str, env_kwargs: dict | None, env_id: str | None,
-             decode: str = "cached", fingerprint: str | None = None):
+             fingerprint: str, scorer=None):
     """Run one batch of jobs to the end of every episode, yielding records as episodes finish."""
     n = len(jobs)
     envs = make_vector_env(policy, n, env_kwargs, env_id)
-    stats, model, device = policy.stats, policy.model, policy.device
-    resolved: list[ResolvedTarget] = [job.spec.resolve(stats, job.target_rng()) for job in jobs]
+    resolved: list[ResolvedTarget] = [job.spec.resolve(policy.stats, job.target_rng()) for job in jobs]
     rngs = [job.sampling_rng() for job in jobs]
-    rtg = np.array([r.value for r in resolved], dtype=np.float64)
-    returns = np.zeros(n)
-    true_returns = np.zeros(n)
-    costs = np.zeros(n)
+    rtg = np.array([r.value if math.isfinite(r.value) else 0.0 for r in resolved], dtype=np.float64)
+    returns, true_returns, costs = np.zeros(n), np.zeros(n), np.zeros(n)
     seen = {"true_reward": False, "cost": False}
     lengths = np.zeros(n, dtype=np.int64)
+    # Per-episode histories only when a scorer needs them (roaming metrics).
+    history = [{"obs": [], "actions": [], "probs": []} for _ in range(n)] if scorer is not None else None
     actions_all = np.zeros(envs.action_space.shape, dtype=envs.action_space.dtype)
     active = np.arange(n)
-    state = model.start(n, device=device)
-    window = _Window(model) if decode == "window" else None
-    fingerprint = fingerprint or policy.fingerprint
-    prev = None
+    state = policy.begin(n)
     start = time.perf_counter()
     obs, _ = envs.reset(seed=[job.env_seed for job in jobs])
     try:
-        with torch.inference_mode():
-            while active.size:
-                obs_t = torch.as_tensor(stats.normalize_obs(_flatten(obs)[active]), device=device)  # (A, obs_dim)
-                cond = rtg[active] if policy.condition_on_return else np.zeros(active.size)
-                rtg_t = torch.as_tensor(cond, dtype=torch.float32, device=device)  # (A,)
-                if window is None:
-                    out, state = model.step(state, rtg_t, obs_t, prev)
-                else:
-                    out = window.step(rtg_t, obs_t, int(lengths[active[0]]))
-                action = policy.select_action(out, np.array([rngs[i].random() for i in active]))
-                if window is not None:
-                    window.record(action)
-                actions_all[active] = action.cpu().numpy()
-                obs, reward, terminated, truncated, info = envs.step(actions_all)
-                reward = np.asarray(reward, dtype=np.float64)
-                returns[active] += reward[active]
-                rtg[active] -= reward[active]
-                lengths[active] += 1
-                for key, acc in (("true_reward", true_returns), ("cost", costs)):
-                    if key in info:
-                        seen[key] = True
-                        acc[active] += np.asarray(info[key], dtype=np.float64)[active]
-                done = (terminated | truncated)[active]
-                if done.any():
-                    elapsed = time.perf_counter() - start
-                    for i in active[done]:
-                        r, job = resolved[i], jobs[i]
-                        yield {
-                            "key": job.key(fingerprint, env_id or policy.env_id),
-                            "run_id": run_id,
-                            "policy_kind": policy.kind,
-                            "policy": policy.source,
-                            "fingerprint": fingerprint,
-                            "decode": decode,
-                            "env_id": env_id or policy.env_id,
-                            "dataset_id": stats.dataset_id,
-                            "target_spec": str(job.spec),
-                            "target": r.value,
-                            "target_quantile": r.quantile,
-                            "ood": r.ood,
-                            "seed": job.seed,
-                            "episode": job.episode,
-                            "env_seed": job.env_seed,
-                            "episode_return": float(returns[i]),
-                            "length": int(lengths[i]),
-                            "terminated": bool(terminated[i]),
-                            "truncated": bool(truncated[i]),
-                            "true_return": float(true_returns[i]) if seen["true_reward"] else None,
-                            "cost": float(costs[i]) if seen["cost"] else None,
-                            "greedy": bool(policy.greedy),
-                            "wall_time": elapsed,
-                        }
-                    keep = ~done
-                    active = active[keep]
-                    rows = torch.as_tensor(np.flatnonzero(keep), device=device)
-                    if window is None:
-                        state = state.select(rows)
-                    else:
-                        window.select(rows)
-                    prev = action[rows]
-                else:
-                    prev = action
+        while active.size:
+            flat = _flatten(obs)
+            action, probs, state = policy.act_batch(state, flat[active], rtg[active], np.array([rngs[i].random() for i in active]))
+            actions_all[active] = action
+            if history is not None:
+                for row, i in enumerate(active):
+                    history[i]["obs"].append(flat[i])
+                    history[i]["actions"].append(action[row])
+                    if probs is not None:
+                        history[i]["probs"].append(probs[row])
+            obs, reward, terminated, truncated, info = envs.step(actions_all)
+            reward = np.asarray(reward, dtype=np.float64)
+            returns[active] += reward[active]
+            rtg[active] -= reward[active]
+            lengths[active] += 1
+            for key, acc in (("true_reward", true_returns), ("cost", costs)):
+                if key in info:
+                    seen[key] = True
+                    acc[active] += np.asarray(info[key], dtype=np.float64)[active]
+            done = (terminated | truncated)[active]
+            if not done.any():
+                continue
+            elapsed = time.perf_counter() - start
+            for i in active[done]:
+                r, job = resolved[i], jobs[i]
+                record = {
+                    "key": job.key(fingerprint, env_id or policy.env_id),
+                    "run_id": run_id,
+                    "policy_kind": policy.kind,
+                    "policy": policy.source,
+                    "fingerprint": fingerprint,
+                    "env_id": env_id or policy.env_id,
+                    "dataset_id": policy.stats.dataset_id,
+                    "target_spec": str(job.spec),
+                    "target": r.value,
+                    "target_quantile": r.quantile,
+                    "ood": r.ood,
+                    "seed": job.seed,
+                    "episode": job.episode,
+                    "env_seed": job.env_seed,
+                    "episode_return": float(returns[i]),
+                    "length": int(lengths[i]),
+                    "terminated": bool(terminated[i]),
+                    "truncated": bool(truncated[i]),
+                    "true_return": float(true_returns[i]) if seen["true_reward"] else None,
+                    "cost": float(costs[i]) if seen["cost"] else None,
+                    "greedy": bool(getattr(policy, "greedy", True)),
+                    "wall_time": elapsed,
+                }
+                if history is not None:
+                    h = history[i]
+                    record.update(scorer.score_episode(np.stack(h["obs"]), np.stack(h["actions"]),
+                                                       np.stack(h["probs"]) if h["probs"] else None))
+                    history[i] = None
+                yield record
+            keep = np.flatnonzero(~done)
+            active = active[keep]
+            state = policy.keep(state, keep)
     finally:
         envs.close()

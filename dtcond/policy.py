@@ -1,4 +1,14 @@
-"""A trained DT as a stateful, return-conditioned policy for one env."""
+"""A trained DT as a return-conditioned policy: one env at a time, or a batch of episodes at once.
+
+Every policy dtcond evaluates (this one, and the SB3 baselines in ``dtcond.baselines``) offers the
+same small batch protocol, which ``dtcond.evaluate`` drives:
+
+- ``begin(n)`` → a state for ``n`` episodes starting together;
+- ``act_batch(state, obs, rtg, uniforms)`` → actions, the action probabilities where the policy
+  has a discrete distribution (else None), and the new state; ``obs`` are raw flat observations
+  (A, obs_dim), ``rtg`` the returns-to-go (A,), ``uniforms`` one U(0,1) draw per episode for sampling;
+- ``keep(state, rows)`` → the state with only the episodes ``rows`` still running.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +23,73 @@ from dtcond.errors import DtcondError
 from dtcond.model import DecisionTransformer
 
 
+def sample_discrete(logits: torch.Tensor, uniforms: np.ndarray, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inverse-CDF samples at ``uniforms`` and the probabilities they were drawn from.
+
+    One draw per row from each episode's own stream, so an episode's actions do not depend on which
+    other episodes share its batch.
+    """
+    probs = torch.softmax(logits.float() / temperature, dim=-1)  # (B, n)
+    u = torch.as_tensor(uniforms, dtype=probs.dtype, device=probs.device)[:, None]  # (B, 1)
+    return (probs.cumsum(-1) < u).sum(-1).clamp(max=probs.shape[-1] - 1), probs
+
+
+def check_env_spaces(env, stats: DatasetStats) -> None:
+    """Refuse an env (single or vector) whose spaces differ from the ones in ``stats``."""
+    obs_space = getattr(env, "single_observation_space", env.observation_space)
+    act_space = getattr(env, "single_action_space", env.action_space)
+    check_spaces(obs_space, act_space)
+    if isinstance(obs_space, gym.spaces.Dict):
+        obs_dim = sum(int(np.prod(s.shape)) for s in obs_space.spaces.values())
+    else:
+        obs_dim = int(np.prod(obs_space.shape))
+    discrete = isinstance(act_space, gym.spaces.Discrete)
+    act_dim = int(act_space.n) if discrete else int(act_space.shape[0])
+    if (obs_dim, discrete, act_dim) != (stats.obs_dim, stats.is_discrete, stats.action_dim):
+        raise DtcondError(
+            f"env spaces {obs_space} / {act_space} do not match the policy's "
+            f"(obs_dim {stats.obs_dim}, {stats.action_kind} actions of size {stats.action_dim})"
+        )
+
+
+def flatten_obs(obs) -> np.ndarray:
+    """(obs_dim,) float32 from a Box observation or a Dict of Boxes (in the space's key order)."""
+    if isinstance(obs, dict):
+        return np.concatenate([np.asarray(v, dtype=np.float32).reshape(-1) for v in obs.values()])
+    return np.asarray(obs, dtype=np.float32).reshape(-1)
+
+
+class _Window:
+    """The last K steps of every running episode, recomputed in full each step (``decode="window"``)."""
+
+    def __init__(self, model: DecisionTransformer):
+        self.model, self.K = model, model.cfg.context_len
+        self.rtg = self.obs = self.act = self.ts = None
+        self.step_count = 0
+
+    def step(self, rtg_t, obs_t):
+        ts_t = torch.full_like(rtg_t, self.step_count, dtype=torch.long)
+        cfg = self.model.cfg
+        A = rtg_t.shape[0]
+        blank = torch.zeros(A, dtype=torch.long) if cfg.discrete else torch.zeros(A, cfg.act_dim)
+        blank = blank.to(rtg_t.device)
+        if self.rtg is None:
+            self.rtg, self.obs, self.act, self.ts = rtg_t[:, None], obs_t[:, None], blank[:, None], ts_t[:, None]
+        else:
+            self.rtg = torch.cat([self.rtg, rtg_t[:, None]], 1)[:, -self.K :]  # (A, <=K)
+            self.obs = torch.cat([self.obs, obs_t[:, None]], 1)[:, -self.K :]  # (A, <=K, obs_dim)
+            self.act = torch.cat([self.act, blank[:, None]], 1)[:, -self.K :]  # (A, <=K[, act_dim])
+            self.ts = torch.cat([self.ts, ts_t[:, None]], 1)[:, -self.K :]  # (A, <=K)
+        self.step_count += 1
+        return self.model(self.rtg, self.obs, self.act, self.ts)[:, -1]  # (A, act_dim)
+
+    def record(self, action) -> None:
+        self.act[:, -1] = action
+
+    def select(self, rows) -> None:
+        self.rtg, self.obs, self.act, self.ts = self.rtg[rows], self.obs[rows], self.act[rows], self.ts[rows]
+
+
 class ConditionedPolicy:
     """``reset(target)`` then ``act(obs, reward)`` each step; the return-to-go falls by each reward.
 
@@ -20,8 +97,9 @@ class ConditionedPolicy:
     conditioning imitates the data's episodes at that return, noise included; the argmax would
     play the most common action whatever the target. Continuous heads predict the mean action.
 
-    Each ``act`` feeds one step to the model's key/value cache, so a step costs O(K) attention,
-    not a recompute of the whole window.
+    ``decode="cached"`` (default) feeds one step at a time through the key/value cache, so a step
+    costs O(K) attention; ``decode="window"`` recomputes the last K steps every step, as the
+    original DT does (the reference for models trained on K-step windows).
 
     >>> policy = dtcond.load_policy("outputs/.../policy")          # doctest: +SKIP
     >>> env = policy.make_env(); obs, _ = env.reset(seed=0)         # doctest: +SKIP
@@ -30,20 +108,23 @@ class ConditionedPolicy:
     """
 
     def __init__(self, model: DecisionTransformer, stats: DatasetStats, condition_on_return: bool = True,
-                 greedy: bool = False, temperature: float = 1.0, source: str | None = None):
+                 greedy: bool = False, temperature: float = 1.0, source: str | None = None, decode: str = "cached",
+                 kind: str | None = None):
         self.model = model.eval()
         self.stats = stats
         self.condition_on_return = condition_on_return
         self.greedy = greedy
         self.temperature = temperature
         self.source = source
-        self._state = None
-        self._rtg = None
-        self._prev_action = None
-        self._rng = np.random.default_rng()
+        self.decode = decode
+        self._kind = kind
         self._weights_hash = None
+        self._episode = None
+        self._rng = np.random.default_rng()
         if temperature <= 0 or not math.isfinite(temperature):
             raise DtcondError(f"temperature must be a positive number, got {temperature}")
+        if decode not in ("cached", "window"):
+            raise DtcondError(f"decode must be 'cached' or 'window', got {decode!r}")
 
     @property
     def config(self):
@@ -51,8 +132,8 @@ class ConditionedPolicy:
 
     @property
     def kind(self) -> str:
-        """"dt" for a return-conditioned policy, "bc" for one trained without returns."""
-        return "dt" if self.condition_on_return else "bc"
+        """"dt" for a return-conditioned policy; "bc" (or "pct_bc") for one trained without returns."""
+        return self._kind or ("dt" if self.condition_on_return else "bc")
 
     @property
     def fingerprint(self) -> str:
@@ -65,9 +146,10 @@ class ConditionedPolicy:
                 h.update(name.encode())
                 h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
             self._weights_hash = h.hexdigest()[:12]
-        if not self.config.discrete:
-            return self._weights_hash
-        return f"{self._weights_hash}-{'greedy' if self.greedy else f't{self.temperature:g}'}"
+        fp = self._weights_hash
+        if self.config.discrete:
+            fp += "-greedy" if self.greedy else f"-t{self.temperature:g}"
+        return fp + ("-window" if self.decode == "window" else "")
 
     @property
     def device(self) -> torch.device:
@@ -88,61 +170,64 @@ class ConditionedPolicy:
         return env
 
     def check_env(self, env) -> None:
-        """Refuse an env whose spaces differ from the ones the policy was trained on."""
-        obs_space = getattr(env, "single_observation_space", env.observation_space)
-        act_space = getattr(env, "single_action_space", env.action_space)
-        check_spaces(obs_space, act_space)
-        obs_dim = int(np.prod(obs_space.shape)) if obs_space.shape else sum(int(np.prod(s.shape)) for s in obs_space.spaces.values())
-        discrete = isinstance(act_space, gym.spaces.Discrete)
-        act_dim = int(act_space.n) if discrete else int(act_space.shape[0])
-        if (obs_dim, discrete, act_dim) != (self.stats.obs_dim, self.stats.is_discrete, self.stats.action_dim):
-            raise DtcondError(
-                f"env spaces {obs_space} / {act_space} do not match the policy's "
-                f"(obs_dim {self.stats.obs_dim}, {self.stats.action_kind} actions of size {self.stats.action_dim})"
-            )
+        check_env_spaces(env, self.stats)
+
+    # ------------------------------------------------------------------ batch protocol
+
+    def begin(self, n: int):
+        if self.decode == "window":
+            return (_Window(self.model), None)
+        return (self.model.start(n, device=self.device), None)
+
+    @torch.inference_mode()
+    def act_batch(self, state, obs: np.ndarray, rtg: np.ndarray, uniforms: np.ndarray):
+        decoder, prev = state
+        obs_t = torch.as_tensor(self.stats.normalize_obs(obs), device=self.device)  # (A, obs_dim)
+        cond = rtg if self.condition_on_return else np.zeros_like(rtg)
+        rtg_t = torch.as_tensor(cond, dtype=torch.float32, device=self.device)  # (A,)
+        if isinstance(decoder, _Window):
+            out = decoder.step(rtg_t, obs_t)
+        else:
+            out, decoder = self.model.step(decoder, rtg_t, obs_t, prev)
+        probs = None
+        if not self.config.discrete:
+            action = out
+        elif self.greedy:
+            action = out.argmax(-1)
+            probs = torch.softmax(out.float(), -1)
+        else:
+            action, probs = sample_discrete(out, uniforms, self.temperature)
+        if isinstance(decoder, _Window):
+            decoder.record(action)
+        actions = action.cpu().numpy()
+        return actions, (probs.cpu().numpy() if probs is not None else None), (decoder, action)
+
+    def keep(self, state, rows: np.ndarray):
+        decoder, prev = state
+        idx = torch.as_tensor(rows, device=self.device)
+        if isinstance(decoder, _Window):
+            decoder.select(idx)
+        else:
+            decoder = decoder.select(idx)
+        return (decoder, prev[idx] if prev is not None else None)
+
+    # ------------------------------------------------------------------ one env
 
     def reset(self, target: float, seed: int | None = None) -> None:
         """Start an episode conditioned on the return ``target``; ``seed`` seeds action sampling."""
         target = float(target)
         if not math.isfinite(target):
             raise DtcondError(f"target return must be finite, got {target}")
-        self._rtg = target
-        self._state = self.model.start(1, device=self.device)
-        self._prev_action = None
+        self._episode = {"rtg": target, "state": self.begin(1), "started": False}
         self._rng = np.random.default_rng(seed)
 
-    @torch.inference_mode()
     def act(self, obs, reward: float | None = None):
         """The action for ``obs``; pass the reward the previous action earned (None on the first step)."""
-        if self._state is None:
+        if self._episode is None:
             raise DtcondError("call policy.reset(target=...) before policy.act(obs)")
-        if reward is not None and self._state.step > 0:
-            self._rtg -= float(reward)
-        obs_t = torch.as_tensor(self._flat_obs(obs), device=self.device)[None]  # (1, obs_dim)
-        rtg = self._rtg if self.condition_on_return else 0.0
-        rtg_t = torch.tensor([rtg], dtype=torch.float32, device=self.device)  # (1,)
-        out, self._state = self.model.step(self._state, rtg_t, obs_t, self._prev_action)
-        action = self.select_action(out, self._rng.random(1))  # (1,) or (1, act_dim)
-        self._prev_action = action
-        if self.config.discrete:
-            return int(action[0])
-        return action[0].cpu().numpy()
-
-    def select_action(self, out: torch.Tensor, uniforms: np.ndarray) -> torch.Tensor:
-        """Actions from a batch of head outputs: continuous as is, discrete greedy or sampled.
-
-        Sampling inverts the CDF at ``uniforms`` (one U(0,1) draw per row, from each episode's own
-        stream), so an episode's actions do not depend on which other episodes share its batch.
-        """
-        if not self.config.discrete:
-            return out
-        if self.greedy:
-            return out.argmax(-1)
-        cdf = torch.softmax(out.float() / self.temperature, dim=-1).cumsum(-1)  # (B, n)
-        u = torch.as_tensor(uniforms, dtype=cdf.dtype, device=cdf.device)[:, None]  # (B, 1)
-        return (cdf < u).sum(-1).clamp(max=cdf.shape[-1] - 1)
-
-    def _flat_obs(self, obs) -> np.ndarray:
-        if isinstance(obs, dict):
-            obs = np.concatenate([np.asarray(obs[k], dtype=np.float32).reshape(-1) for k in obs])
-        return self.stats.normalize_obs(np.asarray(obs, dtype=np.float32).reshape(-1))
+        ep = self._episode
+        if reward is not None and ep["started"]:
+            ep["rtg"] -= float(reward)
+        ep["started"] = True
+        actions, _, ep["state"] = self.act_batch(ep["state"], flatten_obs(obs)[None], np.array([ep["rtg"]]), self._rng.random(1))
+        return int(actions[0]) if self.config.discrete else actions[0]

@@ -11,6 +11,7 @@ scale(m)           ``x1.5``   best + (m − 1)·|best|: m × best for a positive
 quantilizer(q)     ``quantilizer:0.1``  per episode, a return drawn uniformly from the
                               dataset's top-q fraction of episodes (Taylor's quantilizer
                               applied to whole trajectories)
+none               ``none``   no target: for policies that take none (BC, %BC, PPO, SAC)
 =================  =========  ===========================================================
 
 Every resolved target carries ``P_data(G >= g)`` and whether it lies outside the data's range.
@@ -27,7 +28,7 @@ import numpy as np
 from dtcond.data import DatasetStats
 from dtcond.errors import DtcondError
 
-KINDS = ("absolute", "normalized", "quantile", "scale", "quantilizer")
+KINDS = ("absolute", "normalized", "quantile", "scale", "quantilizer", "none")
 # Beyond this many dataset return ranges past the data, a target is a typo, not an experiment.
 ABSURD_RANGES = 1000.0
 
@@ -49,6 +50,8 @@ class TargetSpec:
 
     def __str__(self) -> str:
         v = f"{self.value:g}"
+        if self.kind == "none":
+            return "none"
         return {"absolute": v, "normalized": f"n{v}", "quantile": f"q{v}", "scale": f"x{v}", "quantilizer": f"quantilizer:{v}"}[self.kind]
 
     @property
@@ -58,6 +61,8 @@ class TargetSpec:
 
     def resolve(self, stats: DatasetStats, rng: np.random.Generator | None = None) -> ResolvedTarget:
         """The return to condition on. A quantilizer needs ``rng`` (one draw per episode)."""
+        if self.kind == "none":  # an unconditioned policy (BC, PPO, ...): no target at all
+            return ResolvedTarget("none", float("nan"), float("nan"), False)
         returns = np.asarray(stats.episode_returns, dtype=np.float64)
         lo, hi = float(returns[0]), float(returns[-1])
         if self.kind == "absolute":
@@ -139,6 +144,8 @@ def parse(text: str | float | int | TargetSpec) -> TargetSpec:
     if isinstance(text, (int, float)) and not isinstance(text, bool):
         return absolute(float(text))
     s = str(text).strip().lower()
+    if s == "none":
+        return TargetSpec("none", 0.0)
     for pattern, kind in _PATTERNS:
         m = pattern.match(s)
         if m:

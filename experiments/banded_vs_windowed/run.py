@@ -70,9 +70,10 @@ def main() -> None:
                                    optim=optim, trainer=trainer, seed=seed)
                 train_s = time.perf_counter() - start
                 policy = dtcond.load_policy(run.bundle)
+                policy.decode = decode
                 start = time.perf_counter()
                 recs = dtcond.evaluate(policy, grid(policy.stats, ood_scales=()), episodes=args.episodes, seed=100 + seed,
-                                       results=results, run_id=f"{variant}_seed{seed}", decode=decode)
+                                       results=results, run_id=f"{variant}_seed{seed}")
                 eval_s = time.perf_counter() - start
                 df = pd.DataFrame(recs)
                 m = calibration_metrics(df, np.asarray(policy.stats.episode_returns))["in_distribution"]
