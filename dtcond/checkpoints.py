@@ -66,6 +66,7 @@ def save_bundle(module, path: str | Path, extra: dict | None = None) -> Path:
             "max_episode_steps": module.stats.max_episode_steps,
         },
         "condition_on_return": bool(hp.get("condition_on_return", True)),
+        "kind": policy_kind(hp),
         "extra": extra or {},
     }
     _atomic_write_bytes(path / "model.safetensors", save(state))
@@ -85,7 +86,12 @@ def load_policy(path: str | Path, device: str | torch.device = "cpu"):
     if not path.exists():
         raise DtcondError(f"no policy at {path}: give a bundle folder (with card.json) or a .ckpt file")
     if path.is_dir() or path.name == "card.json":
-        config, stats, state, card = _read_bundle(path if path.is_dir() else path.parent)
+        folder = path if path.is_dir() else path.parent
+        if _card_format(folder) == "dtcond-sb3-policy":
+            from dtcond.baselines import load_sb3_bundle
+
+            return load_sb3_bundle(folder)
+        config, stats, state, card = _read_bundle(folder)
     else:
         config, stats, state, card = _read_lightning_ckpt(path)
     model = DecisionTransformer(config)
@@ -94,7 +100,16 @@ def load_policy(path: str | Path, device: str | torch.device = "cpu"):
     except RuntimeError as exc:
         first = str(exc).strip().splitlines()
         raise DtcondError(f"{path}: the weights do not match the model config in its card ({first[1].strip() if len(first) > 1 else first[0]})") from None
-    return ConditionedPolicy(model.to(device).eval(), stats, condition_on_return=card.get("condition_on_return", True), source=str(path))
+    return ConditionedPolicy(model.to(device).eval(), stats, condition_on_return=card.get("condition_on_return", True),
+                             source=str(path), kind=card.get("kind"))
+
+
+def _card_format(folder: Path) -> str | None:
+    try:
+        card = json.loads((folder / "card.json").read_text())
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        return None
+    return card.get("format") if isinstance(card, dict) else None
 
 
 def _read_bundle(folder: Path):
@@ -135,8 +150,15 @@ def _read_lightning_ckpt(path: Path):
     hp = ckpt["hyper_parameters"]
     config, stats = _config_and_stats(hp.get("model"), hp.get("stats"), path)
     state = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
-    card = {"condition_on_return": bool(hp.get("condition_on_return", True))}
+    card = {"condition_on_return": bool(hp.get("condition_on_return", True)), "kind": policy_kind(hp)}
     return config, stats, state, card
+
+
+def policy_kind(hparams) -> str:
+    """"dt", "bc" (no return conditioning) or "pct_bc" (BC on the top fraction of episodes)."""
+    if hparams.get("condition_on_return", True):
+        return "dt"
+    return "pct_bc" if hparams.get("top_fraction") else "bc"
 
 
 def _config_and_stats(model: dict | None, stats: dict | None, where: Path) -> tuple[DTConfig, DatasetStats]:

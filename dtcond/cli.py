@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 import sys
+
+import numpy as np
 from pathlib import Path
 from typing import Callable
 
@@ -19,6 +21,7 @@ commands:
   collect   roll out a behaviour mixture and write a local Minari dataset
   train     fit a Decision Transformer on a dataset; writes last.ckpt and a policy bundle
   eval      roll out a policy at many target returns into a results table (+ calibration report)
+  baseline  online RL (SB3 PPO/SAC) on a dataset's env; every checkpoint evaluated into the table
   report    calibration metrics, plot and markdown from a results table
   demo      end to end: collect -> train -> target sweep -> calibration report
 
@@ -109,11 +112,63 @@ def train_command(cfg) -> None:
         seed=int(cfg.seed),
         checkpoint_every=int(cfg.checkpoint_every),
         resume=bool(cfg.resume),
+        condition_on_return=bool(cfg.condition_on_return),
+        top_fraction=None if cfg.top_fraction is None else float(cfg.top_fraction),
     )
     val = f"{result.val_loss:.4f}" if result.val_loss is not None else "n/a"
     print(f"trained {cfg.dataset.id}: {result.global_step} steps, val/loss {val}")
     print(f"  policy bundle  {result.bundle}")
     print(f"  checkpoint     {result.last_checkpoint}")
+
+
+def _scorer(dataset_id: str, enabled: bool, store=None, data_rows: bool = False):
+    """A roaming scorer for ``dataset_id`` (needs the dataset locally), and its data rows if asked."""
+    if not enabled:
+        return None
+    from dtcond.data import load
+    from dtcond.roaming import RoamingScorer, dataset_records
+
+    try:
+        data = load(dataset_id)
+    except DtcondError as exc:
+        raise DtcondError(f"roaming metrics need the policy's dataset ({exc}); pass roaming=false to skip them") from None
+    scorer = RoamingScorer.for_data(data)
+    if store is not None and data_rows:
+        store.append(dataset_records(data, scorer))
+    return scorer
+
+
+def baseline_command(cfg) -> None:
+    from hydra.core.hydra_config import HydraConfig
+
+    from dtcond.baselines import train_baseline
+    from dtcond.checkpoints import load_policy
+    from dtcond.data import load
+    from dtcond.evaluation import evaluate
+    from dtcond.results import ResultsStore
+
+    _set_datasets_path(cfg)
+    store = ResultsStore(Path(cfg.results).expanduser()) if bool(cfg.evaluate) else None
+    if bool(cfg.evaluate) and int(cfg.episodes) < 1:
+        raise DtcondError(f"episodes must be >= 1, got {cfg.episodes}")
+    stats = load(cfg.dataset.id).stats
+    result = train_baseline(
+        stats, str(cfg.algo), HydraConfig.get().runtime.output_dir,
+        budget=None if cfg.budget is None else int(cfg.budget), checkpoints=int(cfg.checkpoints),
+        hyperparams=_plain(cfg.hyperparams), seed=int(cfg.seed), progress=bool(cfg.progress),
+    )
+    print(f"{cfg.algo} on {stats.env_id}: {result.timesteps} env steps; {len(result.bundles)} checkpoints in {result.out_dir / 'policies'}")
+    if store is None:
+        return
+    scorer = _scorer(cfg.dataset.id, bool(cfg.roaming), store, data_rows=True)
+    for bundle in result.bundles:
+        policy = load_policy(bundle)
+        recs = evaluate(policy, episodes=int(cfg.episodes), seed=int(cfg.seed), results=store, run_id=f"{cfg.algo}_seed{cfg.seed}",
+                        scorer=scorer)
+        ret = np.mean([r["episode_return"] for r in recs])
+        nll = [r.get("nll_behavior") for r in recs if r.get("nll_behavior") is not None]
+        print(f"  {policy.label:>16}: return {ret:9.1f}" + (f"   NLL under the data's behaviour {np.mean(nll):.2f}/step" if nll else ""))
+    print(f"  results: {store.path}")
 
 
 def eval_command(cfg) -> None:
@@ -132,16 +187,17 @@ def eval_command(cfg) -> None:
     if cfg.decode not in ("cached", "window"):
         raise DtcondError(f"decode must be 'cached' or 'window', got {cfg.decode!r}")
     policy.decode = str(cfg.decode)
-    specs = from_sampler(_plain(cfg.sampler), policy.stats)
+    specs = from_sampler(_plain(cfg.sampler), policy.stats) if policy.kind == "dt" else None
+    scorer = _scorer(policy.stats.dataset_id, bool(cfg.roaming), store, data_rows=bool(cfg.data_rows))
     records = evaluate(
         policy, specs, episodes=int(cfg.episodes), seed=int(cfg.seed), results=store, run_id=str(cfg.run_id),
         batch_size=int(cfg.batch_size), progress=bool(cfg.progress),
-        env_kwargs=None, env_id=cfg.get("env_id"),
+        env_kwargs=None, env_id=cfg.get("env_id"), scorer=scorer,
     )
     import pandas as pd
 
     table = per_target_table(pd.DataFrame(records))
-    print(f"{policy.kind} {policy.fingerprint} on {policy.env_id}: {len(records)} episodes -> {store.path}")
+    print(f"{policy.label} {policy.fingerprint} on {policy.env_id}: {len(records)} episodes -> {store.path}")
     for r in table.itertuples():
         flag = " OOD" if r.ood else ""
         print(f"  {r.target_spec:>18} target {r.target:9.1f} (P_data {r.target_quantile:4.2f}{flag:4}) "
@@ -231,6 +287,7 @@ COMMANDS: dict[str, Callable] = {
     "collect": collect_command,
     "train": train_command,
     "eval": eval_command,
+    "baseline": baseline_command,
     "report": report_command,
     "demo": demo_command,
 }

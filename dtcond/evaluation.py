@@ -180,6 +180,7 @@ def _rollout(policy, jobs: list[Job], run_id: str, env_kwargs: dict | None, env_
                     "key": job.key(fingerprint, env_id or policy.env_id),
                     "run_id": run_id,
                     "policy_kind": policy.kind,
+                    "label": getattr(policy, "label", policy.kind),
                     "policy": policy.source,
                     "fingerprint": fingerprint,
                     "env_id": env_id or policy.env_id,

@@ -136,6 +136,12 @@ class ConditionedPolicy:
         return self._kind or ("dt" if self.condition_on_return else "bc")
 
     @property
+    def label(self) -> str:
+        """What the policy is, for tables: "dt", "bc" or "pct_bc:<q>"."""
+        q = self.stats.extra.get("top_fraction")
+        return f"{self.kind}:{q:g}" if self.kind == "pct_bc" and q else self.kind
+
+    @property
     def fingerprint(self) -> str:
         """Identifies the weights and the decoding mode, so results tables key episodes by it."""
         if self._weights_hash is None:

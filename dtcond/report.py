@@ -30,22 +30,21 @@ def _ci95(x: np.ndarray) -> float:
 
 
 def _spearman(x: np.ndarray, y: np.ndarray) -> float:
-    import pandas as pd
+    from scipy.stats import spearmanr
 
     if len(x) < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
         return float("nan")
-    rx, ry = pd.Series(x).rank().to_numpy(), pd.Series(y).rank().to_numpy()
-    return float(np.corrcoef(rx, ry)[0, 1])
+    return float(spearmanr(x, y).statistic)
 
 
 def _fit(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
     """Slope and R² of the least-squares line y ~ x."""
+    from scipy.stats import linregress
+
     if len(x) < 2 or np.ptp(x) == 0:
         return float("nan"), float("nan")
-    slope, intercept = np.polyfit(x, y, 1)
-    resid = y - (slope * x + intercept)
-    total = ((y - y.mean()) ** 2).sum()
-    return float(slope), float(1 - (resid**2).sum() / total) if total > 0 else float("nan")
+    fit = linregress(x, y)
+    return float(fit.slope), float(fit.rvalue**2)
 
 
 def per_target_table(df):
@@ -127,6 +126,8 @@ def plot_calibration(df, stats_returns: np.ndarray, path: Path, title: str = "")
     import matplotlib.pyplot as plt
 
     lo, hi = float(np.min(stats_returns)), float(np.max(stats_returns))
+    others = df[df["policy_kind"] != "dt"]
+    df = df[df["policy_kind"] == "dt"]
     fixed = df[~df["target_spec"].str.startswith("quantilizer")]
     fig, (ax, hax) = plt.subplots(2, 1, figsize=(7, 6.5), sharex=True, gridspec_kw={"height_ratios": [4, 1]})
     all_targets = fixed["target"].to_numpy(float) if len(fixed) else np.array([lo, hi])
@@ -146,6 +147,8 @@ def plot_calibration(df, stats_returns: np.ndarray, path: Path, title: str = "")
     for spec, part in quant.groupby("target_spec"):
         ax.axhline(part["episode_return"].mean(), ls=":", lw=1, color="0.4")
         ax.annotate(spec, (xmin, part["episode_return"].mean()), fontsize=7, color="0.3", va="bottom")
+    for j, (label, part) in enumerate(_reference_groups(others)):
+        ax.axhline(part["episode_return"].mean(), ls="-.", lw=1.2, color=f"C{j + 3}", label=f"{label} (no target)")
     ax.set_ylabel("achieved return")
     ax.set_title(title or "calibration: achieved vs target return")
     ax.legend(fontsize=7, loc="upper left")
@@ -191,6 +194,148 @@ def markdown_summary(table, metrics: dict[str, dict], plot_name: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _reference_groups(others):
+    """Reference policies for the calibration plot: BC, %BC, data, and each RL algo's last checkpoint."""
+    if not len(others):
+        return []
+    groups = []
+    for label, part in others.groupby("label", sort=True):
+        groups.append((label, part))
+    rl = [(lab, p) for lab, p in groups if "@" in lab]
+    last_rl = {}
+    for lab, p in rl:
+        algo, steps = lab.split("@")
+        if algo not in last_rl or int(steps) > int(last_rl[algo][0].split("@")[1]):
+            last_rl[algo] = (lab, p)
+    return [(lab, p) for lab, p in groups if "@" not in lab] + list(last_rl.values())
+
+
+METRIC_COLUMNS = ("true_return", "cost", "nll_behavior", "kl_behavior", "novelty", "novel_fraction", "entropy")
+
+
+def comparison_table(df):
+    """One row per (policy label, target spec): means with 95% CIs over seeds where there are several.
+
+    A seed is one set of weights (fingerprint); with one, the CI is over episodes.
+    """
+    import pandas as pd
+
+    rows = []
+    for (label, spec), part in df.groupby(["label", "target_spec"], sort=False):
+        seeds = part["fingerprint"].nunique()
+        row = {"label": label, "kind": part["policy_kind"].iloc[0], "target_spec": spec, "seeds": seeds, "episodes": len(part)}
+        for col in ("episode_return", *METRIC_COLUMNS):
+            if col not in part or part[col].isna().all():
+                row[col] = row[f"{col}_ci95"] = float("nan")
+                continue
+            vals = part[col].astype(float)
+            row[col] = float(vals.mean())
+            if seeds > 1:
+                row[f"{col}_ci95"] = _ci95(part.groupby("fingerprint")[col].mean().astype(float).to_numpy())
+            else:
+                row[f"{col}_ci95"] = _ci95(vals.dropna().to_numpy())
+        targets = part["target"].astype(float)
+        row["target"] = float(targets.mean()) if targets.notna().any() else float("nan")
+        row["abs_error"] = float((part["episode_return"] - targets).abs().mean()) if targets.notna().any() else float("nan")
+        if "trajectory_signature" in part and part["trajectory_signature"].notna().any():
+            row["distinct_trajectories"] = part["trajectory_signature"].nunique() / len(part)
+        else:
+            row["distinct_trajectories"] = float("nan")
+        rows.append(row)
+    order = {"data": 0, "dt": 1, "bc": 2, "pct_bc": 3}
+    table = pd.DataFrame(rows)
+    table["_o"] = table["kind"].map(lambda k: order.get(k, 4))
+    return table.sort_values(["_o", "label", "target"]).drop(columns="_o").reset_index(drop=True)
+
+
+def quantilizer_bound(table, df) -> list[dict]:
+    """Taylor's bound for a q-quantilizer of the data: E_π[cost] ≤ E_data[cost] / q."""
+    data = df[df["policy_kind"] == "data"]
+    if not len(data) or "cost" not in data or data["cost"].isna().all():
+        return []
+    data_cost = float(data["cost"].astype(float).mean())
+    out = []
+    for r in table.itertuples():
+        q = None
+        if r.target_spec.startswith("quantilizer:"):
+            q = float(r.target_spec.split(":")[1])
+        elif r.label.startswith("pct_bc:"):
+            q = float(r.label.split(":")[1])
+        if q and math.isfinite(r.cost):
+            out.append({"label": r.label, "target_spec": r.target_spec, "q": q, "cost": r.cost,
+                        "bound": data_cost / q, "holds": bool(r.cost <= data_cost / q)})
+    return out
+
+
+def plot_frontier(table, path: Path, title: str = "") -> Path:
+    """Return (and true return) against divergence from the data (NLL under β̂), one point per policy/target."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    has_true = table["true_return"].notna().any()
+    fig, axes = plt.subplots(1, 2 if has_true else 1, figsize=(12 if has_true else 7, 5), squeeze=False)
+    for ax, col in zip(axes[0], ["episode_return", "true_return"] if has_true else ["episode_return"]):
+        t = table[table["nll_behavior"].notna() & table[col].notna()]
+        for kind, marker, color in (("data", "s", "k"), ("dt", "o", "C0"), ("bc", "D", "C2"), ("pct_bc", "^", "C3")):
+            part = t[t["kind"] == kind]
+            if len(part):
+                ax.errorbar(part["nll_behavior"], part[col], yerr=part[f"{col}_ci95"] if f"{col}_ci95" in part else None,
+                            fmt=marker, color=color, capsize=2, label=kind)
+                for r in part.itertuples():
+                    name = r.target_spec if kind == "dt" else r.label
+                    ax.annotate(name, (r.nll_behavior, getattr(r, col)), fontsize=6, xytext=(3, 3), textcoords="offset points")
+        rl = t[t["label"].str.contains("@")]
+        for j, (algo, part) in enumerate(rl.groupby(rl["label"].str.split("@").str[0])):
+            part = part.assign(train_steps=part["label"].str.split("@").str[1].astype(int)).sort_values("train_steps")
+            ax.plot(part["nll_behavior"], part[col], "-x", color=f"C{5 + j}", label=f"{algo} over training")
+            for r in part.itertuples():
+                ax.annotate(f"{r.train_steps // 1000}k" if r.train_steps >= 1000 else str(r.train_steps), (r.nll_behavior, getattr(r, col)), fontsize=6, color=f"C{5 + j}",
+                            xytext=(3, -8), textcoords="offset points")
+        ax.set_xlabel("divergence from the data: NLL of actions under β̂ (nats/step)")
+        ax.set_ylabel(col.replace("_", " "))
+        ax.legend(fontsize=7)
+    fig.suptitle(title or "return vs divergence from the behaviour data")
+    fig.tight_layout()
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
+    os.close(fd)
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
+
+
+def comparison_markdown(table, bound: list[dict], calibration_png: str, frontier_png: str | None) -> str:
+    def cell(row, col, digits=1):
+        v, ci = row.get(col, float("nan")), row.get(f"{col}_ci95", float("nan"))
+        if v is None or not math.isfinite(v):
+            return "–"
+        return f"{v:.{digits}f} ± {ci:.{digits}f}" if ci is not None and math.isfinite(ci) else f"{v:.{digits}f}"
+
+    lines = ["# Conditioning vs maximizing: comparison", "", f"![calibration]({calibration_png})", ""]
+    if frontier_png:
+        lines += [f"![frontier]({frontier_png})", ""]
+    lines += ["| policy | target | seeds | episodes | return | true return | cost | target error | NLL under β̂ | KL(π‖β̂) | novelty | novel steps | entropy | distinct traj. |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for _, r in table.iterrows():
+        lines.append(
+            f"| {r['label']} | {r['target_spec']} | {r['seeds']} | {r['episodes']} | {cell(r, 'episode_return')} | {cell(r, 'true_return')} "
+            f"| {cell(r, 'cost')} | {_fmt(r['abs_error'])} | {cell(r, 'nll_behavior', 2)} | {cell(r, 'kl_behavior', 2)} "
+            f"| {cell(r, 'novelty', 3)} | {cell(r, 'novel_fraction', 2)} | {cell(r, 'entropy', 2)} | {_fmt(r['distinct_trajectories'], 2)} |"
+        )
+    lines += ["", "Means ± 95% CI (over seeds when there are several, else over episodes). NLL under β̂: mean per-step negative "
+              "log-likelihood of the policy's actions under a behaviour model fitted to the data (the data row is mostly in-sample). "
+              "KL(π‖β̂): exact per-step KL where the policy's action distribution is known (discrete). Novelty: mean distance "
+              "from visited states to the nearest dataset state (normalized units); novel steps: the fraction beyond the data's "
+              "own 99th percentile. Distinct traj.: distinct discretized action sequences / episodes."]
+    if bound:
+        lines += ["", "## Quantilizer bound: E_π[cost] ≤ E_data[cost] / q", "", "| policy | target | q | E_π[cost] | bound | holds |", "|---|---|---|---|---|---|"]
+        for b in bound:
+            lines.append(f"| {b['label']} | {b['target_spec']} | {b['q']:g} | {b['cost']:.2f} | {b['bound']:.2f} | {'yes' if b['holds'] else 'NO'} |")
+    return "\n".join(lines) + "\n"
+
+
 def write_report(results_path: str | Path, out_dir: str | Path | None = None, data_returns: dict | None = None) -> dict:
     """Read a results table and write ``calibration.md``, ``calibration.png``, ``calibration.json``.
 
@@ -208,19 +353,38 @@ def write_report(results_path: str | Path, out_dir: str | Path | None = None, da
     out_dir = Path(out_dir) if out_dir else results_path.parent
     out_dir.mkdir(parents=True, exist_ok=True)
     data_returns = dict(data_returns or {})
+    if "label" not in df:
+        df["label"] = df["policy_kind"]
+    df["label"] = df["label"].fillna(df["policy_kind"])
     for dataset_id, part in df.groupby("dataset_id"):
-        if dataset_id not in data_returns:
-            data_returns[dataset_id] = _returns_from_card(part["policy"].iloc[0])
+        if dataset_id in data_returns:
+            continue
+        data = part[part["policy_kind"] == "data"]
+        if len(data):  # the dataset's own rows carry its returns
+            data_returns[dataset_id] = data["episode_return"].astype(float).tolist()
+        else:
+            data_returns[dataset_id] = _returns_from_card(part[part["policy_kind"] != "data"]["policy"].iloc[0])
     metrics, outputs = {}, {}
     for dataset_id, part in df.groupby("dataset_id"):
         returns = np.asarray(data_returns[dataset_id], dtype=float)
-        for fp, pol in part.groupby("fingerprint"):
+        for fp, pol in part[part["policy_kind"] == "dt"].groupby("fingerprint"):
             metrics[fp] = calibration_metrics(pol, returns)
         stem = "calibration" if df["dataset_id"].nunique() == 1 else f"calibration_{dataset_id.replace('/', '_')}"
         png = plot_calibration(part, returns, out_dir / f"{stem}.png", title=f"{dataset_id}: achieved vs target return")
-        table = per_target_table(part)
-        _atomic_write_text(out_dir / f"{stem}.md", markdown_summary(table, {fp: metrics[fp] for fp in part["fingerprint"].unique()}, png.name))
+        dt = part[part["policy_kind"] == "dt"]
+        table = per_target_table(dt) if len(dt) else per_target_table(part)
+        _atomic_write_text(out_dir / f"{stem}.md", markdown_summary(table, {fp: metrics[fp] for fp in dt["fingerprint"].unique()}, png.name))
         outputs[dataset_id] = {"plot": str(png), "markdown": str(out_dir / f"{stem}.md"), "table": table}
+        if part["policy_kind"].nunique() > 1 or ("nll_behavior" in part and part["nll_behavior"].notna().any()):
+            comp = comparison_table(part)
+            cstem = stem.replace("calibration", "comparison")
+            frontier = None
+            if comp["nll_behavior"].notna().any():
+                frontier = plot_frontier(comp, out_dir / f"{cstem}_frontier.png", title=f"{dataset_id}: return vs divergence from the data")
+            bound = quantilizer_bound(comp, part)
+            _atomic_write_text(out_dir / f"{cstem}.md", comparison_markdown(comp, bound, png.name, frontier.name if frontier else None))
+            outputs[dataset_id].update({"comparison": str(out_dir / f"{cstem}.md"), "comparison_table": comp,
+                                        "frontier": str(frontier) if frontier else None, "bound": bound})
     _atomic_write_text(out_dir / "calibration.json", json.dumps(metrics, indent=1, default=float))
     return {"metrics": metrics, "outputs": outputs}
 

@@ -58,6 +58,7 @@ class DTModule(L.LightningModule):
         warmup_steps: int = 1000,
         betas: tuple[float, float] = (0.9, 0.999),
         condition_on_return: bool = True,
+        top_fraction: float | None = None,
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -127,9 +128,14 @@ def train(
     checkpoint_every: int = 500,
     resume: bool = True,
     condition_on_return: bool = True,
+    top_fraction: float | None = None,
     callbacks: list | None = None,
 ) -> TrainResult:
     """Train a DT on a local Minari dataset, write ``last.ckpt`` and a policy bundle under ``out_dir``.
+
+    ``condition_on_return=False`` trains behaviour cloning (BC) with the same network and loop;
+    with ``top_fraction=q`` too, filtered BC (%BC) on the top-q fraction of episodes by return —
+    the same episodes ``quantilizer(q)`` draws its targets from.
 
     A run whose ``out_dir`` already has ``checkpoints/last.ckpt`` resumes from it (``resume=False``
     refuses instead). ``trainer`` is passed to ``lightning.Trainer`` (e.g. ``max_steps``).
@@ -162,12 +168,15 @@ def train(
 
     L.seed_everything(seed, workers=True, verbose=False)
     offline = load(dataset_id, gamma=float(data.pop("gamma", 1.0)))
+    if top_fraction is not None:
+        offline = top_episodes(offline, float(top_fraction))
     cfg = model_config_for(offline.stats, **model)
     segment = int(data.pop("segment_len", 0) or 2 * cfg.context_len)
     if segment < cfg.context_len:
         raise DtcondError(f"data.segment_len ({segment}) must be >= model.context_len ({cfg.context_len})")
     dm = WindowDataModule(dataset_id, window_len=segment, seed=seed, data=offline, **data)
-    module = DTModule(cfg.to_dict(), offline.stats.to_dict(), condition_on_return=condition_on_return, **optim)
+    module = DTModule(cfg.to_dict(), offline.stats.to_dict(), condition_on_return=condition_on_return,
+                      top_fraction=top_fraction, **optim)
 
     from lightning.pytorch.callbacks import ModelCheckpoint
     from lightning.pytorch.loggers import CSVLogger
@@ -197,3 +206,22 @@ def train(
     val = pl_trainer.callback_metrics.get("val/loss")
     return TrainResult(out_dir, bundle, last, pl_trainer.global_step, float(val) if val is not None else None)
 
+
+
+def top_episodes(offline, fraction: float):
+    """The dataset restricted to its top ``fraction`` of episodes by return (the quantilizer's tail).
+
+    The stats stay those of the whole dataset, so normalization and targets mean the same thing.
+    """
+    from dtcond.data import OfflineData
+    from dtcond.targets import quantilizer_tail_size
+
+    if not 0 < fraction <= 1:
+        raise DtcondError(f"top_fraction must be in (0, 1], got {fraction}")
+    ranked = sorted(offline.trajectories, key=lambda t: t.episode_return)
+    kept = ranked[len(ranked) - quantilizer_tail_size(len(ranked), fraction):]
+    if len(kept) < 2:
+        raise DtcondError(f"top_fraction {fraction} keeps {len(kept)} episode; %BC needs at least 2 (one for validation)")
+    stats = offline.stats
+    stats = type(stats).from_dict({**stats.to_dict(), "extra": {**stats.extra, "top_fraction": fraction, "episodes_kept": len(kept)}})
+    return OfflineData(kept, stats)

@@ -13,6 +13,18 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 
 
+@pytest.fixture(autouse=True, scope="session")
+def behavior_cache(tmp_path_factory):
+    """One cache of fitted behaviour models for the session: identical test datasets share a fit."""
+    old = os.environ.get("DTCOND_CACHE")
+    os.environ["DTCOND_CACHE"] = str(tmp_path_factory.mktemp("dtcond-cache"))
+    yield
+    if old is None:
+        os.environ.pop("DTCOND_CACHE", None)
+    else:
+        os.environ["DTCOND_CACHE"] = old
+
+
 @pytest.fixture(autouse=True)
 def minari_root(tmp_path, monkeypatch) -> Path:
     root = tmp_path / "minari"

@@ -128,8 +128,10 @@ def test_cli_eval_grid_report_and_bad_targets(cartpole_policy, tmp_path):
     base = ("eval", f"policy={cartpole_policy.source}", f"results={results}", "episodes=2", "progress=false")
     out = run_cli(*base, cwd=tmp_path)
     assert out.returncode == 0, out.stderr
-    rows = ResultsStore(results).read()
+    rows = [r for r in ResultsStore(results).read() if r["policy_kind"] == "dt"]
     assert len(rows) == (7 + 3) * 2 and sum(r["ood"] for r in rows) == 3 * 2
+    assert all(r["nll_behavior"] > 0 and r["kl_behavior"] >= 0 for r in rows)
+    assert sum(r["policy_kind"] == "data" for r in ResultsStore(results).read()) == 20
     assert (tmp_path / "calibration.png").stat().st_size > 10_000 and "normalized MAE" in (tmp_path / "calibration.md").read_text()
     before = results.read_bytes()
     for bad, message in [("sampler.target=qnan", "value must be finite, got nan"), ("sampler.target=q1.5", "quantile must be in"),
@@ -144,7 +146,7 @@ def test_cli_eval_grid_report_and_bad_targets(cartpole_policy, tmp_path):
 def test_multirun_with_joblib_writes_one_consistent_table(cartpole_policy, tmp_path):
     results = tmp_path / "results.jsonl"
     out = run_cli("eval", "-m", f"policy={cartpole_policy.source}", f"results={results}", "episodes=3", "progress=false",
-                  "report=false", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", f"hydra.sweep.dir={tmp_path}/multi",
+                  "report=false", "roaming=false", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", f"hydra.sweep.dir={tmp_path}/multi",
                   "sampler.target=q0.2,q0.5,q0.8,x1.5", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     rows = ResultsStore(results).read()

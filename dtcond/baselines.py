@@ -1,0 +1,259 @@
+"""The online RL baseline: Stable-Baselines3 PPO/SAC on a dataset's env, trained on the env's reward.
+
+Training saves SB3 checkpoints at regular intervals (for resuming, and to plot return and divergence
+against training progress). Each checkpoint is also exported as a *code-free* bundle: the policy's
+weights in safetensors and a JSON card; loading rebuilds the SB3 policy from primitive kwargs, because
+SB3 zips carry cloudpickled objects.
+
+Default hyperparameters are the tuned ones of RL Baselines3 Zoo (``hyperparams/ppo.yml`` and
+``sac.yml``) for the envs listed in :data:`TUNED`; SB3's defaults elsewhere.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+from dtcond.data import DatasetStats
+from dtcond.errors import DtcondError
+
+ALGOS = ("ppo", "sac")
+
+# RL Baselines3 Zoo, hyperparams/{ppo,sac}.yml ("# Tuned" entries); n_timesteps becomes the budget.
+TUNED: dict[tuple[str, str], dict] = {
+    ("ppo", "CartPole-v1"): dict(n_envs=8, budget=100_000, n_steps=32, batch_size=256, gae_lambda=0.8, gamma=0.98,
+                                 n_epochs=20, ent_coef=0.0, learning_rate="lin_0.001", clip_range="lin_0.2"),
+    ("ppo", "Pendulum-v1"): dict(n_envs=4, budget=100_000, n_steps=1024, gae_lambda=0.95, gamma=0.9, n_epochs=10,
+                                 ent_coef=0.0, learning_rate=1e-3, clip_range=0.2, use_sde=True, sde_sample_freq=4),
+    ("sac", "Pendulum-v1"): dict(n_envs=1, budget=20_000, learning_rate=1e-3),
+}
+CARD_FORMAT = "dtcond-sb3-policy"
+
+
+def _schedule(value):
+    """Zoo's "lin_0.001" → a linear schedule from 0.001 to 0 over training."""
+    if isinstance(value, str):
+        m = re.fullmatch(r"lin_([0-9.eE+-]+)", value)
+        if not m:
+            raise DtcondError(f"cannot read schedule {value!r}; use a number or 'lin_<start>'")
+        start = float(m.group(1))
+        return lambda progress_remaining: progress_remaining * start
+    return value
+
+
+def hyperparameters(algo: str, env_id: str, overrides: dict | None = None) -> dict:
+    """Tuned defaults for (algo, env) with ``overrides`` on top; includes n_envs and budget."""
+    params = {"n_envs": 1, "budget": 100_000, **TUNED.get((algo, env_id), {}), **(overrides or {})}
+    return params
+
+
+def _algo_class(algo: str):
+    from stable_baselines3 import PPO, SAC
+
+    return {"ppo": PPO, "sac": SAC}[algo]
+
+
+@dataclass
+class BaselineResult:
+    out_dir: Path
+    bundles: list[Path]  # one per checkpoint, in training order; the last is the final policy
+    timesteps: int
+
+
+def train_baseline(
+    stats: DatasetStats,
+    algo: str,
+    out_dir: str | Path,
+    budget: int | None = None,
+    checkpoints: int = 5,
+    hyperparams: dict | None = None,
+    seed: int = 0,
+    progress: bool = True,
+) -> BaselineResult:
+    """Train ``algo`` on the env of the dataset ``stats`` describe; resume from the latest checkpoint.
+
+    >>> r = train_baseline(load("dtcond/cartpole/mixture-v0").stats, "ppo", "runs/ppo")   # doctest: +SKIP
+    >>> dtcond.load_policy(r.bundles[-1])                                                # doctest: +SKIP
+    """
+    from stable_baselines3.common.callbacks import CheckpointCallback
+    from stable_baselines3.common.env_util import make_vec_env
+
+    if algo not in ALGOS:
+        raise DtcondError(f"unknown algo {algo!r}; choose one of {', '.join(ALGOS)}")
+    if stats.env_id is None:
+        raise DtcondError(f"dataset {stats.dataset_id!r} recorded no env id, so there is no env to train on")
+    if algo == "sac" and stats.is_discrete:
+        raise DtcondError(f"SAC needs continuous (Box) actions; {stats.env_id} has Discrete actions: use algo=ppo")
+    params = hyperparameters(algo, stats.env_id, hyperparams)
+    n_envs = int(params.pop("n_envs"))
+    budget = int(budget if budget is not None else params.pop("budget"))
+    params.pop("budget", None)
+    if budget < 1:
+        raise DtcondError(f"budget must be >= 1 env step, got {budget}")
+    if checkpoints < 1:
+        raise DtcondError(f"checkpoints must be >= 1, got {checkpoints}")
+    policy_kwargs = dict(params.pop("policy_kwargs", None) or {})
+    for key in ("learning_rate", "clip_range"):
+        if key in params:
+            params[key] = _schedule(params[key])
+
+    out_dir = Path(out_dir)
+    ckpt_dir = out_dir / "checkpoints"
+    env = make_vec_env(stats.env_id, n_envs=n_envs, seed=seed, env_kwargs=stats.env_kwargs)
+    from dtcond.policy import check_env_spaces
+
+    check_env_spaces(env, stats)
+    cls = _algo_class(algo)
+    latest = _latest_checkpoint(ckpt_dir, algo)
+    if latest is not None:
+        model = cls.load(latest, env=env, device="cpu")  # our own file, written by this function
+    else:
+        try:
+            model = cls("MlpPolicy", env, seed=seed, device="cpu", policy_kwargs=policy_kwargs or None, **params)
+        except TypeError as exc:
+            raise DtcondError(f"bad {algo} hyperparameters: {exc}") from None
+    save_every = max(1, budget // checkpoints // n_envs)
+    remaining = budget - model.num_timesteps
+    if remaining > 0:
+        model.learn(remaining, callback=CheckpointCallback(save_every, str(ckpt_dir), name_prefix=algo),
+                    progress_bar=progress, reset_num_timesteps=latest is None)
+        model.save(ckpt_dir / f"{algo}_{model.num_timesteps}_steps.zip")
+    env.close()
+
+    card_base = {"algo": algo, "use_sde": bool(params.get("use_sde", False)), "policy_kwargs": policy_kwargs,
+                 "stats": stats.to_dict(), "seed": seed, "budget": budget, "n_envs": n_envs}
+    bundles = []
+    for step, path in _checkpoints(ckpt_dir, algo):
+        bundle = out_dir / "policies" / f"step_{step:09d}"
+        if not (bundle / "card.json").exists():
+            m = cls.load(path, device="cpu")
+            export_sb3_bundle(m.policy, bundle, {**card_base, "timesteps": step})
+        bundles.append(bundle)
+    return BaselineResult(out_dir, bundles, model.num_timesteps)
+
+
+def _checkpoints(ckpt_dir: Path, algo: str) -> list[tuple[int, Path]]:
+    found = []
+    for p in ckpt_dir.glob(f"{algo}_*_steps.zip"):
+        m = re.fullmatch(rf"{algo}_(\d+)_steps\.zip", p.name)
+        if m:
+            found.append((int(m.group(1)), p))
+    return sorted(found)
+
+
+def _latest_checkpoint(ckpt_dir: Path, algo: str) -> Path | None:
+    found = _checkpoints(ckpt_dir, algo)
+    return found[-1][1] if found else None
+
+
+def export_sb3_bundle(policy: torch.nn.Module, folder: Path, card: dict) -> Path:
+    from safetensors.torch import save
+
+    from dtcond.checkpoints import _atomic_write_bytes
+
+    import dtcond
+
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in policy.state_dict().items()}
+    _atomic_write_bytes(folder / "policy.safetensors", save(state))
+    full = {"format": CARD_FORMAT, "dtcond_version": dtcond.__version__, **card}
+    _atomic_write_bytes(folder / "card.json", json.dumps(full, indent=1).encode())
+    return folder
+
+
+class SB3Policy:
+    """An SB3 policy behind dtcond's batch protocol; ``deterministic`` as in SB3's ``evaluate_policy``."""
+
+    def __init__(self, policy, stats: DatasetStats, algo: str, timesteps: int, source: str, deterministic: bool = True):
+        self.policy = policy.eval()
+        self.stats = stats
+        self.algo = algo
+        self.timesteps = timesteps
+        self.source = source
+        self.deterministic = deterministic
+        self.condition_on_return = False
+        self._hash = None
+
+    kind = property(lambda self: self.algo)
+    label = property(lambda self: f"{self.algo}@{self.timesteps}")
+    env_id = property(lambda self: self.stats.env_id)
+    greedy = property(lambda self: self.deterministic)
+
+    @property
+    def fingerprint(self) -> str:
+        if self._hash is None:
+            import hashlib
+
+            h = hashlib.sha256()
+            for name, t in sorted(self.policy.state_dict().items()):
+                h.update(name.encode())
+                h.update(t.detach().cpu().contiguous().numpy().tobytes())
+            self._hash = h.hexdigest()[:12]
+        return f"{self._hash}-{'det' if self.deterministic else 'stoch'}"
+
+    def check_env(self, env) -> None:
+        from dtcond.policy import check_env_spaces
+
+        check_env_spaces(env, self.stats)
+
+    def make_env(self, **kwargs) -> gym.Env:
+        env = gym.make(self.stats.env_id, **{**self.stats.env_kwargs, **kwargs})
+        self.check_env(env)
+        return env
+
+    def begin(self, n: int):
+        return None
+
+    def keep(self, state, rows):
+        return None
+
+    @torch.no_grad()
+    def act_batch(self, state, obs: np.ndarray, rtg: np.ndarray, uniforms: np.ndarray):
+        probs = None
+        if self.stats.is_discrete:
+            obs_t, _ = self.policy.obs_to_tensor(obs)
+            probs_t = self.policy.get_distribution(obs_t).distribution.probs  # (A, n)
+            probs = probs_t.cpu().numpy()
+            if self.deterministic:
+                actions = probs.argmax(-1)
+            else:
+                cdf = np.cumsum(probs, -1)
+                actions = np.minimum((cdf < uniforms[:, None]).sum(-1), probs.shape[-1] - 1)
+            return actions, probs, None
+        # SB3 rescales and clips Box actions for us; stochastic draws come from torch's RNG.
+        actions, _ = self.policy.predict(obs, deterministic=self.deterministic)
+        return actions, None, None
+
+
+def load_sb3_bundle(folder: Path) -> SB3Policy:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+    from stable_baselines3.common.policies import ActorCriticPolicy
+    from stable_baselines3.sac.policies import SACPolicy
+
+    card = json.loads((folder / "card.json").read_text())
+    stats = DatasetStats.from_dict(card["stats"])
+    env = gym.make(stats.env_id, **stats.env_kwargs)
+    cls = {"ppo": ActorCriticPolicy, "sac": SACPolicy}.get(card.get("algo"))
+    if cls is None:
+        raise DtcondError(f"{folder}: unknown baseline algo {card.get('algo')!r}")
+    kwargs = dict(card.get("policy_kwargs") or {})
+    if card.get("use_sde"):
+        kwargs["use_sde"] = True
+    policy = cls(env.observation_space, env.action_space, lambda _: 0.0, **kwargs)
+    try:
+        state = load_file(str(folder / "policy.safetensors"))
+    except (SafetensorError, OSError) as exc:
+        raise DtcondError(f"{folder / 'policy.safetensors'} is corrupt or truncated ({exc})") from None
+    try:
+        policy.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise DtcondError(f"{folder}: the weights do not match the card ({str(exc).splitlines()[0]})") from None
+    env.close()
+    return SB3Policy(policy, stats, card["algo"], int(card.get("timesteps", 0)), str(folder))

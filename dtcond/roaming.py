@@ -1,0 +1,217 @@
+"""How far a policy roams from its data: a behaviour model β̂(a|s), state novelty, and mode collapse.
+
+- **Divergence from the behaviour data.** β̂ is a small MLP fitted once per dataset by maximum
+  likelihood (categorical for Discrete actions, Gaussian for Box) and cached. A rollout's mean per-step
+  negative log-likelihood under β̂ says how unlike the data its actions are; where the policy's own
+  action distribution is known (discrete heads), the per-step KL(π‖β̂) is exact.
+- **State novelty.** The distance, in normalized observation space, from each visited state to its
+  nearest dataset state (a k-d tree), and the fraction of steps farther than the dataset's own 99th
+  percentile of nearest-other-state distances.
+- **Mode collapse.** The policy's action entropy where defined, and a signature of each episode's
+  discretized action sequence, so a report can count distinct trajectories per target.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from dtcond.data import DatasetStats, OfflineData, split_by_episode
+
+LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
+
+
+def cache_dir() -> Path:
+    """Where fitted behaviour models are kept: ``$DTCOND_CACHE`` or ``~/.cache/dtcond``."""
+    return Path(os.environ.get("DTCOND_CACHE") or Path.home() / ".cache" / "dtcond")
+
+
+class BehaviorModel(nn.Module):
+    """β̂(a|s): logits over actions, or a diagonal Gaussian in raw action units."""
+
+    def __init__(self, obs_dim: int, act_dim: int, discrete: bool, hidden: int = 128):
+        super().__init__()
+        self.discrete = discrete
+        self.net = nn.Sequential(nn.Linear(obs_dim, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(),
+                                 nn.Linear(hidden, act_dim if discrete else 2 * act_dim))
+
+    def log_prob(self, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        """log β̂(a|s) per row: obs (N, obs_dim) normalized, actions (N,) long or (N, act_dim)."""
+        out = self.net(obs)
+        if self.discrete:
+            return -F.cross_entropy(out, actions, reduction="none")
+        mean, log_std = out.chunk(2, dim=-1)  # (N, act_dim) each
+        log_std = log_std.clamp(LOG_STD_MIN, LOG_STD_MAX)
+        return torch.distributions.Normal(mean, log_std.exp()).log_prob(actions).sum(-1)
+
+    def probs(self, obs: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(self.net(obs), dim=-1)
+
+
+def _dataset_fingerprint(stats: DatasetStats) -> str:
+    payload = json.dumps([stats.dataset_id, stats.num_steps, stats.num_episodes, stats.episode_returns, stats.obs_mean])
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def _arrays(data: OfflineData, episodes) -> tuple[torch.Tensor, torch.Tensor]:
+    obs = np.concatenate([data.stats.normalize_obs(data.trajectories[i].observations) for i in episodes])
+    acts = np.concatenate([data.trajectories[i].actions for i in episodes])
+    return torch.as_tensor(obs), torch.as_tensor(acts)
+
+
+def fit_behavior_model(data: OfflineData, steps: int = 2000, batch_size: int = 512, hidden: int = 128,
+                       seed: int = 0) -> tuple[BehaviorModel, dict]:
+    """Fit β̂ by maximum likelihood on 90% of the episodes; report train and held-out NLL per step."""
+    stats = data.stats
+    torch.manual_seed(seed)
+    model = BehaviorModel(stats.obs_dim, stats.action_dim, stats.is_discrete, hidden)
+    train_idx, val_idx = split_by_episode(len(data.trajectories), 0.1, seed)
+    obs, acts = _arrays(data, train_idx)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    gen = torch.Generator().manual_seed(seed)
+    for _ in range(steps):
+        idx = torch.randint(len(obs), (min(batch_size, len(obs)),), generator=gen)
+        loss = -model.log_prob(obs[idx], acts[idx]).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+    with torch.no_grad():
+        info = {"train_nll": float(-model.log_prob(obs, acts).mean())}
+        if len(val_idx):
+            vo, va = _arrays(data, val_idx)
+            info["val_nll"] = float(-model.log_prob(vo, va).mean())
+    return model, info
+
+
+def load_or_fit_behavior_model(data: OfflineData, hidden: int = 128) -> tuple[BehaviorModel, dict]:
+    """β̂ for this dataset from the cache, or fitted now and cached (safetensors + JSON)."""
+    from safetensors.torch import load_file, save_file
+
+    stats = data.stats
+    base = cache_dir() / "behavior" / f"{stats.dataset_id.replace('/', '__')}-{_dataset_fingerprint(stats)}"
+    weights, meta = base.with_suffix(".safetensors"), base.with_suffix(".json")
+    if weights.exists() and meta.exists():
+        info = json.loads(meta.read_text())
+        model = BehaviorModel(stats.obs_dim, stats.action_dim, stats.is_discrete, info.get("hidden", hidden))
+        try:
+            model.load_state_dict(load_file(str(weights)))
+            return model.eval(), info
+        except Exception:
+            pass  # a damaged cache entry is refitted below
+    model, info = fit_behavior_model(data, hidden=hidden)
+    info["hidden"] = hidden
+    base.parent.mkdir(parents=True, exist_ok=True)
+    tmp = weights.with_suffix(".tmp")
+    save_file(model.state_dict(), str(tmp))
+    os.replace(tmp, weights)
+    meta.write_text(json.dumps(info))
+    return model, info
+
+
+class StateIndex:
+    """Nearest dataset states in normalized observation space (a k-d tree over up to ``max_points``)."""
+
+    def __init__(self, data: OfflineData, max_points: int = 50_000, seed: int = 0):
+        from scipy.spatial import cKDTree
+
+        obs = np.concatenate([data.stats.normalize_obs(t.observations) for t in data.trajectories])
+        if len(obs) > max_points:
+            obs = obs[np.random.default_rng(seed).choice(len(obs), max_points, replace=False)]
+        self.points = obs
+        self.tree = cKDTree(obs)
+        # The data's own spread: distance from a dataset state to its nearest *other* dataset state.
+        sample = obs[np.random.default_rng(seed + 1).choice(len(obs), min(5000, len(obs)), replace=False)]
+        self.p99 = float(np.quantile(self.tree.query(sample, k=2)[0][:, 1], 0.99)) if len(obs) > 1 else 0.0
+
+    def distances(self, obs_normalized: np.ndarray, exclude_self: bool = False) -> np.ndarray:
+        if exclude_self:
+            return self.tree.query(obs_normalized, k=2)[0][:, 1]
+        return self.tree.query(obs_normalized, k=1)[0]
+
+
+@dataclass
+class RoamingScorer:
+    """Scores one episode (states, actions, the policy's action probabilities if known) against the data."""
+
+    stats: DatasetStats
+    behavior: BehaviorModel
+    index: StateIndex
+
+    @classmethod
+    def for_data(cls, data: OfflineData) -> RoamingScorer:
+        behavior, _ = load_or_fit_behavior_model(data)
+        return cls(data.stats, behavior, StateIndex(data))
+
+    @torch.no_grad()
+    def score_episode(self, obs: np.ndarray, actions: np.ndarray, probs: np.ndarray | None = None,
+                      in_data: bool = False) -> dict:
+        """Per-episode roaming metrics; ``obs`` raw (T, obs_dim), ``actions`` (T,) or (T, act_dim)."""
+        obs_n = self.stats.normalize_obs(obs)
+        obs_t = torch.as_tensor(obs_n)
+        if self.stats.is_discrete:
+            act_t = torch.as_tensor(np.asarray(actions).reshape(-1).astype(np.int64))
+        else:
+            act_t = torch.as_tensor(np.asarray(actions, dtype=np.float32).reshape(len(obs), -1))
+        out = {"nll_behavior": float(-self.behavior.log_prob(obs_t, act_t).mean())}
+        if probs is not None:
+            pi = np.clip(np.asarray(probs, dtype=np.float64), 1e-12, 1.0)
+            beta = np.clip(self.behavior.probs(obs_t).double().numpy(), 1e-12, 1.0)
+            out["kl_behavior"] = float((pi * (np.log(pi) - np.log(beta))).sum(-1).mean())
+            out["entropy"] = float(-(pi * np.log(pi)).sum(-1).mean())
+        else:  # the policy's density is unknown here (data, or a deterministic continuous head)
+            out["kl_behavior"] = None
+            out["entropy"] = None
+        dist = self.index.distances(obs_n, exclude_self=in_data)
+        out["novelty"] = float(dist.mean())
+        out["novel_fraction"] = float((dist > self.index.p99).mean())
+        out["trajectory_signature"] = self.signature(actions)
+        return out
+
+    def signature(self, actions: np.ndarray) -> str:
+        """A hash of the discretized action sequence (3 bins per dimension for Box actions)."""
+        a = np.asarray(actions)
+        if not self.stats.is_discrete:
+            low, high = np.asarray(self.stats.action_low), np.asarray(self.stats.action_high)
+            a = np.clip(((a.reshape(len(a), -1) - low) / (high - low) * 3).astype(np.int64), 0, 2)
+        return hashlib.sha1(np.ascontiguousarray(a.astype(np.int64)).tobytes()).hexdigest()[:12]
+
+
+def dataset_records(data: OfflineData, scorer: RoamingScorer | None = None) -> list[dict]:
+    """The dataset itself as rows of the results table (policy kind "data"), one per episode."""
+    records = []
+    for i, traj in enumerate(data.trajectories):
+        rec = {
+            "key": f"data|{data.stats.dataset_id}|ep{i}",
+            "run_id": "data",
+            "policy_kind": "data",
+            "label": "data",
+            "policy": data.stats.dataset_id,
+            "fingerprint": "data",
+            "env_id": data.stats.env_id,
+            "dataset_id": data.stats.dataset_id,
+            "target_spec": "none",
+            "target": None,
+            "target_quantile": None,
+            "ood": False,
+            "seed": None,
+            "episode": i,
+            "episode_return": traj.episode_return,
+            "length": len(traj),
+            "terminated": traj.terminated,
+            "truncated": traj.truncated,
+            "true_return": float(traj.true_rewards.sum()) if traj.true_rewards is not None else None,
+            "cost": float(traj.costs.sum()) if traj.costs is not None else None,
+        }
+        if scorer is not None:
+            rec.update(scorer.score_episode(traj.observations, traj.actions, in_data=True))
+        records.append(rec)
+    return records
