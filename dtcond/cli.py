@@ -23,7 +23,7 @@ commands:
   eval      roll out a policy at many target returns into a results table (+ calibration report)
   baseline  online RL (SB3 PPO/SAC) on a dataset's env; every checkpoint evaluated into the table
   report    calibration metrics, plot and markdown from a results table
-  demo      end to end: collect -> train -> target sweep -> calibration report
+  demo      end to end: collect -> DT, BC, %BC, PPO -> target sweep -> calibration and comparison report
 
 Each command is a Hydra app: `dtcond collect env=pendulum episodes=50`, `dtcond collect --help`."""
 
@@ -221,66 +221,84 @@ def report_command(cfg) -> None:
 
 
 def demo_command(cfg) -> None:
-    """collect -> train -> sweep targets (grid with OOD multiples, quantilizers) -> calibration report."""
+    """collect -> DT, BC, %BC, PPO -> sweep targets (grid, OOD, quantilizers) -> calibration and comparison report."""
     import shutil
     import time
 
+    from dtcond.baselines import train_baseline
     from dtcond.checkpoints import load_policy
     from dtcond.collect import collect
     from dtcond.data import datasets_root
     from dtcond.evaluation import evaluate
     from dtcond.report import write_report
+    from dtcond.results import ResultsStore
     from dtcond.targets import from_sampler
     from dtcond.training import train
 
     _set_datasets_path(cfg)
     out = Path(cfg.out_dir).expanduser().resolve()
-    fresh = bool(cfg.fresh)
+    fresh, progress, seed = bool(cfg.fresh), bool(cfg.progress), int(cfg.seed)
     start = time.perf_counter()
     if fresh:
-        for sub in ("train", "eval"):
+        for sub in ("train", "bc", "baseline", "eval"):
             shutil.rmtree(out / sub, ignore_errors=True)
+    store = ResultsStore(out / "eval" / "results.jsonl")
 
-    print(f"[1/4] dataset {cfg.dataset_id}")
+    print(f"[1/6] dataset {cfg.dataset_id}")
     if fresh or not (datasets_root() / cfg.dataset_id).exists():
         summary = collect(
             env_id=cfg.env.id, behavior=_components(cfg.behavior), episodes=int(cfg.episodes), dataset_id=cfg.dataset_id,
-            seed=int(cfg.seed), env_kwargs=dict(cfg.env.kwargs or {}), max_episode_steps=cfg.env.get("max_episode_steps"),
-            overwrite=fresh, progress=bool(cfg.progress),
+            seed=seed, env_kwargs=dict(cfg.env.kwargs or {}), max_episode_steps=cfg.env.get("max_episode_steps"),
+            overwrite=fresh, progress=progress,
         )
         print(summary.format())
     else:
         print("  exists, reused (fresh=true remakes it)")
+    common = dict(dataset_id=cfg.dataset_id, model=_plain(cfg.model), data=_plain(cfg.data), optim=_plain(cfg.optim),
+                  seed=seed, checkpoint_every=int(cfg.checkpoint_every))
+    trainer = {**_plain(cfg.trainer), "enable_progress_bar": progress}
 
-    print(f"[2/4] train a Decision Transformer ({cfg.trainer.max_steps} steps)")
-    result = train(
-        dataset_id=cfg.dataset_id, out_dir=out / "train", model=_plain(cfg.model), data=_plain(cfg.data),
-        optim=_plain(cfg.optim), trainer={**_plain(cfg.trainer), "enable_progress_bar": bool(cfg.progress)},
-        seed=int(cfg.seed), checkpoint_every=int(cfg.checkpoint_every),
-    )
-    print(f"  {result.global_step} steps, val/loss {result.val_loss if result.val_loss is not None else float('nan'):.4f}; bundle {result.bundle}")
+    print(f"[2/6] train a Decision Transformer ({cfg.trainer.max_steps} steps)")
+    dt = train(out_dir=out / "train", trainer=trainer, **common)
+    print(f"  {dt.global_step} steps, val/loss {dt.val_loss if dt.val_loss is not None else float('nan'):.4f}")
 
-    print("[3/4] condition on targets: a grid over the data's returns, OOD multiples, quantilizers")
-    policy = load_policy(result.bundle)
+    bc_steps = int(cfg.bc.steps)
+    print(f"[3/6] behaviour cloning: BC and %BC (q = {list(cfg.bc.top_fractions)}), {bc_steps} steps each")
+    clones = [train(out_dir=out / "bc" / "all", trainer={**trainer, "max_steps": bc_steps}, condition_on_return=False, **common)]
+    for q in cfg.bc.top_fractions:
+        clones.append(train(out_dir=out / "bc" / f"top{q:g}", trainer={**trainer, "max_steps": bc_steps},
+                            condition_on_return=False, top_fraction=float(q), **common))
+
+    policy = load_policy(dt.bundle)
+    print(f"[4/6] online RL baseline: {cfg.baseline.algo} on {policy.env_id}")
+    rl = train_baseline(policy.stats, str(cfg.baseline.algo), out / "baseline",
+                        budget=None if cfg.baseline.budget is None else int(cfg.baseline.budget),
+                        checkpoints=int(cfg.baseline.checkpoints), hyperparams=_plain(cfg.baseline.hyperparams),
+                        seed=seed, progress=progress)
+    print(f"  {rl.timesteps} env steps, {len(rl.bundles)} checkpoints")
+
+    print("[5/6] roll out: DT at a grid of targets, OOD multiples and quantilizers; BC, %BC, every PPO checkpoint")
+    scorer = _scorer(cfg.dataset_id, True, store, data_rows=True)
+    episodes = int(cfg.eval_episodes)
     specs = from_sampler(_plain(cfg.grid), policy.stats) + from_sampler(_plain(cfg.quantilizer), policy.stats)
-    results = out / "eval" / "results.jsonl"
-    evaluate(policy, specs, episodes=int(cfg.eval_episodes), seed=int(cfg.seed), results=results, run_id="demo",
-             progress=bool(cfg.progress))
+    evaluate(policy, specs, episodes=episodes, seed=seed, results=store, run_id="demo", progress=progress, scorer=scorer)
+    for bundle in [c.bundle for c in clones] + rl.bundles:
+        evaluate(load_policy(bundle), episodes=episodes, seed=seed, results=store, run_id="demo", scorer=scorer)
 
-    print("[4/4] report")
-    report = write_report(results)
-    table = next(iter(report["outputs"].values()))["table"]
-    for r in table.itertuples():
-        flag = " OOD" if r.ood else ""
-        print(f"  {r.target_spec:>18} target {r.target:8.1f} (P_data {r.target_quantile:4.2f}{flag:4}) "
-              f"achieved {r.return_mean:8.1f} +- {r.return_ci95:5.1f}")
+    print("[6/6] report")
+    report = write_report(store.path)
+    out_files = next(iter(report["outputs"].values()))
+    comp = out_files["comparison_table"]
     m = report["metrics"][policy.fingerprint]
     ind = m.get("in_distribution") or {}
-    print(f"  in-distribution: normalized MAE {ind.get('normalized_mae', float('nan')):.3f}, Spearman {ind.get('spearman', float('nan')):.2f}; "
-          f"achieved return saturates from target {m.get('saturation_target', float('nan')):.1f} at {m.get('best_mean_return', float('nan')):.1f}")
-    for o in report["outputs"].values():
-        print(f"  report: {o['markdown']}\n  plot:   {o['plot']}")
-    print(f"demo done in {time.perf_counter() - start:.0f}s. Not in the demo yet: the online RL baseline (PPO) comparison.")
+    print(f"  {'policy':>16} {'target':>18} {'return':>16} {'NLL under data':>15} {'novel steps':>11}")
+    for _, r in comp.iterrows():
+        print(f"  {r['label']:>16} {r['target_spec']:>18} {r['episode_return']:9.1f} +- {r['episode_return_ci95']:4.1f} "
+              f"{r['nll_behavior']:15.2f} {r['novel_fraction']:11.2f}")
+    print(f"  DT calibration (in-distribution): normalized MAE {ind.get('normalized_mae', float('nan')):.3f}, "
+          f"Spearman {ind.get('spearman', float('nan')):.2f}; saturates from target {m.get('saturation_target', float('nan')):.1f}")
+    print(f"  report: {out_files['comparison']}\n  plots:  {out_files['plot']}\n          {out_files['frontier']}")
+    print(f"demo done in {time.perf_counter() - start:.0f}s")
 
 
 COMMANDS: dict[str, Callable] = {

@@ -6,15 +6,21 @@ from dtcond.results import ResultsStore
 
 def test_demo_runs_end_to_end_and_reuses_its_work(tmp_path, minari_root):
     args = ("demo", "model=tiny", "trainer.max_steps=20", "data.steps_per_epoch=10", "episodes=12", "eval_episodes=2",
-            "grid.n=3", "quantilizer.qs=[0.5]", f"out_dir={tmp_path}/demo", "progress=false")
+            "grid.n=3", "quantilizer.qs=[0.5]", "bc.steps=5", "bc.top_fractions=[0.25]", "baseline.budget=256",
+            "baseline.checkpoints=2", "baseline.hyperparams={n_envs: 2, n_steps: 64, batch_size: 64, n_epochs: 2}",
+            f"out_dir={tmp_path}/demo", "progress=false")
     first = run_cli(*args, cwd=tmp_path)
     assert first.returncode == 0, first.stderr
     assert "demo done" in first.stdout and "normalized MAE" in first.stdout
     results = tmp_path / "demo" / "eval" / "results.jsonl"
-    assert len(ResultsStore(results).read()) == (3 + 3 + 1) * 2
-    assert (tmp_path / "demo" / "eval" / "calibration.png").exists()
+    rows = ResultsStore(results).read()
+    labels = [r["label"] for r in rows]
+    assert labels.count("dt") == (3 + 3 + 1) * 2 and labels.count("bc") == 2 and labels.count("pct_bc:0.25") == 2
+    assert labels.count("data") == 12 and {"ppo@128", "ppo@256"} <= set(labels)
+    for name in ("calibration.png", "comparison.md", "comparison_frontier.png"):
+        assert (tmp_path / "demo" / "eval" / name).exists()
 
     second = run_cli(*args, cwd=tmp_path)
     assert second.returncode == 0, second.stderr
     assert "exists, reused" in second.stdout and "20 steps" in second.stdout
-    assert len(ResultsStore(results).read()) == 14  # nothing run twice
+    assert len(ResultsStore(results).read()) == len(rows)  # nothing run twice
