@@ -46,6 +46,34 @@ def fail(command: str, message: str) -> None:
 # Commands: DictConfig in, plain values out.
 
 
+def _typed(cfg, key: str, kind):
+    """``cfg.<key>`` as ``kind``, or a one-line error naming the key."""
+    from omegaconf import OmegaConf
+
+    value = OmegaConf.select(cfg, key)
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        if kind is int and float(value).is_integer():
+            return int(value)
+        if kind is float:
+            return float(value)
+    raise DtcondError(f"{key} must be {'true/false' if kind is bool else ('an integer' if kind is int else 'a number')}, got {value!r}")
+
+
+def _int(cfg, key: str) -> int:
+    return _typed(cfg, key, int)
+
+
+def _float(cfg, key: str) -> float:
+    return _typed(cfg, key, float)
+
+
+def _bool(cfg, key: str) -> bool:
+    return _typed(cfg, key, bool)
+
+
 def _set_datasets_path(cfg) -> None:
     if cfg.get("datasets_path"):
         os.environ["MINARI_DATASETS_PATH"] = str(Path(cfg.datasets_path).expanduser().resolve())
@@ -79,13 +107,13 @@ def collect_command(cfg) -> None:
     summary = collect(
         env_id=cfg.env.id,
         behavior=_components(cfg.behavior),
-        episodes=int(cfg.episodes),
+        episodes=_int(cfg, "episodes"),
         dataset_id=cfg.dataset_id,
-        seed=int(cfg.seed),
+        seed=_int(cfg, "seed"),
         env_kwargs=dict(cfg.env.kwargs or {}),
         max_episode_steps=cfg.env.get("max_episode_steps"),
-        overwrite=bool(cfg.overwrite),
-        progress=bool(cfg.progress),
+        overwrite=_bool(cfg, "overwrite"),
+        progress=_bool(cfg, "progress"),
     )
     print(summary.format())
 
@@ -106,14 +134,14 @@ def train_command(cfg) -> None:
         dataset_id=cfg.dataset.id,
         out_dir=HydraConfig.get().runtime.output_dir,
         model=_plain(cfg.model),
-        data={**_plain(cfg.data), "gamma": float(cfg.dataset.gamma)},
+        data={**_plain(cfg.data), "gamma": _float(cfg, "dataset.gamma")},
         optim=_plain(cfg.optim),
         trainer=_plain(cfg.trainer),
-        seed=int(cfg.seed),
-        checkpoint_every=int(cfg.checkpoint_every),
-        resume=bool(cfg.resume),
-        condition_on_return=bool(cfg.condition_on_return),
-        top_fraction=None if cfg.top_fraction is None else float(cfg.top_fraction),
+        seed=_int(cfg, "seed"),
+        checkpoint_every=_int(cfg, "checkpoint_every"),
+        resume=_bool(cfg, "resume"),
+        condition_on_return=_bool(cfg, "condition_on_return"),
+        top_fraction=None if cfg.top_fraction is None else _float(cfg, "top_fraction"),
     )
     val = f"{result.val_loss:.4f}" if result.val_loss is not None else "n/a"
     print(f"trained {cfg.dataset.id}: {result.global_step} steps, val/loss {val}")
@@ -148,22 +176,22 @@ def baseline_command(cfg) -> None:
     from dtcond.results import ResultsStore
 
     _set_datasets_path(cfg)
-    store = ResultsStore(Path(cfg.results).expanduser()) if bool(cfg.evaluate) else None
-    if bool(cfg.evaluate) and int(cfg.episodes) < 1:
+    store = ResultsStore(Path(cfg.results).expanduser()) if _bool(cfg, "evaluate") else None
+    if _bool(cfg, "evaluate") and _int(cfg, "episodes") < 1:
         raise DtcondError(f"episodes must be >= 1, got {cfg.episodes}")
     stats = load(cfg.dataset.id).stats
     result = train_baseline(
         stats, str(cfg.algo), HydraConfig.get().runtime.output_dir,
-        budget=None if cfg.budget is None else int(cfg.budget), checkpoints=int(cfg.checkpoints),
-        hyperparams=_plain(cfg.hyperparams), seed=int(cfg.seed), progress=bool(cfg.progress),
+        budget=None if cfg.budget is None else _int(cfg, "budget"), checkpoints=_int(cfg, "checkpoints"),
+        hyperparams=_plain(cfg.hyperparams), seed=_int(cfg, "seed"), progress=_bool(cfg, "progress"),
     )
     print(f"{cfg.algo} on {stats.env_id}: {result.timesteps} env steps; {len(result.bundles)} checkpoints in {result.out_dir / 'policies'}")
     if store is None:
         return
-    scorer = _scorer(cfg.dataset.id, bool(cfg.roaming), store, data_rows=True)
+    scorer = _scorer(cfg.dataset.id, _bool(cfg, "roaming"), store, data_rows=True)
     for bundle in result.bundles:
         policy = load_policy(bundle)
-        recs = evaluate(policy, episodes=int(cfg.episodes), seed=int(cfg.seed), results=store, run_id=f"{cfg.algo}_seed{cfg.seed}",
+        recs = evaluate(policy, episodes=_int(cfg, "episodes"), seed=_int(cfg, "seed"), results=store, run_id=f"{cfg.algo}_seed{cfg.seed}",
                         scorer=scorer)
         ret = np.mean([r["episode_return"] for r in recs])
         nll = [r.get("nll_behavior") for r in recs if r.get("nll_behavior") is not None]
@@ -179,19 +207,19 @@ def eval_command(cfg) -> None:
     from dtcond.targets import from_sampler
 
     _set_datasets_path(cfg)
-    if int(cfg.episodes) < 1:
+    if _int(cfg, "episodes") < 1:
         raise DtcondError(f"episodes must be >= 1, got {cfg.episodes}")
     store = ResultsStore(Path(cfg.results).expanduser())  # fails now, not after an hour, if unwritable
     policy = load_policy(Path(cfg.policy).expanduser())
-    policy.greedy, policy.temperature = bool(cfg.greedy), float(cfg.temperature)
+    policy.greedy, policy.temperature = _bool(cfg, "greedy"), _float(cfg, "temperature")
     if cfg.decode not in ("cached", "window"):
         raise DtcondError(f"decode must be 'cached' or 'window', got {cfg.decode!r}")
     policy.decode = str(cfg.decode)
     specs = from_sampler(_plain(cfg.sampler), policy.stats) if policy.kind == "dt" else None
-    scorer = _scorer(policy.stats.dataset_id, bool(cfg.roaming), store, data_rows=bool(cfg.data_rows))
+    scorer = _scorer(policy.stats.dataset_id, _bool(cfg, "roaming"), store, data_rows=_bool(cfg, "data_rows"))
     records = evaluate(
-        policy, specs, episodes=int(cfg.episodes), seed=int(cfg.seed), results=store, run_id=str(cfg.run_id),
-        batch_size=int(cfg.batch_size), progress=bool(cfg.progress),
+        policy, specs, episodes=_int(cfg, "episodes"), seed=_int(cfg, "seed"), results=store, run_id=str(cfg.run_id),
+        batch_size=_int(cfg, "batch_size"), progress=_bool(cfg, "progress"),
         env_kwargs=None, env_id=cfg.get("env_id"), scorer=scorer,
     )
     import pandas as pd
@@ -202,7 +230,7 @@ def eval_command(cfg) -> None:
         flag = " OOD" if r.ood else ""
         print(f"  {r.target_spec:>18} target {r.target:9.1f} (P_data {r.target_quantile:4.2f}{flag:4}) "
               f"achieved {r.return_mean:9.1f} +- {r.return_ci95:6.1f}")
-    if bool(cfg.report):
+    if _bool(cfg, "report"):
         report = write_report(store.path)
         for out in report["outputs"].values():
             print(f"  report {out['markdown']}  plot {out['plot']}")
@@ -237,7 +265,7 @@ def demo_command(cfg) -> None:
 
     _set_datasets_path(cfg)
     out = Path(cfg.out_dir).expanduser().resolve()
-    fresh, progress, seed = bool(cfg.fresh), bool(cfg.progress), int(cfg.seed)
+    fresh, progress, seed = _bool(cfg, "fresh"), _bool(cfg, "progress"), _int(cfg, "seed")
     start = time.perf_counter()
     if fresh:
         for sub in ("train", "bc", "baseline", "eval"):
@@ -247,7 +275,7 @@ def demo_command(cfg) -> None:
     print(f"[1/6] dataset {cfg.dataset_id}")
     if fresh or not (datasets_root() / cfg.dataset_id).exists():
         summary = collect(
-            env_id=cfg.env.id, behavior=_components(cfg.behavior), episodes=int(cfg.episodes), dataset_id=cfg.dataset_id,
+            env_id=cfg.env.id, behavior=_components(cfg.behavior), episodes=_int(cfg, "episodes"), dataset_id=cfg.dataset_id,
             seed=seed, env_kwargs=dict(cfg.env.kwargs or {}), max_episode_steps=cfg.env.get("max_episode_steps"),
             overwrite=fresh, progress=progress,
         )
@@ -255,14 +283,14 @@ def demo_command(cfg) -> None:
     else:
         print("  exists, reused (fresh=true remakes it)")
     common = dict(dataset_id=cfg.dataset_id, model=_plain(cfg.model), data=_plain(cfg.data), optim=_plain(cfg.optim),
-                  seed=seed, checkpoint_every=int(cfg.checkpoint_every))
+                  seed=seed, checkpoint_every=_int(cfg, "checkpoint_every"))
     trainer = {**_plain(cfg.trainer), "enable_progress_bar": progress}
 
     print(f"[2/6] train a Decision Transformer ({cfg.trainer.max_steps} steps)")
     dt = train(out_dir=out / "train", trainer=trainer, **common)
     print(f"  {dt.global_step} steps, val/loss {dt.val_loss if dt.val_loss is not None else float('nan'):.4f}")
 
-    bc_steps = int(cfg.bc.steps)
+    bc_steps = _int(cfg, "bc.steps")
     print(f"[3/6] behaviour cloning: BC and %BC (q = {list(cfg.bc.top_fractions)}), {bc_steps} steps each")
     clones = [train(out_dir=out / "bc" / "all", trainer={**trainer, "max_steps": bc_steps}, condition_on_return=False, **common)]
     for q in cfg.bc.top_fractions:
@@ -272,14 +300,14 @@ def demo_command(cfg) -> None:
     policy = load_policy(dt.bundle)
     print(f"[4/6] online RL baseline: {cfg.baseline.algo} on {policy.env_id}")
     rl = train_baseline(policy.stats, str(cfg.baseline.algo), out / "baseline",
-                        budget=None if cfg.baseline.budget is None else int(cfg.baseline.budget),
-                        checkpoints=int(cfg.baseline.checkpoints), hyperparams=_plain(cfg.baseline.hyperparams),
+                        budget=None if cfg.baseline.budget is None else _int(cfg, "baseline.budget"),
+                        checkpoints=_int(cfg, "baseline.checkpoints"), hyperparams=_plain(cfg.baseline.hyperparams),
                         seed=seed, progress=progress)
     print(f"  {rl.timesteps} env steps, {len(rl.bundles)} checkpoints")
 
     print("[5/6] roll out: DT at a grid of targets, OOD multiples and quantilizers; BC, %BC, every PPO checkpoint")
     scorer = _scorer(cfg.dataset_id, True, store, data_rows=True)
-    episodes = int(cfg.eval_episodes)
+    episodes = _int(cfg, "eval_episodes")
     specs = from_sampler(_plain(cfg.grid), policy.stats) + from_sampler(_plain(cfg.quantilizer), policy.stats)
     evaluate(policy, specs, episodes=episodes, seed=seed, results=store, run_id="demo", progress=progress, scorer=scorer)
     for bundle in [c.bundle for c in clones] + rl.bundles:
@@ -311,10 +339,13 @@ COMMANDS: dict[str, Callable] = {
 }
 
 
-def _quiet_libraries() -> None:
+def _quiet_libraries(command: str) -> None:
     """Lightning's device banners and tips, doubled by Hydra's log handler, drown the progress bar."""
     import logging
     import warnings
+
+    if command in ("train", "demo"):
+        import lightning.pytorch  # noqa: F401  (its import sets its loggers to INFO; quiet them after)
 
     for name in ("lightning", "lightning.pytorch", "lightning.fabric", "pytorch_lightning"):
         logging.getLogger(name).setLevel(logging.WARNING)
@@ -329,7 +360,7 @@ def run(command: str, overrides: list[str]) -> None:
 
     @hydra.main(config_path=str(conf_dir()), config_name=command, version_base="1.3")
     def app(cfg) -> None:
-        _quiet_libraries()
+        _quiet_libraries(command)
         try:
             task(cfg)
         except DtcondError as exc:
@@ -337,8 +368,40 @@ def run(command: str, overrides: list[str]) -> None:
         except KeyboardInterrupt:
             fail(command, "interrupted; nothing partial was kept")
 
+    _check_overrides(command, overrides)
     sys.argv = [f"dtcond {command}", *overrides]
     app()
+
+
+def _check_overrides(command: str, args: list[str]) -> None:
+    """Compose the config once up front so a typo fails in one line, before any work.
+
+    Multiruns (-m) and Hydra's own flags are left to Hydra, which expands sweeps itself.
+    """
+    if any(a in ("-m", "--multirun") or a.startswith("-") for a in args):
+        return
+    overrides = [a for a in args if not a.lstrip("+~").startswith("hydra")]
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
+            compose(config_name=command, overrides=overrides)
+    except (HydraException, OmegaConfBaseException) as exc:
+        lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()] or [type(exc).__name__]
+        message = lines[0].rstrip(".")
+        at = next((i for i, line in enumerate(lines) if line.startswith("Available options")), None)
+        if at is not None:
+            options = []
+            for line in lines[at + 1:]:
+                if line.endswith(":"):
+                    break
+                options.append(line)
+            message += f" (available: {', '.join(options)})"
+        else:
+            message += f"; see `dtcond {command} --cfg job` for the keys it takes"
+        fail(command, message)
 
 
 def main(argv: list[str] | None = None) -> None:

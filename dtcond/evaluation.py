@@ -96,6 +96,10 @@ def evaluate(
     wanted = {job.key(fingerprint, env) for job in jobs}
     existing = {r["key"]: r for r in store.read() if r.get("key") in wanted} if store else {}
     todo = [job for job in jobs if job.key(fingerprint, env) not in existing]
+    if todo:  # refuse bad targets and a mismatched env now, before any rollout
+        for spec in {job.spec for job in todo if not job.spec.is_random}:
+            spec.resolve(policy.stats)
+        make_vector_env(policy, 1, env_kwargs, env_id).close()
 
     from tqdm.auto import tqdm
 

@@ -114,17 +114,26 @@ class ConditionedPolicy:
         self.stats = stats
         self.condition_on_return = condition_on_return
         self.greedy = greedy
-        self.temperature = temperature
+        self.temperature = temperature  # validated by the property below
         self.source = source
         self.decode = decode
         self._kind = kind
         self._weights_hash = None
         self._episode = None
         self._rng = np.random.default_rng()
-        if temperature <= 0 or not math.isfinite(temperature):
-            raise DtcondError(f"temperature must be a positive number, got {temperature}")
         if decode not in ("cached", "window"):
             raise DtcondError(f"decode must be 'cached' or 'window', got {decode!r}")
+
+    @property
+    def temperature(self) -> float:
+        return self._temperature
+
+    @temperature.setter
+    def temperature(self, value: float) -> None:
+        value = float(value)
+        if value <= 0 or not math.isfinite(value):
+            raise DtcondError(f"temperature must be a positive number, got {value}")
+        self._temperature = value
 
     @property
     def config(self):

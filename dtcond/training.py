@@ -153,9 +153,12 @@ def train(
     last = ckpt_dir / "last.ckpt"
     if last.exists() and not resume:
         raise DtcondError(f"{last} exists; resume=true continues it, or choose another output dir")
-    max_steps = int(trainer.get("max_steps", -1))
-    if max_steps == 0 or max_steps < -1:
-        raise DtcondError(f"trainer.max_steps must be positive, got {max_steps}")
+    max_steps = trainer.get("max_steps", -1)
+    if isinstance(max_steps, bool) or not isinstance(max_steps, (int, float)) or not float(max_steps).is_integer() \
+            or max_steps == 0 or max_steps < -1:
+        raise DtcondError(f"trainer.max_steps must be a positive integer, got {max_steps!r}")
+    if "max_steps" in trainer:
+        trainer["max_steps"] = int(max_steps)
     if checkpoint_every < 1:
         raise DtcondError(f"checkpoint_every must be >= 1, got {checkpoint_every}")
 

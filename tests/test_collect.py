@@ -85,30 +85,6 @@ def test_cli_never_overwrites_silently(tmp_path, minari_root):
     assert not [p for p in minari_root.iterdir() if p.name.startswith(".")]  # no staging or trash left
 
 
-@pytest.mark.parametrize(
-    "overrides, message",
-    [
-        (["'behavior=[{policy: random, weight: 0.5}, {policy: random, noise: 0.2, weight: 0.3}]'"], "mixture weights must sum to 1, got 0.8"),
-        (["episodes=0"], "episodes must be >= 1, got 0"),
-        (["'behavior=[{policy: jump, weight: 1.0}]'"], "unknown behaviour policy 'jump'"),
-        (["dataset_id=noversion"], "invalid dataset id 'noversion'"),
-        (["'behavior=[{policy: random, noise: -1, weight: 1.0}]'"], "noise must be >= 0"),
-        (["'behavior=[{policy: sb3:/nonexistent.zip, weight: 1.0}]'"], "SB3 checkpoint '/nonexistent.zip' does not exist"),
-    ],
-)
-def test_cli_bad_input_is_one_line_and_writes_nothing(tmp_path, minari_root, overrides, message):
-    out = run_cli("collect", "episodes=3", *[o.strip("'") for o in overrides], cwd=tmp_path)
-    assert out.returncode == 2, out.stderr
-    lines = out.stderr.strip().splitlines()
-    assert len(lines) == 1 and message in lines[0], out.stderr
-    assert not [p for p in minari_root.rglob("*") if p.name == "data"]
-
-
-def test_cli_unknown_config_key_fails(tmp_path):
-    out = run_cli("collect", "episods=3", cwd=tmp_path)
-    assert out.returncode != 0 and "episods" in out.stderr
-
-
 def test_crash_while_writing_leaves_nothing_under_the_id(minari_root, monkeypatch):
     import minari
 
