@@ -155,15 +155,14 @@ def _latest_checkpoint(ckpt_dir: Path, algo: str) -> Path | None:
 def export_sb3_bundle(policy: torch.nn.Module, folder: Path, card: dict) -> Path:
     from safetensors.torch import save
 
-    from dtcond.checkpoints import _atomic_write_bytes
-
     import dtcond
+    from dtcond.fileio import atomic_write
 
     folder.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in policy.state_dict().items()}
-    _atomic_write_bytes(folder / "policy.safetensors", save(state))
+    atomic_write(folder / "policy.safetensors", save(state))
     full = {"format": CARD_FORMAT, "dtcond_version": dtcond.__version__, **card}
-    _atomic_write_bytes(folder / "card.json", json.dumps(full, indent=1).encode())
+    atomic_write(folder / "card.json", json.dumps(full, indent=1).encode())
     return folder
 
 
@@ -188,13 +187,9 @@ class SB3Policy:
     @property
     def fingerprint(self) -> str:
         if self._hash is None:
-            import hashlib
+            from dtcond.policy import weights_hash
 
-            h = hashlib.sha256()
-            for name, t in sorted(self.policy.state_dict().items()):
-                h.update(name.encode())
-                h.update(t.detach().cpu().contiguous().numpy().tobytes())
-            self._hash = h.hexdigest()[:12]
+            self._hash = weights_hash(self.policy)
         return f"{self._hash}-{'det' if self.deterministic else 'stoch'}"
 
     def check_env(self, env) -> None:
@@ -220,8 +215,9 @@ class SB3Policy:
             obs_t, _ = self.policy.obs_to_tensor(obs)
             probs_t = self.policy.get_distribution(obs_t).distribution.probs  # (A, n)
             probs = probs_t.cpu().numpy()
-            if self.deterministic:
+            if self.deterministic:  # acting by the argmax: report the one-hot policy it actually runs
                 actions = probs.argmax(-1)
+                probs = np.eye(probs.shape[-1], dtype=probs.dtype)[actions]
             else:
                 cdf = np.cumsum(probs, -1)
                 actions = np.minimum((cdf < uniforms[:, None]).sum(-1), probs.shape[-1] - 1)

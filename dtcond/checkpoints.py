@@ -13,31 +13,17 @@ only primitive hyperparameters are accepted, so neither can run code.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import torch
 
 from dtcond.data import DatasetStats
 from dtcond.errors import DtcondError
+from dtcond.fileio import atomic_write
 from dtcond.model import DecisionTransformer, DTConfig
 
 CARD_FORMAT = "dtcond-policy"
 CARD_VERSION = 1
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def save_bundle(module, path: str | Path, extra: dict | None = None) -> Path:
@@ -69,8 +55,8 @@ def save_bundle(module, path: str | Path, extra: dict | None = None) -> Path:
         "kind": policy_kind(hp),
         "extra": extra or {},
     }
-    _atomic_write_bytes(path / "model.safetensors", save(state))
-    _atomic_write_bytes(path / "card.json", json.dumps(card, indent=1).encode())
+    atomic_write(path / "model.safetensors", save(state))
+    atomic_write(path / "card.json", json.dumps(card, indent=1).encode())
     return path
 
 

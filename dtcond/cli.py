@@ -127,9 +127,13 @@ def _plain(node) -> dict:
 def train_command(cfg) -> None:
     from hydra.core.hydra_config import HydraConfig
 
-    from dtcond.training import train
+    from dtcond.training import RolloutCallback, train
 
     _set_datasets_path(cfg)
+    callbacks = []
+    if _int(cfg, "rollouts.every_n_steps") > 0:
+        callbacks.append(RolloutCallback(_int(cfg, "rollouts.every_n_steps"), list(cfg.rollouts.targets),
+                                         _int(cfg, "rollouts.episodes"), _int(cfg, "seed")))
     result = train(
         dataset_id=cfg.dataset.id,
         out_dir=HydraConfig.get().runtime.output_dir,
@@ -142,6 +146,7 @@ def train_command(cfg) -> None:
         resume=_bool(cfg, "resume"),
         condition_on_return=_bool(cfg, "condition_on_return"),
         top_fraction=None if cfg.top_fraction is None else _float(cfg, "top_fraction"),
+        callbacks=callbacks,
     )
     val = f"{result.val_loss:.4f}" if result.val_loss is not None else "n/a"
     print(f"trained {cfg.dataset.id}: {result.global_step} steps, val/loss {val}")

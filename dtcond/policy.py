@@ -34,6 +34,17 @@ def sample_discrete(logits: torch.Tensor, uniforms: np.ndarray, temperature: flo
     return (probs.cumsum(-1) < u).sum(-1).clamp(max=probs.shape[-1] - 1), probs
 
 
+def weights_hash(module: torch.nn.Module) -> str:
+    """12 hex digits identifying a module's weights (names and values)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:12]
+
+
 def check_env_spaces(env, stats: DatasetStats) -> None:
     """Refuse an env (single or vector) whose spaces differ from the ones in ``stats``."""
     obs_space = getattr(env, "single_observation_space", env.observation_space)
@@ -154,13 +165,7 @@ class ConditionedPolicy:
     def fingerprint(self) -> str:
         """Identifies the weights and the decoding mode, so results tables key episodes by it."""
         if self._weights_hash is None:
-            import hashlib
-
-            h = hashlib.sha256()
-            for name, tensor in sorted(self.model.state_dict().items()):
-                h.update(name.encode())
-                h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-            self._weights_hash = h.hexdigest()[:12]
+            self._weights_hash = weights_hash(self.model)
         fp = self._weights_hash
         if self.config.discrete:
             fp += "-greedy" if self.greedy else f"-t{self.temperature:g}"
@@ -207,9 +212,9 @@ class ConditionedPolicy:
         probs = None
         if not self.config.discrete:
             action = out
-        elif self.greedy:
+        elif self.greedy:  # the policy it runs is the argmax: its distribution is one-hot
             action = out.argmax(-1)
-            probs = torch.softmax(out.float(), -1)
+            probs = torch.nn.functional.one_hot(action, out.shape[-1]).float()
         else:
             action, probs = sample_discrete(out, uniforms, self.temperature)
         if isinstance(decoder, _Window):

@@ -16,13 +16,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from dtcond.errors import DtcondError
+from dtcond.fileio import atomic_write, save_figure
 
 
 def _ci95(x: np.ndarray) -> float:
@@ -112,13 +111,6 @@ def calibration_metrics(df, stats_returns: np.ndarray) -> dict:
     return out
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
 def plot_calibration(df, stats_returns: np.ndarray, path: Path, title: str = "") -> Path:
     import matplotlib
 
@@ -157,12 +149,7 @@ def plot_calibration(df, stats_returns: np.ndarray, path: Path, title: str = "")
     hax.set_ylabel("data episodes")
     hax.set_xlim(xmin - pad, xmax + pad)
     fig.tight_layout()
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
-    os.close(fd)
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
+    return save_figure(fig, path)
 
 
 def _fmt(x, digits=1) -> str:
@@ -245,7 +232,10 @@ def comparison_table(df):
     order = {"data": 0, "dt": 1, "bc": 2, "pct_bc": 3}
     table = pd.DataFrame(rows)
     table["_o"] = table["kind"].map(lambda k: order.get(k, 4))
-    return table.sort_values(["_o", "label", "target"]).drop(columns="_o").reset_index(drop=True)
+    # RL checkpoints in training order: "ppo@25000" before "ppo@100000"
+    table["_steps"] = table["label"].map(lambda s: int(s.split("@")[1]) if "@" in s else 0)
+    table["_name"] = table["label"].map(lambda s: s.split("@")[0])
+    return table.sort_values(["_o", "_name", "_steps", "target"]).drop(columns=["_o", "_steps", "_name"]).reset_index(drop=True)
 
 
 def quantilizer_bound(table, df) -> list[dict]:
@@ -298,12 +288,7 @@ def plot_frontier(table, path: Path, title: str = "") -> Path:
         ax.legend(fontsize=7)
     fig.suptitle(title or "return vs divergence from the behaviour data")
     fig.tight_layout()
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
-    os.close(fd)
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
+    return save_figure(fig, path)
 
 
 def comparison_markdown(table, bound: list[dict], calibration_png: str, frontier_png: str | None) -> str:
@@ -373,7 +358,7 @@ def write_report(results_path: str | Path, out_dir: str | Path | None = None, da
         png = plot_calibration(part, returns, out_dir / f"{stem}.png", title=f"{dataset_id}: achieved vs target return")
         dt = part[part["policy_kind"] == "dt"]
         table = per_target_table(dt) if len(dt) else per_target_table(part)
-        _atomic_write_text(out_dir / f"{stem}.md", markdown_summary(table, {fp: metrics[fp] for fp in dt["fingerprint"].unique()}, png.name))
+        atomic_write(out_dir / f"{stem}.md", markdown_summary(table, {fp: metrics[fp] for fp in dt["fingerprint"].unique()}, png.name))
         outputs[dataset_id] = {"plot": str(png), "markdown": str(out_dir / f"{stem}.md"), "table": table}
         if part["policy_kind"].nunique() > 1 or ("nll_behavior" in part and part["nll_behavior"].notna().any()):
             comp = comparison_table(part)
@@ -382,10 +367,10 @@ def write_report(results_path: str | Path, out_dir: str | Path | None = None, da
             if comp["nll_behavior"].notna().any():
                 frontier = plot_frontier(comp, out_dir / f"{cstem}_frontier.png", title=f"{dataset_id}: return vs divergence from the data")
             bound = quantilizer_bound(comp, part)
-            _atomic_write_text(out_dir / f"{cstem}.md", comparison_markdown(comp, bound, png.name, frontier.name if frontier else None))
+            atomic_write(out_dir / f"{cstem}.md", comparison_markdown(comp, bound, png.name, frontier.name if frontier else None))
             outputs[dataset_id].update({"comparison": str(out_dir / f"{cstem}.md"), "comparison_table": comp,
                                         "frontier": str(frontier) if frontier else None, "bound": bound})
-    _atomic_write_text(out_dir / "calibration.json", json.dumps(metrics, indent=1, default=float))
+    atomic_write(out_dir / "calibration.json", json.dumps(metrics, indent=1, default=float))
     return {"metrics": metrics, "outputs": outputs}
 
 

@@ -94,7 +94,9 @@ def fit_behavior_model(data: OfflineData, steps: int = 2000, batch_size: int = 5
 
 def load_or_fit_behavior_model(data: OfflineData, hidden: int = 128) -> tuple[BehaviorModel, dict]:
     """β̂ for this dataset from the cache, or fitted now and cached (safetensors + JSON)."""
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import load_file, save
+
+    from dtcond.fileio import atomic_write
 
     stats = data.stats
     base = cache_dir() / "behavior" / f"{stats.dataset_id.replace('/', '__')}-{_dataset_fingerprint(stats)}"
@@ -110,10 +112,8 @@ def load_or_fit_behavior_model(data: OfflineData, hidden: int = 128) -> tuple[Be
     model, info = fit_behavior_model(data, hidden=hidden)
     info["hidden"] = hidden
     base.parent.mkdir(parents=True, exist_ok=True)
-    tmp = weights.with_suffix(".tmp")
-    save_file(model.state_dict(), str(tmp))
-    os.replace(tmp, weights)
-    meta.write_text(json.dumps(info))
+    atomic_write(weights, save(model.state_dict()))
+    atomic_write(meta, json.dumps(info))
     return model, info
 
 

@@ -108,6 +108,41 @@ def check_keys(section: str, given: dict, allowed: set[str]) -> None:
         raise DtcondError(f"unknown {section} keys {sorted(unknown)}; allowed: {sorted(allowed)}")
 
 
+class RolloutCallback(L.Callback):
+    """Every ``every_n_steps`` training steps, roll the current model out at a few targets and log the returns.
+
+    Logged as ``rollout/<spec>`` (mean achieved return), so the CSV/TensorBoard logs show how
+    conditioning develops during training, not only the loss.
+    """
+
+    def __init__(self, every_n_steps: int, targets=("q0.5", "q0.9"), episodes: int = 4, seed: int = 0):
+        if every_n_steps < 1 or episodes < 1:
+            raise DtcondError(f"rollout callback needs every_n_steps >= 1 and episodes >= 1, got {every_n_steps}, {episodes}")
+        from dtcond.targets import parse
+
+        self.every_n_steps, self.episodes, self.seed = every_n_steps, episodes, seed
+        self.targets = [parse(t) for t in targets]
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        step = trainer.global_step
+        if step == 0 or step % self.every_n_steps or not trainer.is_global_zero:
+            return
+        import numpy as np
+
+        from dtcond.evaluation import evaluate
+        from dtcond.policy import ConditionedPolicy
+
+        was_training = pl_module.model.training
+        policy = ConditionedPolicy(pl_module.model, pl_module.stats, condition_on_return=pl_module.hparams.condition_on_return)
+        specs = self.targets if policy.kind == "dt" else None
+        records = evaluate(policy, specs, episodes=self.episodes, seed=self.seed)
+        pl_module.model.train(was_training)
+        metrics = {f"rollout/{spec}": float(np.mean([r["episode_return"] for r in records if r["target_spec"] == spec]))
+                   for spec in {r["target_spec"] for r in records}}
+        for logger in trainer.loggers:  # once per rollout, not carried into every later step's row
+            logger.log_metrics(metrics, step=step)
+
+
 @dataclass
 class TrainResult:
     out_dir: Path

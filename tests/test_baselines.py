@@ -42,7 +42,7 @@ def test_an_sb3_bundle_acts_like_the_sb3_model(cartpole_dataset, tmp_path):
     obs = np.random.default_rng(0).normal(size=(64, 4)).astype(np.float32)
     ours, probs, _ = policy.act_batch(None, obs, np.zeros(64), np.zeros(64))
     np.testing.assert_array_equal(ours, sb3.predict(obs, deterministic=True)[0])
-    assert probs.shape == (64, 2) and np.allclose(probs.sum(1), 1)
+    assert probs.shape == (64, 2) and np.array_equal(probs.argmax(1), ours) and set(probs.ravel()) <= {0.0, 1.0}  # one-hot: it acts by the argmax
     assert policy.kind == "ppo" and policy.label == "ppo@256"
 
 
@@ -151,3 +151,16 @@ def test_cli_baseline_trains_and_evaluates_every_checkpoint(cartpole_dataset, tm
     labels = {r["label"] for r in rows}
     assert {"ppo@128", "ppo@256", "data"} <= labels
     assert all(r["nll_behavior"] is not None for r in rows)
+
+
+def test_a_tiny_sac_run_on_pendulum_exports_a_loadable_policy(pendulum_dataset, tmp_path):
+    stats = load(pendulum_dataset).stats
+    r = train_baseline(stats, "sac", tmp_path / "sac", budget=120, checkpoints=1,
+                       hyperparams={"learning_starts": 50, "batch_size": 32, "buffer_size": 1000}, progress=False)
+    policy = load_policy(r.bundles[-1])
+    assert policy.kind == "sac" and r.timesteps == 120
+    recs = evaluate(policy, episodes=2, seed=0, env_kwargs={"max_episode_steps": 60})
+    assert all(r["length"] == 60 for r in recs)
+    obs = np.random.default_rng(0).normal(size=(16, 3)).astype(np.float32)
+    actions, probs, _ = policy.act_batch(None, obs, np.zeros(16), np.zeros(16))
+    assert probs is None and actions.shape == (16, 1) and np.all(np.abs(actions) <= 2.0)

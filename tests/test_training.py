@@ -205,3 +205,16 @@ def test_every_config_group_composes():
         for option in groups["env"]:
             assert compose("collect", overrides=[f"env={option}"]).behavior
         assert compose("demo").dataset_id
+
+
+def test_rollout_callback_logs_achieved_returns(cartpole_dataset, tmp_path):
+    import csv
+
+    from dtcond.training import RolloutCallback
+
+    train(cartpole_dataset, tmp_path / "cb", model=TINY, data=dict(batch_size=8, steps_per_epoch=10),
+          trainer=dict(max_steps=10, enable_progress_bar=False, enable_model_summary=False, log_every_n_steps=1),
+          callbacks=[RolloutCallback(5, targets=["q0.2", "q0.9"], episodes=2)])
+    rows = list(csv.DictReader(open(tmp_path / "cb" / "logs" / "metrics.csv")))
+    logged = [r for r in rows if r.get("rollout/q0.9")]
+    assert len(logged) == 2 and all(float(r["rollout/q0.9"]) > 0 for r in logged)
