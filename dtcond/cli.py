@@ -367,6 +367,9 @@ def run(command: str, overrides: list[str]) -> None:
     def app(cfg) -> None:
         _quiet_libraries(command)
         try:
+            from dtcond.schemas import validate
+
+            validate(command, cfg)
             task(cfg)
         except DtcondError as exc:
             fail(command, str(exc))

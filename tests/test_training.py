@@ -181,7 +181,7 @@ def test_cli_trains_resumes_and_rejects_unknown_keys(tmp_path, cartpole_dataset)
     assert load_policy(tmp_path / "hydra" / "policy").config.context_len == 4
 
     bad = run_cli(*base, "+model.widht=3", cwd=tmp_path)
-    assert bad.returncode == 2 and bad.stderr.strip().splitlines()[-1].startswith("dtcond train: error: unknown model keys ['widht']")
+    assert bad.returncode == 2 and "widht" in bad.stderr.strip().splitlines()[-1]
     bad = run_cli(*base, "trainer.max_stepz=3", cwd=tmp_path)
     assert bad.returncode != 0 and "max_stepz" in bad.stderr
     bad = run_cli(*base, "model=huge", cwd=tmp_path)
