@@ -40,6 +40,16 @@ def kill_after(proc, seconds: float) -> bool:
         return True
 
 
+def kill_during(proc, started, extra: float, timeout: float = 120) -> bool:
+    """SIGKILL once ``started()`` is true (the work is under way) plus ``extra`` seconds; False if it ended first."""
+    deadline = time.monotonic() + timeout
+    while not started():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            return kill_after(proc, 0)
+        time.sleep(0.02)
+    return kill_after(proc, extra)
+
+
 def finish(args, cwd, timeout=600):
     out = subprocess.run([sys.executable, "-m", "dtcond", *args], cwd=cwd, capture_output=True, text=True, timeout=timeout)
     assert out.returncode == 0, out.stderr
@@ -50,7 +60,9 @@ def finish(args, cwd, timeout=600):
 def test_killed_collect_leaves_no_partial_dataset(tmp_path, minari_root, trial):
     rng = np.random.default_rng(trial)
     args = ["collect", "episodes=600", "dataset_id=kill/cartpole-v0", "progress=false", f"hydra.run.dir={tmp_path}/h"]
-    killed = kill_after(start(args, tmp_path), float(rng.uniform(2.0, 7.0)))
+    # Aim at the write: the moment the hidden staging folder appears, plus up to a fraction of a second.
+    staging = lambda: minari_root.exists() and any(p.name.startswith(".staging-") for p in minari_root.iterdir())  # noqa: E731
+    killed = kill_during(start(args, tmp_path), staging, float(rng.uniform(0.0, 0.3)))
     print(f"\nKILL collect trial {trial}: killed={killed}")
     if "kill/cartpole-v0" in local_dataset_ids():  # it finished writing before the kill: then it is complete
         assert load("kill/cartpole-v0").stats.num_episodes == 600
@@ -65,8 +77,8 @@ def test_killed_training_resumes_to_the_same_final_step(tmp_path, cartpole_datas
     rng = np.random.default_rng(100 + trial)
     args = ["train", "model=tiny", f"dataset.id={cartpole_dataset}", "trainer.max_steps=400", "checkpoint_every=20",
             "data.batch_size=16", "data.steps_per_epoch=50", "trainer.enable_progress_bar=false", f"hydra.run.dir={tmp_path}/run"]
-    killed = kill_after(start(args, tmp_path), float(rng.uniform(5.0, 12.0)))
     last = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    killed = kill_during(start(args, tmp_path), last.exists, float(rng.uniform(0.0, 3.0)))
     step = None
     if last.exists():
         load_policy(last)  # atomic write: whenever it exists, it loads
@@ -87,9 +99,10 @@ def test_killed_sweep_resumes_with_one_record_per_episode(tmp_path, cartpole_dat
     run = train(cartpole_dataset, tmp_path / "p", model=dict(context_len=4, n_layer=1, n_head=1, n_embd=8, dropout=0.0),
                 data=dict(batch_size=8, steps_per_epoch=5), trainer=dict(max_steps=5, enable_progress_bar=False, logger=False))
     results = tmp_path / "results.jsonl"
-    args = ["eval", f"policy={run.bundle}", f"results={results}", "episodes=15", "progress=false", "report=false",
-            "roaming=false", "sampler.n=9", f"hydra.run.dir={tmp_path}/h"]
-    killed = kill_after(start(args, tmp_path), float(rng.uniform(3.0, 8.0)))
+    args = ["eval", f"policy={run.bundle}", f"results={results}", "episodes=20", "progress=false", "report=false",
+            "roaming=false", "sampler.n=9", "batch_size=20", f"hydra.run.dir={tmp_path}/h"]
+    killed = kill_during(start(args, tmp_path), lambda: results.exists() and results.stat().st_size > 0,
+                         float(rng.uniform(0.0, 1.0)))
     kept = len(results.read_bytes().split(b"\n")) - 1 if results.exists() else 0
     print(f"\nKILL eval trial {trial}: killed={killed} records kept={kept}")
     if results.exists():
@@ -98,5 +111,5 @@ def test_killed_sweep_resumes_with_one_record_per_episode(tmp_path, cartpole_dat
             json.loads(line)
     finish(args, tmp_path)
     rows = [json.loads(x) for x in results.read_text().splitlines()]
-    assert len(rows) == (9 + 3) * 15 and len({r["key"] for r in rows}) == len(rows)
+    assert len(rows) == (9 + 3) * 20 and len({r["key"] for r in rows}) == len(rows)
     print(f"KILL eval trial {trial}: after resume {len(rows)} records, 0 lost, 0 duplicated")
