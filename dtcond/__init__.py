@@ -21,6 +21,11 @@ _LAZY = {
     "evaluate": ("dtcond.evaluation", "evaluate"),
     "ResultsStore": ("dtcond.results", "ResultsStore"),
     "write_report": ("dtcond.report", "write_report"),
+    "comparison_table": ("dtcond.report", "comparison_table"),
+    "plot_frontier": ("dtcond.report", "plot_frontier"),
+    "train_baseline": ("dtcond.baselines", "train_baseline"),
+    "RoamingScorer": ("dtcond.roaming", "RoamingScorer"),
+    "dataset_records": ("dtcond.roaming", "dataset_records"),
     "targets": ("dtcond.targets", None),
 }
 
