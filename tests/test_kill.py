@@ -19,7 +19,6 @@ import pytest
 
 from dtcond.checkpoints import load_policy
 from dtcond.data import load, local_dataset_ids
-from dtcond.errors import DtcondError
 
 TRIALS = int(os.environ.get("DTCOND_KILL_TRIALS", "1"))
 

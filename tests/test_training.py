@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
 
 import gymnasium as gym
-import numpy as np
 import pytest
 import torch
 
