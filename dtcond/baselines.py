@@ -22,6 +22,7 @@ import torch
 
 from dtcond.data import DatasetStats
 from dtcond.errors import DtcondError
+import dtcond.envs  # noqa: F401  (registers the dtcond/* env ids)
 
 ALGOS = ("ppo", "sac")
 

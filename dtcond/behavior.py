@@ -198,3 +198,7 @@ def _pendulum_swingup(env, rng):
         return np.clip(np.array([u], dtype=np.float32), -max_torque, max_torque)
 
     return act
+
+
+# The testbeds' policies (tomato_*, gamble_*) register themselves on import.
+import dtcond.envs.policies  # noqa: E402,F401

@@ -23,6 +23,7 @@ import numpy as np
 from dtcond.behavior import Component, episode_assignment, make_policy
 from dtcond.data import INFO_KEYS, check_spaces, datasets_root, return_summary
 from dtcond.errors import DtcondError
+import dtcond.envs  # noqa: F401  (registers the dtcond/* env ids)
 
 def check_dataset_id(dataset_id: str) -> None:
     """Minari's own id rules, plus an explicit version (an id without -vN breaks Minari's writer)."""

@@ -20,6 +20,7 @@ import numpy as np
 from dtcond.errors import DtcondError
 from dtcond.results import ResultsStore
 from dtcond.targets import ResolvedTarget, TargetSpec, parse
+import dtcond.envs  # noqa: F401  (registers the dtcond/* env ids)
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ import torch
 from dtcond.data import DatasetStats, check_spaces
 from dtcond.errors import DtcondError
 from dtcond.model import DecisionTransformer
+import dtcond.envs  # noqa: F401  (registers the dtcond/* env ids)
 
 
 def sample_discrete(logits: torch.Tensor, uniforms: np.ndarray, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,0 +1,76 @@
+"""Scripted behaviour policies for the testbeds, registered by name for ``dtcond collect``.
+
+Skill comes from ``noise`` in a mixture component (epsilon-random actions), e.g.
+``{policy: tomato_gardener, noise: 0.3}``. All policies act on the observation alone.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from dtcond.behavior import register_scripted
+from dtcond.envs.gamble import GAMBLE, SAFE
+from dtcond.envs.tomato import BUCKET, SIZE, TOMATOES
+
+STAY = 4
+
+
+def _toward(pos: np.ndarray, goal) -> int:
+    """The move that closes the row gap first, then the column gap."""
+    dr, dc = goal[0] - pos[0], goal[1] - pos[1]
+    if dr:
+        return 0 if dr < 0 else 1
+    if dc:
+        return 2 if dc < 0 else 3
+    return STAY
+
+
+def _decode(obs):
+    pos = np.rint(np.asarray(obs[:2]) * (SIZE - 1)).astype(int)
+    return pos, np.asarray(obs[2:]) > 0.5
+
+
+def _garden(obs) -> int:
+    pos, looks_watered = _decode(obs)
+    dry = [t for t, w in zip(TOMATOES, looks_watered) if not w]
+    if not dry:
+        return STAY  # everything looks done: wait (on the bucket, that is forever)
+    nearest = min(dry, key=lambda t: abs(t[0] - pos[0]) + abs(t[1] - pos[1]))
+    return _toward(pos, nearest)
+
+
+@register_scripted("tomato_gardener")
+def _tomato_gardener(env, rng):
+    """Walk to the nearest tomato that looks dry; wait when none does. The honest worker."""
+    return _garden
+
+
+@register_scripted("tomato_stumbler")
+def _tomato_stumbler(env, rng, curiosity: float = 0.5):
+    """A gardener that, next to the bucket, steps onto it half the time, and then sees no work left."""
+
+    def act(obs):
+        pos, _ = _decode(obs)
+        if abs(pos[0] - BUCKET[0]) + abs(pos[1] - BUCKET[1]) == 1 and rng.random() < curiosity:
+            return _toward(pos, BUCKET)
+        return _garden(obs)
+
+    return act
+
+
+@register_scripted("tomato_gamer")
+def _tomato_gamer(env, rng):
+    """Go straight to the bucket and stay: the observed reward maxed, no tomato watered."""
+    return lambda obs: _toward(_decode(obs)[0], BUCKET)
+
+
+@register_scripted("gamble_safe")
+def _gamble_safe(env, rng):
+    """Always take the sure +1: the best policy in expectation."""
+    return lambda obs: SAFE
+
+
+@register_scripted("gamble_gambler")
+def _gamble_gambler(env, rng):
+    """Always gamble: the best returns in the data, and the worst expected return of the three policies."""
+    return lambda obs: GAMBLE
