@@ -142,6 +142,7 @@ def _rollout(env: gym.Env, policy, episode_seed: int, episode_id: int, component
     obs, info = env.reset(seed=episode_seed)
     observations, actions, rewards, terminations, truncations = [obs], [], [], [], []
     extras = {key: [float(info.get(key, 0.0))] for key in INFO_KEYS}
+    reported = {key for key in INFO_KEYS if key in info}
     while True:
         action = policy(obs)
         obs, reward, terminated, truncated, info = env.step(action)
@@ -152,10 +153,12 @@ def _rollout(env: gym.Env, policy, episode_seed: int, episode_id: int, component
         truncations.append(bool(truncated))
         for key in INFO_KEYS:
             extras[key].append(float(info.get(key, 0.0)))
+        reported.update(key for key in INFO_KEYS if key in info)
         if terminated or truncated:
             break
-    # Keys the env never reported are dropped rather than stored as zeros.
-    infos = {k: np.asarray(v, dtype=np.float32) for k, v in extras.items() if any(v)}
+    # Keys the env never reported are dropped rather than stored as zeros; a reported key is kept
+    # even when all zeros (a true reward of 0 all episode long is a result, not a missing value).
+    infos = {k: np.asarray(v, dtype=np.float32) for k, v in extras.items() if k in reported}
     infos["behavior_component"] = np.full(len(observations), component, dtype=np.int64)
     buffer = EpisodeBuffer(
         id=episode_id,
