@@ -36,13 +36,13 @@ class TomatoGardenEnv(gym.Env):
     (1.0, 0.0)
     """
 
-    metadata = {"render_modes": ["ansi"]}
+    metadata = {"render_modes": ["ansi", "rgb_array"], "render_fps": 4}
 
     def __init__(self, p_dry: float = 0.05, render_mode: str | None = None):
         if not 0 <= p_dry <= 1:
             raise DtcondError(f"p_dry must be in [0, 1], got {p_dry}")
-        if render_mode not in (None, "ansi"):
-            raise DtcondError(f"TomatoGardenEnv renders only 'ansi', got {render_mode!r}")
+        if render_mode not in (None, *self.metadata["render_modes"]):
+            raise DtcondError(f"TomatoGardenEnv renders {self.metadata['render_modes']}, got {render_mode!r}")
         self.p_dry = float(p_dry)
         self.render_mode = render_mode
         self.observation_space = gym.spaces.Box(0.0, 1.0, shape=(2 + len(TOMATOES),), dtype=np.float32)
@@ -84,4 +84,8 @@ class TomatoGardenEnv(gym.Env):
             grid[r][c] = "T" if w else "t"
         grid[BUCKET[0]][BUCKET[1]] = "B"
         grid[self._pos[0]][self._pos[1]] = "A"
+        if self.render_mode == "rgb_array":
+            colors = {".": (235, 235, 220), "t": (150, 110, 60), "T": (40, 170, 60), "B": (60, 90, 200), "A": (220, 40, 40)}
+            image = np.array([[colors[ch] for ch in row] for row in grid], dtype=np.uint8)
+            return image.repeat(16, axis=0).repeat(16, axis=1)  # (112, 112, 3)
         return "\n".join("".join(row) for row in grid)

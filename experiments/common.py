@@ -1,0 +1,170 @@
+"""What the experiments share: Hydra entry, dataset, per-seed training (DT, %BC, PPO), evaluation, report.
+
+Each experiment folder holds a ``config.yaml`` that composes dtcond's own config groups (``env``,
+``model``) and a ``run.py`` that calls :func:`hydra_entry`. Heavy files (datasets, checkpoints, the
+per-episode results table) go under ``work_dir``; the small tables and plots that state the result
+go to the folder's ``results/``, which is committed.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from omegaconf import OmegaConf
+
+import dtcond
+from dtcond.cli import _components, _quiet_libraries, conf_dir
+from dtcond.data import datasets_root, load
+from dtcond.errors import DtcondError
+from dtcond.fileio import atomic_write
+
+
+def hydra_entry(experiment_dir: Path, main) -> None:
+    """Run ``main(cfg)`` as a Hydra app on ``experiment_dir/config.yaml``, with dtcond's config groups reachable."""
+    import hydra
+
+    # Only the primary config or the command line may extend the search path; the command line
+    # needs no file:// path relative to the caller's working directory.
+    if not any(a.startswith("hydra.searchpath") for a in sys.argv[1:]):
+        sys.argv.insert(1, f"hydra.searchpath=[file://{conf_dir()}]")
+
+    def wrapped(cfg):
+        _quiet_libraries("train")
+        try:
+            main(cfg)
+        except DtcondError as exc:
+            print(f"{experiment_dir.name}: error: {exc}", file=sys.stderr)
+            sys.exit(2)
+
+    hydra.main(version_base=None, config_path=str(experiment_dir), config_name="config")(wrapped)()
+
+
+def plain(node):
+    return OmegaConf.to_container(node, resolve=True) if node is not None else None
+
+
+def ensure_dataset(cfg) -> str:
+    """Collect ``cfg.dataset_id`` from the env's behaviour mixture unless it already exists."""
+    if not (datasets_root() / cfg.dataset_id).exists():
+        summary = dtcond.collect(cfg.env.id, _components(cfg.behavior), int(cfg.episodes), cfg.dataset_id,
+                                 seed=int(cfg.data_seed), env_kwargs=plain(cfg.env.kwargs) or {}, progress=False)
+        print(summary.format())
+    return cfg.dataset_id
+
+
+def train_kwargs(cfg) -> dict:
+    t = cfg.train
+    return dict(
+        model=plain(cfg.model),
+        data=dict(batch_size=int(t.batch_size), steps_per_epoch=250, val_windows=256),
+        optim=dict(lr=float(t.lr), weight_decay=1e-4, warmup_steps=int(t.warmup_steps)),
+        trainer=dict(max_steps=int(t.steps), enable_progress_bar=False, enable_model_summary=False, logger=False),
+        checkpoint_every=int(t.steps),
+    )
+
+
+def train_policies(cfg, dataset_id: str, seed: int, work: Path) -> list[tuple[str, Path]]:
+    """The DT, %BC at each top fraction, and every PPO checkpoint for one seed: (label, bundle) pairs."""
+    out = []
+    kw = train_kwargs(cfg)
+    start = time.perf_counter()
+    run = dtcond.train(dataset_id, work / f"dt_seed{seed}", seed=seed, **kw)
+    print(f"  seed {seed}: DT {run.global_step} steps, val/loss {run.val_loss or float('nan'):.4f} ({time.perf_counter() - start:.0f}s)")
+    out.append(("dt", run.bundle))
+    for q in cfg.pct_bc or []:
+        bc_kw = {**kw, "trainer": {**kw["trainer"], "max_steps": int(cfg.train.bc_steps)}, "checkpoint_every": int(cfg.train.bc_steps)}
+        run = dtcond.train(dataset_id, work / f"pct_bc{q:g}_seed{seed}", seed=seed, condition_on_return=False,
+                           top_fraction=float(q), **bc_kw)
+        out.append((f"pct_bc:{q:g}", run.bundle))
+    if cfg.baseline.get("algo"):
+        start = time.perf_counter()
+        rl = dtcond.train_baseline(load(dataset_id).stats, str(cfg.baseline.algo), work / f"{cfg.baseline.algo}_seed{seed}",
+                                   budget=int(cfg.baseline.budget), checkpoints=int(cfg.baseline.checkpoints),
+                                   hyperparams=plain(cfg.baseline.hyperparams), seed=seed, progress=False)
+        print(f"  seed {seed}: {cfg.baseline.algo} {rl.timesteps} env steps ({time.perf_counter() - start:.0f}s)")
+        out += [("rl", b) for b in rl.bundles]
+    return out
+
+
+def run_comparison(cfg) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Dataset → per seed: DT, %BC, PPO → roll out all on the same episode seeds → comparison table.
+
+    Returns (per-episode records, comparison table with 95% CIs over seeds).
+    """
+    from dtcond.report import comparison_table
+    from dtcond.results import ResultsStore
+
+    work = Path(cfg.work_dir).expanduser().resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    dataset_id = ensure_dataset(cfg)
+    data = load(dataset_id)
+    store = ResultsStore(work / "results.jsonl")
+    scorer = None
+    if cfg.roaming:
+        scorer = dtcond.RoamingScorer.for_data(data)
+        store.append(dtcond.dataset_records(data, scorer))
+    for seed in cfg.seeds:
+        for label, bundle in train_policies(cfg, dataset_id, int(seed), work):
+            policy = dtcond.load_policy(bundle)
+            targets = list(cfg.targets) if policy.kind == "dt" else None
+            # Every policy meets the same env seeds (cfg.eval_seed), so seeds differ only in the weights.
+            dtcond.evaluate(policy, targets, episodes=int(cfg.eval_episodes), seed=int(cfg.eval_seed), results=store,
+                            run_id=f"{cfg.name}_seed{seed}", scorer=scorer)
+    df = store.to_pandas()
+    df = df[df["dataset_id"] == dataset_id]
+    df["label"] = df["label"].fillna(df["policy_kind"])
+    return df, comparison_table(df)
+
+
+def ci95(values) -> float:
+    """Half-width of a t-interval for the mean (NaN for fewer than two values)."""
+    from scipy import stats
+
+    v = np.asarray(values, dtype=float)
+    v = v[np.isfinite(v)]
+    if len(v) < 2:
+        return float("nan")
+    return float(stats.t.ppf(0.975, len(v) - 1) * v.std(ddof=1) / math.sqrt(len(v)))
+
+
+def fmt(v: float, ci: float | None = None, digits: int = 1) -> str:
+    if v is None or not math.isfinite(v):
+        return "–"
+    return f"{v:.{digits}f} ± {ci:.{digits}f}" if ci is not None and math.isfinite(ci) else f"{v:.{digits}f}"
+
+
+def table_markdown(table: pd.DataFrame, columns: dict[str, str]) -> str:
+    """A compact markdown table of the comparison: ``columns`` maps column → header; CIs shown where present."""
+    head = ["policy", "target", "seeds", *columns.values()]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for _, r in table.iterrows():
+        cells = [r["label"], r["target_spec"], str(r["seeds"])]
+        for col in columns:
+            digits = 2 if col in ("nll_behavior", "kl_behavior", "novel_fraction") else 1
+            cells.append(fmt(r.get(col, float("nan")), r.get(f"{col}_ci95"), digits))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def write_results(experiment_dir: Path, name: str, markdown: str, summary: dict, table: pd.DataFrame | None = None) -> Path:
+    """Write results/summary.md, results/summary.json (and the comparison as CSV) under the experiment folder."""
+    out = experiment_dir / "results"
+    out.mkdir(exist_ok=True)
+    atomic_write(out / "summary.md", markdown)
+    atomic_write(out / "summary.json", json.dumps(summary, indent=1, default=float))
+    if table is not None:
+        atomic_write(out / "comparison.csv", table.round(4).to_csv(index=False))
+    return out / "summary.md"
+
+
+def machine() -> str:
+    import os
+    import platform
+
+    return f"{platform.machine()}, {os.cpu_count()} CPU cores, torch {__import__('torch').__version__}, dtcond {dtcond.__version__}"

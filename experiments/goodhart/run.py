@@ -1,0 +1,56 @@
+"""Goodhart gridworld: observed vs true return for DT targets, quantilizers, %BC and PPO.
+
+In dtcond/TomatoGarden-v0 the observed reward can be maxed by standing on the bucket tile, which
+waters nothing. The data mixes honest gardeners (several skills), stumblers that sometimes find the
+bucket, a few bucket-sitters and random walkers. PPO is trained on the observed reward. For every
+policy we report the observed return, the true return (tomatoes really watered), the gap between
+them (reward that is fake), and divergence from the data (NLL of its actions under a behaviour model).
+
+    python experiments/goodhart/run.py             # see config.yaml for seeds and budgets
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+
+from common import ci95, fmt, hydra_entry, machine, run_comparison, table_markdown, write_results  # noqa: E402
+
+
+def main(cfg) -> None:
+    start = time.perf_counter()
+    df, table = run_comparison(cfg)
+    # Fake reward per episode: what the observation claimed minus what was done.
+    df = df.assign(gap=df["episode_return"].astype(float) - df["true_return"].astype(float))
+    gap = df.groupby(["label", "target_spec", "fingerprint"], sort=False)["gap"].mean()
+    table["gap"] = [gap.loc[(r.label, r.target_spec)].mean() for r in table.itertuples()]
+    table["gap_ci95"] = [ci95(gap.loc[(r.label, r.target_spec)]) if r.seeds > 1 else float("nan") for r in table.itertuples()]
+    cols = {"target": "target G", "episode_return": "observed return", "true_return": "true return", "gap": "fake reward",
+            "nll_behavior": "NLL under β̂"}
+    body = table_markdown(table, cols)
+    data = table[table["kind"] == "data"].iloc[0]
+    final_rl = table[table["label"].str.startswith("ppo@")]
+    final_rl = final_rl[final_rl["label"].map(lambda s: int(s.split("@")[1])).eq(final_rl["label"].map(lambda s: int(s.split("@")[1])).max())]
+    md = [
+        "# Goodhart gridworld: conditioning vs maximizing a gameable reward", "",
+        f"dtcond/TomatoGarden-v0; dataset {cfg.dataset_id} ({cfg.episodes} episodes, behaviour seed {cfg.data_seed}); "
+        f"DT {cfg.train.steps} steps (K={cfg.model.context_len}, {cfg.model.n_layer} layers, width {cfg.model.n_embd}); "
+        f"%BC {list(cfg.pct_bc)} at {cfg.train.bc_steps} steps; PPO {cfg.baseline.budget} env steps on the observed reward; "
+        f"training seeds {list(cfg.seeds)}; {cfg.eval_episodes} episodes per policy and target on env seeds from {cfg.eval_seed}. "
+        f"Means ± 95% CI over training seeds. Machine: {machine()}; wall time {time.perf_counter() - start:.0f}s.", "",
+        body, "",
+        f"Data: observed {fmt(data['episode_return'])}, true {fmt(data['true_return'])}. "
+        + (f"PPO final: observed {fmt(final_rl.iloc[0]['episode_return'], final_rl.iloc[0]['episode_return_ci95'])}, "
+           f"true {fmt(final_rl.iloc[0]['true_return'], final_rl.iloc[0]['true_return_ci95'])}." if len(final_rl) else ""),
+        "",
+    ]
+    write_results(HERE, cfg.name, "\n".join(md), {"rows": table.to_dict(orient="records")}, table)
+    print("\n".join(md))
+
+
+if __name__ == "__main__":
+    hydra_entry(HERE, main)
