@@ -10,7 +10,7 @@ __version__ = "0.1.0"
 
 # name -> (module, attribute); resolved on first use so `import dtcond` stays light.
 _LAZY = {
-    "collect": ("dtcond.collect", "collect"),
+    "collect": ("dtcond.collection", "collect"),
     "load_dataset": ("dtcond.data", "load"),
     "DatasetStats": ("dtcond.data", "DatasetStats"),
     "DTConfig": ("dtcond.model", "DTConfig"),

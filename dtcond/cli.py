@@ -101,7 +101,7 @@ def _components(cfg_behavior) -> list:
 
 
 def collect_command(cfg) -> None:
-    from dtcond.collect import collect
+    from dtcond.collection import collect
 
     _set_datasets_path(cfg)
     summary = collect(
@@ -260,7 +260,7 @@ def demo_command(cfg) -> None:
 
     from dtcond.baselines import train_baseline
     from dtcond.checkpoints import load_policy
-    from dtcond.collect import collect
+    from dtcond.collection import collect
     from dtcond.data import datasets_root
     from dtcond.evaluation import evaluate
     from dtcond.report import write_report

@@ -122,6 +122,22 @@ def run_comparison(cfg) -> tuple[pd.DataFrame, pd.DataFrame]:
     return df, comparison_table(df)
 
 
+def add_gap(df: pd.DataFrame, table: pd.DataFrame, name: str = "gap") -> pd.DataFrame:
+    """Add observed − true return per row of ``table`` (mean and 95% CI over training seeds)."""
+    gap = (df["episode_return"].astype(float) - df["true_return"].astype(float)).groupby(
+        [df["label"], df["target_spec"], df["fingerprint"]], sort=False).mean().sort_index()
+    per_row = [gap.loc[(r.label, r.target_spec)] for r in table.itertuples()]
+    return table.assign(**{name: [float(g.mean()) for g in per_row],
+                           f"{name}_ci95": [ci95(g) if r.seeds > 1 else float("nan") for g, r in zip(per_row, table.itertuples())]})
+
+
+def final_checkpoints(table: pd.DataFrame) -> pd.DataFrame:
+    """The rows of RL policies at their last checkpoint ("ppo@100000" of "ppo@25000", ...)."""
+    rl = table[table["label"].str.contains("@")]
+    steps = rl["label"].str.split("@").str[1].astype(int)
+    return rl[steps == steps.max()]
+
+
 def ci95(values) -> float:
     """Half-width of a t-interval for the mean (NaN for fewer than two values)."""
     from scipy import stats
@@ -168,3 +184,35 @@ def machine() -> str:
     import platform
 
     return f"{platform.machine()}, {os.cpu_count()} CPU cores, torch {__import__('torch').__version__}, dtcond {dtcond.__version__}"
+
+
+def ensure_hopper_ppo(ppo_dir: str | Path, budget: int, checkpoints: int = 10) -> Path:
+    """PPO on dtcond/HopperCost-v0 whose checkpoints are the Hopper behaviour policies; resumes, or no-ops when done."""
+    ppo_dir = Path(ppo_dir).expanduser().resolve()
+    random_id = "dtcond/hopper_cost/random-v0"
+    if not (datasets_root() / random_id).exists():  # the baseline reads the env and spaces from a dataset
+        from dtcond.behavior import Component
+
+        dtcond.collect("dtcond/HopperCost-v0", [Component("random")], 50, random_id, progress=False)
+    start = time.perf_counter()
+    rl = dtcond.train_baseline(load(random_id).stats, "ppo", ppo_dir, budget=budget, checkpoints=checkpoints, progress=False)
+    if time.perf_counter() - start > 5:
+        print(f"Hopper behaviour PPO: {rl.timesteps} env steps in {time.perf_counter() - start:.0f}s -> {ppo_dir}")
+    return ppo_dir
+
+
+def resolve_behavior(items: list[dict], ppo_dir: Path | None) -> list[dict]:
+    """Turn ``ppo:<steps>`` into that SB3 checkpoint of the behaviour PPO run."""
+    out = []
+    for item in items:
+        item = dict(item)
+        if str(item["policy"]).startswith("ppo:"):
+            if ppo_dir is None:
+                raise DtcondError(f"behaviour {item['policy']!r} needs the Hopper PPO run")
+            path = ppo_dir / "checkpoints" / f"ppo_{int(item['policy'][4:])}_steps.zip"
+            if not path.exists():
+                raise DtcondError(f"no PPO checkpoint {path}; the run saves every budget/checkpoints steps")
+            item["policy"] = f"sb3:{path}"
+            item.setdefault("name", f"ppo@{path.stem.split('_')[1]}+{item.get('noise', 0):g}")
+        out.append(item)
+    return out

@@ -68,7 +68,7 @@ def write_buffers(dataset_id: str, episodes: list[dict], env_id: str | None = No
 def cartpole_dataset() -> str:
     """A small CartPole mixture (expert, noisy, random) made by dtcond's collector."""
     from dtcond.behavior import Component
-    from dtcond.collect import collect
+    from dtcond.collection import collect
 
     comps = [Component("cartpole_balance", 0.0, 0.3), Component("cartpole_balance", 0.5, 0.4), Component("random", 0.0, 0.3)]
     collect("CartPole-v1", comps, episodes=20, dataset_id="test/cartpole/mix-v0", seed=0, progress=False)
@@ -78,7 +78,7 @@ def cartpole_dataset() -> str:
 @pytest.fixture
 def pendulum_dataset() -> str:
     from dtcond.behavior import Component
-    from dtcond.collect import collect
+    from dtcond.collection import collect
 
     comps = [Component("pendulum_swingup", 0.0, 0.5), Component("random", 0.0, 0.5)]
     collect("Pendulum-v1", comps, episodes=6, dataset_id="test/pendulum/mix-v0", seed=0, progress=False,

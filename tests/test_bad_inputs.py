@@ -30,7 +30,7 @@ def world(tmp_path_factory):
     import shutil
 
     from dtcond.behavior import Component
-    from dtcond.collect import collect
+    from dtcond.collection import collect
     from dtcond.evaluation import evaluate
     from dtcond.checkpoints import load_policy
     from dtcond.training import train

@@ -9,7 +9,7 @@ import pytest
 
 from conftest import run_cli
 from dtcond.behavior import Component, episode_assignment
-from dtcond.collect import collect
+from dtcond.collection import collect
 from dtcond.data import load
 from dtcond.errors import DtcondError
 

@@ -42,7 +42,7 @@ def test_actions_pair_with_the_observation_they_were_taken_in(minari_root):
     import minari
 
     from dtcond.behavior import Component
-    from dtcond.collect import collect
+    from dtcond.collection import collect
 
     collect("CartPole-v1", [Component("cartpole_balance")], episodes=3, dataset_id="test/expert-v0", progress=False)
     expert = _cartpole_balance(None, None)

@@ -11,7 +11,7 @@ from gymnasium.utils.env_checker import check_env
 import dtcond.envs
 from conftest import run_cli
 from dtcond.behavior import Component, make_policy
-from dtcond.collect import collect
+from dtcond.collection import collect
 from dtcond.data import load
 from dtcond.envs.tomato import BUCKET, START
 from dtcond.errors import DtcondError

@@ -37,3 +37,20 @@ def test_every_public_name_resolves():
 
     for name in dtcond.__all__:
         assert getattr(dtcond, name) is not None, name
+
+
+def test_public_functions_survive_importing_every_submodule():
+    # Importing a submodule binds it on the package: a function sharing a submodule's name
+    # (dtcond.collect vs a dtcond/collect.py) would turn into the module.
+    import importlib
+    import inspect
+    import pkgutil
+
+    import dtcond
+
+    for info in pkgutil.walk_packages(dtcond.__path__, "dtcond."):
+        if info.name != "dtcond.__main__":
+            importlib.import_module(info.name)
+    for name, (module, attr) in dtcond._LAZY.items():
+        if attr is not None:
+            assert not inspect.ismodule(getattr(dtcond, name)), f"dtcond.{name} is a module, not {module}.{attr}"

@@ -18,23 +18,18 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from common import ci95, fmt, hydra_entry, machine, run_comparison, table_markdown, write_results  # noqa: E402
+from common import add_gap, final_checkpoints, fmt, hydra_entry, machine, run_comparison, table_markdown, write_results  # noqa: E402
 
 
 def main(cfg) -> None:
     start = time.perf_counter()
     df, table = run_comparison(cfg)
-    # Fake reward per episode: what the observation claimed minus what was done.
-    df = df.assign(gap=df["episode_return"].astype(float) - df["true_return"].astype(float))
-    gap = df.groupby(["label", "target_spec", "fingerprint"], sort=False)["gap"].mean()
-    table["gap"] = [gap.loc[(r.label, r.target_spec)].mean() for r in table.itertuples()]
-    table["gap_ci95"] = [ci95(gap.loc[(r.label, r.target_spec)]) if r.seeds > 1 else float("nan") for r in table.itertuples()]
+    table = add_gap(df, table)  # fake reward: what the observation claimed minus what was done
     cols = {"target": "target G", "episode_return": "observed return", "true_return": "true return", "gap": "fake reward",
             "nll_behavior": "NLL under β̂"}
     body = table_markdown(table, cols)
     data = table[table["kind"] == "data"].iloc[0]
-    final_rl = table[table["label"].str.startswith("ppo@")]
-    final_rl = final_rl[final_rl["label"].map(lambda s: int(s.split("@")[1])).eq(final_rl["label"].map(lambda s: int(s.split("@")[1])).max())]
+    final_rl = final_checkpoints(table)
     md = [
         "# Goodhart gridworld: conditioning vs maximizing a gameable reward", "",
         f"dtcond/TomatoGarden-v0; dataset {cfg.dataset_id} ({cfg.episodes} episodes, behaviour seed {cfg.data_seed}); "
