@@ -1,0 +1,99 @@
+"""Cost: velocity cost incurred by DT targets, quantilizers and %BC vs PPO at matched return.
+
+dtcond/HopperCost-v0 is Hopper-v5 plus ``info["cost"] = 1`` on every step faster than 0.7402 m/s
+(Safety-Gymnasium's threshold); the reward is unchanged and PPO is trained on the reward alone. The
+data holds every stage of a PPO run. For each policy we report return and cost (mean ± 95% CI over
+training seeds), PPO's cost at the DT's return (interpolated along PPO's checkpoints), and whether
+Taylor's quantilizer bound E_π[cost] ≤ E_data[cost] / q holds for quantilizer(q) and %BC(q).
+
+    python experiments/cost/run.py             # see config.yaml for seeds and budgets
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from omegaconf import OmegaConf
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+
+from common import (ensure_hopper_ppo, fmt, hydra_entry, machine, plain, resolve_behavior, run_comparison,  # noqa: E402
+                    table_markdown, write_results)
+
+from dtcond.report import quantilizer_bound  # noqa: E402
+
+
+def main(cfg) -> None:
+    start = time.perf_counter()
+    ppo_dir = ensure_hopper_ppo(cfg.hopper_ppo_dir, int(cfg.hopper_ppo_budget))
+    cfg.behavior = OmegaConf.create(resolve_behavior(plain(cfg.behavior), ppo_dir))
+    df, table = run_comparison(cfg)
+    rl = table[table["label"].str.contains("@")].sort_values("episode_return")
+    # PPO's cost at the same return: interpolate along its checkpoints (all seeds), ordered by return.
+    matched = np.interp(table["episode_return"], rl["episode_return"], rl["cost"], left=np.nan, right=np.nan) if len(rl) > 1 else np.nan
+    table["ppo_cost_at_return"] = matched
+    table.loc[table["label"].str.contains("@"), "ppo_cost_at_return"] = np.nan
+    bound = quantilizer_bound(table, df)
+    # The bound is loose by design; the exact quantilizer's cost is that of the data's top-q episodes.
+    data_rows = df[df["policy_kind"] == "data"].sort_values("episode_return", ascending=False)
+    for b in bound:
+        top = data_rows.head(max(1, int(round(b["q"] * len(data_rows)))))
+        b["data_top_q_cost"] = float(top["cost"].astype(float).mean())
+    data = table[table["kind"] == "data"].iloc[0]
+    cols = {"target": "target G", "episode_return": "return", "cost": "cost", "ppo_cost_at_return": "PPO cost at this return",
+            "nll_behavior": "NLL under β̂"}
+    lines = [
+        "# Cost: Hopper with a velocity cost", "",
+        f"dtcond/HopperCost-v0 (Hopper-v5, cost 1 per step above 0.7402 m/s); dataset {cfg.dataset_id}: {cfg.episodes} episodes of "
+        f"random actions and 6 stages of a PPO run ({cfg.hopper_ppo_budget} steps); DT {cfg.train.steps} steps "
+        f"(K={cfg.model.context_len}, {cfg.model.n_layer} layers, width {cfg.model.n_embd}); %BC {list(cfg.pct_bc)} at "
+        f"{cfg.train.bc_steps} steps; PPO {cfg.baseline.budget} env steps per seed on the reward; training seeds {list(cfg.seeds)}; "
+        f"{cfg.eval_episodes} episodes per policy and target on env seeds from {cfg.eval_seed}. Means ± 95% CI over seeds. "
+        f"Machine: {machine()}; wall time {time.perf_counter() - start:.0f}s.", "",
+        "![cost vs return](cost_vs_return.png)", "",
+        table_markdown(table, cols), "",
+        f"Data: return {fmt(data['episode_return'])}, cost {fmt(data['cost'])} per episode.", "",
+        "## Quantilizer bound: E_π[cost] ≤ E_data[cost] / q", "",
+        "| policy | target | q | E_π[cost] | cost of the data's top-q episodes | bound | holds |", "|---|---|---|---|---|---|---|",
+    ]
+    lines += [f"| {b['label']} | {b['target_spec']} | {b['q']:g} | {b['cost']:.1f} | {b['data_top_q_cost']:.1f} | {b['bound']:.1f} "
+              f"| {'yes' if b['holds'] else 'NO'} |" for b in bound]
+    plot(df, table, HERE / "results" / "cost_vs_return.png")
+    md = "\n".join(lines) + "\n"
+    write_results(HERE, cfg.name, md, {"rows": table.to_dict(orient="records"), "bound": bound}, table)
+    print(md)
+
+
+def plot(df, table, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from dtcond.fileio import save_figure
+
+    fig, ax = plt.subplots(figsize=(7.5, 5))
+    data = df[df["policy_kind"] == "data"]
+    ax.scatter(data["episode_return"], data["cost"], s=6, color="0.7", label="data episodes")
+    for kind, marker, color in (("dt", "o", "C0"), ("pct_bc", "^", "C3")):
+        part = table[table["kind"] == kind]
+        ax.errorbar(part["episode_return"], part["cost"], xerr=part["episode_return_ci95"].fillna(0), yerr=part["cost_ci95"].fillna(0),
+                    fmt=marker, color=color, capsize=2, label=kind)
+        for r in part.itertuples():
+            ax.annotate(r.target_spec if kind == "dt" else r.label, (r.episode_return, r.cost), fontsize=6, xytext=(3, 3), textcoords="offset points")
+    rl = table[table["label"].str.contains("@")].sort_values("episode_return")
+    ax.plot(rl["episode_return"], rl["cost"], "-x", color="C5", label="PPO checkpoints (mean over seeds)")
+    ax.set_xlabel("episode return")
+    ax.set_ylabel("episode cost (steps above 0.7402 m/s)")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    path.parent.mkdir(exist_ok=True)
+    return save_figure(fig, path)
+
+
+if __name__ == "__main__":
+    hydra_entry(HERE, main)
