@@ -87,15 +87,22 @@ class CausalSelfAttention(nn.Module):
         self.dropout = cfg.dropout
         self.resid_drop = nn.Dropout(cfg.dropout)
 
-    def forward(self, x, mask, cache: tuple[torch.Tensor, torch.Tensor] | None = None):
-        # x: (B, T, C); mask: (B, 1, T, T_past + T) bool; cache: keys/values of earlier tokens
+    def forward(self, x, mask, cache: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None, last_only: bool = False):
+        # x: (B, T, C); mask: (B or 1, 1, T, T) bool, or (T, S) with a cache
+        # cache: (keys, values, slots): ring buffers (B, nh, S, hd) that this call's keys and values
+        # are written into at ``slots`` (T,), in place, before attending over the whole buffer.
+        # last_only: every token's keys and values, but the output of the last query only.
         q, k, v = rearrange(self.qkv(x), "b t (three h d) -> three b h t d", three=3, h=self.n_head)  # (B, nh, T, hd)
         if cache is not None:
-            k = torch.cat([cache[0], k], dim=2)  # (B, nh, T_past + T, hd)
-            v = torch.cat([cache[1], v], dim=2)
+            keys, values, slots = cache
+            keys[:, :, slots] = k
+            values[:, :, slots] = v
+            k, v = keys, values  # (B, nh, S, hd)
+        if last_only:
+            q, mask = q[:, :, -1:], mask[..., -1:, :]  # (B, nh, 1, hd)
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0)
         y = rearrange(y, "b h t d -> b t (h d)")  # (B, T, C)
-        return self.resid_drop(self.proj(y)), (k, v)
+        return self.resid_drop(self.proj(y))
 
 
 class MLP(nn.Module):
@@ -117,25 +124,32 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(cfg.n_embd)
         self.mlp = MLP(cfg)
 
-    def forward(self, x, mask, cache=None):
-        a, kv = self.attn(self.ln_1(x), mask, cache)
-        x = x + a
-        x = x + self.mlp(self.ln_2(x))
-        return x, kv
+    def forward(self, x, mask, cache=None, last_only: bool = False):
+        a = self.attn(self.ln_1(x), mask, cache, last_only)
+        x = (x[:, -1:] if last_only else x) + a
+        return x + self.mlp(self.ln_2(x))
 
 
 @dataclass
 class DecodeState:
-    """Per-layer keys/values of the tokens still inside the band, and the step count so far."""
+    """Per-layer key/value ring buffers holding the last 3K tokens, and which token sits in each slot.
 
-    keys: list[torch.Tensor]  # per layer (B, nh, n_cached, hd)
+    Attention is permutation-invariant over keys, so tokens need not be stored in order: a new token
+    overwrites the oldest slot, and masks built from ``slot_steps``/``slot_order`` say which slots a
+    query may see. Nothing is copied per step. ``step`` updates the buffers in place.
+    """
+
+    keys: list[torch.Tensor]  # per layer (B, nh, S, hd), S = 3K
     values: list[torch.Tensor]
-    token_steps: torch.Tensor  # (n_cached,) step index of each cached token
+    slot_steps: torch.Tensor  # (S,) timestep of the token in each slot (far negative: empty)
+    slot_order: torch.Tensor  # (S,) global index of the token in each slot (-1: empty)
+    written: int = 0  # tokens written so far
     step: int = 0
 
     def select(self, rows: torch.Tensor) -> DecodeState:
         """Keep only the batch rows ``rows`` (episodes still running)."""
-        return DecodeState([k[rows] for k in self.keys], [v[rows] for v in self.values], self.token_steps, self.step)
+        return DecodeState([k[rows] for k in self.keys], [v[rows] for v in self.values], self.slot_steps,
+                           self.slot_order, self.written, self.step)
 
 
 class DecisionTransformer(nn.Module):
@@ -209,7 +223,7 @@ class DecisionTransformer(nn.Module):
             attn = (attn & key_ok[:, None, :]) | torch.eye(3 * T, dtype=torch.bool, device=x.device)
         attn = attn[:, None]  # (B, 1, 3T, 3T)
         for block in self.blocks:
-            x, _ = block(x, attn)
+            x = block(x, attn)
         h = rearrange(x, "b (t k) c -> b t k c", k=TOKENS_PER_STEP)[:, :, 1]  # (B, T, C) at state tokens
         return self._head(h)
 
@@ -217,10 +231,13 @@ class DecisionTransformer(nn.Module):
 
     def start(self, batch_size: int, device=None) -> DecodeState:
         """An empty cache for ``batch_size`` episodes that start together at timestep 0."""
-        nh, hd = self.cfg.n_head, self.cfg.n_embd // self.cfg.n_head
-        empty = torch.zeros(batch_size, nh, 0, hd, device=device)
+        nh, hd, S = self.cfg.n_head, self.cfg.n_embd // self.cfg.n_head, TOKENS_PER_STEP * self.cfg.context_len
+        dtype = self.embed_state.weight.dtype
         return DecodeState(
-            [empty] * self.cfg.n_layer, [empty] * self.cfg.n_layer, torch.zeros(0, dtype=torch.long, device=device)
+            [torch.zeros(batch_size, nh, S, hd, device=device, dtype=dtype) for _ in range(self.cfg.n_layer)],
+            [torch.zeros(batch_size, nh, S, hd, device=device, dtype=dtype) for _ in range(self.cfg.n_layer)],
+            torch.full((S,), -(2**40), dtype=torch.long, device=device),
+            torch.full((S,), -1, dtype=torch.long, device=device),
         )
 
     @torch.no_grad()
@@ -246,22 +263,20 @@ class DecisionTransformer(nn.Module):
         tokens.append(self.embed_state(observations) + t_emb)
         token_steps += [t, t]
         x = self.embed_ln(torch.stack(tokens, dim=1))  # (B, n_new, C)
-        new_steps = torch.tensor(token_steps, dtype=torch.long, device=device)  # (n_new,)
-        all_steps = torch.cat([state.token_steps, new_steps])  # (n_cached + n_new,)
-        n_cached = state.token_steps.shape[0]
-        n_new = new_steps.shape[0]
-        attn = band_mask(new_steps, all_steps, self.cfg.context_len)  # (n_new, n_all)
-        order_q = torch.arange(n_cached, n_cached + n_new, device=device)
-        attn = attn & (order_q[:, None] >= torch.arange(n_cached + n_new, device=device)[None, :])
-        keys, values = [], []
+        n_new, S = len(token_steps), state.slot_steps.shape[0]
+        # The oldest slots make room; at most 3K - 1 tokens are visible, so S = 3K never drops one in use.
+        order = torch.arange(state.written, state.written + n_new, device=device)  # (n_new,)
+        slots = order % S
+        slot_steps, slot_order = state.slot_steps.clone(), state.slot_order.clone()
+        slot_steps[slots] = torch.tensor(token_steps, dtype=torch.long, device=device)
+        slot_order[slots] = order
+        attn = band_mask(slot_steps[slots], slot_steps, self.cfg.context_len)  # (n_new, S)
+        attn = attn & (slot_order[None, :] >= 0) & (slot_order[None, :] <= order[:, None])
         for i, block in enumerate(self.blocks):
-            x, (k, v) = block(x, attn, (state.keys[i], state.values[i]))
-            keys.append(k)
-            values.append(v)
+            # The last layer's keys and values are cached, but only s_t's output is needed from it.
+            x = block(x, attn, (state.keys[i], state.values[i], slots), last_only=i == len(self.blocks) - 1)
         prediction = self._head(x[:, -1])  # (B, act_dim) from s_t
-        # Keep what the next call's queries can see: a_t (step t) looks back to step t+1-K.
-        keep = all_steps >= t + 1 - self.cfg.context_len
-        new_state = DecodeState([k[:, :, keep] for k in keys], [v[:, :, keep] for v in values], all_steps[keep], t + 1)
+        new_state = DecodeState(state.keys, state.values, slot_steps, slot_order, state.written + n_new, t + 1)
         return prediction, new_state
 
 
