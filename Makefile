@@ -7,7 +7,7 @@ TORCH_SPEC ?= torch==2.13.0
 # e.g. TORCH_PIP_ARGS='--index-url <your CPU wheel index>' elsewhere
 TORCH_PIP_ARGS ?=
 
-.PHONY: setup demo test test-all clean
+.PHONY: setup demo test test-all bench clean
 
 $(BIN)/dtcond: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,13 @@ test: setup
 
 test-all: setup
 	$(BIN)/python -m pytest -q
+
+# Speed benchmarks (not part of the tests): tables on stdout, JSON in benchmarks/results/.
+bench: setup
+	$(BIN)/pip install -e ".[dev,bench]"
+	$(BIN)/python benchmarks/rollout.py
+	$(BIN)/python benchmarks/train.py
+	$(BIN)/python benchmarks/eval_vs_train.py
 
 clean:
 	rm -rf outputs multirun lightning_logs .pytest_cache

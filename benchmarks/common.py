@@ -7,7 +7,6 @@ import os
 import platform
 import statistics
 import tempfile
-import time
 from pathlib import Path
 
 import torch
@@ -51,10 +50,6 @@ def random_policy(env_id: str, model: dict, seed: int = 0):
     return ConditionedPolicy(DecisionTransformer(cfg), stats)
 
 
-def timed(fn, *args, **kwargs) -> tuple[float, object]:
-    start = time.perf_counter()
-    out = fn(*args, **kwargs)
-    return time.perf_counter() - start, out
 
 
 def median(values) -> float:
