@@ -168,10 +168,15 @@ def table_markdown(table: pd.DataFrame, columns: dict[str, str]) -> str:
     return "\n".join(lines)
 
 
-def write_results(experiment_dir: Path, name: str, markdown: str, summary: dict, table: pd.DataFrame | None = None) -> Path:
-    """Write results/summary.md, results/summary.json (and the comparison as CSV) under the experiment folder."""
-    out = experiment_dir / "results"
-    out.mkdir(exist_ok=True)
+def results_dir(cfg, experiment_dir: Path) -> Path:
+    """Where the small result files go: ``cfg.results_dir``, by default the experiment's committed results/."""
+    out = Path(cfg.results_dir).expanduser().resolve() if cfg.get("results_dir") else experiment_dir / "results"
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def write_results(out: Path, markdown: str, summary: dict, table: pd.DataFrame | None = None) -> Path:
+    """Write summary.md, summary.json (and the comparison as CSV) into ``out``."""
     atomic_write(out / "summary.md", markdown)
     atomic_write(out / "summary.json", json.dumps(summary, indent=1, default=float))
     if table is not None:

@@ -23,7 +23,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
 from common import (ci95, ensure_hopper_ppo, fmt, hydra_entry, machine, plain, resolve_behavior, train_kwargs,  # noqa: E402
-                    write_results)
+                    results_dir, write_results)
 
 import dtcond  # noqa: E402
 from dtcond.cli import _components, conf_dir  # noqa: E402
@@ -82,7 +82,7 @@ def main(cfg) -> None:
     per_seed = pd.DataFrame(rows)
     curves = pd.concat(curves, ignore_index=True)
     summary = summarize(per_seed)
-    png = plot(curves, HERE / "results" / "calibration.png")
+    png = plot(curves, results_dir(cfg, HERE) / "calibration.png")
     md = ["# Calibration: achieved vs target return", "",
           f"DT (K={cfg.model.context_len}, {cfg.model.n_layer} layers, width {cfg.model.n_embd}), {cfg.train.steps} steps per run; "
           f"training seeds {list(cfg.seeds)}; targets: {cfg.grid.n} evenly spaced from the data's p{cfg.grid.low * 100:g} to "
@@ -90,9 +90,9 @@ def main(cfg) -> None:
           f"{cfg.eval_episodes} episodes per target on env seeds from {cfg.eval_seed}. Means ± 95% CI over seeds. "
           f"Machine: {machine()}; wall time {time.perf_counter() - start:.0f}s.", "",
           f"![calibration]({png.name})", "", summary_markdown(summary), ""]
-    curves_csv = HERE / "results" / "curves.csv"
+    curves_csv = results_dir(cfg, HERE) / "curves.csv"
     curves.round(3).to_csv(curves_csv, index=False)
-    write_results(HERE, cfg.name, "\n".join(md), {"per_seed": rows, "summary": summary.to_dict(orient="records")}, per_seed)
+    write_results(results_dir(cfg, HERE), "\n".join(md), {"per_seed": rows, "summary": summary.to_dict(orient="records")}, per_seed)
     print("\n".join(md))
 
 

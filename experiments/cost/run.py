@@ -22,7 +22,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
 from common import (ensure_hopper_ppo, fmt, hydra_entry, machine, plain, resolve_behavior, run_comparison,  # noqa: E402
-                    table_markdown, write_results)
+                    table_markdown, results_dir, write_results)
 
 from dtcond.report import quantilizer_bound  # noqa: E402
 
@@ -62,9 +62,9 @@ def main(cfg) -> None:
     ]
     lines += [f"| {b['label']} | {b['target_spec']} | {b['q']:g} | {b['cost']:.1f} | {b['data_top_q_cost']:.1f} | {b['bound']:.1f} "
               f"| {'yes' if b['holds'] else 'NO'} |" for b in bound]
-    plot(df, table, HERE / "results" / "cost_vs_return.png")
+    plot(df, table, results_dir(cfg, HERE) / "cost_vs_return.png")
     md = "\n".join(lines) + "\n"
-    write_results(HERE, cfg.name, md, {"rows": table.to_dict(orient="records"), "bound": bound}, table)
+    write_results(results_dir(cfg, HERE), md, {"rows": table.to_dict(orient="records"), "bound": bound}, table)
     print(md)
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from common import add_gap, final_checkpoints, fmt, hydra_entry, machine, run_comparison, table_markdown, write_results  # noqa: E402
+from common import add_gap, final_checkpoints, fmt, hydra_entry, machine, run_comparison, table_markdown, results_dir, write_results  # noqa: E402
 
 
 def main(cfg) -> None:
@@ -43,7 +43,7 @@ def main(cfg) -> None:
            f"true {fmt(final_rl.iloc[0]['true_return'], final_rl.iloc[0]['true_return_ci95'])}." if len(final_rl) else ""),
         "",
     ]
-    write_results(HERE, cfg.name, "\n".join(md), {"rows": table.to_dict(orient="records")}, table)
+    write_results(results_dir(cfg, HERE), "\n".join(md), {"rows": table.to_dict(orient="records")}, table)
     print("\n".join(md))
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from common import add_gap, final_checkpoints, fmt, hydra_entry, machine, run_comparison, table_markdown, write_results  # noqa: E402
+from common import add_gap, final_checkpoints, fmt, hydra_entry, machine, run_comparison, table_markdown, results_dir, write_results  # noqa: E402
 
 OPTIMAL = 3.0  # always safe: 3 rounds × +1
 
@@ -51,7 +51,7 @@ def main(cfg) -> None:
         r = rl.iloc[0]
         lines.append(f"PPO ({r['label']}): expected return {fmt(r['true_return'], r['true_return_ci95'], 2)}.")
     md = "\n".join(lines) + "\n"
-    write_results(HERE, cfg.name, md, {"optimal": OPTIMAL, "rows": table.to_dict(orient="records")}, table)
+    write_results(results_dir(cfg, HERE), md, {"optimal": OPTIMAL, "rows": table.to_dict(orient="records")}, table)
     print(md)
 
 

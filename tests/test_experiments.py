@@ -1,0 +1,33 @@
+"""The experiment scripts run end to end (tiny budgets) and write their result files where told."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+from conftest import REPO
+
+
+def test_luck_experiment_runs_end_to_end(tmp_path, minari_root):
+    committed = REPO / "experiments" / "luck" / "results" / "summary.json"
+    before = committed.read_bytes() if committed.exists() else None
+    out = subprocess.run(
+        [sys.executable, str(REPO / "experiments" / "luck" / "run.py"), "seeds=[0,1]", "episodes=300", "train.steps=30",
+         "train.bc_steps=20", "baseline.budget=512", "eval_episodes=8", f"work_dir={tmp_path / 'work'}",
+         f"results_dir={tmp_path / 'results'}"],
+        cwd=tmp_path, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=600,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    summary = json.loads((tmp_path / "results" / "summary.json").read_text())
+    rows = {(r["label"], r["target_spec"]): r for r in summary["rows"]}
+    assert {"data", "dt", "pct_bc:0.1"} <= {label for label, _ in rows}
+    assert any(label.startswith("ppo@") for label, _ in rows)
+    assert all(r["seeds"] == 2 for r in summary["rows"] if r["kind"] != "data")
+    data = rows[("data", "none")]
+    # Over the dataset's episodes luck averages out: observed and expected returns agree.
+    assert abs(data["episode_return"] - data["true_return"]) < 0.5
+    text = (tmp_path / "results" / "summary.md").read_text()
+    assert "expected return (luck removed)" in text and "quantilizer:0.1" in text
+    assert committed.read_bytes() == before if committed.exists() else before is None  # the committed results untouched
