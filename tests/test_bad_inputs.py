@@ -78,7 +78,7 @@ CASES = [
     ("collect-exists", ("collect", "{ds}", "dataset_id=bad/cartpole-v0", "episodes=2"), "already exists"),
     ("collect-missing-sb3", ("collect", "{ds}", "behavior=[{policy: 'sb3:/no/such.zip', weight: 1.0}]", "dataset_id=xx/yy-v0"), "does not exist"),
     ("collect-typo-key", ("collect", "{ds}", "episods=3"), "Could not override 'episods'"),
-    ("collect-typo-group", ("collect", "{ds}", "env=cartpol"), "Could not find 'env/cartpol' (available: cartpole, pendulum)"),
+    ("collect-typo-group", ("collect", "{ds}", "env=cartpol"), "Could not find 'env/cartpol' (available: cartpole, gamble, hopper_cost, pendulum, tomato)"),
     # train
     ("train-unknown-dataset", ("train", "{ds}", "dataset.id=nope/none-v0"), "unknown dataset id 'nope/none-v0'"),
     ("train-context-too-long", ("train", "{ds}", "dataset.id=bad/cartpole-v0", "model=tiny", "model.context_len=100000"), "exceeds the dataset's longest episode"),

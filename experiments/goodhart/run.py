@@ -19,6 +19,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
 from common import add_gap, final_checkpoints, fmt, hydra_entry, machine, run_comparison, table_markdown, results_dir, write_results  # noqa: E402
+from dtcond.report import plot_frontier  # noqa: E402
 
 
 def main(cfg) -> None:
@@ -37,12 +38,13 @@ def main(cfg) -> None:
         f"%BC {list(cfg.pct_bc)} at {cfg.train.bc_steps} steps; PPO {cfg.baseline.budget} env steps on the observed reward; "
         f"training seeds {list(cfg.seeds)}; {cfg.eval_episodes} episodes per policy and target on env seeds from {cfg.eval_seed}. "
         f"Means ± 95% CI over training seeds. Machine: {machine()}; wall time {time.perf_counter() - start:.0f}s.", "",
-        body, "",
+        "![frontier](frontier.png)", "", body, "",
         f"Data: observed {fmt(data['episode_return'])}, true {fmt(data['true_return'])}. "
         + (f"PPO final: observed {fmt(final_rl.iloc[0]['episode_return'], final_rl.iloc[0]['episode_return_ci95'])}, "
            f"true {fmt(final_rl.iloc[0]['true_return'], final_rl.iloc[0]['true_return_ci95'])}." if len(final_rl) else ""),
         "",
     ]
+    plot_frontier(table, results_dir(cfg, HERE) / "frontier.png", title="TomatoGarden: observed and true return vs divergence from the data")
     write_results(results_dir(cfg, HERE), "\n".join(md), {"rows": table.to_dict(orient="records")}, table)
     print("\n".join(md))
 

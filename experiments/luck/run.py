@@ -20,6 +20,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
 from common import add_gap, final_checkpoints, fmt, hydra_entry, machine, run_comparison, table_markdown, results_dir, write_results  # noqa: E402
+from dtcond.report import plot_frontier  # noqa: E402
 
 OPTIMAL = 3.0  # always safe: 3 rounds × +1
 
@@ -40,7 +41,7 @@ def main(cfg) -> None:
         f"%BC {list(cfg.pct_bc)} at {cfg.train.bc_steps} steps; PPO {cfg.baseline.budget} env steps; training seeds {list(cfg.seeds)}; "
         f"{cfg.eval_episodes} episodes per policy and target. Means ± 95% CI over training seeds. "
         f"Machine: {machine()}; wall time {time.perf_counter() - start:.0f}s.", "",
-        table_markdown(table, cols), "",
+        "![frontier](frontier.png)", "", table_markdown(table, cols), "",
         f"Expected-return-optimal (always safe): {OPTIMAL:.1f}. DT targets above {OPTIMAL:g}, which only lucky gamblers "
         f"reached in the data ({', '.join(high['target_spec'])}): expected return "
         f"{high['true_return'].min():.2f} to {high['true_return'].max():.2f}, a shortfall of "
@@ -51,6 +52,7 @@ def main(cfg) -> None:
         r = rl.iloc[0]
         lines.append(f"PPO ({r['label']}): expected return {fmt(r['true_return'], r['true_return_ci95'], 2)}.")
     md = "\n".join(lines) + "\n"
+    plot_frontier(table, results_dir(cfg, HERE) / "frontier.png", title="Gamble: achieved and expected return vs divergence from the data")
     write_results(results_dir(cfg, HERE), md, {"optimal": OPTIMAL, "rows": table.to_dict(orient="records")}, table)
     print(md)
 
