@@ -324,10 +324,13 @@ def demo_command(cfg) -> None:
     comp = out_files["comparison_table"]
     m = report["metrics"][policy.fingerprint]
     ind = m.get("in_distribution") or {}
-    print(f"  {'policy':>16} {'target':>18} {'return':>16} {'NLL under data':>15} {'novel steps':>11}")
+    # Envs that report a true reward (a gameable proxy) or a cost get those columns too.
+    extra = [c for c in ("true_return", "cost") if comp[c].notna().any()]
+    print(f"  {'policy':>16} {'target':>18} {'return':>16}" + "".join(f" {c.replace('_', ' '):>12}" for c in extra)
+          + f" {'NLL under data':>15} {'novel steps':>11}")
     for _, r in comp.iterrows():
-        print(f"  {r['label']:>16} {r['target_spec']:>18} {r['episode_return']:9.1f} +- {r['episode_return_ci95']:4.1f} "
-              f"{r['nll_behavior']:15.2f} {r['novel_fraction']:11.2f}")
+        print(f"  {r['label']:>16} {r['target_spec']:>18} {r['episode_return']:9.1f} +- {r['episode_return_ci95']:4.1f}"
+              + "".join(f" {r[c]:12.1f}" for c in extra) + f" {r['nll_behavior']:15.2f} {r['novel_fraction']:11.2f}")
     print(f"  DT calibration (in-distribution): normalized MAE {ind.get('normalized_mae', float('nan')):.3f}, "
           f"Spearman {ind.get('spearman', float('nan')):.2f}; saturates from target {m.get('saturation_target', float('nan')):.1f}")
     print(f"  report: {out_files['comparison']}\n  plots:  {out_files['plot']}\n          {out_files['frontier']}")
