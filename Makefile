@@ -7,7 +7,7 @@ TORCH_SPEC ?= torch==2.13.0
 # e.g. TORCH_PIP_ARGS='--index-url <your CPU wheel index>' elsewhere
 TORCH_PIP_ARGS ?=
 
-.PHONY: setup demo test test-all bench clean
+.PHONY: setup demo test test-all bench experiments clean
 
 $(BIN)/dtcond: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,13 @@ bench: setup
 	$(BIN)/python benchmarks/rollout.py
 	$(BIN)/python benchmarks/train.py
 	$(BIN)/python benchmarks/eval_vs_train.py
+
+# The safety experiments, each end to end (results/ in each folder; see experiments/README.md).
+experiments: setup
+	$(BIN)/python experiments/luck/run.py
+	$(BIN)/python experiments/goodhart/run.py
+	$(BIN)/python experiments/calibration/run.py
+	$(BIN)/python experiments/cost/run.py
 
 clean:
 	rm -rf outputs multirun lightning_logs .pytest_cache
