@@ -88,7 +88,7 @@ def main(cfg) -> None:
           f"training seeds {list(cfg.seeds)}; targets: {cfg.grid.n} evenly spaced from the data's p{cfg.grid.low * 100:g} to "
           f"p{cfg.grid.high * 100:g} return, then x{list(cfg.grid.ood_scales)} and n{list(cfg.normalized_ood)} (OOD); "
           f"{cfg.eval_episodes} episodes per target on env seeds from {cfg.eval_seed}. Means ± 95% CI over seeds. "
-          f"Machine: {machine()}; wall time {time.perf_counter() - start:.0f}s.", "",
+          f"Machine: {machine()}; this invocation took {time.perf_counter() - start:.0f}s (a rerun on the same work_dir reuses finished training and episodes).", "",
           f"![calibration]({png.name})", "", summary_markdown(summary), ""]
     curves_csv = results_dir(cfg, HERE) / "curves.csv"
     curves.round(3).to_csv(curves_csv, index=False)

@@ -21,7 +21,7 @@ from omegaconf import OmegaConf
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from common import (ensure_hopper_ppo, fmt, hydra_entry, machine, plain, resolve_behavior, run_comparison,  # noqa: E402
+from common import (ci95, ensure_hopper_ppo, fmt, hydra_entry, machine, plain, resolve_behavior, run_comparison,  # noqa: E402
                     table_markdown, results_dir, write_results)
 
 from dtcond.report import quantilizer_bound  # noqa: E402
@@ -32,11 +32,15 @@ def main(cfg) -> None:
     ppo_dir = ensure_hopper_ppo(cfg.hopper_ppo_dir, int(cfg.hopper_ppo_budget))
     cfg.behavior = OmegaConf.create(resolve_behavior(plain(cfg.behavior), ppo_dir))
     df, table = run_comparison(cfg)
-    rl = table[table["label"].str.contains("@")].sort_values("episode_return")
-    # PPO's cost at the same return: interpolate along its checkpoints (all seeds), ordered by return.
-    matched = np.interp(table["episode_return"], rl["episode_return"], rl["cost"], left=np.nan, right=np.nan) if len(rl) > 1 else np.nan
-    table["ppo_cost_at_return"] = matched
-    table.loc[table["label"].str.contains("@"), "ppo_cost_at_return"] = np.nan
+    # Matched return: PPO's cost as a linear function of its return, fitted over every checkpoint of
+    # every seed (one point per seed and checkpoint), read off at each policy's return.
+    rl_points = df[df["label"].str.contains("@")].groupby(["label", "fingerprint"])[["episode_return", "cost"]].mean()
+    slope, intercept = np.polyfit(rl_points["episode_return"], rl_points["cost"], 1)
+    table["ppo_cost_at_return"] = np.where(table["label"].str.contains("@"), np.nan, intercept + slope * table["episode_return"])
+    per_seed = df.assign(ratio=1000 * df["cost"].astype(float) / df["episode_return"].astype(float).clip(lower=1.0))
+    ratio = per_seed.groupby(["label", "target_spec", "fingerprint"], sort=False)["ratio"].mean().sort_index()
+    table["cost_per_1000"] = [float(ratio.loc[(r.label, r.target_spec)].mean()) for r in table.itertuples()]
+    table["cost_per_1000_ci95"] = [ci95(ratio.loc[(r.label, r.target_spec)]) if r.seeds > 1 else float("nan") for r in table.itertuples()]
     bound = quantilizer_bound(table, df)
     # The bound is loose by design; the exact quantilizer's cost is that of the data's top-q episodes.
     data_rows = df[df["policy_kind"] == "data"].sort_values("episode_return", ascending=False)
@@ -45,7 +49,7 @@ def main(cfg) -> None:
         b["data_top_q_cost"] = float(top["cost"].astype(float).mean())
     data = table[table["kind"] == "data"].iloc[0]
     cols = {"target": "target G", "episode_return": "return", "cost": "cost", "ppo_cost_at_return": "PPO cost at this return",
-            "nll_behavior": "NLL under β̂"}
+            "cost_per_1000": "cost per 1000 return", "nll_behavior": "NLL under β̂"}
     lines = [
         "# Cost: Hopper with a velocity cost", "",
         f"dtcond/HopperCost-v0 (Hopper-v5, cost 1 per step above 0.7402 m/s); dataset {cfg.dataset_id}: {cfg.episodes} episodes of "
@@ -53,10 +57,11 @@ def main(cfg) -> None:
         f"(K={cfg.model.context_len}, {cfg.model.n_layer} layers, width {cfg.model.n_embd}); %BC {list(cfg.pct_bc)} at "
         f"{cfg.train.bc_steps} steps; PPO {cfg.baseline.budget} env steps per seed on the reward; training seeds {list(cfg.seeds)}; "
         f"{cfg.eval_episodes} episodes per policy and target on env seeds from {cfg.eval_seed}. Means ± 95% CI over seeds. "
-        f"Machine: {machine()}; wall time {time.perf_counter() - start:.0f}s.", "",
+        f"Machine: {machine()}; this invocation took {time.perf_counter() - start:.0f}s (a rerun on the same work_dir reuses finished training and episodes).", "",
         "![cost vs return](cost_vs_return.png)", "",
         table_markdown(table, cols), "",
-        f"Data: return {fmt(data['episode_return'])}, cost {fmt(data['cost'])} per episode.", "",
+        f"Data: return {fmt(data['episode_return'])}, cost {fmt(data['cost'])} per episode. PPO cost at a return: the linear "
+        f"fit cost = {intercept:.1f} + {slope:.3f} × return over {len(rl_points)} PPO checkpoints (all seeds).", "",
         "## Quantilizer bound: E_π[cost] ≤ E_data[cost] / q", "",
         "| policy | target | q | E_π[cost] | cost of the data's top-q episodes | bound | holds |", "|---|---|---|---|---|---|---|",
     ]
@@ -64,7 +69,8 @@ def main(cfg) -> None:
               f"| {'yes' if b['holds'] else 'NO'} |" for b in bound]
     plot(df, table, results_dir(cfg, HERE) / "cost_vs_return.png")
     md = "\n".join(lines) + "\n"
-    write_results(results_dir(cfg, HERE), md, {"rows": table.to_dict(orient="records"), "bound": bound}, table)
+    write_results(results_dir(cfg, HERE), md, {"rows": table.to_dict(orient="records"), "bound": bound,
+                                              "ppo_cost_fit": {"intercept": intercept, "slope": slope}}, table)
     print(md)
 
 

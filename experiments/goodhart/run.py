@@ -37,7 +37,7 @@ def main(cfg) -> None:
         f"DT {cfg.train.steps} steps (K={cfg.model.context_len}, {cfg.model.n_layer} layers, width {cfg.model.n_embd}); "
         f"%BC {list(cfg.pct_bc)} at {cfg.train.bc_steps} steps; PPO {cfg.baseline.budget} env steps on the observed reward; "
         f"training seeds {list(cfg.seeds)}; {cfg.eval_episodes} episodes per policy and target on env seeds from {cfg.eval_seed}. "
-        f"Means ± 95% CI over training seeds. Machine: {machine()}; wall time {time.perf_counter() - start:.0f}s.", "",
+        f"Means ± 95% CI over training seeds. Machine: {machine()}; this invocation took {time.perf_counter() - start:.0f}s (a rerun on the same work_dir reuses finished training and episodes).", "",
         "![frontier](frontier.png)", "", body, "",
         f"Data: observed {fmt(data['episode_return'])}, true {fmt(data['true_return'])}. "
         + (f"PPO final: observed {fmt(final_rl.iloc[0]['episode_return'], final_rl.iloc[0]['episode_return_ci95'])}, "

@@ -40,7 +40,7 @@ def main(cfg) -> None:
         f"DT {cfg.train.steps} steps (K={cfg.model.context_len}, {cfg.model.n_layer} layers, width {cfg.model.n_embd}); "
         f"%BC {list(cfg.pct_bc)} at {cfg.train.bc_steps} steps; PPO {cfg.baseline.budget} env steps; training seeds {list(cfg.seeds)}; "
         f"{cfg.eval_episodes} episodes per policy and target. Means ± 95% CI over training seeds. "
-        f"Machine: {machine()}; wall time {time.perf_counter() - start:.0f}s.", "",
+        f"Machine: {machine()}; this invocation took {time.perf_counter() - start:.0f}s (a rerun on the same work_dir reuses finished training and episodes).", "",
         "![frontier](frontier.png)", "", table_markdown(table, cols), "",
         f"Expected-return-optimal (always safe): {OPTIMAL:.1f}. DT targets above {OPTIMAL:g}, which only lucky gamblers "
         f"reached in the data ({', '.join(high['target_spec'])}): expected return "
