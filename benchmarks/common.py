@@ -21,11 +21,12 @@ def machine() -> dict:
             "threads": torch.get_num_threads(), "python": platform.python_version()}
 
 
-def random_policy(env_id: str, model: dict, seed: int = 0):
+def random_policy(env_id: str, model: dict, seed: int = 0, env_kwargs: dict | None = None):
     """A ConditionedPolicy with freshly initialised weights, its stats taken from a few random episodes.
 
     Throughput does not depend on what the weights learned, so no training is needed; a tiny random
-    dataset in a temp dir gives the real normalization stats and spaces.
+    dataset in a temp dir gives the real normalization stats and spaces (and records ``env_kwargs``,
+    which every rollout of the policy then uses).
     """
     from dtcond.behavior import Component
     from dtcond.collection import collect
@@ -38,7 +39,7 @@ def random_policy(env_id: str, model: dict, seed: int = 0):
         old = os.environ.get("MINARI_DATASETS_PATH")
         os.environ["MINARI_DATASETS_PATH"] = root
         try:
-            collect(env_id, [Component("random")], 5, "bench/random-v0", seed=seed, progress=False)
+            collect(env_id, [Component("random")], 5, "bench/random-v0", seed=seed, env_kwargs=env_kwargs, progress=False)
             stats = load("bench/random-v0").stats
         finally:
             if old is None:

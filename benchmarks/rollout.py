@@ -7,6 +7,10 @@ K=20, width 128, 3 layers), same env, same target; env-steps/s end to end, media
 
 Also: the policy's own time per env-step vs the env's own step time, at 64 parallel episodes.
 
+Untrained weights make a Hopper fall within a few dozen steps, and then making and resetting envs
+would dominate; Hopper therefore runs with ``terminate_when_unhealthy=False`` (the same physics,
+every episode the full 1,000 steps), in both loops.
+
     python benchmarks/rollout.py                       # Hopper-v5 and Pendulum-v1, 1/16/64/256 episodes
     python benchmarks/rollout.py --envs Pendulum-v1 --repeats 1 --sizes 1 64
 """
@@ -21,6 +25,9 @@ import numpy as np
 import torch
 
 from common import PAPER, markdown_table, median, random_policy, write
+
+# Full-length episodes, so throughput is the steady state rather than env construction and resets.
+ENV_KWARGS = {"Hopper-v5": {"terminate_when_unhealthy": False}}
 
 
 @torch.inference_mode()
@@ -57,7 +64,7 @@ def dtcond_rollout(policy, n: int, target: float, seed: int) -> int:
 
 def split_times(policy, n: int, target: float, seed: int) -> dict:
     """Policy vs env time per env-step in dtcond's batched loop (the same loop as dtcond.evaluate)."""
-    envs = gym.vector.SyncVectorEnv([lambda: gym.make(policy.env_id)] * n)
+    envs = gym.vector.SyncVectorEnv([lambda: gym.make(policy.env_id, **policy.stats.env_kwargs)] * n)
     obs, _ = envs.reset(seed=list(range(seed, seed + n)))
     state, rtg = policy.begin(n), np.full(n, target)
     active, actions = np.arange(n), np.zeros(envs.action_space.shape, dtype=envs.action_space.dtype)
@@ -83,7 +90,7 @@ def split_times(policy, n: int, target: float, seed: int) -> dict:
 
 def raw_env_step_ms(env_id: str, steps: int = 3000) -> float:
     """The env's own step, one env, random actions: the simulator's cost."""
-    env = gym.make(env_id)
+    env = gym.make(env_id, **ENV_KWARGS.get(env_id, {}))
     env.reset(seed=0)
     env.action_space.seed(0)
     actions = [env.action_space.sample() for _ in range(steps)]
@@ -104,9 +111,9 @@ def main() -> None:
     args = ap.parse_args()
     rows, splits = [], []
     for env_id in args.envs:
-        policy = random_policy(env_id, PAPER)
+        policy = random_policy(env_id, PAPER, env_kwargs=ENV_KWARGS.get(env_id))
         target = float(policy.stats.max_return)
-        env = gym.make(env_id)
+        env = gym.make(env_id, **policy.stats.env_kwargs)
         ref, ours = [], {n: [] for n in args.sizes}
         for rep in range(args.repeats):  # interleaved, so machine noise hits both alike
             steps, rate_steps, seconds = 0, 0, 0.0
