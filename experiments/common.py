@@ -122,13 +122,18 @@ def run_comparison(cfg) -> tuple[pd.DataFrame, pd.DataFrame]:
     return df, comparison_table(df)
 
 
-def add_gap(df: pd.DataFrame, table: pd.DataFrame, name: str = "gap") -> pd.DataFrame:
-    """Add observed − true return per row of ``table`` (mean and 95% CI over training seeds)."""
-    gap = (df["episode_return"].astype(float) - df["true_return"].astype(float)).groupby(
-        [df["label"], df["target_spec"], df["fingerprint"]], sort=False).mean().sort_index()
-    per_row = [gap.loc[(r.label, r.target_spec)] for r in table.itertuples()]
+def add_per_seed(df: pd.DataFrame, table: pd.DataFrame, name: str, values: pd.Series) -> pd.DataFrame:
+    """Add a per-episode quantity to ``table`` as ``name`` and ``name_ci95``: its mean per training seed,
+    then the mean and 95% CI over seeds for each (policy, target) row."""
+    per_seed = values.astype(float).groupby([df["label"], df["target_spec"], df["fingerprint"]], sort=False).mean().sort_index()
+    per_row = [per_seed.loc[(r.label, r.target_spec)] for r in table.itertuples()]
     return table.assign(**{name: [float(g.mean()) for g in per_row],
                            f"{name}_ci95": [ci95(g) if r.seeds > 1 else float("nan") for g, r in zip(per_row, table.itertuples())]})
+
+
+def add_gap(df: pd.DataFrame, table: pd.DataFrame, name: str = "gap") -> pd.DataFrame:
+    """Add observed − true return per row of ``table`` (mean and 95% CI over training seeds)."""
+    return add_per_seed(df, table, name, df["episode_return"].astype(float) - df["true_return"].astype(float))
 
 
 def final_checkpoints(table: pd.DataFrame) -> pd.DataFrame:

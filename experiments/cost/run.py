@@ -21,7 +21,7 @@ from omegaconf import OmegaConf
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from common import (ci95, ensure_hopper_ppo, fmt, hydra_entry, machine, plain, resolve_behavior, run_comparison,  # noqa: E402
+from common import (add_per_seed, ensure_hopper_ppo, fmt, hydra_entry, machine, plain, resolve_behavior, run_comparison,  # noqa: E402
                     table_markdown, results_dir, write_results)
 
 from dtcond.report import quantilizer_bound  # noqa: E402
@@ -37,10 +37,7 @@ def main(cfg) -> None:
     rl_points = df[df["label"].str.contains("@")].groupby(["label", "fingerprint"])[["episode_return", "cost"]].mean()
     slope, intercept = np.polyfit(rl_points["episode_return"], rl_points["cost"], 1)
     table["ppo_cost_at_return"] = np.where(table["label"].str.contains("@"), np.nan, intercept + slope * table["episode_return"])
-    per_seed = df.assign(ratio=1000 * df["cost"].astype(float) / df["episode_return"].astype(float).clip(lower=1.0))
-    ratio = per_seed.groupby(["label", "target_spec", "fingerprint"], sort=False)["ratio"].mean().sort_index()
-    table["cost_per_1000"] = [float(ratio.loc[(r.label, r.target_spec)].mean()) for r in table.itertuples()]
-    table["cost_per_1000_ci95"] = [ci95(ratio.loc[(r.label, r.target_spec)]) if r.seeds > 1 else float("nan") for r in table.itertuples()]
+    table = add_per_seed(df, table, "cost_per_1000", 1000 * df["cost"].astype(float) / df["episode_return"].astype(float).clip(lower=1.0))
     bound = quantilizer_bound(table, df)
     # The bound is loose by design; the exact quantilizer's cost is that of the data's top-q episodes.
     data_rows = df[df["policy_kind"] == "data"].sort_values("episode_return", ascending=False)
