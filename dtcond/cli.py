@@ -385,20 +385,28 @@ def run(command: str, overrides: list[str]) -> None:
 
 
 def _check_overrides(command: str, args: list[str]) -> None:
-    """Compose the config once up front so a typo fails in one line, before any work.
+    """Compose the config once up front so a typo fails in one line, before any work."""
+    message = override_error(conf_dir(), command, args, hint=f"see `dtcond {command} --cfg job` for the keys it takes")
+    if message:
+        fail(command, message)
 
-    Multiruns (-m) and Hydra's own flags are left to Hydra, which expands sweeps itself.
+
+def override_error(config_dir: Path, config_name: str, args: list[str], hint: str, extra: list[str] = ()) -> str | None:
+    """Compose ``config_name`` with the command line ``args``; a one-line message if that fails, else None.
+
+    Multiruns (-m) and Hydra's own flags are left to Hydra, which expands sweeps itself. ``extra``
+    overrides are applied too but are not the user's (e.g. a search path).
     """
     if any(a in ("-m", "--multirun") or a.startswith("-") for a in args):
-        return
-    overrides = [a for a in args if not a.lstrip("+~").startswith("hydra")]
+        return None
+    overrides = [*extra, *(a for a in args if not a.lstrip("+~").startswith("hydra"))]
     from hydra import compose, initialize_config_dir
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
     try:
-        with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
-            compose(config_name=command, overrides=overrides)
+        with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
+            compose(config_name=config_name, overrides=overrides)
     except (HydraException, OmegaConfBaseException) as exc:
         lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()] or [type(exc).__name__]
         message = lines[0].rstrip(".")
@@ -411,8 +419,9 @@ def _check_overrides(command: str, args: list[str]) -> None:
                 options.append(line)
             message += f" (available: {', '.join(options)})"
         else:
-            message += f"; see `dtcond {command} --cfg job` for the keys it takes"
-        fail(command, message)
+            message += f"; {hint}"
+        return message
+    return None
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -19,7 +19,7 @@ import pandas as pd
 from omegaconf import OmegaConf
 
 import dtcond
-from dtcond.cli import _components, _quiet_libraries, conf_dir
+from dtcond.cli import _components, _quiet_libraries, conf_dir, override_error
 from dtcond.data import datasets_root, load
 from dtcond.errors import DtcondError
 from dtcond.fileio import atomic_write
@@ -31,8 +31,14 @@ def hydra_entry(experiment_dir: Path, main) -> None:
 
     # Only the primary config or the command line may extend the search path; the command line
     # needs no file:// path relative to the caller's working directory.
+    searchpath = f"hydra.searchpath=[file://{conf_dir()}]"
+    message = override_error(experiment_dir, "config", sys.argv[1:], hint=f"see {experiment_dir.name}/config.yaml for the keys",
+                             extra=[searchpath])
+    if message:  # a typo fails in one line, before any work
+        print(f"{experiment_dir.name}: error: {message}", file=sys.stderr)
+        sys.exit(2)
     if not any(a.startswith("hydra.searchpath") for a in sys.argv[1:]):
-        sys.argv.insert(1, f"hydra.searchpath=[file://{conf_dir()}]")
+        sys.argv.insert(1, searchpath)
 
     def wrapped(cfg):
         _quiet_libraries("train")

@@ -31,3 +31,11 @@ def test_luck_experiment_runs_end_to_end(tmp_path, minari_root):
     text = (tmp_path / "results" / "summary.md").read_text()
     assert "expected return (luck removed)" in text and "quantilizer:0.1" in text
     assert committed.read_bytes() == before if committed.exists() else before is None  # the committed results untouched
+
+
+def test_experiment_typo_is_one_line_and_exit_2(tmp_path):
+    out = subprocess.run([sys.executable, str(REPO / "experiments" / "goodhart" / "run.py"), "seedz=[0]", f"work_dir={tmp_path / 'work'}"],
+                         cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines() == ["goodhart: error: Could not override 'seedz'; see goodhart/config.yaml for the keys"]
+    assert not (tmp_path / "work").exists()  # refused before any work
