@@ -1,0 +1,258 @@
+"""Statistics over results tables: the one 95% interval, calibration metrics, and policy columns.
+
+Intervals. Every "± 95% CI" in dtcond is :func:`ci95`: the half-width of the Student-t interval
+of a mean, ``t(0.975, n−1) · s / √n``. Over training seeds when a row has several (the seed is the
+unit: :func:`grouped_mean_ci` averages each seed's episodes first), else over episodes.
+
+Calibration (:func:`calibration_metrics`), per split of the fixed targets (in-distribution: inside
+the data's [min, max] episode return; OOD: outside it). Quantilizer specs draw a target per
+episode and are left out. Per episode, e = achieved return − target:
+
+- ``mae``: mean |e| over episodes (how far a typical episode lands from its target);
+- ``bias``: mean e over episodes (signed; over- and under-shooting cancel, so read it with ``mae``);
+- ``normalized_mae``, ``normalized_bias``: the same divided by the data's return range (max − min);
+- ``slope``, ``r2``: least-squares fit of achieved on target over episodes; ``spearman``: rank
+  correlation of the same pairs; ``mean_return``: mean achieved return; ``targets``, ``episodes``.
+
+Over all fixed targets: ``best_mean_return`` (the highest per-target mean; a max of noisy means, so
+optimistic) and ``saturation_target``: the lowest target whose mean is within noise (its 95% CI, or
+2% of the range) of that best — past it, asking for more gets no more.
+
+``ood_gain``: mean achieved over the OOD targets above the data's range minus mean achieved at the
+highest in-distribution target (fixed before looking at the results, unlike the best of several
+means, whose max is biased upwards and would bias the gain down). Episodes are paired: evaluation
+gives episode j of every target the same env seed, so each pair is one env seed (and one
+fingerprint); ``ood_gain_ci95`` is the t-interval over those pairs, ``ood_gain_pairs`` their count.
+
+Policy columns. Records carry ``algo`` (``policy.kind``: "dt", "bc", "pct_bc", "ppo", "sac", "data")
+and ``train_step`` (the training step of the weights, None where unknown). :func:`label_parts` reads
+them out of a label such as ``"ppo@25000"`` for older tables; it is the only place labels are parsed.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from dtcond.errors import DtcondError
+
+
+def ci95(values) -> float:
+    """Half-width of the 95% Student-t interval of the mean of ``values`` (non-finite values dropped).
+
+    NaN with fewer than two finite values.
+
+    >>> round(ci95([1.0, 2.0, 3.0]), 3)
+    2.484
+    >>> ci95([1.0])
+    nan
+    """
+    from scipy.stats import t
+
+    v = np.asarray(values, dtype=float).ravel()
+    v = v[np.isfinite(v)]
+    if len(v) < 2:
+        return float("nan")
+    return float(t.ppf(0.975, len(v) - 1) * v.std(ddof=1) / math.sqrt(len(v)))
+
+
+def mean_ci(values) -> tuple[float, float]:
+    """Mean of the finite ``values`` and the half-width of its 95% t-interval (NaN, NaN when empty).
+
+    >>> [round(x, 3) for x in mean_ci([1.0, 2.0, 3.0, float("nan")])]
+    [2.0, 2.484]
+    """
+    v = np.asarray(values, dtype=float).ravel()
+    v = v[np.isfinite(v)]
+    if not len(v):
+        return float("nan"), float("nan")
+    return float(v.mean()), ci95(v)
+
+
+def grouped_mean_ci(df, column: str, unit: str = "fingerprint") -> tuple[float, float, int]:
+    """Mean and 95% CI of ``df[column]`` over units (training seeds: one fingerprint each) when there
+    are at least two, from each unit's own mean; otherwise over episodes. Returns (mean, ci, units).
+
+    >>> import pandas as pd
+    >>> df = pd.DataFrame({"fingerprint": ["a", "a", "b", "b"], "r": [1.0, 3.0, 5.0, 7.0]})
+    >>> [round(x, 2) for x in grouped_mean_ci(df, "r")]
+    [4.0, 25.41, 2]
+    """
+    if column not in df:
+        raise DtcondError(f"no column {column!r} in the table; it has {sorted(map(str, df.columns))}")
+    import pandas as pd
+
+    vals = pd.to_numeric(df[column], errors="coerce").astype(float)
+    finite = np.isfinite(vals.to_numpy())
+    if unit not in df:
+        return (*mean_ci(vals), int(finite.any()))
+    units = df[unit][finite]
+    if units.nunique() >= 2:
+        per_unit = vals[finite].groupby(units, sort=False).mean()
+        return (*mean_ci(per_unit), int(per_unit.size))
+    return (*mean_ci(vals), int(units.nunique()))
+
+
+def label_parts(label: str) -> tuple[str, int | None]:
+    """The algorithm and training step a policy label names: ``"ppo@25000"`` → ``("ppo", 25000)``.
+
+    A label's parameter (``"pct_bc:0.1"``'s top fraction) is not part of the algorithm name; labels
+    without ``@<step>`` have step None.
+
+    >>> label_parts("ppo@25000"), label_parts("pct_bc:0.1"), label_parts("dt")
+    (('ppo', 25000), ('pct_bc', None), ('dt', None))
+    """
+    if not isinstance(label, str) or not label:
+        raise DtcondError(f"a policy label must be a non-empty string, got {label!r}")
+    head, at, tail = label.rpartition("@")
+    step = None
+    if at and tail.isdigit():
+        label, step = head, int(tail)
+    return label.split(":")[0], step
+
+
+def with_policy_columns(df):
+    """``df`` with ``algo`` and ``train_step`` filled in: typed columns where the records have them,
+    else read from each record's label (or policy kind) by :func:`label_parts`.
+
+    >>> import pandas as pd
+    >>> with_policy_columns(pd.DataFrame({"label": ["ppo@500", "dt"]}))[["algo", "train_step"]].values.tolist()
+    [['ppo', 500], ['dt', None]]
+    """
+    import pandas as pd
+
+    df = df.copy()
+    if "label" in df:
+        names = df["label"]
+        if "policy_kind" in df:
+            names = names.fillna(df["policy_kind"])
+    elif "policy_kind" in df:
+        names = df["policy_kind"]
+    else:
+        raise DtcondError("the table has neither a label nor a policy_kind column, so its policies are unknown")
+    parsed = [label_parts(str(n)) for n in names]
+    algo = df["algo"] if "algo" in df else pd.Series([None] * len(df), index=df.index, dtype=object)
+    step = df["train_step"] if "train_step" in df else pd.Series([None] * len(df), index=df.index, dtype=object)
+    df["algo"] = [a if isinstance(a, str) and a else p[0] for a, p in zip(algo, parsed)]
+    df["train_step"] = pd.Series([int(s) if _finite(s) else p[1] for s, p in zip(step, parsed)], index=df.index, dtype=object)
+    return df
+
+
+def _finite(x) -> bool:
+    try:
+        return x is not None and math.isfinite(float(x))
+    except (TypeError, ValueError):
+        return False
+
+
+def _spearman(x: np.ndarray, y: np.ndarray) -> float:
+    from scipy.stats import spearmanr
+
+    if len(x) < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
+        return float("nan")
+    return float(spearmanr(x, y).statistic)
+
+
+def _fit(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    """Slope and R² of the least-squares line y ~ x."""
+    from scipy.stats import linregress
+
+    if len(x) < 2 or np.ptp(x) == 0:
+        return float("nan"), float("nan")
+    fit = linregress(x, y)
+    return float(fit.slope), float(fit.rvalue**2)
+
+
+def _pair_keys(df) -> list[str]:
+    """Columns identifying one episode's env across targets: its env seed (or seed and index) per fingerprint."""
+    keys = ["fingerprint"] if "fingerprint" in df else []
+    if "env_seed" in df and df["env_seed"].notna().all():
+        return keys + ["env_seed"]
+    if "episode" in df:
+        return keys + [c for c in ("seed", "episode") if c in df]
+    raise DtcondError("the records have neither env_seed nor episode, so OOD and in-distribution episodes cannot be paired")
+
+
+def _split_metrics(part, span: float) -> dict:
+    x, y = part["target"].to_numpy(float), part["episode_return"].to_numpy(float)
+    err = y - x
+    slope, r2 = _fit(x, y)
+    return {
+        "targets": int(np.unique(x).size),
+        "episodes": int(len(part)),
+        "mae": float(np.abs(err).mean()),
+        "bias": float(err.mean()),
+        "normalized_mae": float(np.abs(err).mean() / span),
+        "normalized_bias": float(err.mean() / span),
+        "slope": slope,
+        "r2": r2,
+        "spearman": _spearman(x, y),
+        "mean_return": float(y.mean()),
+    }
+
+
+def ood_gain(fixed, data_max: float) -> dict:
+    """Paired OOD gain (see the module doc) of fixed-target records; empty when there is no OOD
+    target above the data's range or no in-distribution target.
+
+    >>> import pandas as pd
+    >>> df = pd.DataFrame({"target": [5.0, 5.0, 20.0, 20.0], "ood": [False, False, True, True],
+    ...                    "episode_return": [4.0, 6.0, 5.0, 8.0], "env_seed": [1, 2, 1, 2]})
+    >>> ood_gain(df, data_max=10.0)["ood_gain"]
+    1.5
+    """
+    ood = fixed["ood"].astype(bool).to_numpy()
+    ind = fixed[~ood]
+    if not len(ind):
+        return {}
+    reference = float(ind["target"].astype(float).max())
+    above = fixed[ood & (fixed["target"].astype(float).to_numpy() > max(reference, data_max))]
+    if not len(above):
+        return {}
+    keys = _pair_keys(fixed)
+    ref = ind[ind["target"].astype(float) == reference].groupby(keys)["episode_return"].mean()
+    out = above.groupby(keys)["episode_return"].mean()  # one value per env seed: mean over the OOD targets
+    diff = (out - ref).dropna()
+    gain, ci = mean_ci(diff.to_numpy(float))
+    return {"ood_gain": gain, "ood_gain_ci95": ci, "ood_gain_pairs": int(diff.size),
+            "ood_gain_reference_target": reference, "ood_gain_targets": int(above["target"].nunique())}
+
+
+def calibration_metrics(df, data_returns) -> dict:
+    """Calibration of one policy's records against the data's episode returns (see the module doc).
+
+    >>> import pandas as pd
+    >>> df = pd.DataFrame({"target_spec": ["5", "5"], "target": [5.0, 5.0], "ood": [False, False],
+    ...                    "episode_return": [3.0, 9.0], "episode": [0, 1]})
+    >>> m = calibration_metrics(df, [0.0, 10.0])["in_distribution"]
+    >>> m["mae"], m["bias"]
+    (3.0, 1.0)
+    """
+    returns = np.asarray(data_returns, dtype=float).ravel()
+    returns = returns[np.isfinite(returns)]
+    if not returns.size:
+        raise DtcondError("the data's episode returns are empty, so calibration has no range to measure against")
+    missing = {"target", "episode_return", "ood"} - set(df.columns)
+    if missing:
+        raise DtcondError(f"the records lack the columns {sorted(missing)} that calibration needs")
+    lo, hi = float(returns.min()), float(returns.max())
+    span = max(hi - lo, 1e-9)
+    targets = df["target"].astype(float)
+    fixed = df[np.isfinite(targets.to_numpy())]
+    if "target_spec" in fixed:
+        fixed = fixed[~fixed["target_spec"].astype(str).str.startswith("quantilizer")]
+    out: dict = {"data_min_return": lo, "data_max_return": hi}
+    ood = fixed["ood"].astype(bool)
+    for name, part in (("in_distribution", fixed[~ood]), ("ood", fixed[ood])):
+        out[name] = _split_metrics(part, span) if len(part) else None
+    if len(fixed):
+        per_target = fixed.groupby(fixed["target"].astype(float))["episode_return"]
+        means = per_target.mean()
+        cis = per_target.agg(lambda v: ci95(v.to_numpy(float)))
+        best = float(means.max())
+        noise = np.nanmax([cis.max(), 0.02 * span])
+        out["saturation_target"] = float(means.index[means.to_numpy() >= best - noise].min())
+        out["best_mean_return"] = best
+        out.update(ood_gain(fixed, hi))
+    return out
