@@ -5,6 +5,13 @@ leaves the model's batch (and its key/value cache), so the batch shrinks as epis
 Seeds are per episode, not per batch: episode j of every target sees the same env seed (common
 random numbers across targets), and its action-sampling and quantilizer draws come from streams of
 its own, so results do not depend on batch size or on which episodes share a batch.
+
+Each record is one episode: who acted (``policy_kind``; ``algo`` and ``train_step``, the training
+step of the weights or None, as typed columns; ``label`` for display), the target (``target_spec``,
+its resolved ``target``, ``target_quantile`` in the data, ``ood``), the env seed, and the outcome
+(``episode_return``, ``length``, ``true_return``/``cost`` where the env reports them). With a
+scorer it also carries the roaming metrics (``cross_entropy_behavior``, ``kl_behavior``, novelty,
+entropy). :mod:`dtcond.stats` and :mod:`dtcond.report` aggregate these records.
 """
 
 from __future__ import annotations
@@ -77,7 +84,8 @@ def evaluate(
 
     ``policy`` is anything with the batch protocol of :mod:`dtcond.policy` (a DT, BC/%BC, or an SB3
     baseline). With a ``scorer`` (:class:`dtcond.roaming.RoamingScorer`) every record also carries
-    how far the episode roamed from the data (NLL under the behaviour model, KL, novelty, entropy).
+    how far the episode roamed from the data (cross-entropy and KL(π‖β̂) against the behaviour model,
+    novelty, entropy).
 
     With ``results``, finished episodes are appended to that table as they end, episodes already
     in it are not run again, and the records returned include them.
@@ -148,6 +156,12 @@ def _rollout(policy, jobs: list[Job], run_id: str, env_kwargs: dict | None, env_
     returns, true_returns, costs = np.zeros(n), np.zeros(n), np.zeros(n)
     seen = {"true_reward": False, "cost": False}
     lengths = np.zeros(n, dtype=np.int64)
+    # Typed columns, so tables need not parse "ppo@25000": DT bundles expose the step they were saved
+    # at as ``train_step``, SB3 checkpoints as ``timesteps``.
+    train_step = getattr(policy, "train_step", None)
+    if train_step is None:
+        train_step = getattr(policy, "timesteps", None)
+    train_step = int(train_step) if train_step is not None else None
     # Per-episode histories only when a scorer needs them (roaming metrics).
     history = [{"obs": [], "actions": [], "probs": []} for _ in range(n)] if scorer is not None else None
     actions_all = np.zeros(envs.action_space.shape, dtype=envs.action_space.dtype)
@@ -185,6 +199,8 @@ def _rollout(policy, jobs: list[Job], run_id: str, env_kwargs: dict | None, env_
                     "key": job.key(fingerprint, env_id or policy.env_id),
                     "run_id": run_id,
                     "policy_kind": policy.kind,
+                    "algo": policy.kind,
+                    "train_step": train_step,
                     "label": getattr(policy, "label", policy.kind),
                     "policy": policy.source,
                     "fingerprint": fingerprint,
