@@ -6,9 +6,15 @@ embedding of the episode timestep t; the action a_t is predicted from the hidden
 Attention is causal and *banded*: a token at timestep t sees tokens of timesteps t-K+1 .. t only
 (K = ``context_len``). With no position embeddings besides the timestep, a token's keys and values
 then never depend on how far back a sequence starts, so decoding an episode step by step with a
-rolling key/value cache of the last K timesteps reproduces a full forward over the whole episode
+rolling key/value cache of the last 3K+2 tokens reproduces a full forward over the whole episode
 exactly (see ``DecisionTransformer.step``). Training uses segments longer than K so the model learns
 under the same pattern it is decoded with; with ``segment == K`` it is the plain windowed DT.
+
+Action heads: Discrete actions get logits. Box actions get, by default (``action_head="bins"``), a
+distribution per action dimension over ``action_bins`` equal-width bins of [low, high], uniform
+within a bin: a piecewise-uniform density that can be noisy or multimodal, trained by
+log-likelihood and sampled at evaluation, with exact log-probs and entropy. ``action_head="mse"``
+is the original DT's deterministic tanh-squashed mean, trained by squared error.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from einops import rearrange
 from dtcond.errors import DtcondError
 
 TOKENS_PER_STEP = 3  # return-to-go, state, action
+ACTION_HEADS = ("bins", "mse")
 STATE_TOKENS = slice(1, None, TOKENS_PER_STEP)  # positions of s_t in the interleaved sequence
 LAST = slice(-1, None)
 
@@ -42,6 +49,8 @@ class DTConfig:
     return_scale: float = 1000.0  # returns-to-go are divided by this before embedding
     action_low: list[float] | None = None  # continuous: actions are squashed into [low, high]
     action_high: list[float] | None = None
+    action_head: str = "bins"  # continuous: "bins" (a sampled distribution) or "mse" (a deterministic mean)
+    action_bins: int = 64  # continuous "bins" head: equal-width bins per action dimension
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
@@ -53,11 +62,26 @@ class DTConfig:
             raise DtcondError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
         if not (self.return_scale > 0 and math.isfinite(self.return_scale)):
             raise DtcondError(f"return_scale must be a positive number, got {self.return_scale}")
+        if self.action_head not in ACTION_HEADS:
+            raise DtcondError(f"action_head must be one of {ACTION_HEADS}, got {self.action_head!r}")
+        if self.action_bins < 2:
+            raise DtcondError(f"action_bins must be >= 2, got {self.action_bins}")
         if not self.discrete:
             if self.action_low is None or self.action_high is None:
                 self.action_low, self.action_high = [-1.0] * self.act_dim, [1.0] * self.act_dim
             if len(self.action_low) != self.act_dim or len(self.action_high) != self.act_dim:
                 raise DtcondError("action_low/action_high must have act_dim entries")
+            if any(not (h > l) for l, h in zip(self.action_low, self.action_high)):
+                raise DtcondError(f"action_high must exceed action_low in every dimension, got {self.action_low} / {self.action_high}")
+
+    @property
+    def binned(self) -> bool:
+        """True when the policy outputs a distribution over bins per (continuous) action dimension."""
+        return not self.discrete and self.action_head == "bins"
+
+    @property
+    def head_dim(self) -> int:
+        return self.act_dim * self.action_bins if self.binned else self.act_dim
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -134,14 +158,14 @@ class Block(nn.Module):
 
 @dataclass
 class DecodeState:
-    """Per-layer key/value ring buffers holding the last 3K tokens, and which token sits in each slot.
+    """Per-layer key/value ring buffers holding the last 3K+2 tokens, and which token sits in each slot.
 
     Attention is permutation-invariant over keys, so tokens need not be stored in order: a new token
     overwrites the oldest slot, and masks built from ``slot_steps``/``slot_order`` say which slots a
     query may see. Nothing is copied per step. ``step`` updates the buffers in place.
     """
 
-    keys: list[torch.Tensor]  # per layer (B, nh, S, hd), S = 3K
+    keys: list[torch.Tensor]  # per layer (B, nh, S, hd), S = 3K + 2
     values: list[torch.Tensor]
     slot_steps: torch.Tensor  # (S,) timestep of the token in each slot (far negative: empty)
     slot_order: torch.Tensor  # (S,) global index of the token in each slot (-1: empty)
@@ -167,7 +191,7 @@ class DecisionTransformer(nn.Module):
         self.drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList([Block(cfg) for _ in range(cfg.n_layer)])
         self.ln_f = nn.LayerNorm(C)
-        self.action_head = nn.Linear(C, cfg.act_dim)
+        self.action_head = nn.Linear(C, cfg.head_dim)
         if not cfg.discrete:
             low = torch.tensor(cfg.action_low, dtype=torch.float32)
             high = torch.tensor(cfg.action_high, dtype=torch.float32)
@@ -199,16 +223,18 @@ class DecisionTransformer(nn.Module):
         return self.drop(self.embed_ln(x))
 
     def _head(self, h):
-        """Action from hidden states at state tokens: logits (discrete) or squashed actions."""
-        out = self.action_head(self.ln_f(h))  # (B, T, act_dim)
+        """Hidden states at state tokens → logits (discrete), bin logits (B, T, act_dim, bins), or squashed actions."""
+        out = self.action_head(self.ln_f(h))  # (B, T, head_dim)
         if self.cfg.discrete:
             return out
+        if self.cfg.binned:
+            return rearrange(out, "... (d n) -> ... d n", d=self.cfg.act_dim)  # (B, T, act_dim, bins)
         return self.action_mid + self.action_half * torch.tanh(out)
 
     # ------------------------------------------------------------------ full forward (training)
 
     def forward(self, returns_to_go, observations, actions, timesteps, mask=None):
-        """Action predictions (logits or actions) at every timestep: (B, T, act_dim).
+        """Action predictions at every timestep: logits (B, T, n), bin logits (B, T, act_dim, bins) or actions (B, T, act_dim).
 
         returns_to_go (B, T) raw, observations (B, T, obs_dim) normalized, actions (B, T) long or
         (B, T, act_dim), timesteps (B, T) long, mask (B, T) bool with False on left padding.
@@ -234,7 +260,9 @@ class DecisionTransformer(nn.Module):
 
     def start(self, batch_size: int, device=None) -> DecodeState:
         """An empty cache for ``batch_size`` episodes that start together at timestep 0."""
-        nh, hd, S = self.cfg.n_head, self.cfg.n_embd // self.cfg.n_head, TOKENS_PER_STEP * self.cfg.context_len
+        # A step writes a_{t-1}, R̂_t and s_t before attending, and a_{t-1} still attends back to
+        # R̂_{t-K} and s_{t-K}: the band's 3K tokens plus the two new ones must all fit.
+        nh, hd, S = self.cfg.n_head, self.cfg.n_embd // self.cfg.n_head, TOKENS_PER_STEP * self.cfg.context_len + 2
         dtype = self.embed_state.weight.dtype
         return DecodeState(
             [torch.zeros(batch_size, nh, S, hd, device=device, dtype=dtype) for _ in range(self.cfg.n_layer)],
@@ -245,7 +273,7 @@ class DecisionTransformer(nn.Module):
 
     @torch.no_grad()
     def step(self, state: DecodeState, returns_to_go, observations, prev_actions=None, timesteps=None):
-        """Feed (a_{t-1}, R̂_t, s_t) and return the prediction for a_t, (B, act_dim), and the new state.
+        """Feed (a_{t-1}, R̂_t, s_t) and return the prediction for a_t (as ``forward``'s, one step) and the new state.
 
         returns_to_go (B,), observations (B, obs_dim), prev_actions (B,) or (B, act_dim), None at t=0;
         timesteps (B,) long, default: the step count. Equals ``forward`` over the whole history.
@@ -267,7 +295,8 @@ class DecisionTransformer(nn.Module):
         token_steps += [t, t]
         x = self.embed_ln(torch.stack(tokens, dim=1))  # (B, n_new, C)
         n_new, S = len(token_steps), state.slot_steps.shape[0]
-        # The oldest slots make room; at most 3K - 1 tokens are visible, so S = 3K never drops one in use.
+        # The oldest slots make room. The oldest token still in use is R̂_{t-K}, seen by a_{t-1}; it is
+        # 3K+1 tokens before s_t, so with S = 3K+2 slots no token in use is overwritten.
         order = torch.arange(state.written, state.written + n_new, device=device)  # (n_new,)
         slots = order % S
         slot_steps, slot_order = state.slot_steps.clone(), state.slot_order.clone()
@@ -278,7 +307,7 @@ class DecisionTransformer(nn.Module):
         for i, block in enumerate(self.blocks):
             # The last layer's keys and values are cached, but only s_t's output is needed from it.
             x = block(x, attn, (state.keys[i], state.values[i], slots), select=LAST if i == len(self.blocks) - 1 else None)
-        prediction = self._head(x[:, -1])  # (B, act_dim) from s_t
+        prediction = self._head(x[:, -1])  # from s_t: (B, n), (B, act_dim, bins) or (B, act_dim)
         new_state = DecodeState(state.keys, state.values, slot_steps, slot_order, state.written + n_new, t + 1)
         return prediction, new_state
 

@@ -5,15 +5,25 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dtcond.model import DecisionTransformer, DTConfig
+from dtcond.model import DecisionTransformer, DecodeState, DTConfig
+
+HEADS = ["discrete", "bins", "mse"]
 
 
-def make(discrete: bool, K: int = 5, n_layer: int = 3, seed: int = 0):
+def make(head: str = "discrete", K: int = 5, n_layer: int = 3, seed: int = 0, scale: float = 1.0):
+    """A model with ``head``; ``scale`` multiplies every weight matrix, to reach trained-scale weights."""
     torch.manual_seed(seed)
+    discrete = head == "discrete"
     cfg = DTConfig(obs_dim=3, act_dim=4 if discrete else 2, discrete=discrete, context_len=K, n_layer=n_layer,
                    n_head=2, n_embd=32, dropout=0.1, max_timestep=200, return_scale=50.0,
-                   action_low=None if discrete else [-2.0, 0.0], action_high=None if discrete else [2.0, 1.0])
-    return DecisionTransformer(cfg).eval()
+                   action_low=None if discrete else [-2.0, 0.0], action_high=None if discrete else [2.0, 1.0],
+                   action_head="mse" if head == "mse" else "bins", action_bins=16)
+    model = DecisionTransformer(cfg).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() >= 2:
+                p.mul_(scale)
+    return model
 
 
 def episode(model, B=3, T=23, seed=1):
@@ -23,18 +33,26 @@ def episode(model, B=3, T=23, seed=1):
     return (torch.randn(B, T, generator=g) * 50, torch.randn(B, T, 3, generator=g), acts, torch.arange(T).repeat(B, 1))
 
 
-@pytest.mark.parametrize("discrete", [True, False])
-def test_shapes_and_action_bounds(discrete):
-    model = make(discrete)
+def expected_shape(model, B, T):
+    cfg = model.cfg
+    if cfg.discrete:
+        return (B, T, cfg.act_dim)
+    return (B, T, cfg.act_dim, cfg.action_bins) if cfg.binned else (B, T, cfg.act_dim)
+
+
+@pytest.mark.parametrize("head", HEADS)
+def test_shapes_and_action_bounds(head):
+    model = make(head)
     out = model(*episode(model))
-    assert out.shape == (3, 23, 4 if discrete else 2)
-    if not discrete:
+    assert out.shape == expected_shape(model, 3, 23)
+    if head == "mse":
         assert (out[..., 0].abs() <= 2).all() and ((out[..., 1] >= 0) & (out[..., 1] <= 1)).all()
 
 
-@pytest.mark.parametrize("discrete", [True, False])
-def test_a_later_token_never_changes_an_earlier_prediction(discrete):
-    model = make(discrete)
+@pytest.mark.parametrize("head", HEADS)
+def test_a_later_token_never_changes_an_earlier_prediction(head):
+    model = make(head)
+    discrete = head == "discrete"
     rtg, obs, act, ts = episode(model)
     base = model(rtg, obs, act, ts)
     t = 11
@@ -50,7 +68,7 @@ def test_a_later_token_never_changes_an_earlier_prediction(discrete):
 def test_the_band_bounds_how_far_back_information_reaches():
     # Each layer looks back K-1 steps, so step 0 can reach at most n_layer*(K-1) steps ahead.
     K, n_layer = 4, 2
-    model = make(True, K=K, n_layer=n_layer)
+    model = make("discrete", K=K, n_layer=n_layer)
     rtg, obs, act, ts = episode(model, T=15)
     obs2 = obs.clone()
     obs2[:, 0] += 5.0
@@ -59,8 +77,9 @@ def test_the_band_bounds_how_far_back_information_reaches():
     assert (diff[: reach + 1] > 0).all() and (diff[reach + 1:] == 0).all()
 
 
-def test_left_padding_is_invisible():
-    model = make(False)
+@pytest.mark.parametrize("head", ["bins", "mse"])
+def test_left_padding_is_invisible(head):
+    model = make(head)
     rtg, obs, act, ts = episode(model, T=6)
     pad = 4
     padded = [torch.cat([torch.zeros_like(x[:, :pad]), x], dim=1) for x in (rtg, obs, act, ts)]
@@ -70,25 +89,75 @@ def test_left_padding_is_invisible():
     torch.testing.assert_close(out[:, pad:], model(rtg, obs, act, ts), rtol=0, atol=1e-6)
 
 
-@pytest.mark.parametrize("discrete", [True, False])
-def test_cached_decoding_equals_the_full_forward(discrete):
-    model = make(discrete, K=5, n_layer=3)
-    T = 4 * 5 + 3  # several windows long
-    rtg, obs, act, ts = episode(model, T=T)
-    full = model(rtg, obs, act, ts)
-    state = model.start(3)
+def decode(model, rtg, obs, act, state=None):
+    """Step through the whole episode with the cache; predictions stacked as the full forward's."""
+    state = state or model.start(rtg.shape[0])
     buffers = [k.data_ptr() for k in state.keys]
     steps = []
-    for t in range(T):
+    for t in range(rtg.shape[1]):
         pred, state = model.step(state, rtg[:, t], obs[:, t], act[:, t - 1] if t else None)
         steps.append(pred)
-        # The cache is a fixed ring buffer of the band's 3K tokens, written in place: nothing reallocated.
-        assert [k.data_ptr() for k in state.keys] == buffers and state.keys[0].shape[2] == 3 * 5
-    assert (torch.stack(steps, 1) - full).abs().max().item() <= 1e-5
+    # The cache is a fixed ring buffer, written in place: nothing reallocated per step.
+    assert [k.data_ptr() for k in state.keys] == buffers
+    return torch.stack(steps, 1)
+
+
+def relative_error(a, b) -> float:
+    return ((a - b).abs().max() / b.abs().max()).item()
+
+
+@pytest.mark.parametrize("head", HEADS)
+@pytest.mark.parametrize("n_layer", [1, 2, 3, 4])
+@pytest.mark.parametrize("K", [1, 3, 5])
+def test_cached_decoding_equals_the_full_forward_at_trained_scale(head, n_layer, K):
+    # Weights ×8 (std 0.16, the scale of trained weights): the default init's std 0.02 would hide a
+    # wrong cache behind errors of 1e-6.
+    model = make(head, K=K, n_layer=n_layer, scale=8.0)
+    T = 4 * K + 3  # several windows long
+    rtg, obs, act, ts = episode(model, T=T)
+    full = model(rtg, obs, act, ts)
+    assert model.start(1).keys[0].shape[2] == 3 * K + 2
+    assert relative_error(decode(model, rtg, obs, act), full) <= 1e-4
+
+
+def test_cached_decoding_equals_the_full_forward_after_training():
+    # A briefly trained model: the weights have moved where the data put them, not where init did.
+    model = make("bins", K=4, n_layer=3, seed=3)
+    rtg, obs, act, ts = episode(model, B=16, T=30, seed=4)
+    target = (obs[..., :2].tanh() * 0.5 + 0.5).clamp(0, 1) * torch.tensor([4.0, 1.0]) - torch.tensor([2.0, 0.0])
+    from dtcond.distributions import bin_index
+
+    bins = bin_index(target, torch.tensor([-2.0, 0.0]), torch.tensor([2.0, 1.0]), model.cfg.action_bins)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    model.train()
+    for _ in range(150):
+        loss = torch.nn.functional.cross_entropy(model(rtg, obs, target, ts).flatten(0, 2), bins.flatten())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+    assert loss.item() < 2.0  # it learned something (uniform over 16 bins is 2.77)
+    full = model(rtg, obs, target, ts)
+    assert relative_error(decode(model, rtg, obs, target), full) <= 1e-4
+
+
+def test_a_ring_of_only_3K_slots_is_not_exact():
+    # The bug the exactness tests are there to catch: a_{t-1} attends back to R̂_{t-K} and s_{t-K},
+    # which a 3K-slot ring overwrites when R̂_t and s_t are written. It shows from t = K on.
+    model = make("discrete", K=5, n_layer=3, scale=8.0)
+    rtg, obs, act, ts = episode(model, T=20)
+    full = model(rtg, obs, act, ts)
+    good = model.start(3)
+    S = 3 * 5
+    short = DecodeState([k[:, :, :S].clone() for k in good.keys], [v[:, :, :S].clone() for v in good.values],
+                        good.slot_steps[:S].clone(), good.slot_order[:S].clone())
+    wrong = decode(model, rtg, obs, act, short)
+    assert relative_error(wrong[:, :5], full[:, :5]) <= 1e-4  # exact before the ring wraps
+    assert relative_error(wrong[:, 5:], full[:, 5:]) > 1e-2
 
 
 def test_cache_rows_can_be_dropped_when_episodes_end():
-    model = make(True)
+    model = make("discrete", scale=8.0)
     rtg, obs, act, ts = episode(model, B=4, T=9)
     full = model(rtg, obs, act, ts)
     state = model.start(4)
@@ -98,4 +167,4 @@ def test_cache_rows_can_be_dropped_when_episodes_end():
             rows = torch.tensor([0, 2])
             state = state.select(rows)
         pred, state = model.step(state, rtg[rows, t], obs[rows, t], act[rows, t - 1] if t else None)
-    torch.testing.assert_close(pred, full[rows, -1], rtol=0, atol=1e-5)
+    assert relative_error(pred, full[rows, -1]) <= 1e-4
