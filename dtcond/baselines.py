@@ -35,6 +35,7 @@ TUNED: dict[tuple[str, str], dict] = {
     ("sac", "Pendulum-v1"): dict(n_envs=1, budget=20_000, learning_rate=1e-3),
 }
 CARD_FORMAT = "dtcond-sb3-policy"
+BIN_GRID = 64  # bins per Box action dimension on which a Gaussian policy is projected for KL/entropy
 
 
 def _schedule(value):
@@ -184,6 +185,8 @@ class SB3Policy:
     label = property(lambda self: f"{self.algo}@{self.timesteps}")
     env_id = property(lambda self: self.stats.env_id)
     greedy = property(lambda self: self.deterministic)
+    train_step = property(lambda self: self.timesteps)
+    draws_per_step = 1
 
     @property
     def fingerprint(self) -> str:
@@ -221,11 +224,35 @@ class SB3Policy:
                 probs = np.eye(probs.shape[-1], dtype=probs.dtype)[actions]
             else:
                 cdf = np.cumsum(probs, -1)
-                actions = np.minimum((cdf < uniforms[:, None]).sum(-1), probs.shape[-1] - 1)
+                u = np.asarray(uniforms).reshape(len(probs), -1)[:, :1]  # (A, 1)
+                actions = np.minimum((cdf < u).sum(-1), probs.shape[-1] - 1)
             return actions, probs, None
         # SB3 rescales and clips Box actions for us; stochastic draws come from torch's RNG.
         actions, _ = self.policy.predict(obs, deterministic=self.deterministic)
-        return actions, None, None
+        return actions, self._bin_masses(obs, np.asarray(actions)), None
+
+    def _bin_masses(self, obs: np.ndarray, actions: np.ndarray) -> np.ndarray:
+        """The Box policy projected on equal bins of [low, high] (A, act_dim, n): see dtcond.distributions."""
+        from dtcond import distributions
+
+        low, high = np.asarray(self.stats.action_low), np.asarray(self.stats.action_high)
+        n = BIN_GRID
+        if self.deterministic:  # a point mass: all of it in the action's bin
+            idx = np.clip(np.floor((actions - low) / (high - low) * n).astype(np.int64), 0, n - 1)
+            return np.eye(n)[idx]
+        obs_t, _ = self.policy.obs_to_tensor(obs)
+        if self.algo == "sac":  # tanh-squashed Gaussian, rescaled from [-1, 1] to [low, high]
+            mean, log_std, _ = self.policy.actor.get_action_dist_params(obs_t)
+            mean, std = mean.cpu().numpy(), log_std.exp().cpu().numpy()
+            edges = np.clip(np.linspace(-1, 1, n + 1), -1 + 1e-7, 1 - 1e-7)
+            from scipy.stats import norm
+
+            cdf = norm.cdf((np.arctanh(edges)[None, None, :] - mean[..., None]) / std[..., None])
+            cdf[..., 0], cdf[..., -1] = 0.0, 1.0
+            return np.diff(cdf, axis=-1)
+        # PPO: a Gaussian in action units, clipped to the bounds
+        normal = self.policy.get_distribution(obs_t).distribution
+        return distributions.gaussian_masses(normal.mean.cpu().numpy(), normal.stddev.cpu().numpy(), low, high, n)
 
 
 def load_sb3_bundle(folder: Path) -> SB3Policy:

@@ -86,8 +86,9 @@ def load_policy(path: str | Path, device: str | torch.device = "cpu"):
     except RuntimeError as exc:
         first = str(exc).strip().splitlines()
         raise DtcondError(f"{path}: the weights do not match the model config in its card ({first[1].strip() if len(first) > 1 else first[0]})") from None
+    step = (card.get("extra") or {}).get("global_step")
     return ConditionedPolicy(model.to(device).eval(), stats, condition_on_return=card.get("condition_on_return", True),
-                             source=str(path), kind=card.get("kind"))
+                             source=str(path), kind=card.get("kind"), train_step=int(step) if step is not None else None)
 
 
 def _card_format(folder: Path) -> str | None:
@@ -136,7 +137,8 @@ def _read_lightning_ckpt(path: Path):
     hp = ckpt["hyper_parameters"]
     config, stats = _config_and_stats(hp.get("model"), hp.get("stats"), path)
     state = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
-    card = {"condition_on_return": bool(hp.get("condition_on_return", True)), "kind": policy_kind(hp)}
+    card = {"condition_on_return": bool(hp.get("condition_on_return", True)), "kind": policy_kind(hp),
+            "extra": {"global_step": ckpt.get("global_step")}}
     return config, stats, state, card
 
 
@@ -150,6 +152,8 @@ def policy_kind(hparams) -> str:
 def _config_and_stats(model: dict | None, stats: dict | None, where: Path) -> tuple[DTConfig, DatasetStats]:
     if not isinstance(model, dict) or not isinstance(stats, dict):
         raise DtcondError(f"{where} lacks the model config or dataset stats a dtcond policy needs")
+    if "action_head" not in model:  # written before the binned head existed: the deterministic mean head
+        model = {**model, "action_head": "mse"}
     try:
         return DTConfig.from_dict(model), DatasetStats.from_dict(stats)
     except TypeError as exc:

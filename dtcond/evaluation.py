@@ -167,12 +167,14 @@ def _rollout(policy, jobs: list[Job], run_id: str, env_kwargs: dict | None, env_
     actions_all = np.zeros(envs.action_space.shape, dtype=envs.action_space.dtype)
     active = np.arange(n)
     state = policy.begin(n)
+    draws = max(1, int(getattr(policy, "draws_per_step", 1)))
     start = time.perf_counter()
     obs, _ = envs.reset(seed=[job.env_seed for job in jobs])
     try:
         while active.size:
             flat = _flatten(obs)
-            action, probs, state = policy.act_batch(state, flat[active], rtg[active], np.array([rngs[i].random() for i in active]))
+            uniforms = np.stack([rngs[i].random(draws) for i in active])  # (A, draws): each episode's own stream
+            action, probs, state = policy.act_batch(state, flat[active], rtg[active], uniforms)
             actions_all[active] = action
             if history is not None:
                 for row, i in enumerate(active):

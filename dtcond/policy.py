@@ -4,9 +4,12 @@ Every policy dtcond evaluates (this one, and the SB3 baselines in ``dtcond.basel
 same small batch protocol, which ``dtcond.evaluate`` drives:
 
 - ``begin(n)`` → a state for ``n`` episodes starting together;
-- ``act_batch(state, obs, rtg, uniforms)`` → actions, the action probabilities where the policy
-  has a discrete distribution (else None), and the new state; ``obs`` are raw flat observations
-  (A, obs_dim), ``rtg`` the returns-to-go (A,), ``uniforms`` one U(0,1) draw per episode for sampling;
+- ``act_batch(state, obs, rtg, uniforms)`` → actions, the action distribution each was drawn from
+  where the policy has one (else None), and the new state. ``obs`` are raw flat observations
+  (A, obs_dim), ``rtg`` the returns-to-go (A,), ``uniforms`` (A, ``draws_per_step``) U(0,1) draws,
+  each episode's from its own stream. The distribution is probabilities (A, n) for Discrete
+  actions, or bin masses (A, act_dim, n) on equal bins of [low, high] for Box actions
+  (see :mod:`dtcond.distributions`);
 - ``keep(state, rows)`` → the state with only the episodes ``rows`` still running.
 """
 
@@ -18,6 +21,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 
+from dtcond import distributions
 from dtcond.data import DatasetStats, check_spaces
 from dtcond.errors import DtcondError
 from dtcond.model import DecisionTransformer
@@ -105,9 +109,11 @@ class _Window:
 class ConditionedPolicy:
     """``reset(target)`` then ``act(obs, reward)`` each step; the return-to-go falls by each reward.
 
-    Discrete actions are *sampled* from the model's distribution by default (``greedy=False``):
-    conditioning imitates the data's episodes at that return, noise included; the argmax would
-    play the most common action whatever the target. Continuous heads predict the mean action.
+    Actions are *sampled* from the model's distribution by default (``greedy=False``): conditioning
+    imitates the data's episodes at that return, noise included; the argmax would play the most
+    common action whatever the target. ``greedy=True`` plays the mode (the most likely action, or
+    for Box actions the centre of each dimension's most likely bin). A model with the deterministic
+    ``action_head="mse"`` plays its predicted mean either way.
 
     ``decode="cached"`` (default) feeds one step at a time through the key/value cache, so a step
     costs O(K) attention; ``decode="window"`` recomputes the last K steps every step, as the
@@ -121,7 +127,7 @@ class ConditionedPolicy:
 
     def __init__(self, model: DecisionTransformer, stats: DatasetStats, condition_on_return: bool = True,
                  greedy: bool = False, temperature: float = 1.0, source: str | None = None, decode: str = "cached",
-                 kind: str | None = None):
+                 kind: str | None = None, train_step: int | None = None):
         self.model = model.eval()
         self.stats = stats
         self.condition_on_return = condition_on_return
@@ -130,6 +136,7 @@ class ConditionedPolicy:
         self.source = source
         self.decode = decode
         self._kind = kind
+        self.train_step = train_step  # optimizer steps the weights were trained for, when known
         self._weights_hash = None
         self._episode = None
         self._rng = np.random.default_rng()
@@ -168,9 +175,14 @@ class ConditionedPolicy:
         if self._weights_hash is None:
             self._weights_hash = weights_hash(self.model)
         fp = self._weights_hash
-        if self.config.discrete:
+        if self.config.discrete or self.config.binned:
             fp += "-greedy" if self.greedy else f"-t{self.temperature:g}"
         return fp + ("-window" if self.decode == "window" else "")
+
+    @property
+    def draws_per_step(self) -> int:
+        """U(0,1) draws one episode's action takes: 1 (Discrete), 2 per dimension (binned Box), else 0."""
+        return 1 if self.config.discrete else (2 * self.config.act_dim if self.config.binned else 0)
 
     @property
     def device(self) -> torch.device:
@@ -211,13 +223,20 @@ class ConditionedPolicy:
         else:
             out, decoder = self.model.step(decoder, rtg_t, obs_t, prev)
         probs = None
-        if not self.config.discrete:
+        if self.config.binned:
+            low, high = self.model.action_mid - self.model.action_half, self.model.action_mid + self.model.action_half
+            if self.greedy:  # the policy it runs is the mode: one bin per dimension
+                action, probs = distributions.mode(out, low, high)
+            else:
+                u = torch.as_tensor(np.asarray(uniforms).reshape(len(out), -1), device=self.device)
+                action, probs = distributions.sample(out, u, low, high, self.temperature)
+        elif not self.config.discrete:
             action = out
         elif self.greedy:  # the policy it runs is the argmax: its distribution is one-hot
             action = out.argmax(-1)
             probs = torch.nn.functional.one_hot(action, out.shape[-1]).float()
         else:
-            action, probs = sample_discrete(out, uniforms, self.temperature)
+            action, probs = sample_discrete(out, np.asarray(uniforms).reshape(-1), self.temperature)
         if isinstance(decoder, _Window):
             decoder.record(action)
         actions = action.cpu().numpy()
@@ -250,5 +269,6 @@ class ConditionedPolicy:
         if reward is not None and ep["started"]:
             ep["rtg"] -= float(reward)
         ep["started"] = True
-        actions, _, ep["state"] = self.act_batch(ep["state"], flatten_obs(obs)[None], np.array([ep["rtg"]]), self._rng.random(1))
+        actions, _, ep["state"] = self.act_batch(ep["state"], flatten_obs(obs)[None], np.array([ep["rtg"]]),
+                                                 self._rng.random((1, max(1, self.draws_per_step))))
         return int(actions[0]) if self.config.discrete else actions[0]

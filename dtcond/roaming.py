@@ -1,13 +1,22 @@
 """How far a policy roams from its data: a behaviour model β̂(a|s), state novelty, and mode collapse.
 
 - **Divergence from the behaviour data.** β̂ is a small MLP fitted once per dataset by maximum
-  likelihood (categorical for Discrete actions, Gaussian for Box) and cached. A rollout's mean per-step
-  negative log-likelihood under β̂ says how unlike the data its actions are; where the policy's own
-  action distribution is known (discrete heads), the per-step KL(π‖β̂) is exact.
+  likelihood and cached: categorical for Discrete actions, and for Box actions the same
+  piecewise-uniform family as the DT's head (``BINS`` equal bins per dimension,
+  :mod:`dtcond.distributions`), so log-densities and KLs of the two are comparable.
+  Per episode:
+  - ``kl_behavior``: the mean per-step KL(π(·|s)‖β̂(·|s)), exact where the policy's action
+    distribution is known (Discrete heads, the binned DT head with the same grid); for other Box
+    policies (SB3 Gaussians) it is the KL of their projection on the grid, a lower bound.
+    Deterministic policies are one-hot (on the grid): their KL is −log β̂ of the action (bin).
+  - ``cross_entropy_behavior``: the mean of −log β̂(a_t|s_t) over the actions taken, a Monte Carlo
+    estimate of the cross-entropy H(π, β̂) = H(π) + KL(π‖β̂). It is *not* a divergence: a policy that
+    always plays β̂'s mode scores below the data itself. It is the only column for the data's own rows.
 - **State novelty.** The distance, in normalized observation space, from each visited state to its
   nearest dataset state (a k-d tree), and the fraction of steps farther than the dataset's own 99th
   percentile of nearest-other-state distances.
-- **Mode collapse.** The policy's action entropy where defined, and a signature of each episode's
+- **Mode collapse.** The policy's action entropy where its distribution is known (nats per step; for
+  Box actions the differential entropy of the binned density), and a signature of each episode's
   discretized action sequence, so a report can count distinct trajectories per target.
 """
 
@@ -24,9 +33,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from dtcond import distributions
 from dtcond.data import DatasetStats, OfflineData, split_by_episode
 
-LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
+BINS = 64  # bins per Box action dimension for β̂; the DT's default action_bins, so their KL is exact
+FORMAT = 2  # bump when β̂'s family changes, so stale cache entries are refitted
 
 
 def cache_dir() -> Path:
@@ -35,29 +46,40 @@ def cache_dir() -> Path:
 
 
 class BehaviorModel(nn.Module):
-    """β̂(a|s): logits over actions, or a diagonal Gaussian in raw action units."""
+    """β̂(a|s): logits over actions (Discrete), or over ``bins`` equal bins per dimension (Box)."""
 
-    def __init__(self, obs_dim: int, act_dim: int, discrete: bool, hidden: int = 128):
+    def __init__(self, obs_dim: int, act_dim: int, discrete: bool, hidden: int = 128, bins: int = BINS,
+                 action_low=None, action_high=None):
         super().__init__()
-        self.discrete = discrete
+        self.discrete, self.act_dim, self.bins = discrete, act_dim, bins
         self.net = nn.Sequential(nn.Linear(obs_dim, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(),
-                                 nn.Linear(hidden, act_dim if discrete else 2 * act_dim))
+                                 nn.Linear(hidden, act_dim if discrete else act_dim * bins))
+        if not discrete:
+            self.register_buffer("low", torch.tensor(action_low, dtype=torch.float32), persistent=False)
+            self.register_buffer("high", torch.tensor(action_high, dtype=torch.float32), persistent=False)
+
+    @classmethod
+    def for_stats(cls, stats: DatasetStats, hidden: int = 128) -> BehaviorModel:
+        return cls(stats.obs_dim, stats.action_dim, stats.is_discrete, hidden, action_low=stats.action_low,
+                   action_high=stats.action_high)
+
+    def logits(self, obs: torch.Tensor) -> torch.Tensor:
+        out = self.net(obs)  # (N, n) or (N, act_dim * bins)
+        return out if self.discrete else out.view(len(out), self.act_dim, self.bins)
 
     def log_prob(self, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
-        """log β̂(a|s) per row: obs (N, obs_dim) normalized, actions (N,) long or (N, act_dim)."""
-        out = self.net(obs)
+        """log β̂(a|s) per row (a log-density for Box actions): obs (N, obs_dim) normalized, actions (N,) or (N, act_dim)."""
         if self.discrete:
-            return -F.cross_entropy(out, actions, reduction="none")
-        mean, log_std = out.chunk(2, dim=-1)  # (N, act_dim) each
-        log_std = log_std.clamp(LOG_STD_MIN, LOG_STD_MAX)
-        return torch.distributions.Normal(mean, log_std.exp()).log_prob(actions).sum(-1)
+            return -F.cross_entropy(self.net(obs), actions, reduction="none")
+        return distributions.log_prob(self.logits(obs), actions, self.low, self.high)
 
     def probs(self, obs: torch.Tensor) -> torch.Tensor:
-        return torch.softmax(self.net(obs), dim=-1)
+        """Action probabilities (N, n), or bin masses (N, act_dim, bins)."""
+        return torch.softmax(self.logits(obs), dim=-1)
 
 
 def _dataset_fingerprint(stats: DatasetStats) -> str:
-    payload = json.dumps([stats.dataset_id, stats.num_steps, stats.num_episodes, stats.episode_returns, stats.obs_mean])
+    payload = json.dumps([FORMAT, BINS, stats.dataset_id, stats.num_steps, stats.num_episodes, stats.episode_returns, stats.obs_mean])
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
@@ -72,7 +94,7 @@ def fit_behavior_model(data: OfflineData, steps: int = 2000, batch_size: int = 5
     """Fit β̂ by maximum likelihood on 90% of the episodes; report train and held-out NLL per step."""
     stats = data.stats
     torch.manual_seed(seed)
-    model = BehaviorModel(stats.obs_dim, stats.action_dim, stats.is_discrete, hidden)
+    model = BehaviorModel.for_stats(stats, hidden)
     train_idx, val_idx = split_by_episode(len(data.trajectories), 0.1, seed)
     obs, acts = _arrays(data, train_idx)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
@@ -103,7 +125,7 @@ def load_or_fit_behavior_model(data: OfflineData, hidden: int = 128) -> tuple[Be
     weights, meta = base.with_suffix(".safetensors"), base.with_suffix(".json")
     if weights.exists() and meta.exists():
         info = json.loads(meta.read_text())
-        model = BehaviorModel(stats.obs_dim, stats.action_dim, stats.is_discrete, info.get("hidden", hidden))
+        model = BehaviorModel.for_stats(stats, info.get("hidden", hidden))
         try:
             model.load_state_dict(load_file(str(weights)))
             return model.eval(), info
@@ -161,15 +183,19 @@ class RoamingScorer:
             act_t = torch.as_tensor(np.asarray(actions).reshape(-1).astype(np.int64))
         else:
             act_t = torch.as_tensor(np.asarray(actions, dtype=np.float32).reshape(len(obs), -1))
-        out = {"nll_behavior": float(-self.behavior.log_prob(obs_t, act_t).mean())}
+        out = {"cross_entropy_behavior": float(-self.behavior.log_prob(obs_t, act_t).mean())}
+        out["kl_behavior"] = out["entropy"] = None  # the policy's distribution is unknown (the data's own rows)
         if probs is not None:
-            pi = np.clip(np.asarray(probs, dtype=np.float64), 1e-12, 1.0)
-            beta = np.clip(self.behavior.probs(obs_t).double().numpy(), 1e-12, 1.0)
-            out["kl_behavior"] = float((pi * (np.log(pi) - np.log(beta))).sum(-1).mean())
-            out["entropy"] = float(-(pi * np.log(pi)).sum(-1).mean())
-        else:  # the policy's density is unknown here (data, or a deterministic continuous head)
-            out["kl_behavior"] = None
-            out["entropy"] = None
+            pi = np.asarray(probs, dtype=np.float64)
+            beta = self.behavior.probs(obs_t).double().numpy()
+            if self.stats.is_discrete:
+                pi, beta = pi[..., None, :], beta[..., None, :]  # one "dimension"
+                low, high = np.zeros(1), np.ones(1) * pi.shape[-1]  # unit-width bins: entropy is the discrete one
+            else:
+                pi = distributions.rebin(pi, beta.shape[-1])
+                low, high = np.asarray(self.stats.action_low), np.asarray(self.stats.action_high)
+            out["kl_behavior"] = float(distributions.kl(pi, beta).mean())
+            out["entropy"] = float(distributions.entropy(pi, low, high).mean())
         dist = self.index.distances(obs_n, exclude_self=in_data)
         out["novelty"] = float(dist.mean())
         out["novel_fraction"] = float((dist > self.index.p99).mean())
@@ -194,6 +220,8 @@ def dataset_records(data: OfflineData, scorer: RoamingScorer | None = None) -> l
             "run_id": "data",
             "policy_kind": "data",
             "label": "data",
+            "algo": "data",
+            "train_step": None,
             "policy": data.stats.dataset_id,
             "fingerprint": "data",
             "env_id": data.stats.env_id,
