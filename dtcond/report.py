@@ -1,15 +1,16 @@
-"""Calibration: how well achieved return tracks the target, in and out of the data's range.
+"""Reports over a results table: calibration of the DT, and the comparison of all policies.
 
-Metrics per policy (one fingerprint = one set of weights and decoding mode):
+- ``calibration.md``/``.png``/``.json``: per target, the achieved return (mean ± 95% CI), its mean
+  absolute error and bias against the target; per policy, the calibration metrics of
+  :func:`dtcond.stats.calibration_metrics` (per-episode MAE and bias, slope, R², Spearman ρ, the
+  saturation target, the paired OOD gain), each defined in :mod:`dtcond.stats`.
+- ``comparison.md`` and its frontier plot: every policy (data, DT per target, BC/%BC, RL checkpoints)
+  with return, true return, cost, target error and how far it roamed from the data — the exact
+  KL(π‖β̂) where the policy's action distribution is known, and the cross-entropy H(π,β̂).
 
-- per target: episodes, mean ± std and a 95% CI of the achieved return;
-- over in-distribution targets: MAE normalized by the data's return range, slope and R² of
-  achieved vs target (per episode), Spearman ρ;
-- the saturation point: the lowest target whose mean achieved return is already within noise of the
-  best mean achieved at any target — past it, asking for more gets no more (the elicitation frontier);
-- over OOD targets: the same errors, and the mean achieved there vs the best in-distribution mean.
-
-Quantilizer specs draw a target per episode; they appear in the per-target table, not in the fits.
+Every interval is :func:`dtcond.stats.ci95` (Student t), over training seeds where a row has
+several and over episodes otherwise. Quantilizer specs draw a target per episode; they appear in
+the per-target table, not in the fits.
 """
 
 from __future__ import annotations
@@ -22,32 +23,27 @@ import numpy as np
 
 from dtcond.errors import DtcondError
 from dtcond.fileio import atomic_write, save_figure
+from dtcond.stats import calibration_metrics, ci95, grouped_mean_ci, with_policy_columns
 
+__all__ = ["calibration_metrics", "comparison_table", "per_target_table", "plot_frontier", "quantilizer_bound", "write_report"]
 
-def _ci95(x: np.ndarray) -> float:
-    return float(1.96 * x.std(ddof=1) / math.sqrt(len(x))) if len(x) > 1 else float("nan")
-
-
-def _spearman(x: np.ndarray, y: np.ndarray) -> float:
-    from scipy.stats import spearmanr
-
-    if len(x) < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
-        return float("nan")
-    return float(spearmanr(x, y).statistic)
-
-
-def _fit(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
-    """Slope and R² of the least-squares line y ~ x."""
-    from scipy.stats import linregress
-
-    if len(x) < 2 or np.ptp(x) == 0:
-        return float("nan"), float("nan")
-    fit = linregress(x, y)
-    return float(fit.slope), float(fit.rvalue**2)
+CROSS_ENTROPY_LABEL = "cross-entropy H(π,β̂) under β̂ (nats/step)"
+KL_LABEL = "KL(π‖β̂) (nats/step)"
 
 
 def per_target_table(df):
-    """One row per (policy, target spec): the achieved return's mean, std, CI and the target error."""
+    """One row per (policy, target spec): the achieved return's mean, std and 95% CI, and the
+    per-episode error against the target: ``mae`` (mean |achieved − target|) and ``bias`` (mean
+    achieved − target).
+
+    >>> import pandas as pd
+    >>> df = pd.DataFrame({"fingerprint": "f", "policy_kind": "dt", "target_spec": "5", "target": 5.0,
+    ...                    "target_quantile": 0.5, "ood": False, "episode_return": [3.0, 9.0]})
+    >>> per_target_table(df)[["return_mean", "mae", "bias"]].values.tolist()
+    [[6.0, 3.0, 1.0]]
+    """
+    import pandas as pd
+
     g = df.groupby(["fingerprint", "policy_kind", "target_spec"], sort=False)
     rows = []
     for (fp, kind, spec), part in g:
@@ -58,60 +54,25 @@ def per_target_table(df):
             "policy_kind": kind,
             "target_spec": spec,
             "target": float(tgt.mean()),
-            "target_quantile": float(part["target_quantile"].mean()),
+            "target_quantile": float(part["target_quantile"].astype(float).mean()),
             "ood": bool(part["ood"].all()),
             "quantilizer": spec.startswith("quantilizer"),
             "episodes": len(part),
             "return_mean": float(ret.mean()),
             "return_std": float(ret.std(ddof=1)) if len(ret) > 1 else float("nan"),
-            "return_ci95": _ci95(ret),
-            "abs_error": float(np.abs(ret - tgt).mean()),
+            "return_ci95": ci95(ret),
+            "mae": float(np.abs(ret - tgt).mean()),
+            "bias": float((ret - tgt).mean()),
         }
         for col in ("true_return", "cost"):
             if col in part and part[col].notna().any():
                 row[f"{col}_mean"] = float(part[col].astype(float).mean())
         rows.append(row)
-    import pandas as pd
-
     return pd.DataFrame(rows).sort_values(["fingerprint", "quantilizer", "target"]).reset_index(drop=True)
 
 
-def calibration_metrics(df, stats_returns: np.ndarray) -> dict:
-    """Metrics for one policy's records against the data's episode returns (see module doc)."""
-    lo, hi = float(np.min(stats_returns)), float(np.max(stats_returns))
-    span = max(hi - lo, 1e-9)
-    fixed = df[~df["target_spec"].str.startswith("quantilizer")]
-    table = per_target_table(fixed) if len(fixed) else None
-    out: dict = {"data_min_return": lo, "data_max_return": hi}
-    for name, part in (("in_distribution", fixed[~fixed["ood"].astype(bool)]), ("ood", fixed[fixed["ood"].astype(bool)])):
-        if not len(part):
-            out[name] = None
-            continue
-        x, y = part["target"].to_numpy(float), part["episode_return"].to_numpy(float)
-        means = part.groupby("target")["episode_return"].mean()
-        slope, r2 = _fit(x, y)
-        out[name] = {
-            "targets": int(means.size),
-            "episodes": int(len(part)),
-            "normalized_mae": float(np.abs(means.to_numpy() - means.index.to_numpy()).mean() / span),
-            "slope": slope,
-            "r2": r2,
-            "spearman": _spearman(x, y),
-            "mean_return": float(y.mean()),
-        }
-    if table is not None and len(table):
-        best = table["return_mean"].max()
-        noise = np.nanmax([table["return_ci95"].max(), 0.02 * span])
-        reached = table[table["return_mean"] >= best - noise]
-        out["saturation_target"] = float(reached["target"].min())
-        out["best_mean_return"] = float(best)
-        ind = table[~table["ood"]]
-        if len(ind) and out["ood"]:
-            out["ood_minus_best_in_distribution"] = out["ood"]["mean_return"] - float(ind["return_mean"].max())
-    return out
-
-
 def plot_calibration(df, stats_returns: np.ndarray, path: Path, title: str = "") -> Path:
+    """Achieved vs target return per DT (episodes, per-target means ± 95% CI), the data's returns below."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -132,9 +93,9 @@ def plot_calibration(df, stats_returns: np.ndarray, path: Path, title: str = "")
     for i, ((fp, kind), part) in enumerate(fixed.groupby(["fingerprint", "policy_kind"])):
         color = f"C{i}"
         ax.scatter(part["target"], part["episode_return"], s=8, alpha=0.25, color=color)
-        means = part.groupby("target")["episode_return"].agg(["mean", "std", "count"])
-        ci = 1.96 * means["std"].fillna(0) / np.sqrt(means["count"])
-        ax.errorbar(means.index, means["mean"], yerr=ci, color=color, marker="o", capsize=3, label=f"{kind} {fp}")
+        per_target = part.groupby("target")["episode_return"]
+        means, ci = per_target.mean(), per_target.agg(lambda v: ci95(v.to_numpy(float))).fillna(0)
+        ax.errorbar(means.index, means, yerr=ci, color=color, marker="o", capsize=3, label=f"{kind} {fp}")
     quant = df[df["target_spec"].str.startswith("quantilizer")]
     for spec, part in quant.groupby("target_spec"):
         ax.axhline(part["episode_return"].mean(), ls=":", lw=1, color="0.4")
@@ -158,72 +119,110 @@ def _fmt(x, digits=1) -> str:
     return f"{x:.{digits}f}"
 
 
+def _fmt_ci(v, ci, digits=1) -> str:
+    if v is None or not math.isfinite(v):
+        return "–"
+    return f"{v:.{digits}f} ± {ci:.{digits}f}" if ci is not None and math.isfinite(ci) else f"{v:.{digits}f}"
+
+
 def markdown_summary(table, metrics: dict[str, dict], plot_name: str) -> str:
+    """The calibration report: per-target achieved returns, then each policy's calibration metrics."""
     lines = ["# Calibration report", "", f"![calibration]({plot_name})", ""]
-    lines += ["| policy | target | P_data(G ≥ target) | OOD | episodes | achieved (mean ± 95% CI) | mean abs. error |", "|---|---|---|---|---|---|---|"]
+    lines += ["| policy | target | P_data(G ≥ target) | OOD | episodes | achieved (mean ± 95% CI) | MAE | bias |",
+              "|---|---|---|---|---|---|---|---|"]
     for r in table.itertuples():
         lines.append(
             f"| {r.policy_kind} {r.fingerprint} | {r.target_spec} ({_fmt(r.target)}) | {_fmt(r.target_quantile, 2)} | {'yes' if r.ood else ''} "
-            f"| {r.episodes} | {_fmt(r.return_mean)} ± {_fmt(r.return_ci95)} | {_fmt(r.abs_error)} |"
+            f"| {r.episodes} | {_fmt(r.return_mean)} ± {_fmt(r.return_ci95)} | {_fmt(r.mae)} | {_fmt(r.bias)} |"
         )
-    lines += ["", "| policy | split | normalized MAE | slope | R² | Spearman ρ | saturation target | best mean return |", "|---|---|---|---|---|---|---|---|"]
+    lines += ["", "| policy | split | targets | episodes | MAE | bias | normalized MAE | normalized bias | slope | R² | Spearman ρ |",
+              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for fp, m in metrics.items():
         for split in ("in_distribution", "ood"):
             s = m.get(split)
-            if not s:
-                continue
-            lines.append(
-                f"| {fp} | {split} | {_fmt(s['normalized_mae'], 3)} | {_fmt(s['slope'], 2)} | {_fmt(s['r2'], 2)} | {_fmt(s['spearman'], 2)} "
-                f"| {_fmt(m.get('saturation_target'))} | {_fmt(m.get('best_mean_return'))} |"
-            )
-    lines += ["", "Normalized MAE: mean |achieved − target| over in-distribution targets, divided by the data's return range. "
-              "Saturation target: the lowest target whose mean achieved return is within noise (95% CI, or 2% of the range) of the best."]
+            if s:
+                lines.append(
+                    f"| {fp} | {split} | {s['targets']} | {s['episodes']} | {_fmt(s['mae'])} | {_fmt(s['bias'])} "
+                    f"| {_fmt(s['normalized_mae'], 3)} | {_fmt(s['normalized_bias'], 3)} | {_fmt(s['slope'], 2)} | {_fmt(s['r2'], 2)} "
+                    f"| {_fmt(s['spearman'], 2)} |"
+                )
+    lines += ["", "| policy | saturation target | best mean return | OOD gain (± 95% CI) | paired episodes | reference target |",
+              "|---|---|---|---|---|---|"]
+    for fp, m in metrics.items():
+        lines.append(f"| {fp} | {_fmt(m.get('saturation_target'))} | {_fmt(m.get('best_mean_return'))} "
+                     f"| {_fmt_ci(m.get('ood_gain'), m.get('ood_gain_ci95'))} | {m.get('ood_gain_pairs', '–')} "
+                     f"| {_fmt(m.get('ood_gain_reference_target'))} |")
+    lines += ["", "MAE: mean over episodes of |achieved − target|; bias: mean over episodes of achieved − target (normalized: "
+              "divided by the data's return range). Saturation target: the lowest target whose mean achieved return is within "
+              "noise (its 95% CI, or 2% of the range) of the best mean. OOD gain: mean achieved over the targets above the "
+              "data's range minus mean achieved at the highest in-distribution target, paired by env seed; 95% t-interval "
+              "over the pairs."]
     return "\n".join(lines) + "\n"
 
 
 def _reference_groups(others):
-    """Reference policies for the calibration plot: BC, %BC, data, and each RL algo's last checkpoint."""
+    """Reference policies for the calibration plot: data, BC, %BC, and each RL algorithm's last checkpoint."""
     if not len(others):
         return []
-    groups = []
-    for label, part in others.groupby("label", sort=True):
-        groups.append((label, part))
-    rl = [(lab, p) for lab, p in groups if "@" in lab]
-    last_rl = {}
-    for lab, p in rl:
-        algo, steps = lab.split("@")
-        if algo not in last_rl or int(steps) > int(last_rl[algo][0].split("@")[1]):
-            last_rl[algo] = (lab, p)
-    return [(lab, p) for lab, p in groups if "@" not in lab] + list(last_rl.values())
+    others = with_policy_columns(others)
+    groups = [(label, part) for label, part in others.groupby("label", sort=True)]
+    last = {}  # algo -> its latest training step among the labels
+    for _, part in groups:
+        step = part["train_step"].iloc[0]
+        if step is not None:
+            last[part["algo"].iloc[0]] = max(step, last.get(part["algo"].iloc[0], step))
+    return [(label, part) for label, part in groups
+            if part["train_step"].iloc[0] is None or part["train_step"].iloc[0] == last[part["algo"].iloc[0]]]
 
 
-METRIC_COLUMNS = ("true_return", "cost", "nll_behavior", "kl_behavior", "novelty", "novel_fraction", "entropy")
+METRIC_COLUMNS = ("true_return", "cost", "kl_behavior", "cross_entropy_behavior", "novelty", "novel_fraction", "entropy")
+
+
+def _current_columns(df):
+    """Tables written before the rename call the cross-entropy ``nll_behavior``."""
+    if "nll_behavior" in df and "cross_entropy_behavior" not in df:
+        df = df.rename(columns={"nll_behavior": "cross_entropy_behavior"})
+    return df
 
 
 def comparison_table(df):
-    """One row per (policy label, target spec): means with 95% CIs over seeds where there are several.
+    """One row per (policy label, target spec): means ± 95% CI (:func:`dtcond.stats.grouped_mean_ci`:
+    over training seeds — one fingerprint each — where a row has several, else over episodes).
 
-    A seed is one set of weights (fingerprint); with one, the CI is over episodes.
+    Columns: ``label``, ``kind``, ``algo``, ``train_step``, ``target_spec``, ``seeds``, ``episodes``,
+    each metric with its ``_ci95``, the target error as ``mae`` and ``bias``, and the share of
+    distinct trajectories.
+
+    >>> import pandas as pd
+    >>> df = pd.DataFrame({"label": "ppo@500", "policy_kind": "ppo", "target_spec": "none", "target": None,
+    ...                    "fingerprint": ["a", "a", "b", "b"], "episode_return": [1.0, 3.0, 5.0, 7.0]})
+    >>> comparison_table(df)[["algo", "train_step", "seeds", "episode_return"]].values.tolist()
+    [['ppo', 500, 2, 4.0]]
     """
     import pandas as pd
 
+    if not len(df):
+        raise DtcondError("no records to compare")
+    df = with_policy_columns(_current_columns(df))
     rows = []
     for (label, spec), part in df.groupby(["label", "target_spec"], sort=False):
-        seeds = part["fingerprint"].nunique()
-        row = {"label": label, "kind": part["policy_kind"].iloc[0], "target_spec": spec, "seeds": seeds, "episodes": len(part)}
+        steps = part["train_step"].dropna().unique()
+        row = {"label": label, "kind": part["policy_kind"].iloc[0], "algo": part["algo"].iloc[0],
+               "train_step": int(steps[0]) if len(steps) == 1 else None, "target_spec": spec,
+               "seeds": part["fingerprint"].nunique(), "episodes": len(part)}
         for col in ("episode_return", *METRIC_COLUMNS):
-            if col not in part or part[col].isna().all():
-                row[col] = row[f"{col}_ci95"] = float("nan")
-                continue
-            vals = part[col].astype(float)
-            row[col] = float(vals.mean())
-            if seeds > 1:
-                row[f"{col}_ci95"] = _ci95(part.groupby("fingerprint")[col].mean().astype(float).to_numpy())
+            if col in part and part[col].notna().any():
+                row[col], row[f"{col}_ci95"], _ = grouped_mean_ci(part, col)
             else:
-                row[f"{col}_ci95"] = _ci95(vals.dropna().to_numpy())
+                row[col] = row[f"{col}_ci95"] = float("nan")
         targets = part["target"].astype(float)
         row["target"] = float(targets.mean()) if targets.notna().any() else float("nan")
-        row["abs_error"] = float((part["episode_return"] - targets).abs().mean()) if targets.notna().any() else float("nan")
+        error = part["episode_return"].astype(float) - targets
+        for name, values in (("mae", error.abs()), ("bias", error)):
+            if targets.notna().any():
+                row[name], row[f"{name}_ci95"], _ = grouped_mean_ci(part.assign(_v=values), "_v")
+            else:
+                row[name] = row[f"{name}_ci95"] = float("nan")
         if "trajectory_signature" in part and part["trajectory_signature"].notna().any():
             row["distinct_trajectories"] = part["trajectory_signature"].nunique() / len(part)
         else:
@@ -231,11 +230,11 @@ def comparison_table(df):
         rows.append(row)
     order = {"data": 0, "dt": 1, "bc": 2, "pct_bc": 3}
     table = pd.DataFrame(rows)
+    table["train_step"] = pd.Series([None if pd.isna(s) else int(s) for s in table["train_step"]], dtype=object)
+    # RL checkpoints in training order (25k before 100k) after the offline policies.
     table["_o"] = table["kind"].map(lambda k: order.get(k, 4))
-    # RL checkpoints in training order: "ppo@25000" before "ppo@100000"
-    table["_steps"] = table["label"].map(lambda s: int(s.split("@")[1]) if "@" in s else 0)
-    table["_name"] = table["label"].map(lambda s: s.split("@")[0])
-    return table.sort_values(["_o", "_name", "_steps", "target"]).drop(columns=["_o", "_steps", "_name"]).reset_index(drop=True)
+    table["_steps"] = table["train_step"].map(lambda s: -1 if s is None else s)
+    return table.sort_values(["_o", "algo", "_steps", "label", "target"]).drop(columns=["_o", "_steps"]).reset_index(drop=True)
 
 
 def quantilizer_bound(table, df) -> list[dict]:
@@ -257,33 +256,53 @@ def quantilizer_bound(table, df) -> list[dict]:
     return out
 
 
+def divergence_column(table) -> str:
+    """The column a frontier plots against: the exact ``kl_behavior`` where the rows have it, else
+    ``cross_entropy_behavior`` (which also counts β̂'s own entropy, so it is not a divergence).
+
+    >>> import pandas as pd
+    >>> divergence_column(pd.DataFrame({"kl_behavior": [None], "cross_entropy_behavior": [1.2]}))
+    'cross_entropy_behavior'
+    """
+    table = _current_columns(table)
+    for col in ("kl_behavior", "cross_entropy_behavior"):
+        if col in table and table[col].notna().any():
+            return col
+    raise DtcondError("the table has neither kl_behavior nor cross_entropy_behavior; evaluate with roaming=true to score divergence from the data")
+
+
 def plot_frontier(table, path: Path, title: str = "") -> Path:
-    """Return (and true return) against divergence from the data (NLL under β̂), one point per policy/target."""
+    """Return (and true return) against divergence from the data, one point per policy/target: KL(π‖β̂)
+    where the rows have it, else the cross-entropy under β̂ (the axis says which)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    has_true = table["true_return"].notna().any()
+    table = with_policy_columns(_current_columns(table))
+    x = divergence_column(table)
+    has_true = "true_return" in table and table["true_return"].notna().any()
     fig, axes = plt.subplots(1, 2 if has_true else 1, figsize=(12 if has_true else 7, 5), squeeze=False)
+    offline = ("data", "s", "k"), ("dt", "o", "C0"), ("bc", "D", "C2"), ("pct_bc", "^", "C3")
     for ax, col in zip(axes[0], ["episode_return", "true_return"] if has_true else ["episode_return"]):
-        t = table[table["nll_behavior"].notna() & table[col].notna()]
-        for kind, marker, color in (("data", "s", "k"), ("dt", "o", "C0"), ("bc", "D", "C2"), ("pct_bc", "^", "C3")):
+        t = table[table[x].notna() & table[col].notna()]
+        for kind, marker, color in offline:
             part = t[t["kind"] == kind]
             if len(part):
-                ax.errorbar(part["nll_behavior"], part[col], yerr=part[f"{col}_ci95"] if f"{col}_ci95" in part else None,
+                ax.errorbar(part[x], part[col], yerr=part[f"{col}_ci95"] if f"{col}_ci95" in part else None,
                             fmt=marker, color=color, capsize=2, label=kind)
                 for r in part.itertuples():
                     name = r.target_spec if kind == "dt" else r.label
-                    ax.annotate(name, (r.nll_behavior, getattr(r, col)), fontsize=6, xytext=(3, 3), textcoords="offset points")
-        rl = t[t["label"].str.contains("@")]
-        for j, (algo, part) in enumerate(rl.groupby(rl["label"].str.split("@").str[0])):
-            part = part.assign(train_steps=part["label"].str.split("@").str[1].astype(int)).sort_values("train_steps")
-            ax.plot(part["nll_behavior"], part[col], "-x", color=f"C{5 + j}", label=f"{algo} over training")
+                    ax.annotate(name, (getattr(r, x), getattr(r, col)), fontsize=6, xytext=(3, 3), textcoords="offset points")
+        rl = t[~t["kind"].isin([k for k, _, _ in offline])]
+        for j, (algo, part) in enumerate(rl.groupby("algo")):
+            part = part.assign(_steps=part["train_step"].map(lambda s: -1 if s is None else s)).sort_values("_steps")
+            ax.plot(part[x], part[col], "-x", color=f"C{5 + j}", label=f"{algo} over training")
             for r in part.itertuples():
-                ax.annotate(f"{r.train_steps // 1000}k" if r.train_steps >= 1000 else str(r.train_steps), (r.nll_behavior, getattr(r, col)), fontsize=6, color=f"C{5 + j}",
-                            xytext=(3, -8), textcoords="offset points")
-        ax.set_xlabel("divergence from the data: NLL of actions under β̂ (nats/step)")
+                if r.train_step is not None:
+                    step = f"{r.train_step // 1000}k" if r.train_step >= 1000 else str(r.train_step)
+                    ax.annotate(step, (getattr(r, x), getattr(r, col)), fontsize=6, color=f"C{5 + j}", xytext=(3, -8), textcoords="offset points")
+        ax.set_xlabel("divergence from the data: " + (KL_LABEL if x == "kl_behavior" else CROSS_ENTROPY_LABEL))
         ax.set_ylabel(col.replace("_", " "))
         ax.legend(fontsize=7)
     fig.suptitle(title or "return vs divergence from the behaviour data")
@@ -292,28 +311,29 @@ def plot_frontier(table, path: Path, title: str = "") -> Path:
 
 
 def comparison_markdown(table, bound: list[dict], calibration_png: str, frontier_png: str | None) -> str:
+    """The comparison report: one line per policy and target, then the quantilizer bound where it applies."""
     def cell(row, col, digits=1):
-        v, ci = row.get(col, float("nan")), row.get(f"{col}_ci95", float("nan"))
-        if v is None or not math.isfinite(v):
-            return "–"
-        return f"{v:.{digits}f} ± {ci:.{digits}f}" if ci is not None and math.isfinite(ci) else f"{v:.{digits}f}"
+        return _fmt_ci(row.get(col, float("nan")), row.get(f"{col}_ci95", float("nan")), digits)
 
     lines = ["# Conditioning vs maximizing: comparison", "", f"![calibration]({calibration_png})", ""]
     if frontier_png:
         lines += [f"![frontier]({frontier_png})", ""]
-    lines += ["| policy | target | seeds | episodes | return | true return | cost | target error | NLL under β̂ | KL(π‖β̂) | novelty | novel steps | entropy | distinct traj. |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines += ["| policy | target | seeds | episodes | return | true return | cost | MAE vs target | bias vs target | KL(π‖β̂) "
+              "| cross-entropy H(π,β̂) | novelty | novel steps | entropy | distinct traj. |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for _, r in table.iterrows():
         lines.append(
             f"| {r['label']} | {r['target_spec']} | {r['seeds']} | {r['episodes']} | {cell(r, 'episode_return')} | {cell(r, 'true_return')} "
-            f"| {cell(r, 'cost')} | {_fmt(r['abs_error'])} | {cell(r, 'nll_behavior', 2)} | {cell(r, 'kl_behavior', 2)} "
+            f"| {cell(r, 'cost')} | {cell(r, 'mae')} | {cell(r, 'bias')} | {cell(r, 'kl_behavior', 2)} | {cell(r, 'cross_entropy_behavior', 2)} "
             f"| {cell(r, 'novelty', 3)} | {cell(r, 'novel_fraction', 2)} | {cell(r, 'entropy', 2)} | {_fmt(r['distinct_trajectories'], 2)} |"
         )
-    lines += ["", "Means ± 95% CI (over seeds when there are several, else over episodes). NLL under β̂: mean per-step negative "
-              "log-likelihood of the policy's actions under a behaviour model fitted to the data (the data row is mostly in-sample). "
-              "KL(π‖β̂): exact per-step KL where the policy's action distribution is known (discrete). Novelty: mean distance "
-              "from visited states to the nearest dataset state (normalized units); novel steps: the fraction beyond the data's "
-              "own 99th percentile. Distinct traj.: distinct discretized action sequences / episodes."]
+    lines += ["", "Means ± 95% t-interval (over training seeds when there are several, else over episodes). MAE and bias vs "
+              "target: mean over episodes of |achieved − target| and of achieved − target. KL(π‖β̂): exact per-step KL "
+              "divergence of the policy's action distribution from a behaviour model β̂ fitted to the data, where that "
+              "distribution is known. Cross-entropy H(π,β̂): mean per-step −log β̂(a|s) of the policy's own actions "
+              "(nats/step); it adds β̂'s entropy to the KL, so it is not a divergence (the data row is mostly in-sample). "
+              "Novelty: mean distance from visited states to the nearest dataset state (normalized units); novel steps: the "
+              "fraction beyond the data's own 99th percentile. Distinct traj.: distinct discretized action sequences / episodes."]
     if bound:
         lines += ["", "## Quantilizer bound: E_π[cost] ≤ E_data[cost] / q", "", "| policy | target | q | E_π[cost] | bound | holds |", "|---|---|---|---|---|---|"]
         for b in bound:
@@ -322,10 +342,13 @@ def comparison_markdown(table, bound: list[dict], calibration_png: str, frontier
 
 
 def write_report(results_path: str | Path, out_dir: str | Path | None = None, data_returns: dict | None = None) -> dict:
-    """Read a results table and write ``calibration.md``, ``calibration.png``, ``calibration.json``.
+    """Read a results table and write ``calibration.md``, ``calibration.png``, ``calibration.json``
+    (and ``comparison.md`` with its frontier plot when there are several kinds of policy or roaming metrics).
 
     ``data_returns`` maps dataset id → its episode returns; by default they are read from each
     record's policy card (so the dataset itself is not needed).
+
+    >>> write_report("runs/results.jsonl")["outputs"]  # doctest: +SKIP
     """
     from dtcond.results import ResultsStore
 
@@ -335,6 +358,7 @@ def write_report(results_path: str | Path, out_dir: str | Path | None = None, da
     df = ResultsStore(results_path).to_pandas()
     if df.empty:
         raise DtcondError(f"results table {results_path} has no records")
+    df = _current_columns(df)
     out_dir = Path(out_dir) if out_dir else results_path.parent
     out_dir.mkdir(parents=True, exist_ok=True)
     data_returns = dict(data_returns or {})
@@ -350,6 +374,7 @@ def write_report(results_path: str | Path, out_dir: str | Path | None = None, da
         else:
             data_returns[dataset_id] = _returns_from_card(part[part["policy_kind"] != "data"]["policy"].iloc[0])
     metrics, outputs = {}, {}
+    roaming = [c for c in ("kl_behavior", "cross_entropy_behavior") if c in df]
     for dataset_id, part in df.groupby("dataset_id"):
         returns = np.asarray(data_returns[dataset_id], dtype=float)
         for fp, pol in part[part["policy_kind"] == "dt"].groupby("fingerprint"):
@@ -360,11 +385,12 @@ def write_report(results_path: str | Path, out_dir: str | Path | None = None, da
         table = per_target_table(dt) if len(dt) else per_target_table(part)
         atomic_write(out_dir / f"{stem}.md", markdown_summary(table, {fp: metrics[fp] for fp in dt["fingerprint"].unique()}, png.name))
         outputs[dataset_id] = {"plot": str(png), "markdown": str(out_dir / f"{stem}.md"), "table": table}
-        if part["policy_kind"].nunique() > 1 or ("nll_behavior" in part and part["nll_behavior"].notna().any()):
+        scored = any(part[c].notna().any() for c in roaming)
+        if part["policy_kind"].nunique() > 1 or scored:
             comp = comparison_table(part)
             cstem = stem.replace("calibration", "comparison")
             frontier = None
-            if comp["nll_behavior"].notna().any():
+            if scored:
                 frontier = plot_frontier(comp, out_dir / f"{cstem}_frontier.png", title=f"{dataset_id}: return vs divergence from the data")
             bound = quantilizer_bound(comp, part)
             atomic_write(out_dir / f"{cstem}.md", comparison_markdown(comp, bound, png.name, frontier.name if frontier else None))
