@@ -29,13 +29,13 @@ def random_policy(env_id: str, model: dict, seed: int = 0, env_kwargs: dict | No
     which every rollout of the policy then uses).
     """
     from dtcond.behavior import Component
-    from dtcond.collection import _minari_root, collect
+    from dtcond.collection import collect, minari_root
     from dtcond.data import load
     from dtcond.model import DecisionTransformer
     from dtcond.policy import ConditionedPolicy
     from dtcond.training import model_config_for
 
-    with tempfile.TemporaryDirectory() as root, _minari_root(Path(root)):
+    with tempfile.TemporaryDirectory() as root, minari_root(root):
         collect(env_id, [Component("random")], 5, "bench/random-v0", seed=seed, env_kwargs=env_kwargs, progress=False)
         stats = load("bench/random-v0").stats
     torch.manual_seed(seed)

@@ -26,6 +26,8 @@ _LAZY = {
     "train_baseline": ("dtcond.baselines", "train_baseline"),
     "RoamingScorer": ("dtcond.roaming", "RoamingScorer"),
     "dataset_records": ("dtcond.roaming", "dataset_records"),
+    "ComparisonSpec": ("dtcond.pipeline", "ComparisonSpec"),
+    "run_comparison": ("dtcond.pipeline", "run_comparison"),
     "targets": ("dtcond.targets", None),
 }
 

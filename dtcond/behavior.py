@@ -2,46 +2,25 @@
 
 A behaviour policy is a callable ``obs -> action`` built for one env by a factory. A mixture
 assigns each episode to one component (exact proportions), and each component may add action
-noise: epsilon-random for Discrete actions, clipped Gaussian noise (scaled by half the action
-range) for Box actions.
+noise: epsilon-random for Discrete actions; for Box actions clipped Gaussian noise (scaled by half the
+action range) or, with ``noise_type="epsilon"``, a uniformly random action with probability epsilon.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
 
 import gymnasium as gym
 import numpy as np
 
+# The testbeds' policies (tomato_*, gamble_*) register themselves on import; they import the
+# registry (dtcond.scripted), not this module, so there is no cycle.
+import dtcond.envs.policies  # noqa: F401
 from dtcond.errors import DtcondError
+from dtcond.scripted import Policy, PolicyFactory, register_scripted, scripted_factory, scripted_policies
 
-Policy = Callable[[np.ndarray], np.ndarray | int]
-# factory(env, rng) -> policy
-PolicyFactory = Callable[[gym.Env, np.random.Generator], Policy]
-
-_SCRIPTED: dict[str, PolicyFactory] = {}
-
-
-def register_scripted(name: str, factory: PolicyFactory | None = None):
-    """Register a scripted behaviour policy under ``name`` (usable as a decorator).
-
-    >>> @register_scripted("always_left")
-    ... def _always_left(env, rng):
-    ...     return lambda obs: 0
-    >>> "always_left" in scripted_policies()
-    True
-    """
-
-    def add(f: PolicyFactory) -> PolicyFactory:
-        _SCRIPTED[name] = f
-        return f
-
-    return add(factory) if factory is not None else add
-
-
-def scripted_policies() -> list[str]:
-    return sorted(_SCRIPTED)
+__all__ = ["Component", "Policy", "PolicyFactory", "check_mixture", "components_from_config", "episode_assignment",
+           "make_policy", "register_scripted", "scripted_policies"]
 
 
 @dataclass
@@ -50,23 +29,52 @@ class Component:
 
     Attributes:
         policy: "random", a registered scripted name, or "sb3:<path.zip>".
-        noise: epsilon (Discrete) or Gaussian std as a fraction of half the action range (Box).
+        noise: epsilon (Discrete, or Box with ``noise_type="epsilon"``), or Gaussian std as a fraction of
+            half the action range (Box, ``noise_type="gaussian"``).
         weight: share of episodes, the weights of a mixture summing to 1.
         name: label in summaries; defaults to "policy@noise".
+        noise_type: Box actions only: "gaussian" (default) or "epsilon" (ε-uniform random actions).
     """
 
     policy: str
     noise: float = 0.0
     weight: float = 1.0
     name: str | None = None
+    noise_type: str = "gaussian"
 
     def __post_init__(self):
         if not np.isfinite(self.noise) or self.noise < 0:
             raise DtcondError(f"component {self.policy!r}: noise must be >= 0, got {self.noise}")
         if not np.isfinite(self.weight) or self.weight < 0:
             raise DtcondError(f"component {self.policy!r}: weight must be >= 0, got {self.weight}")
+        if self.noise_type not in ("gaussian", "epsilon"):
+            raise DtcondError(f"component {self.policy!r}: noise_type must be 'gaussian' or 'epsilon', got {self.noise_type!r}")
         if self.name is None:
-            self.name = f"{self.policy}@{self.noise:g}"
+            self.name = f"{self.policy}@{'eps' if self.noise_type == 'epsilon' else ''}{self.noise:g}"
+
+
+def components_from_config(items) -> list[Component]:
+    """A behaviour mixture from plain config: a list of ``{policy, noise, weight, name}`` dicts (or bare policy names).
+
+    >>> components_from_config([{"policy": "cartpole_balance", "weight": 0.5}, {"policy": "random", "weight": 0.5}])[1]
+    Component(policy='random', noise=0.0, weight=0.5, name='random@0')
+    """
+    if not isinstance(items, (list, tuple)):
+        raise DtcondError(f"behavior must be a list of {{policy, noise, weight}} entries, got {type(items).__name__}")
+    comps = []
+    for item in items:
+        if isinstance(item, Component):
+            comps.append(item)
+            continue
+        if isinstance(item, str):
+            item = {"policy": item}
+        if not isinstance(item, dict) or "policy" not in item:
+            raise DtcondError(f"behavior entry {item!r} needs at least a 'policy' key")
+        unknown = set(item) - {"policy", "noise", "weight", "name", "noise_type"}
+        if unknown:
+            raise DtcondError(f"behavior entry {item!r} has unknown keys {sorted(unknown)} (use policy, noise, weight, name, noise_type)")
+        comps.append(Component(**item))
+    return comps
 
 
 def check_mixture(components: list[Component]) -> None:
@@ -96,9 +104,17 @@ def make_policy(component: Component, env: gym.Env, rng: np.random.Generator) ->
     if component.noise == 0:
         return base
     space = env.action_space
-    if isinstance(space, gym.spaces.Discrete):
+    if isinstance(space, gym.spaces.Discrete) or component.noise_type == "epsilon":
         if component.noise > 1:
-            raise DtcondError(f"component {component.name!r}: epsilon noise on Discrete actions must be <= 1")
+            raise DtcondError(f"component {component.name!r}: epsilon noise must be <= 1")
+        if isinstance(space, gym.spaces.Box):
+
+            def eps_uniform(obs):
+                if rng.random() < component.noise:
+                    return rng.uniform(space.low, space.high).astype(space.dtype)
+                return base(obs)
+
+            return eps_uniform
 
         def eps_greedy(obs):
             if rng.random() < component.noise:
@@ -124,8 +140,9 @@ def _base_policy(spec: str, env: gym.Env, rng: np.random.Generator) -> Policy:
         return lambda obs: rng.uniform(space.low, space.high).astype(space.dtype)
     if spec.startswith("sb3:"):
         return _sb3_policy(spec[4:], env)
-    if spec in _SCRIPTED:
-        return _SCRIPTED[spec](env, rng)
+    factory = scripted_factory(spec)
+    if factory is not None:
+        return factory(env, rng)
     raise DtcondError(
         f"unknown behaviour policy {spec!r}: use 'random', 'sb3:<checkpoint.zip>' or one of {scripted_policies()}"
     )
@@ -181,6 +198,19 @@ def _cartpole_balance(env, rng):
     return act
 
 
+@register_scripted("inverted_pendulum_balance")
+def _inverted_pendulum_balance(env, rng):
+    """A linear state feedback for InvertedPendulum-v5: balances all 1000 steps noise-free."""
+    low, high = env.action_space.low, env.action_space.high
+
+    def act(obs):
+        x, theta, x_dot, theta_dot = obs
+        u = 1.0 * x + 20.0 * theta + 2.0 * x_dot + 2.0 * theta_dot
+        return np.clip(np.array([u], dtype=np.float32), low, high)
+
+    return act
+
+
 @register_scripted("pendulum_swingup")
 def _pendulum_swingup(env, rng):
     """Energy pumping until near upright, then a PD catch: about -145 mean return noise-free."""
@@ -199,6 +229,3 @@ def _pendulum_swingup(env, rng):
 
     return act
 
-
-# The testbeds' policies (tomato_*, gamble_*) register themselves on import.
-import dtcond.envs.policies  # noqa: E402,F401

@@ -82,22 +82,9 @@ def _set_datasets_path(cfg) -> None:
 def _components(cfg_behavior) -> list:
     from omegaconf import OmegaConf
 
-    from dtcond.behavior import Component
+    from dtcond.behavior import components_from_config
 
-    items = OmegaConf.to_container(cfg_behavior, resolve=True)
-    if not isinstance(items, list):
-        raise DtcondError("behavior must be a list of {policy, noise, weight} entries")
-    comps = []
-    for item in items:
-        if isinstance(item, str):
-            item = {"policy": item}
-        if not isinstance(item, dict) or "policy" not in item:
-            raise DtcondError(f"behavior entry {item!r} needs at least a 'policy' key")
-        unknown = set(item) - {"policy", "noise", "weight", "name"}
-        if unknown:
-            raise DtcondError(f"behavior entry {item!r} has unknown keys {sorted(unknown)} (use policy, noise, weight, name)")
-        comps.append(Component(**item))
-    return comps
+    return components_from_config(OmegaConf.to_container(cfg_behavior, resolve=True))
 
 
 def collect_command(cfg) -> None:
@@ -254,87 +241,28 @@ def report_command(cfg) -> None:
 
 
 def demo_command(cfg) -> None:
-    """collect -> DT, BC, %BC, PPO -> sweep targets (grid, OOD, quantilizers) -> calibration and comparison report."""
-    import shutil
-    import time
+    """collect -> DT, BC, %BC, PPO -> sweep targets (grid, OOD, quantilizers) -> calibration and comparison report.
 
-    from dtcond.baselines import train_baseline
-    from dtcond.checkpoints import load_policy
-    from dtcond.collection import collect
-    from dtcond.data import datasets_root
-    from dtcond.evaluation import evaluate
-    from dtcond.report import write_report
-    from dtcond.results import ResultsStore
-    from dtcond.targets import from_sampler
-    from dtcond.training import train
+    A thin wrapper: the work is :func:`dtcond.pipeline.run_comparison`, one training seed.
+    """
+    from dtcond.pipeline import ComparisonSpec, run_comparison
 
     _set_datasets_path(cfg)
-    out = Path(cfg.out_dir).expanduser().resolve()
-    fresh, progress, seed = _bool(cfg, "fresh"), _bool(cfg, "progress"), _int(cfg, "seed")
-    start = time.perf_counter()
-    if fresh:
-        for sub in ("train", "bc", "baseline", "eval"):
-            shutil.rmtree(out / sub, ignore_errors=True)
-    store = ResultsStore(out / "eval" / "results.jsonl")
-
-    print(f"[1/6] dataset {cfg.dataset_id}")
-    if fresh or not (datasets_root() / cfg.dataset_id).exists():
-        summary = collect(
-            env_id=cfg.env.id, behavior=_components(cfg.behavior), episodes=_int(cfg, "episodes"), dataset_id=cfg.dataset_id,
-            seed=seed, env_kwargs=dict(cfg.env.kwargs or {}), max_episode_steps=cfg.env.get("max_episode_steps"),
-            overwrite=fresh, progress=progress,
-        )
-        print(summary.format())
-    else:
-        print("  exists, reused (fresh=true remakes it)")
-    common = dict(dataset_id=cfg.dataset_id, model=_plain(cfg.model), data=_plain(cfg.data), optim=_plain(cfg.optim),
-                  seed=seed, checkpoint_every=_int(cfg, "checkpoint_every"))
-    trainer = {**_plain(cfg.trainer), "enable_progress_bar": progress}
-
-    print(f"[2/6] train a Decision Transformer ({cfg.trainer.max_steps} steps)")
-    dt = train(out_dir=out / "train", trainer=trainer, **common)
-    print(f"  {dt.global_step} steps, val/loss {dt.val_loss if dt.val_loss is not None else float('nan'):.4f}")
-
-    bc_steps = _int(cfg, "bc.steps")
-    print(f"[3/6] behaviour cloning: BC and %BC (q = {list(cfg.bc.top_fractions)}), {bc_steps} steps each")
-    clones = [train(out_dir=out / "bc" / "all", trainer={**trainer, "max_steps": bc_steps}, condition_on_return=False, **common)]
-    for q in cfg.bc.top_fractions:
-        clones.append(train(out_dir=out / "bc" / f"top{q:g}", trainer={**trainer, "max_steps": bc_steps},
-                            condition_on_return=False, top_fraction=float(q), **common))
-
-    policy = load_policy(dt.bundle)
-    print(f"[4/6] online RL baseline: {cfg.baseline.algo} on {policy.env_id}")
-    rl = train_baseline(policy.stats, str(cfg.baseline.algo), out / "baseline",
-                        budget=None if cfg.baseline.budget is None else _int(cfg, "baseline.budget"),
-                        checkpoints=_int(cfg, "baseline.checkpoints"), hyperparams=_plain(cfg.baseline.hyperparams),
-                        seed=seed, progress=progress)
-    print(f"  {rl.timesteps} env steps, {len(rl.bundles)} checkpoints")
-
-    print("[5/6] roll out: DT at a grid of targets, OOD multiples and quantilizers; BC, %BC, every PPO checkpoint")
-    scorer = _scorer(cfg.dataset_id, True, store, data_rows=True)
-    episodes = _int(cfg, "eval_episodes")
-    specs = from_sampler(_plain(cfg.grid), policy.stats) + from_sampler(_plain(cfg.quantilizer), policy.stats)
-    evaluate(policy, specs, episodes=episodes, seed=seed, results=store, run_id="demo", progress=progress, scorer=scorer)
-    for bundle in [c.bundle for c in clones] + rl.bundles:
-        evaluate(load_policy(bundle), episodes=episodes, seed=seed, results=store, run_id="demo", scorer=scorer)
-
-    print("[6/6] report")
-    report = write_report(store.path)
-    out_files = next(iter(report["outputs"].values()))
-    comp = out_files["comparison_table"]
-    m = report["metrics"][policy.fingerprint]
-    ind = m.get("in_distribution") or {}
-    # Envs that report a true reward (a gameable proxy) or a cost get those columns too.
-    extra = [c for c in ("true_return", "cost") if comp[c].notna().any()]
-    print(f"  {'policy':>16} {'target':>18} {'return':>16}" + "".join(f" {c.replace('_', ' '):>12}" for c in extra)
-          + f" {'NLL under data':>15} {'novel steps':>11}")
-    for _, r in comp.iterrows():
-        print(f"  {r['label']:>16} {r['target_spec']:>18} {r['episode_return']:9.1f} +- {r['episode_return_ci95']:4.1f}"
-              + "".join(f" {r[c]:12.1f}" for c in extra) + f" {r['nll_behavior']:15.2f} {r['novel_fraction']:11.2f}")
-    print(f"  DT calibration (in-distribution): normalized MAE {ind.get('normalized_mae', float('nan')):.3f}, "
-          f"Spearman {ind.get('spearman', float('nan')):.2f}; saturates from target {m.get('saturation_target', float('nan')):.1f}")
-    print(f"  report: {out_files['comparison']}\n  plots:  {out_files['plot']}\n          {out_files['frontier']}")
-    print(f"demo done in {time.perf_counter() - start:.0f}s")
+    seed = _int(cfg, "seed")
+    spec = ComparisonSpec(
+        env_id=cfg.env.id, env_kwargs=dict(cfg.env.kwargs or {}), max_episode_steps=cfg.env.get("max_episode_steps"),
+        dataset_id=cfg.dataset_id, behavior=_plain(cfg.behavior), episodes=_int(cfg, "episodes"), data_seed=seed,
+        work_dir=cfg.out_dir, seeds=[seed], name="demo", fresh=_bool(cfg, "fresh"), progress=_bool(cfg, "progress"),
+        model=_plain(cfg.model), data=_plain(cfg.data), optim=_plain(cfg.optim),
+        trainer={**_plain(cfg.trainer), "enable_progress_bar": _bool(cfg, "progress")}, checkpoint_every=_int(cfg, "checkpoint_every"),
+        bc=True, bc_steps=_int(cfg, "bc.steps"), pct_bc=list(cfg.bc.top_fractions),
+        rl_algo=str(cfg.baseline.algo), rl_budget=None if cfg.baseline.budget is None else _int(cfg, "baseline.budget"),
+        rl_checkpoints=_int(cfg, "baseline.checkpoints"), rl_hyperparams=_plain(cfg.baseline.hyperparams),
+        targets=[_plain(cfg.grid), _plain(cfg.quantilizer)], eval_episodes=_int(cfg, "eval_episodes"), eval_seed=seed,
+    )
+    result = run_comparison(spec)
+    print(result.summary())
+    print(f"demo done in {result.seconds:.0f}s (a rerun reuses the dataset, training and episodes; fresh=true remakes them)")
 
 
 COMMANDS: dict[str, Callable] = {

@@ -174,8 +174,16 @@ def _rollout(env: gym.Env, policy, episode_seed: int, episode_id: int, component
 
 
 @contextmanager
-def _minari_root(path: Path):
-    """Point Minari's writer at ``path`` for the duration (it reads the env var on every call)."""
+def minari_root(path: str | Path):
+    """Point Minari (and dtcond's ``datasets_root``) at ``path`` for the duration: a scratch dataset root.
+
+    Minari reads ``MINARI_DATASETS_PATH`` on every call, so datasets written inside land under ``path``.
+
+    >>> import tempfile
+    >>> with tempfile.TemporaryDirectory() as tmp, minari_root(tmp):
+    ...     os.environ["MINARI_DATASETS_PATH"] == tmp
+    True
+    """
     old = os.environ.get("MINARI_DATASETS_PATH")
     os.environ["MINARI_DATASETS_PATH"] = str(path)
     try:
@@ -200,7 +208,7 @@ def write_dataset(dataset_id: str, buffers: list, env: gym.Env, overwrite: bool 
     # Hidden names are skipped by Minari's listing, so a staged dataset is never visible under its id.
     staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=root))
     try:
-        with _minari_root(staging), warnings.catch_warnings():
+        with minari_root(staging), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # Minari's nudges for author/permalink metadata
             minari.create_dataset_from_buffers(
                 dataset_id, buffers, env=env.spec, author="dtcond", code_permalink="dtcond collect", **metadata

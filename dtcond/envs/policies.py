@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from dtcond.behavior import register_scripted
+from dtcond.scripted import register_scripted
 from dtcond.envs.gamble import GAMBLE, SAFE
 from dtcond.envs.tomato import BUCKET, SIZE, TOMATOES
 

@@ -1,0 +1,392 @@
+"""The comparison pipeline: one dataset, DT vs BC, %BC and online RL, scored on shared env seeds.
+
+:func:`run_comparison` is the one implementation behind ``dtcond demo``, the experiments and the
+notebooks. Given a :class:`ComparisonSpec` it
+
+1. collects the dataset from the behaviour mixture unless it exists;
+2. for each training seed trains a DT, BC (optional), %BC at each top fraction and the RL
+   baseline (every checkpoint kept);
+3. rolls every policy out on the same env seeds (``eval_seed``): the DT at each target, the others
+   once, into ``work_dir/episodes.jsonl``, with the data's own episodes as rows of their own and,
+   with ``roaming``, how far each episode strayed from the data;
+4. writes the report of exactly this run's episodes (``work_dir/report/``: the records, the
+   calibration and comparison markdown, the calibration and frontier plots).
+
+Everything resumes: training continues from its last checkpoint (or finds it done), episodes
+already in the table are not run again, so a rerun does only what is missing. Layout of
+``work_dir``::
+
+    seed<s>/dt, seed<s>/bc, seed<s>/pct_bc<q>, seed<s>/<algo>   training runs and policy bundles
+    episodes.jsonl                                               every episode rolled out here
+    report/                                                      this comparison's records and report
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from dtcond.errors import DtcondError
+
+__all__ = ["ComparisonSpec", "ComparisonResult", "TrainedPolicy", "run_comparison", "resolve_targets", "quiet_libraries"]
+
+OFFLINE_KINDS = ("data", "dt", "bc", "pct_bc")
+
+
+@dataclass
+class ComparisonSpec:
+    """What to compare, on which data, at what budget. Plain values only (the CLI and Hydra configs map onto it).
+
+    Attributes:
+        env_id, env_kwargs, max_episode_steps: the env the dataset is collected in.
+        dataset_id: the local Minari dataset; collected when missing.
+        behavior: the behaviour mixture (:class:`dtcond.behavior.Component` or ``{policy, noise, weight}``
+            dicts); read only when the dataset has to be collected.
+        work_dir: where training runs, the episode table and the report go.
+        episodes, data_seed: episodes to collect and the collection seed.
+        seeds: training seeds; each trains its own DT, BC, %BC and RL run.
+        model, data, optim, trainer, checkpoint_every: passed to :func:`dtcond.train` (``trainer`` must
+            set ``max_steps``); ``checkpoint_every`` None saves at the end only.
+        bc, pct_bc, bc_steps: train plain BC; %BC at these top fractions; their steps (None: the DT's).
+        rl_algo, rl_budget, rl_checkpoints, rl_hyperparams: :func:`dtcond.train_baseline` (algo None: no RL).
+        targets: the DT's targets: spec strings (``"q0.9"``, ``"x1.5"``, ``"quantilizer:0.1"``), numbers,
+            or sampler dicts (``{"name": "grid", "n": 7}``, ``{"name": "quantilizer", "qs": [0.1]}``).
+        eval_episodes, eval_seed: episodes per policy and target, and the env seeds every policy meets.
+        roaming: score each episode's divergence from the data (fits a behaviour model once).
+        report: write the markdown report and plots.
+        name: run id prefix in the episode table.
+        fresh: remake the dataset and everything under ``work_dir`` the pipeline made.
+        progress: progress bars for collection, training, RL and evaluation.
+
+    >>> spec = ComparisonSpec("CartPole-v1", "doc/cartpole/mixture-v0", ["random"], "runs/compare",
+    ...                       trainer={"max_steps": 200}, pct_bc=[0.1], rl_budget=10_000)
+    >>> spec.seeds, spec.eval_seed
+    ([0], 1000)
+    """
+
+    env_id: str
+    dataset_id: str
+    behavior: list
+    work_dir: str | Path
+    episodes: int = 300
+    env_kwargs: dict = field(default_factory=dict)
+    max_episode_steps: int | None = None
+    data_seed: int = 0
+    seeds: list[int] = field(default_factory=lambda: [0])
+    model: dict = field(default_factory=dict)
+    data: dict = field(default_factory=dict)
+    optim: dict = field(default_factory=dict)
+    trainer: dict = field(default_factory=lambda: {"max_steps": 1000})
+    checkpoint_every: int | None = None
+    bc: bool = True
+    pct_bc: list[float] = field(default_factory=list)
+    bc_steps: int | None = None
+    rl_algo: str | None = "ppo"
+    rl_budget: int | None = None
+    rl_checkpoints: int = 4
+    rl_hyperparams: dict | None = None
+    targets: list = field(default_factory=lambda: [{"name": "grid"}, {"name": "quantilizer", "qs": [0.5, 0.25, 0.1]}])
+    eval_episodes: int = 20
+    eval_seed: int = 1000
+    roaming: bool = True
+    report: bool = True
+    name: str = "comparison"
+    fresh: bool = False
+    progress: bool = False
+
+    def __post_init__(self):
+        from dtcond.baselines import ALGOS
+        from dtcond.collection import check_dataset_id
+        from dtcond.targets import parse
+
+        def positive_int(name, value, allow_none=False):
+            if value is None and allow_none:
+                return None
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not float(value).is_integer() or value < 1:
+                raise DtcondError(f"{name} must be a positive integer, got {value!r}")
+            return int(value)
+
+        check_dataset_id(self.dataset_id)
+        self.work_dir = Path(self.work_dir).expanduser()
+        self.episodes = positive_int("episodes", self.episodes)
+        self.eval_episodes = positive_int("eval_episodes", self.eval_episodes)
+        self.checkpoint_every = positive_int("checkpoint_every", self.checkpoint_every, allow_none=True)
+        self.bc_steps = positive_int("bc_steps", self.bc_steps, allow_none=True)
+        self.trainer = dict(self.trainer or {})
+        self.trainer["max_steps"] = positive_int("trainer.max_steps", self.trainer.get("max_steps"))
+        self.seeds = [int(s) for s in (self.seeds or [])]
+        if not self.seeds:
+            raise DtcondError("seeds is empty: give at least one training seed")
+        if len(set(self.seeds)) != len(self.seeds):
+            raise DtcondError(f"seeds must be distinct, got {self.seeds}")
+        self.pct_bc = [float(q) for q in (self.pct_bc or [])]
+        for q in self.pct_bc:
+            if not 0 < q <= 1:
+                raise DtcondError(f"pct_bc top fractions must be in (0, 1], got {q}")
+        if self.rl_algo is not None:
+            if self.rl_algo not in ALGOS:
+                raise DtcondError(f"unknown rl_algo {self.rl_algo!r}; choose one of {', '.join(ALGOS)} (or None for no RL)")
+            self.rl_budget = positive_int("rl_budget", self.rl_budget, allow_none=True)
+            self.rl_checkpoints = positive_int("rl_checkpoints", self.rl_checkpoints)
+        if not self.targets:
+            raise DtcondError("targets is empty: the DT needs at least one target, e.g. ['q0.5', 'q0.9', 'x1.5']")
+        for t in self.targets:
+            if isinstance(t, dict):
+                if not ({"name", "target", "targets"} & set(t)):
+                    raise DtcondError(f"target sampler {t!r} needs a name (grid, quantilizer), target or targets")
+            else:
+                parse(t)  # a typo fails here, before any training
+
+
+@dataclass
+class TrainedPolicy:
+    """One trained policy of a comparison: its training seed, label (``dt``, ``pct_bc:0.1``, ``ppo@25000``) and bundle."""
+
+    seed: int
+    label: str
+    kind: str
+    bundle: Path
+    fingerprint: str
+
+
+@dataclass
+class ComparisonResult:
+    """What :func:`run_comparison` made.
+
+    Attributes:
+        records: one row per episode of this comparison (the data's own episodes included), with
+            ``algo``, ``train_step`` and ``train_seed`` columns.
+        table: :func:`dtcond.report.comparison_table` of the records (means ± 95% CI over seeds).
+        metrics: calibration metrics per DT fingerprint (:func:`dtcond.stats.calibration_metrics`).
+        policies: every trained policy.
+        files: the written files by name (``records``, ``calibration``, ``calibration_plot``,
+            ``comparison``, ``frontier``), those that exist.
+        seconds: wall time of the call.
+    """
+
+    spec: ComparisonSpec
+    records: object
+    table: object
+    metrics: dict
+    policies: list[TrainedPolicy]
+    files: dict[str, Path]
+    seconds: float
+
+    def summary(self) -> str:
+        """One screen: a line per policy and target (return, true return and cost where the env reports
+        them, divergence from the data), the DTs' calibration, and where the report is."""
+        import math
+
+        import numpy as np
+
+        t = self.table
+        extra = [c for c in ("true_return", "cost") if c in t and t[c].notna().any()]
+        div = [c for c in ("kl_behavior", "cross_entropy_behavior") if c in t and t[c].notna().any()]
+        heads = {"true_return": "true return", "cost": "cost", "kl_behavior": "KL(π‖β̂)", "cross_entropy_behavior": "H(π,β̂)"}
+        lines = [f"  {'policy':>16} {'target':>18} {'seeds':>5} {'return':>18}" + "".join(f" {heads[c]:>12}" for c in extra + div)]
+
+        def num(v, width=12, digits=1):
+            return f"{v:{width}.{digits}f}" if v is not None and math.isfinite(v) else f"{'–':>{width}}"
+
+        for _, r in t.iterrows():
+            ci = r["episode_return_ci95"]
+            ret = f"{r['episode_return']:9.1f}" + (f" ± {ci:6.1f}" if math.isfinite(ci) else " " * 9)
+            lines.append(f"  {r['label']:>16} {r['target_spec']:>18} {r['seeds']:>5} {ret:>18}"
+                         + "".join(num(r[c]) for c in extra) + "".join(num(r[c], digits=2) for c in div))
+        def seed_mean(key, split="in_distribution"):
+            vals = [(m.get(split) or {}).get(key) if split else m.get(key) for m in self.metrics.values()]
+            vals = np.array([v for v in vals if v is not None], dtype=float)
+            vals = vals[np.isfinite(vals)]
+            return f"{vals.mean():.3g}" if len(vals) else "–"
+
+        if self.metrics:
+            lines.append(f"  DT calibration, in-distribution targets, mean over {len(self.metrics)} seed(s): normalized MAE "
+                         f"{seed_mean('normalized_mae')}, bias {seed_mean('normalized_bias')}, Spearman {seed_mean('spearman')}; "
+                         f"saturates from target {seed_mean('saturation_target', None)}")
+        for key in ("comparison", "calibration", "calibration_plot", "frontier"):
+            if key in self.files:
+                lines.append(f"  {key.replace('_', ' '):<16} {self.files[key]}")
+        return "\n".join(lines)
+
+
+def quiet_libraries() -> None:
+    """Keep Lightning's device banners and tips and Minari's metadata nudges out of the progress lines."""
+    import logging
+    import warnings
+
+    import lightning.pytorch  # noqa: F401  (its import sets its loggers to INFO; quiet them after)
+
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric", "pytorch_lightning"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+    warnings.filterwarnings("ignore", module="minari")
+
+
+def resolve_targets(targets: list, stats) -> list:
+    """The DT's target specs: spec strings and numbers parsed, sampler dicts expanded against ``stats``.
+
+    >>> [str(s) for s in resolve_targets(["q0.9", 3000, {"name": "quantilizer", "qs": [0.1]}, "q0.9"], stats=None)]
+    ['q0.9', '3000', 'quantilizer:0.1']
+    """
+    from dtcond.targets import from_sampler, parse
+
+    specs = []
+    for t in targets:
+        specs += from_sampler(dict(t), stats) if isinstance(t, dict) else [parse(t)]
+    return list(dict.fromkeys(specs))  # a target asked for twice is rolled out once
+
+
+def run_comparison(spec: ComparisonSpec) -> ComparisonResult:
+    """Collect (if missing) → train DT, BC, %BC, RL per seed → roll out on shared env seeds → report.
+
+    See the module doc for the steps and the layout of ``spec.work_dir``. Prints one short line per
+    step; reruns do only what is missing.
+
+    >>> spec = ComparisonSpec("CartPole-v1", "doc/cartpole/mixture-v0", ["cartpole_balance", "random"], "runs/compare",
+    ...                       trainer={"max_steps": 200}, pct_bc=[0.1], rl_budget=10_000)   # doctest: +SKIP
+    >>> result = run_comparison(spec)                                                       # doctest: +SKIP
+    >>> print(result.summary())                                                             # doctest: +SKIP
+    """
+    import pandas as pd
+
+    from dtcond.checkpoints import load_policy
+    from dtcond.data import load
+    from dtcond.evaluation import evaluate
+    from dtcond.results import ResultsStore
+    from dtcond.stats import with_policy_columns
+
+    if not isinstance(spec, ComparisonSpec):
+        raise DtcondError(f"run_comparison takes a ComparisonSpec, got {type(spec).__name__}")
+    quiet_libraries()
+    start = time.perf_counter()
+    work = spec.work_dir.resolve()
+    if spec.fresh:
+        _remove_outputs(work)
+    try:
+        work.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DtcondError(f"cannot create work_dir {work}: {exc.strerror}") from None
+    store = ResultsStore(work / "episodes.jsonl")  # fails now, not after training, if unwritable
+    steps = 3 + spec.report
+
+    print(f"[1/{steps}] dataset {spec.dataset_id}")
+    _ensure_dataset(spec)
+    data = load(spec.dataset_id)
+    targets = resolve_targets(spec.targets, data.stats)
+    scorer = None
+    if spec.roaming:
+        from dtcond.roaming import RoamingScorer
+
+        scorer = RoamingScorer.for_data(data)
+    from dtcond.roaming import dataset_records
+
+    records = dataset_records(data, scorer)
+    store.append(records)
+
+    offline = ["DT"] + (["BC"] if spec.bc else []) + [f"%BC({q:g})" for q in spec.pct_bc]
+    print(f"[2/{steps}] per seed {spec.seeds}: train {', '.join(offline)}" + (f", {spec.rl_algo}" if spec.rl_algo else "")
+          + f"; roll out on env seeds from {spec.eval_seed}: DT at {len(targets)} targets, {spec.eval_episodes} episodes each")
+    known = store.keys()
+    policies: list[TrainedPolicy] = []
+    for seed in spec.seeds:
+        trained = _train_seed(spec, data.stats, seed, work / f"seed{seed}")
+        t0, fresh = time.perf_counter(), 0
+        for label, bundle in trained:
+            policy = load_policy(bundle)
+            recs = evaluate(policy, targets if policy.kind == "dt" else None, episodes=spec.eval_episodes, seed=spec.eval_seed,
+                            results=store, run_id=f"{spec.name}_seed{seed}", progress=spec.progress, scorer=scorer)
+            fresh += sum(r["key"] not in known for r in recs)
+            records += [{**r, "train_seed": seed} for r in recs]
+            policies.append(TrainedPolicy(seed, policy.label, policy.kind, Path(bundle), policy.fingerprint))
+        print(f"  seed {seed}: rolled out {len(trained)} policies, {fresh} new episodes ({time.perf_counter() - t0:.0f}s)")
+
+    df = with_policy_columns(pd.DataFrame(records))
+    df["label"] = df["label"].fillna(df["policy_kind"])
+    print(f"[3/{steps}] score {len(df)} episodes ({int((df['policy_kind'] == 'data').sum())} of them the data's)")
+    report_dir = work / "report"
+    report_dir.mkdir(parents=True, exist_ok=True)
+    # The report covers exactly this run's episodes (episodes.jsonl may also hold those of weights a
+    # changed budget has since replaced), saved beside it so `dtcond report` can remake it.
+    snapshot = report_dir / "results.jsonl"
+    snapshot.unlink(missing_ok=True)
+    ResultsStore(snapshot).append(records)
+    files: dict[str, Path] = {"records": snapshot}
+    metrics, table = {}, None
+    if spec.report:
+        from dtcond.report import write_report
+
+        print(f"[4/{steps}] report in {report_dir}")
+        report = write_report(snapshot, data_returns={spec.dataset_id: list(data.stats.episode_returns)})
+        metrics = report["metrics"]
+        out = report["outputs"][spec.dataset_id]
+        table = out.get("comparison_table")
+        files.update({"calibration": Path(out["markdown"]), "calibration_plot": Path(out["plot"])})
+        if out.get("comparison"):
+            files["comparison"] = Path(out["comparison"])
+        if out.get("frontier"):
+            files["frontier"] = Path(out["frontier"])
+    else:
+        from dtcond.stats import calibration_metrics
+
+        returns = list(data.stats.episode_returns)
+        metrics = {fp: calibration_metrics(part, returns) for fp, part in df[df["policy_kind"] == "dt"].groupby("fingerprint")}
+    if table is None:
+        from dtcond.report import comparison_table
+
+        table = comparison_table(df)
+    return ComparisonResult(spec, df, table, metrics, policies, files, time.perf_counter() - start)
+
+
+def _remove_outputs(work: Path) -> None:
+    """What ``fresh`` remakes: the training runs, the episode table and the report, nothing else in ``work``."""
+    for path in [*work.glob("seed*"), work / "report"]:
+        if path.is_dir():
+            shutil.rmtree(path)
+    (work / "episodes.jsonl").unlink(missing_ok=True)
+
+
+def _ensure_dataset(spec: ComparisonSpec) -> None:
+    from dtcond.behavior import components_from_config
+    from dtcond.collection import collect
+    from dtcond.data import datasets_root
+
+    if (datasets_root() / spec.dataset_id).exists() and not spec.fresh:
+        print(f"  exists, reused ({datasets_root() / spec.dataset_id})")
+        return
+    summary = collect(spec.env_id, components_from_config(list(spec.behavior)), spec.episodes, spec.dataset_id,
+                      seed=spec.data_seed, env_kwargs=dict(spec.env_kwargs or {}), max_episode_steps=spec.max_episode_steps,
+                      overwrite=spec.fresh, progress=spec.progress)
+    print("  " + summary.format().replace("\n", "\n  "))
+
+
+def _train_seed(spec: ComparisonSpec, stats, seed: int, out: Path) -> list[tuple[str, Path]]:
+    """Train (or resume, or find done) one seed's policies: (name, bundle) pairs, RL checkpoints in training order."""
+    from dtcond.baselines import train_baseline
+    from dtcond.training import train
+
+    trainer = {"enable_progress_bar": spec.progress, "enable_model_summary": False, **spec.trainer}
+    steps = trainer["max_steps"]
+    bc_steps = spec.bc_steps or steps
+    common = dict(model=dict(spec.model), data=dict(spec.data), optim=dict(spec.optim), seed=seed)
+    runs = [("dt", dict(trainer=trainer, checkpoint_every=spec.checkpoint_every or steps))]
+    bc = dict(trainer={**trainer, "max_steps": bc_steps}, checkpoint_every=min(spec.checkpoint_every or bc_steps, bc_steps),
+              condition_on_return=False)
+    if spec.bc:
+        runs.append(("bc", bc))
+    runs += [(f"pct_bc{q:g}", {**bc, "top_fraction": q}) for q in spec.pct_bc]
+    out_bundles = []
+    for name, kwargs in runs:
+        t0 = time.perf_counter()
+        run = train(spec.dataset_id, out / name, **common, **kwargs)
+        val = f"{run.val_loss:.4f}" if run.val_loss is not None else "n/a"
+        print(f"  seed {seed} {name}: {run.global_step} steps, val/loss {val} ({time.perf_counter() - t0:.0f}s)")
+        out_bundles.append((name, run.bundle))
+    if spec.rl_algo:
+        t0 = time.perf_counter()
+        rl = train_baseline(stats, spec.rl_algo, out / spec.rl_algo, budget=spec.rl_budget, checkpoints=spec.rl_checkpoints,
+                            hyperparams=spec.rl_hyperparams, seed=seed, progress=spec.progress)
+        print(f"  seed {seed} {spec.rl_algo}: {rl.timesteps} env steps, {len(rl.bundles)} checkpoints ({time.perf_counter() - t0:.0f}s)")
+        out_bundles += [(spec.rl_algo, b) for b in rl.bundles]
+    return out_bundles
