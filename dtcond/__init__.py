@@ -29,6 +29,7 @@ _LAZY = {
     "ComparisonSpec": ("dtcond.pipeline", "ComparisonSpec"),
     "run_comparison": ("dtcond.pipeline", "run_comparison"),
     "targets": ("dtcond.targets", None),
+    "stats": ("dtcond.stats", None),
 }
 
 __all__ = ["DtcondError", "__version__", *_LAZY]

@@ -156,11 +156,8 @@ def _rollout(policy, jobs: list[Job], run_id: str, env_kwargs: dict | None, env_
     returns, true_returns, costs = np.zeros(n), np.zeros(n), np.zeros(n)
     seen = {"true_reward": False, "cost": False}
     lengths = np.zeros(n, dtype=np.int64)
-    # Typed columns, so tables need not parse "ppo@25000": DT bundles expose the step they were saved
-    # at as ``train_step``, SB3 checkpoints as ``timesteps``.
+    # A typed column, so tables need not parse "ppo@25000"; policies that do not know their step give None.
     train_step = getattr(policy, "train_step", None)
-    if train_step is None:
-        train_step = getattr(policy, "timesteps", None)
     train_step = int(train_step) if train_step is not None else None
     # Per-episode histories only when a scorer needs them (roaming metrics).
     history = [{"obs": [], "actions": [], "probs": []} for _ in range(n)] if scorer is not None else None

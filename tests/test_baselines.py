@@ -119,8 +119,9 @@ def test_the_comparison_report_builds_from_a_small_table(cartpole_dataset, tmp_p
     comp = out["comparison_table"]
     assert {"data", "dt", "bc", "ppo@128", "ppo@256"} <= set(comp["label"])
     assert comp.loc[comp["label"] == "data", "episodes"].item() == 20
+    assert comp.loc[comp["algo"] == "ppo", "train_step"].tolist() == [128, 256]  # typed columns, in training order
     md = (tmp_path / "comparison.md").read_text()
-    assert "NLL under β̂" in md and "![frontier](comparison_frontier.png)" in md
+    assert "| KL(π‖β̂) | cross-entropy H(π,β̂) |" in md and "![frontier](comparison_frontier.png)" in md
     assert (tmp_path / "comparison_frontier.png").stat().st_size > 10_000
     assert (tmp_path / "calibration.png").stat().st_size > 10_000
 

@@ -82,6 +82,7 @@ def test_records_carry_the_target_and_its_data_quantile(cartpole_policy):
     assert recs[0]["target_quantile"] == pytest.approx(stats.tail_probability(recs[0]["target"]))
     assert recs[-1]["ood"] and recs[-1]["target_quantile"] == 0.0 and recs[-1]["target"] == 750.0
     assert recs[0]["env_id"] == "CartPole-v1" and recs[0]["policy_kind"] == "dt" and recs[0]["cost"] is None
+    assert {(r["algo"], r["train_step"]) for r in recs} == {("dt", 40)}  # typed columns: no label to parse
 
 
 def test_an_interrupted_sweep_resumes_without_repeating_episodes(cartpole_policy, tmp_path, monkeypatch):
@@ -129,9 +130,13 @@ def test_cli_eval_grid_report_and_bad_targets(cartpole_policy, tmp_path):
     assert out.returncode == 0, out.stderr
     rows = [r for r in ResultsStore(results).read() if r["policy_kind"] == "dt"]
     assert len(rows) == (7 + 3) * 2 and sum(r["ood"] for r in rows) == 3 * 2
-    assert all(r["nll_behavior"] > 0 and r["kl_behavior"] >= 0 for r in rows)
+    assert all(r["cross_entropy_behavior"] > 0 and r["kl_behavior"] >= 0 for r in rows)
     assert sum(r["policy_kind"] == "data" for r in ResultsStore(results).read()) == 20
-    assert (tmp_path / "calibration.png").stat().st_size > 10_000 and "normalized MAE" in (tmp_path / "calibration.md").read_text()
+    md = (tmp_path / "calibration.md").read_text()
+    assert (tmp_path / "calibration.png").stat().st_size > 10_000 and "| MAE | bias |" in md and "OOD gain" in md
+    metrics = next(iter(json.loads((tmp_path / "calibration.json").read_text()).values()))
+    ind = metrics["in_distribution"]
+    assert ind["episodes"] == 7 * 2 and ind["mae"] >= abs(ind["bias"]) and metrics["ood_gain_pairs"] == 2
     before = results.read_bytes()
     for bad, message in [("sampler.target=qnan", "value must be finite, got nan"), ("sampler.target=q1.5", "quantile must be in"),
                          ("episodes=0", "episodes must be >= 1")]:
