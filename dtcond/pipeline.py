@@ -149,6 +149,7 @@ class TrainedPolicy:
     kind: str
     bundle: Path
     fingerprint: str
+    train_seconds: float  # this call's training time (about 0 when it found the run done)
 
 
 @dataclass
@@ -293,15 +294,21 @@ def run_comparison(spec: ComparisonSpec) -> ComparisonResult:
     for seed in spec.seeds:
         trained = _train_seed(spec, data.stats, seed, work / f"seed{seed}")
         t0, fresh = time.perf_counter(), 0
-        for label, bundle in trained:
+        for bundle, seconds in trained:
             policy = load_policy(bundle)
             recs = evaluate(policy, targets if policy.kind == "dt" else None, episodes=spec.eval_episodes, seed=spec.eval_seed,
                             results=store, run_id=f"{spec.name}_seed{seed}", progress=spec.progress, scorer=scorer)
             fresh += sum(r["key"] not in known for r in recs)
             records += [{**r, "train_seed": seed} for r in recs]
-            policies.append(TrainedPolicy(seed, policy.label, policy.kind, Path(bundle), policy.fingerprint))
+            policies.append(TrainedPolicy(seed, policy.label, policy.kind, Path(bundle), policy.fingerprint, seconds))
         print(f"  seed {seed}: rolled out {len(trained)} policies, {fresh} new episodes ({time.perf_counter() - t0:.0f}s)")
 
+    # Checkpoints with identical weights (RL saved before its first update) share a fingerprint, so
+    # their episodes are the same records: keep each once.
+    unique: dict[str, dict] = {}
+    for r in records:
+        unique.setdefault(r["key"], r)
+    records = list(unique.values())
     df = with_policy_columns(pd.DataFrame(records))
     df["label"] = df["label"].fillna(df["policy_kind"])
     print(f"[3/{steps}] score {len(df)} episodes ({int((df['policy_kind'] == 'data').sum())} of them the data's)")
@@ -361,8 +368,9 @@ def _ensure_dataset(spec: ComparisonSpec) -> None:
     print("  " + summary.format().replace("\n", "\n  "))
 
 
-def _train_seed(spec: ComparisonSpec, stats, seed: int, out: Path) -> list[tuple[str, Path]]:
-    """Train (or resume, or find done) one seed's policies: (name, bundle) pairs, RL checkpoints in training order."""
+def _train_seed(spec: ComparisonSpec, stats, seed: int, out: Path) -> list[tuple[Path, float]]:
+    """Train (or resume, or find done) one seed's policies: (bundle, training seconds) pairs, RL checkpoints in
+    training order (the RL run's time is on its last)."""
     from dtcond.baselines import train_baseline
     from dtcond.training import train
 
@@ -382,11 +390,11 @@ def _train_seed(spec: ComparisonSpec, stats, seed: int, out: Path) -> list[tuple
         run = train(spec.dataset_id, out / name, **common, **kwargs)
         val = f"{run.val_loss:.4f}" if run.val_loss is not None else "n/a"
         print(f"  seed {seed} {name}: {run.global_step} steps, val/loss {val} ({time.perf_counter() - t0:.0f}s)")
-        out_bundles.append((name, run.bundle))
+        out_bundles.append((run.bundle, time.perf_counter() - t0))
     if spec.rl_algo:
         t0 = time.perf_counter()
         rl = train_baseline(stats, spec.rl_algo, out / spec.rl_algo, budget=spec.rl_budget, checkpoints=spec.rl_checkpoints,
                             hyperparams=spec.rl_hyperparams, seed=seed, progress=spec.progress)
         print(f"  seed {seed} {spec.rl_algo}: {rl.timesteps} env steps, {len(rl.bundles)} checkpoints ({time.perf_counter() - t0:.0f}s)")
-        out_bundles += [(spec.rl_algo, b) for b in rl.bundles]
+        out_bundles += [(b, 0.0) for b in rl.bundles[:-1]] + [(rl.bundles[-1], time.perf_counter() - t0)]
     return out_bundles

@@ -1,9 +1,11 @@
-"""What the experiments share: Hydra entry, dataset, per-seed training (DT, %BC, PPO), evaluation, report.
+"""What the experiments share: the Hydra entry, the comparison spec from a config, table helpers, results files.
 
 Each experiment folder holds a ``config.yaml`` that composes dtcond's own config groups (``env``,
-``model``) and a ``run.py`` that calls :func:`hydra_entry`. Heavy files (datasets, checkpoints, the
-per-episode results table) go under ``work_dir``; the small tables and plots that state the result
-go to the folder's ``results/``, which is committed.
+``model``) and a ``run.py`` that calls :func:`hydra_entry`. The comparison itself (dataset, per-seed
+training of DT, %BC and PPO, rollouts on shared env seeds, scoring) is
+:func:`dtcond.pipeline.run_comparison`; heavy files (datasets, checkpoints, the per-episode table)
+go under ``work_dir``, and the small tables and plots that state the result go to the folder's
+``results/``, which is committed.
 """
 
 from __future__ import annotations
@@ -14,15 +16,17 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 from omegaconf import OmegaConf
 
 import dtcond
-from dtcond.cli import _components, _quiet_libraries, conf_dir, override_error
+from dtcond.baselines import ALGOS
+from dtcond.cli import conf_dir, override_error
 from dtcond.data import datasets_root, load
 from dtcond.errors import DtcondError
 from dtcond.fileio import atomic_write
+from dtcond.pipeline import ComparisonResult, ComparisonSpec, quiet_libraries, run_comparison
+from dtcond.stats import grouped_mean_ci, with_policy_columns
 
 
 def hydra_entry(experiment_dir: Path, main) -> None:
@@ -41,7 +45,7 @@ def hydra_entry(experiment_dir: Path, main) -> None:
         sys.argv.insert(1, searchpath)
 
     def wrapped(cfg):
-        _quiet_libraries("train")
+        quiet_libraries()
         try:
             main(cfg)
         except DtcondError as exc:
@@ -55,115 +59,81 @@ def plain(node):
     return OmegaConf.to_container(node, resolve=True) if node is not None else None
 
 
-def ensure_dataset(cfg) -> str:
-    """Collect ``cfg.dataset_id`` from the env's behaviour mixture unless it already exists."""
-    if not (datasets_root() / cfg.dataset_id).exists():
-        summary = dtcond.collect(cfg.env.id, _components(cfg.behavior), int(cfg.episodes), cfg.dataset_id,
-                                 seed=int(cfg.data_seed), env_kwargs=plain(cfg.env.kwargs) or {}, progress=False)
-        print(summary.format())
-    return cfg.dataset_id
-
-
-def train_kwargs(cfg) -> dict:
+def training_fields(cfg) -> dict:
+    """The :class:`~dtcond.pipeline.ComparisonSpec` training fields from an experiment's ``model`` and
+    ``train: {steps, bc_steps, batch_size, lr, warmup_steps}``."""
     t = cfg.train
     return dict(
-        model=plain(cfg.model),
-        data=dict(batch_size=int(t.batch_size), steps_per_epoch=250, val_windows=256),
+        model=plain(cfg.model), data=dict(batch_size=int(t.batch_size), steps_per_epoch=250, val_windows=256),
         optim=dict(lr=float(t.lr), weight_decay=1e-4, warmup_steps=int(t.warmup_steps)),
-        trainer=dict(max_steps=int(t.steps), enable_progress_bar=False, enable_model_summary=False, logger=False),
-        checkpoint_every=int(t.steps),
+        trainer=dict(max_steps=int(t.steps), logger=False), bc_steps=int(t.bc_steps) if t.get("bc_steps") is not None else None,
     )
 
 
-def train_policies(cfg, dataset_id: str, seed: int, work: Path) -> list[tuple[str, Path]]:
-    """The DT, %BC at each top fraction, and every PPO checkpoint for one seed: (label, bundle) pairs."""
-    out = []
-    kw = train_kwargs(cfg)
-    start = time.perf_counter()
-    run = dtcond.train(dataset_id, work / f"dt_seed{seed}", seed=seed, **kw)
-    print(f"  seed {seed}: DT {run.global_step} steps, val/loss {run.val_loss or float('nan'):.4f} ({time.perf_counter() - start:.0f}s)")
-    out.append(("dt", run.bundle))
-    for q in cfg.pct_bc or []:
-        bc_kw = {**kw, "trainer": {**kw["trainer"], "max_steps": int(cfg.train.bc_steps)}, "checkpoint_every": int(cfg.train.bc_steps)}
-        run = dtcond.train(dataset_id, work / f"pct_bc{q:g}_seed{seed}", seed=seed, condition_on_return=False,
-                           top_fraction=float(q), **bc_kw)
-        out.append((f"pct_bc:{q:g}", run.bundle))
-    if cfg.baseline.get("algo"):
-        start = time.perf_counter()
-        rl = dtcond.train_baseline(load(dataset_id).stats, str(cfg.baseline.algo), work / f"{cfg.baseline.algo}_seed{seed}",
-                                   budget=int(cfg.baseline.budget), checkpoints=int(cfg.baseline.checkpoints),
-                                   hyperparams=plain(cfg.baseline.hyperparams), seed=seed, progress=False)
-        print(f"  seed {seed}: {cfg.baseline.algo} {rl.timesteps} env steps ({time.perf_counter() - start:.0f}s)")
-        out += [("rl", b) for b in rl.bundles]
-    return out
+def comparison_spec(cfg, **overrides) -> ComparisonSpec:
+    """The pipeline's spec from an experiment config (``env``, ``dataset_id``, ``behavior``, ``seeds``,
+    ``model``, ``train``, ``pct_bc``, ``baseline``, ``targets``, ...); ``overrides`` replace fields."""
+    baseline = cfg.get("baseline") or {}
+    fields = dict(
+        env_id=cfg.env.id, env_kwargs=plain(cfg.env.kwargs) or {}, max_episode_steps=cfg.env.get("max_episode_steps"),
+        dataset_id=cfg.dataset_id, behavior=plain(cfg.behavior), episodes=int(cfg.episodes), data_seed=int(cfg.data_seed),
+        work_dir=cfg.work_dir, seeds=[int(s) for s in cfg.seeds], name=str(cfg.name), **training_fields(cfg),
+        bc=bool(cfg.get("bc", False)), pct_bc=[float(q) for q in cfg.get("pct_bc") or []],
+        rl_algo=baseline.get("algo") or None, rl_budget=baseline.get("budget"), rl_checkpoints=int(baseline.get("checkpoints", 4)),
+        rl_hyperparams=plain(baseline.get("hyperparams")),
+        targets=list(plain(cfg.targets)), eval_episodes=int(cfg.eval_episodes), eval_seed=int(cfg.eval_seed),
+        roaming=bool(cfg.get("roaming", True)), report=True,
+    )
+    return ComparisonSpec(**{**fields, **overrides})
 
 
-def run_comparison(cfg) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Dataset → per seed: DT, %BC, PPO → roll out all on the same episode seeds → comparison table.
-
-    Returns (per-episode records, comparison table with 95% CIs over seeds).
-    """
-    from dtcond.report import comparison_table
-    from dtcond.results import ResultsStore
-
-    work = Path(cfg.work_dir).expanduser().resolve()
-    work.mkdir(parents=True, exist_ok=True)
-    dataset_id = ensure_dataset(cfg)
-    data = load(dataset_id)
-    store = ResultsStore(work / "results.jsonl")
-    scorer = None
-    if cfg.roaming:
-        scorer = dtcond.RoamingScorer.for_data(data)
-        store.append(dtcond.dataset_records(data, scorer))
-    for seed in cfg.seeds:
-        for label, bundle in train_policies(cfg, dataset_id, int(seed), work):
-            policy = dtcond.load_policy(bundle)
-            targets = list(cfg.targets) if policy.kind == "dt" else None
-            # Every policy meets the same env seeds (cfg.eval_seed), so seeds differ only in the weights.
-            dtcond.evaluate(policy, targets, episodes=int(cfg.eval_episodes), seed=int(cfg.eval_seed), results=store,
-                            run_id=f"{cfg.name}_seed{seed}", scorer=scorer)
-    df = store.to_pandas()
-    df = df[df["dataset_id"] == dataset_id]
-    df["label"] = df["label"].fillna(df["policy_kind"])
-    return df, comparison_table(df)
+def compare(cfg, **overrides) -> ComparisonResult:
+    """Run the comparison an experiment config describes (see :func:`comparison_spec`)."""
+    return run_comparison(comparison_spec(cfg, **overrides))
 
 
-def add_per_seed(df: pd.DataFrame, table: pd.DataFrame, name: str, values: pd.Series) -> pd.DataFrame:
-    """Add a per-episode quantity to ``table`` as ``name`` and ``name_ci95``: its mean per training seed,
-    then the mean and 95% CI over seeds for each (policy, target) row."""
-    per_seed = values.astype(float).groupby([df["label"], df["target_spec"], df["fingerprint"]], sort=False).mean().sort_index()
-    per_row = [per_seed.loc[(r.label, r.target_spec)] for r in table.itertuples()]
-    return table.assign(**{name: [float(g.mean()) for g in per_row],
-                           f"{name}_ci95": [ci95(g) if r.seeds > 1 else float("nan") for g, r in zip(per_row, table.itertuples())]})
+def add_metric(df: pd.DataFrame, table: pd.DataFrame, name: str, values: pd.Series) -> pd.DataFrame:
+    """Add a per-episode quantity to ``table`` as ``name`` and ``name_ci95``, per (policy, target) row, the
+    way :func:`dtcond.report.comparison_table` aggregates: mean and 95% CI over training seeds where a
+    row has several (each seed's episodes averaged first), else over episodes."""
+    df = df.assign(_value=values.astype(float))
+    cells = {key: grouped_mean_ci(part, "_value")[:2] for key, part in df.groupby(["label", "target_spec"], sort=False)}
+    per_row = [cells.get((r.label, r.target_spec), (float("nan"), float("nan"))) for r in table.itertuples()]
+    return table.assign(**{name: [m for m, _ in per_row], f"{name}_ci95": [ci for _, ci in per_row]})
 
 
 def add_gap(df: pd.DataFrame, table: pd.DataFrame, name: str = "gap") -> pd.DataFrame:
     """Add observed − true return per row of ``table`` (mean and 95% CI over training seeds)."""
-    return add_per_seed(df, table, name, df["episode_return"].astype(float) - df["true_return"].astype(float))
+    return add_metric(df, table, name, df["episode_return"].astype(float) - df["true_return"].astype(float))
+
+
+def rl_rows(frame: pd.DataFrame) -> pd.DataFrame:
+    """The rows of online-RL policies (every checkpoint), from records or a comparison table."""
+    frame = with_policy_columns(frame)
+    return frame[frame["algo"].isin(ALGOS)]
 
 
 def final_checkpoints(table: pd.DataFrame) -> pd.DataFrame:
-    """The rows of RL policies at their last checkpoint ("ppo@100000" of "ppo@25000", ...)."""
-    rl = table[table["label"].str.contains("@")]
-    steps = rl["label"].str.split("@").str[1].astype(int)
-    return rl[steps == steps.max()]
-
-
-def ci95(values) -> float:
-    """Half-width of a t-interval for the mean (NaN for fewer than two values)."""
-    from scipy import stats
-
-    v = np.asarray(values, dtype=float)
-    v = v[np.isfinite(v)]
-    if len(v) < 2:
-        return float("nan")
-    return float(stats.t.ppf(0.975, len(v) - 1) * v.std(ddof=1) / math.sqrt(len(v)))
+    """The rows of RL policies at their algorithm's last checkpoint."""
+    rl = rl_rows(table)
+    if not len(rl):
+        return rl
+    last = rl.groupby("algo")["train_step"].transform(lambda s: max(int(x) for x in s))
+    return rl[rl["train_step"].astype(int) == last]
 
 
 def fmt(v: float, ci: float | None = None, digits: int = 1) -> str:
     if v is None or not math.isfinite(v):
         return "–"
     return f"{v:.{digits}f} ± {ci:.{digits}f}" if ci is not None and math.isfinite(ci) else f"{v:.{digits}f}"
+
+
+DIVERGENCE = {"kl_behavior": "KL(π‖β̂)", "cross_entropy_behavior": "cross-entropy under β̂"}  # nats/step
+DIVERGENCE_NOTE = ("Divergence from the data, in nats per step, against a behaviour model β̂ fitted to the data: KL(π‖β̂) is the "
+                   "exact KL from the policy's action distribution to β̂'s (– where that distribution is unknown, as for the "
+                   "data's own episodes); the cross-entropy is the mean −log β̂(a|s) of the actions taken, which includes "
+                   "β̂'s own entropy, so it is an average negative log-likelihood, not a divergence.")
+DIGITS_2 = ("kl_behavior", "cross_entropy_behavior", "novel_fraction")
 
 
 def table_markdown(table: pd.DataFrame, columns: dict[str, str]) -> str:
@@ -173,7 +143,7 @@ def table_markdown(table: pd.DataFrame, columns: dict[str, str]) -> str:
     for _, r in table.iterrows():
         cells = [r["label"], r["target_spec"], str(r["seeds"])]
         for col in columns:
-            digits = 2 if col in ("nll_behavior", "kl_behavior", "novel_fraction") else 1
+            digits = 2 if col in DIGITS_2 else 1
             cells.append(fmt(r.get(col, float("nan")), r.get(f"{col}_ci95"), digits))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -232,3 +202,11 @@ def resolve_behavior(items: list[dict], ppo_dir: Path | None) -> list[dict]:
             item.setdefault("name", f"ppo@{path.stem.split('_')[1]}+{item.get('noise', 0):g}")
         out.append(item)
     return out
+
+
+def hopper_behavior(cfg, items: list[dict], dataset_id: str) -> list[dict]:
+    """``items`` with ``ppo:<steps>`` turned into checkpoints of the Hopper behaviour PPO run (trained first
+    if missing), only when ``dataset_id`` has yet to be collected: the pipeline reads the mixture only then."""
+    if (datasets_root() / dataset_id).exists() or not any(str(i["policy"]).startswith("ppo:") for i in items):
+        return items
+    return resolve_behavior(items, ensure_hopper_ppo(cfg.hopper_ppo_dir, int(cfg.hopper_ppo_budget)))

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 from conftest import rng_episode, write_buffers
-from dtcond.behavior import _cartpole_balance
 from dtcond.data import WindowDataset, load, make_window, returns_to_go, split_by_episode
 from dtcond.errors import DtcondError
+from dtcond.scripted import scripted_factory
 
 BOX3 = gym.spaces.Box(-np.inf, np.inf, (3,), np.float32)
 BOX1 = gym.spaces.Box(-1.0, 1.0, (1,), np.float32)
@@ -45,7 +45,7 @@ def test_actions_pair_with_the_observation_they_were_taken_in(minari_root):
     from dtcond.collection import collect
 
     collect("CartPole-v1", [Component("cartpole_balance")], episodes=3, dataset_id="test/expert-v0", progress=False)
-    expert = _cartpole_balance(None, None)
+    expert = scripted_factory("cartpole_balance")(None, None)
     data = load("test/expert-v0")
     raw = minari.load_dataset("test/expert-v0")
     for traj, episode in zip(data.trajectories, raw.iterate_episodes()):

@@ -12,13 +12,20 @@ def test_demo_runs_end_to_end_and_reuses_its_work(tmp_path, minari_root):
     first = run_cli(*args, cwd=tmp_path)
     assert first.returncode == 0, first.stderr
     assert "demo done" in first.stdout and "normalized MAE" in first.stdout
-    results = tmp_path / "demo" / "eval" / "results.jsonl"
+    results = tmp_path / "demo" / "episodes.jsonl"
     rows = ResultsStore(results).read()
     labels = [r["label"] for r in rows]
     assert labels.count("dt") == (3 + 3 + 1) * 2 and labels.count("bc") == 2 and labels.count("pct_bc:0.25") == 2
     assert labels.count("data") == 12 and {"ppo@128", "ppo@256"} <= set(labels)
+    assert {r["train_seed"] for r in ResultsStore(tmp_path / "demo" / "report" / "results.jsonl").read() if r["label"] != "data"} == {0}
     for name in ("calibration.png", "comparison.md", "comparison_frontier.png"):
-        assert (tmp_path / "demo" / "eval" / name).exists()
+        assert (tmp_path / "demo" / "report" / name).exists()
+    # Every policy met the same env seeds.
+    seeds = {}
+    for r in rows:
+        if r["label"] != "data":
+            seeds.setdefault((r["label"], r["target_spec"]), set()).add(r["env_seed"])
+    assert len({frozenset(s) for s in seeds.values()}) == 1
 
     second = run_cli(*args, cwd=tmp_path)
     assert second.returncode == 0, second.stderr

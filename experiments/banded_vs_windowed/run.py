@@ -27,9 +27,10 @@ import numpy as np
 import pandas as pd
 
 import dtcond
-from dtcond.cli import _components, conf_dir
+from dtcond.behavior import components_from_config
+from dtcond.cli import conf_dir
 from dtcond.data import datasets_root
-from dtcond.report import calibration_metrics
+from dtcond.stats import calibration_metrics
 from dtcond.targets import grid
 
 HERE = Path(__file__).resolve().parent
@@ -42,7 +43,7 @@ def ensure_dataset(env: str, dataset_id: str) -> None:
     from omegaconf import OmegaConf
 
     cfg = OmegaConf.load(conf_dir() / "env" / f"{env}.yaml")
-    dtcond.collect(cfg.id, _components(cfg.behavior), int(cfg.collect_episodes), dataset_id, seed=0)
+    dtcond.collect(cfg.id, components_from_config(OmegaConf.to_container(cfg.behavior, resolve=True)), int(cfg.collect_episodes), dataset_id, seed=0)
 
 
 def main() -> None:

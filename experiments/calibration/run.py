@@ -3,8 +3,10 @@
 For each dataset (CartPole, Pendulum and Hopper at several behaviour mixes) and each training seed,
 a DT is trained and rolled out on a grid of targets from the data's 5th to 95th return percentile
 plus OOD targets beyond the data's best; every seed meets the same env seeds. Reported per dataset,
-mean ± 95% CI over seeds: normalized MAE (in-distribution), Spearman ρ and slope of achieved on
-target, the best mean return reached vs the data's best, and where achieved return saturates.
+mean ± 95% CI over seeds: normalized MAE and bias (in-distribution), Spearman ρ and slope of
+achieved on target, the best mean return reached vs the data's best, where achieved return
+saturates, and the OOD gain (asking beyond the data vs at its top in-distribution target).
+The training and rollouts are dtcond.pipeline.run_comparison with the DT alone.
 
     python experiments/calibration/run.py             # see config.yaml for datasets, seeds and budgets
 """
@@ -22,29 +24,28 @@ from omegaconf import OmegaConf
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from common import (ci95, ensure_hopper_ppo, fmt, hydra_entry, machine, plain, resolve_behavior, train_kwargs,  # noqa: E402
-                    results_dir, write_results)
+from common import fmt, hopper_behavior, hydra_entry, machine, plain, results_dir, training_fields, write_results  # noqa: E402
 
-import dtcond  # noqa: E402
-from dtcond.cli import _components, conf_dir  # noqa: E402
-from dtcond.data import datasets_root, load  # noqa: E402
+from dtcond.cli import conf_dir  # noqa: E402
 from dtcond.errors import DtcondError  # noqa: E402
-from dtcond.report import calibration_metrics  # noqa: E402
-from dtcond.targets import grid, normalized  # noqa: E402
+from dtcond.pipeline import ComparisonSpec, run_comparison  # noqa: E402
+from dtcond.stats import ci95, mean_ci  # noqa: E402
+
+METRICS = ("normalized_mae", "normalized_bias", "spearman", "slope", "best_mean_return", "saturation_target", "ood_gain", "train_s")
 
 
-def make_dataset(name: str, spec, cfg) -> str:
+def dataset_spec(name: str, spec, cfg):
+    """The pipeline's spec for one dataset: DT only, on this experiment's target grid, no roaming scores."""
     env = OmegaConf.load(conf_dir() / "env" / f"{spec.env}.yaml")
     dataset_id = f"dtcond/calibration/{name}-v0"
-    if (datasets_root() / dataset_id).exists():
-        return dataset_id
     items = plain(spec.behavior) if spec.behavior is not None else plain(env.behavior)
-    ppo_dir = ensure_hopper_ppo(cfg.hopper_ppo_dir, int(cfg.hopper_ppo_budget)) if any(
-        str(i["policy"]).startswith("ppo:") for i in items) else None
-    summary = dtcond.collect(env.id, _components(OmegaConf.create(resolve_behavior(items, ppo_dir))), int(spec.episodes),
-                             dataset_id, seed=0, progress=False)
-    print(summary.format())
-    return dataset_id
+    grid = {"name": "grid", "n": int(cfg.grid.n), "low_quantile": float(cfg.grid.low), "high_quantile": float(cfg.grid.high),
+            "ood_scales": list(cfg.grid.ood_scales)}
+    return ComparisonSpec(env.id, dataset_id, hopper_behavior(cfg, items, dataset_id), Path(cfg.work_dir) / name,
+                          episodes=int(spec.episodes), env_kwargs=plain(env.kwargs) or {}, max_episode_steps=env.get("max_episode_steps"),
+                          seeds=[int(s) for s in cfg.seeds], name=name, **training_fields(cfg), bc=False, rl_algo=None,
+                          targets=[grid, *(f"n{float(x):g}" for x in cfg.normalized_ood)], eval_episodes=int(cfg.eval_episodes),
+                          eval_seed=int(cfg.eval_seed), roaming=False, report=False)
 
 
 def main(cfg) -> None:
@@ -53,32 +54,24 @@ def main(cfg) -> None:
     unknown = set(names) - set(cfg.datasets)
     if unknown:
         raise DtcondError(f"unknown dataset(s) {sorted(unknown)}; choose from {list(cfg.datasets)}")
-    work = Path(cfg.work_dir).expanduser().resolve()
     rows, curves = [], []
     for name in names:
-        dataset_id = make_dataset(name, cfg.datasets[name], cfg)
-        stats = load(dataset_id).stats
-        returns = np.asarray(stats.episode_returns, dtype=float)
-        targets = grid(stats, n=int(cfg.grid.n), low=float(cfg.grid.low), high=float(cfg.grid.high),
-                       ood_scales=list(cfg.grid.ood_scales)) + [normalized(float(x)) for x in cfg.normalized_ood]
-        for seed in cfg.seeds:
-            t0 = time.perf_counter()
-            run = dtcond.train(dataset_id, work / name / f"seed{seed}", seed=int(seed), **train_kwargs(cfg))
-            train_s = time.perf_counter() - t0
-            t0 = time.perf_counter()
-            recs = pd.DataFrame(dtcond.evaluate(dtcond.load_policy(run.bundle), targets, episodes=int(cfg.eval_episodes),
-                                                seed=int(cfg.eval_seed), results=work / "results.jsonl", run_id=f"{name}_seed{seed}"))
-            m = calibration_metrics(recs, returns)
+        result = run_comparison(dataset_spec(name, cfg.datasets[name], cfg))
+        returns = np.asarray(result.records.loc[result.records["policy_kind"] == "data", "episode_return"], dtype=float)
+        for policy in result.policies:
+            m = result.metrics[policy.fingerprint]
             ind = m["in_distribution"] or {}
-            rows.append({"dataset": name, "seed": int(seed), "normalized_mae": ind.get("normalized_mae"), "spearman": ind.get("spearman"),
-                         "slope": ind.get("slope"), "best_mean_return": m.get("best_mean_return"), "data_best": float(returns.max()),
+            rows.append({"dataset": name, "seed": policy.seed, "normalized_mae": ind.get("normalized_mae"),
+                         "normalized_bias": ind.get("normalized_bias"), "spearman": ind.get("spearman"), "slope": ind.get("slope"),
+                         "best_mean_return": m.get("best_mean_return"), "data_best": float(returns.max()),
                          "data_p95": float(np.quantile(returns, 0.95)), "saturation_target": m.get("saturation_target"),
-                         "ood_minus_best_in_distribution": m.get("ood_minus_best_in_distribution"),
-                         "train_s": train_s, "eval_s": time.perf_counter() - t0})
-            print(f"  {name} seed {seed}: MAE {rows[-1]['normalized_mae']:.3f}, ρ {rows[-1]['spearman']:.2f}, "
-                  f"best {rows[-1]['best_mean_return']:.1f} (data best {returns.max():.1f}); train {train_s:.0f}s")
-            per_target = recs.groupby(["target_spec", "target", "ood"], as_index=False)["episode_return"].mean()
-            curves.append(per_target.assign(dataset=name, seed=int(seed), data_min=float(returns.min()), data_max=float(returns.max())))
+                         "ood_gain": m.get("ood_gain"), "train_s": policy.train_seconds})
+            print(f"  {name} seed {policy.seed}: normalized MAE {rows[-1]['normalized_mae']:.3f}, ρ {rows[-1]['spearman']:.2f}, "
+                  f"best {rows[-1]['best_mean_return']:.1f} (data best {returns.max():.1f})")
+        dt = result.records[result.records["policy_kind"] == "dt"]
+        per_target = dt.groupby(["train_seed", "target_spec", "target", "ood"], as_index=False)["episode_return"].mean()
+        curves.append(per_target.rename(columns={"train_seed": "seed"}).assign(
+            dataset=name, data_min=float(returns.min()), data_max=float(returns.max())))
     per_seed = pd.DataFrame(rows)
     curves = pd.concat(curves, ignore_index=True)
     summary = summarize(per_seed)
@@ -89,7 +82,11 @@ def main(cfg) -> None:
           f"p{cfg.grid.high * 100:g} return, then x{list(cfg.grid.ood_scales)} and n{list(cfg.normalized_ood)} (OOD); "
           f"{cfg.eval_episodes} episodes per target on env seeds from {cfg.eval_seed}. Means ± 95% CI over seeds. "
           f"Machine: {machine()}; this invocation took {time.perf_counter() - start:.0f}s (a rerun on the same work_dir reuses finished training and episodes).", "",
-          f"![calibration]({png.name})", "", summary_markdown(summary), ""]
+          f"![calibration]({png.name})", "", summary_markdown(summary), "",
+          "Normalized MAE and bias: mean over episodes at in-distribution targets of |achieved − target| and of achieved − target, "
+          "divided by the data's return range. OOD gain: mean achieved at the targets above the data's best minus mean achieved "
+          "at the highest in-distribution target, paired by env seed (dtcond.stats.calibration_metrics). Train s: this invocation's "
+          "training time (about 0 where a finished run was reused).", ""]
     curves_csv = results_dir(cfg, HERE) / "curves.csv"
     curves.round(3).to_csv(curves_csv, index=False)
     write_results(results_dir(cfg, HERE), "\n".join(md), {"per_seed": rows, "summary": summary.to_dict(orient="records")}, per_seed)
@@ -100,22 +97,23 @@ def summarize(per_seed: pd.DataFrame) -> pd.DataFrame:
     out = []
     for name, part in per_seed.groupby("dataset", sort=False):
         row = {"dataset": name, "seeds": len(part), "data_p95": part["data_p95"].iloc[0], "data_best": part["data_best"].iloc[0]}
-        for col in ("normalized_mae", "spearman", "slope", "best_mean_return", "saturation_target", "ood_minus_best_in_distribution", "train_s"):
-            vals = part[col].astype(float)
-            row[col], row[f"{col}_ci95"] = float(vals.mean()), ci95(vals)
+        for col in METRICS:
+            row[col], row[f"{col}_ci95"] = mean_ci(part[col].astype(float))
         out.append(row)
     return pd.DataFrame(out)
 
 
 def summary_markdown(s: pd.DataFrame) -> str:
-    lines = ["| dataset | seeds | normalized MAE | Spearman ρ | slope | best mean return | data p95 / best | saturates from target | OOD − best in-dist. | train s |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| dataset | seeds | normalized MAE | normalized bias | Spearman ρ | slope | best mean return | data p95 / best "
+             "| saturates from target | OOD gain | train s |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for _, r in s.iterrows():
         lines.append(f"| {r['dataset']} | {r['seeds']} | {fmt(r['normalized_mae'], r['normalized_mae_ci95'], 3)} "
+                     f"| {fmt(r['normalized_bias'], r['normalized_bias_ci95'], 3)} "
                      f"| {fmt(r['spearman'], r['spearman_ci95'], 2)} | {fmt(r['slope'], r['slope_ci95'], 2)} "
                      f"| {fmt(r['best_mean_return'], r['best_mean_return_ci95'])} | {r['data_p95']:.1f} / {r['data_best']:.1f} "
                      f"| {fmt(r['saturation_target'], r['saturation_target_ci95'])} "
-                     f"| {fmt(r['ood_minus_best_in_distribution'], r['ood_minus_best_in_distribution_ci95'])} | {r['train_s']:.0f} |")
+                     f"| {fmt(r['ood_gain'], r['ood_gain_ci95'])} | {r['train_s']:.0f} |")
     return "\n".join(lines)
 
 

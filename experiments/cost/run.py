@@ -16,28 +16,25 @@ import time
 from pathlib import Path
 
 import numpy as np
-from omegaconf import OmegaConf
-
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from common import (add_per_seed, ensure_hopper_ppo, fmt, hydra_entry, machine, plain, resolve_behavior, run_comparison,  # noqa: E402
-                    table_markdown, results_dir, write_results)
+from common import (DIVERGENCE, DIVERGENCE_NOTE, add_metric, compare, fmt, hopper_behavior, hydra_entry, machine, plain,  # noqa: E402
+                    results_dir, rl_rows, table_markdown, write_results)
 
 from dtcond.report import quantilizer_bound  # noqa: E402
 
 
 def main(cfg) -> None:
     start = time.perf_counter()
-    ppo_dir = ensure_hopper_ppo(cfg.hopper_ppo_dir, int(cfg.hopper_ppo_budget))
-    cfg.behavior = OmegaConf.create(resolve_behavior(plain(cfg.behavior), ppo_dir))
-    df, table = run_comparison(cfg)
+    result = compare(cfg, behavior=hopper_behavior(cfg, plain(cfg.behavior), cfg.dataset_id))
+    df, table = result.records, result.table
     # Matched return: PPO's cost as a linear function of its return, fitted over every checkpoint of
     # every seed (one point per seed and checkpoint), read off at each policy's return.
-    rl_points = df[df["label"].str.contains("@")].groupby(["label", "fingerprint"])[["episode_return", "cost"]].mean()
+    rl_points = rl_rows(df).groupby(["label", "fingerprint"])[["episode_return", "cost"]].mean()
     slope, intercept = np.polyfit(rl_points["episode_return"], rl_points["cost"], 1)
-    table["ppo_cost_at_return"] = np.where(table["label"].str.contains("@"), np.nan, intercept + slope * table["episode_return"])
-    table = add_per_seed(df, table, "cost_per_1000", 1000 * df["cost"].astype(float) / df["episode_return"].astype(float).clip(lower=1.0))
+    table["ppo_cost_at_return"] = np.where(table.index.isin(rl_rows(table).index), np.nan, intercept + slope * table["episode_return"])
+    table = add_metric(df, table, "cost_per_1000", 1000 * df["cost"].astype(float) / df["episode_return"].astype(float).clip(lower=1.0))
     bound = quantilizer_bound(table, df)
     # The bound is loose by design; the exact quantilizer's cost is that of the data's top-q episodes.
     data_rows = df[df["policy_kind"] == "data"].sort_values("episode_return", ascending=False)
@@ -46,7 +43,7 @@ def main(cfg) -> None:
         b["data_top_q_cost"] = float(top["cost"].astype(float).mean())
     data = table[table["kind"] == "data"].iloc[0]
     cols = {"target": "target G", "episode_return": "return", "cost": "cost", "ppo_cost_at_return": "PPO cost at this return",
-            "cost_per_1000": "cost per 1000 return", "nll_behavior": "NLL under β̂"}
+            "cost_per_1000": "cost per 1000 return", **DIVERGENCE}
     lines = [
         "# Cost: Hopper with a velocity cost", "",
         f"dtcond/HopperCost-v0 (Hopper-v5, cost 1 per step above 0.7402 m/s); dataset {cfg.dataset_id}: {cfg.episodes} episodes of "
@@ -58,7 +55,7 @@ def main(cfg) -> None:
         "![cost vs return](cost_vs_return.png)", "",
         table_markdown(table, cols), "",
         f"Data: return {fmt(data['episode_return'])}, cost {fmt(data['cost'])} per episode. PPO cost at a return: the linear "
-        f"fit cost = {intercept:.1f} + {slope:.3f} × return over {len(rl_points)} PPO checkpoints (all seeds).", "",
+        f"fit cost = {intercept:.1f} + {slope:.3f} × return over {len(rl_points)} PPO checkpoints (all seeds).", "", DIVERGENCE_NOTE, "",
         "## Quantilizer bound: E_π[cost] ≤ E_data[cost] / q", "",
         "| policy | target | q | E_π[cost] | cost of the data's top-q episodes | bound | holds |", "|---|---|---|---|---|---|---|",
     ]
@@ -88,7 +85,7 @@ def plot(df, table, path: Path) -> Path:
                     fmt=marker, color=color, capsize=2, label=kind)
         for r in part.itertuples():
             ax.annotate(r.target_spec if kind == "dt" else r.label, (r.episode_return, r.cost), fontsize=6, xytext=(3, 3), textcoords="offset points")
-    rl = table[table["label"].str.contains("@")].sort_values("episode_return")
+    rl = rl_rows(table).sort_values("episode_return")
     ax.plot(rl["episode_return"], rl["cost"], "-x", color="C5", label="PPO checkpoints (mean over seeds)")
     ax.set_xlabel("episode return")
     ax.set_ylabel("episode cost (steps above 0.7402 m/s)")

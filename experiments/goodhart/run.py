@@ -4,7 +4,8 @@ In dtcond/TomatoGarden-v0 the observed reward can be maxed by standing on the bu
 waters nothing. The data mixes honest gardeners (several skills), stumblers that sometimes find the
 bucket, a few bucket-sitters and random walkers. PPO is trained on the observed reward. For every
 policy we report the observed return, the true return (tomatoes really watered), the gap between
-them (reward that is fake), and divergence from the data (NLL of its actions under a behaviour model).
+them (reward that is fake), and divergence from the data: KL(π‖β̂) from a behaviour model β̂ fitted to
+the data, and the cross-entropy of its actions under β̂.
 
     python experiments/goodhart/run.py             # see config.yaml for seeds and budgets
 """
@@ -18,16 +19,17 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from common import add_gap, final_checkpoints, fmt, hydra_entry, machine, run_comparison, table_markdown, results_dir, write_results  # noqa: E402
+from common import DIVERGENCE, DIVERGENCE_NOTE, add_gap, compare, final_checkpoints, fmt, hydra_entry, machine, table_markdown, results_dir, write_results  # noqa: E402
 from dtcond.report import plot_frontier  # noqa: E402
 
 
 def main(cfg) -> None:
     start = time.perf_counter()
-    df, table = run_comparison(cfg)
+    result = compare(cfg)
+    df, table = result.records, result.table
     table = add_gap(df, table)  # fake reward: what the observation claimed minus what was done
     cols = {"target": "target G", "episode_return": "observed return", "true_return": "true return", "gap": "fake reward",
-            "nll_behavior": "NLL under β̂"}
+            **DIVERGENCE}
     body = table_markdown(table, cols)
     data = table[table["kind"] == "data"].iloc[0]
     final_rl = final_checkpoints(table)
@@ -42,7 +44,7 @@ def main(cfg) -> None:
         f"Data: observed {fmt(data['episode_return'])}, true {fmt(data['true_return'])}. "
         + (f"PPO final: observed {fmt(final_rl.iloc[0]['episode_return'], final_rl.iloc[0]['episode_return_ci95'])}, "
            f"true {fmt(final_rl.iloc[0]['true_return'], final_rl.iloc[0]['true_return_ci95'])}." if len(final_rl) else ""),
-        "",
+        "", DIVERGENCE_NOTE, "",
     ]
     plot_frontier(table, results_dir(cfg, HERE) / "frontier.png", title="TomatoGarden: observed and true return vs divergence from the data")
     write_results(results_dir(cfg, HERE), "\n".join(md), {"rows": table.to_dict(orient="records")}, table)

@@ -19,7 +19,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from common import add_gap, final_checkpoints, fmt, hydra_entry, machine, run_comparison, table_markdown, results_dir, write_results  # noqa: E402
+from common import DIVERGENCE, DIVERGENCE_NOTE, add_gap, compare, final_checkpoints, fmt, hydra_entry, machine, table_markdown, results_dir, write_results  # noqa: E402
 from dtcond.report import plot_frontier  # noqa: E402
 
 OPTIMAL = 3.0  # always safe: 3 rounds × +1
@@ -27,10 +27,11 @@ OPTIMAL = 3.0  # always safe: 3 rounds × +1
 
 def main(cfg) -> None:
     start = time.perf_counter()
-    df, table = run_comparison(cfg)
+    result = compare(cfg)
+    df, table = result.records, result.table
     table = add_gap(df, table, "luck")
     cols = {"target": "target G", "episode_return": "achieved return", "true_return": "expected return (luck removed)",
-            "luck": "luck", "nll_behavior": "NLL under β̂"}
+            "luck": "luck", **DIVERGENCE}
     dt = table[table["kind"] == "dt"]
     high = dt[dt["target"] > OPTIMAL]  # returns only lucky gamblers reached
     rl = final_checkpoints(table)
@@ -51,6 +52,7 @@ def main(cfg) -> None:
     if len(rl):
         r = rl.iloc[0]
         lines.append(f"PPO ({r['label']}): expected return {fmt(r['true_return'], r['true_return_ci95'], 2)}.")
+    lines += ["", DIVERGENCE_NOTE]
     md = "\n".join(lines) + "\n"
     plot_frontier(table, results_dir(cfg, HERE) / "frontier.png", title="Gamble: achieved and expected return vs divergence from the data")
     write_results(results_dir(cfg, HERE), md, {"optimal": OPTIMAL, "rows": table.to_dict(orient="records")}, table)

@@ -1,0 +1,90 @@
+"""Import hygiene: code outside dtcond/ uses only public names, and dtcond's modules import without cycles."""
+
+from __future__ import annotations
+
+import ast
+import json
+
+from conftest import REPO
+
+OUTSIDE = ("experiments", "benchmarks", "tests", "notebooks")
+
+
+def _sources():
+    """(where, source) for every Python file and notebook code cell outside the package."""
+    for folder in OUTSIDE:
+        for path in sorted((REPO / folder).rglob("*.py")):
+            yield str(path.relative_to(REPO)), path.read_text()
+        for path in sorted((REPO / folder).rglob("*.ipynb")):
+            for i, cell in enumerate(json.loads(path.read_text())["cells"]):
+                if cell["cell_type"] == "code":
+                    yield f"{path.relative_to(REPO)} cell {i}", "".join(cell["source"])
+
+
+def _dotted(node) -> str | None:
+    parts = []
+    while isinstance(node, ast.Attribute):
+        parts.append(node.attr)
+        node = node.value
+    if isinstance(node, ast.Name):
+        return ".".join([node.id, *reversed(parts)])
+    return None
+
+
+def test_nothing_outside_the_package_uses_a_private_dtcond_name():
+    found = []
+    for where, source in _sources():
+        for node in ast.walk(ast.parse(source)):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("dtcond"):
+                found += [f"{where}:{node.lineno} {node.module}.{a.name}" for a in node.names if a.name.startswith("_")]
+            elif isinstance(node, ast.Import):
+                found += [f"{where}:{node.lineno} {a.name}" for a in node.names
+                          if a.name.startswith("dtcond") and any(p.startswith("_") for p in a.name.split("."))]
+            elif isinstance(node, ast.Attribute):
+                name = _dotted(node)
+                parts = name.split(".") if name else []
+                # dtcond.<module>._private (dtcond._LAZY, the package's own lazy-export table, is not a module attribute)
+                if parts[:1] == ["dtcond"] and len(parts) > 2 and parts[-1].startswith("_") and not parts[-1].startswith("__"):
+                    found.append(f"{where}:{node.lineno} {name}")
+    assert not found, "private dtcond names used outside the package:\n" + "\n".join(found)
+
+
+def _module_imports(source: str) -> set[str]:
+    """The dtcond modules a module imports when it is imported: top level, inside if/try blocks too
+    (imports inside functions run later, when every module is loaded, and cannot form a cycle)."""
+    out = set()
+
+    def visit(stmts):
+        for node in stmts:
+            if isinstance(node, ast.Import):
+                out.update(a.name for a in node.names if a.name.startswith("dtcond"))
+            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("dtcond"):
+                out.add(node.module)
+                out.update(f"{node.module}.{a.name}" for a in node.names)  # `from dtcond import targets` imports a module
+            elif isinstance(node, (ast.If, ast.Try)):
+                for block in (node.body, node.orelse, getattr(node, "finalbody", []),
+                              *(h.body for h in getattr(node, "handlers", []))):
+                    visit(block)
+
+    visit(ast.parse(source).body)
+    return out
+
+
+def test_dtcond_modules_import_without_cycles():
+    files = {".".join(p.relative_to(REPO).with_suffix("").parts).removesuffix(".__init__"): p for p in (REPO / "dtcond").rglob("*.py")}
+    graph = {name: _module_imports(path.read_text()) & set(files) for name, path in files.items()}
+    cycles, state = [], {}
+
+    def walk(node, stack):
+        state[node] = "open"
+        for dep in sorted(graph[node] - {node}):
+            if state.get(dep) == "open":
+                cycles.append(" -> ".join(stack[stack.index(dep):] + [dep]))
+            elif dep not in state:
+                walk(dep, stack + [dep])
+        state[node] = "done"
+
+    for node in sorted(graph):
+        if node not in state:
+            walk(node, [node])
+    assert not cycles, "import cycles in dtcond:\n" + "\n".join(cycles)
