@@ -1,8 +1,14 @@
-"""Shared fixtures: every test gets its own Minari root in a temp dir; nothing is downloaded."""
+"""Shared fixtures: every test gets its own Minari root in a temp dir; nothing is downloaded.
+
+The small test datasets are collected once per session and copied into each test's root. A module
+whose tests share a tiny trained model builds it once in its ``module_root`` (see ``minari_at``).
+"""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -64,26 +70,83 @@ def write_buffers(dataset_id: str, episodes: list[dict], env_id: str | None = No
     return minari.create_dataset_from_buffers(dataset_id, buffers, env=env_id, **spaces)
 
 
-@pytest.fixture
-def cartpole_dataset() -> str:
+CARTPOLE = "test/cartpole/mix-v0"
+PENDULUM = "test/pendulum/mix-v0"
+
+
+def _collect_cartpole() -> None:
     """A small CartPole mixture (expert, noisy, random) made by dtcond's collector."""
     from dtcond.behavior import Component
     from dtcond.collection import collect
 
     comps = [Component("cartpole_balance", 0.0, 0.3), Component("cartpole_balance", 0.5, 0.4), Component("random", 0.0, 0.3)]
-    collect("CartPole-v1", comps, episodes=20, dataset_id="test/cartpole/mix-v0", seed=0, progress=False)
-    return "test/cartpole/mix-v0"
+    collect("CartPole-v1", comps, episodes=20, dataset_id=CARTPOLE, seed=0, progress=False)
 
 
-@pytest.fixture
-def pendulum_dataset() -> str:
+def _collect_pendulum() -> None:
     from dtcond.behavior import Component
     from dtcond.collection import collect
 
     comps = [Component("pendulum_swingup", 0.0, 0.5), Component("random", 0.0, 0.5)]
-    collect("Pendulum-v1", comps, episodes=6, dataset_id="test/pendulum/mix-v0", seed=0, progress=False,
-            max_episode_steps=60)
-    return "test/pendulum/mix-v0"
+    collect("Pendulum-v1", comps, episodes=6, dataset_id=PENDULUM, seed=0, progress=False, max_episode_steps=60)
+
+
+@contextlib.contextmanager
+def minari_at(root: Path):
+    """Point Minari at ``root`` for the duration (a module-scoped fixture cannot use ``monkeypatch``)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MINARI_DATASETS_PATH", str(root))
+        yield root
+
+
+class DatasetCache:
+    """Each test dataset collected once, then copied into whichever Minari root asks for it."""
+
+    makers = {CARTPOLE: _collect_cartpole, PENDULUM: _collect_pendulum}
+
+    def __init__(self, root: Path):
+        self.root = root
+
+    def into(self, root: Path, dataset_id: str) -> str:
+        if not (self.root / dataset_id).is_dir():
+            with minari_at(self.root):
+                self.makers[dataset_id]()
+        shutil.copytree(self.root / dataset_id, root / dataset_id)
+        # Minari keeps a namespace_metadata.json in each namespace folder above the dataset.
+        for parent in Path(dataset_id).parents:
+            meta = Path(parent, "namespace_metadata.json")
+            if parent != Path(".") and (self.root / meta).exists() and not (root / meta).exists():
+                shutil.copyfile(self.root / meta, root / meta)
+        return dataset_id
+
+
+@pytest.fixture(scope="session")
+def dataset_cache(tmp_path_factory) -> DatasetCache:
+    return DatasetCache(tmp_path_factory.mktemp("dataset-cache"))
+
+
+@pytest.fixture(scope="module")
+def module_root(tmp_path_factory, dataset_cache) -> Path:
+    """A folder for what a module's tests share (tiny trained models), with the test datasets in ``minari/``.
+
+    Build in it under ``minari_at(module_root / "minari")``; tests only read what is there.
+    """
+    root = tmp_path_factory.mktemp("module")
+    for dataset_id in DatasetCache.makers:
+        dataset_cache.into(root / "minari", dataset_id)
+    return root
+
+
+@pytest.fixture
+def cartpole_dataset(dataset_cache, minari_root) -> str:
+    """A small CartPole mixture (expert, noisy, random) made by dtcond's collector."""
+    return dataset_cache.into(minari_root, CARTPOLE)
+
+
+@pytest.fixture
+def pendulum_dataset(dataset_cache, minari_root) -> str:
+    """A small Pendulum mixture (swing-up expert, random), 60-step episodes."""
+    return dataset_cache.into(minari_root, PENDULUM)
 
 
 def rng_episode(T: int, obs_dim: int = 3, seed: int = 0, discrete: int | None = None) -> dict:

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from conftest import run_cli
+from conftest import CARTPOLE, minari_at, run_cli
 from dtcond.baselines import train_baseline
 from dtcond.checkpoints import load_policy
 from dtcond.data import load
@@ -22,6 +22,21 @@ QUIET = dict(enable_progress_bar=False, enable_model_summary=False, logger=False
 SMALL_PPO = {"n_envs": 2, "n_steps": 64, "batch_size": 64, "n_epochs": 2}
 
 
+# The module's tests share one tiny PPO run and one tiny DT on the CartPole data; they only read them.
+@pytest.fixture(scope="module")
+def ppo_run(module_root):
+    with minari_at(module_root / "minari"):
+        stats = load(CARTPOLE).stats
+    return train_baseline(stats, "ppo", module_root / "ppo", budget=256, checkpoints=2, hyperparams=SMALL_PPO, progress=False)
+
+
+@pytest.fixture(scope="module")
+def dt_bundle(module_root):
+    with minari_at(module_root / "minari"):
+        return train(CARTPOLE, module_root / "dt", model=TINY, data=dict(batch_size=8, steps_per_epoch=5),
+                     trainer=dict(max_steps=5, **QUIET)).bundle
+
+
 def test_a_tiny_ppo_run_checkpoints_exports_and_resumes(cartpole_dataset, tmp_path):
     stats = load(cartpole_dataset).stats
     first = train_baseline(stats, "ppo", tmp_path / "ppo", budget=256, checkpoints=2, hyperparams=SMALL_PPO, progress=False)
@@ -32,13 +47,11 @@ def test_a_tiny_ppo_run_checkpoints_exports_and_resumes(cartpole_dataset, tmp_pa
     assert card["format"] == "dtcond-sb3-policy" and card["timesteps"] == 512
 
 
-def test_an_sb3_bundle_acts_like_the_sb3_model(cartpole_dataset, tmp_path):
+def test_an_sb3_bundle_acts_like_the_sb3_model(ppo_run):
     from stable_baselines3 import PPO
 
-    stats = load(cartpole_dataset).stats
-    r = train_baseline(stats, "ppo", tmp_path / "ppo", budget=256, checkpoints=1, hyperparams=SMALL_PPO, progress=False)
-    sb3 = PPO.load(sorted((tmp_path / "ppo" / "checkpoints").glob("*.zip"))[-1], device="cpu")
-    policy = load_policy(r.bundles[-1])
+    sb3 = PPO.load(ppo_run.out_dir / "checkpoints" / "ppo_256_steps.zip", device="cpu")
+    policy = load_policy(ppo_run.bundles[-1])
     obs = np.random.default_rng(0).normal(size=(64, 4)).astype(np.float32)
     ours, probs, _ = policy.act_batch(None, obs, np.zeros(64), np.zeros(64))
     np.testing.assert_array_equal(ours, sb3.predict(obs, deterministic=True)[0])
@@ -63,15 +76,15 @@ def test_the_behaviour_model_prefers_the_data_to_random_actions(cartpole_dataset
         data = load(dataset_id)
         scorer = RoamingScorer.for_data(data)
         rng = np.random.default_rng(0)
-        data_nll, random_nll = [], []
+        data_ce, random_ce = [], []
         for t in data.trajectories:
             if data.stats.is_discrete:
                 rand = rng.integers(data.stats.action_dim, size=len(t))
             else:
                 rand = rng.uniform(data.stats.action_low, data.stats.action_high, size=t.actions.shape).astype(np.float32)
-            data_nll.append(scorer.score_episode(t.observations, t.actions)["nll_behavior"])
-            random_nll.append(scorer.score_episode(t.observations, rand)["nll_behavior"])
-        assert np.mean(data_nll) < np.mean(random_nll) - 0.1, dataset_id
+            data_ce.append(scorer.score_episode(t.observations, t.actions)["cross_entropy_behavior"])
+            random_ce.append(scorer.score_episode(t.observations, rand)["cross_entropy_behavior"])
+        assert np.mean(data_ce) < np.mean(random_ce) - 0.1, dataset_id
 
 
 def test_novelty_is_zero_on_the_data_and_grows_with_shift(cartpole_dataset):
@@ -85,7 +98,7 @@ def test_novelty_is_zero_on_the_data_and_grows_with_shift(cartpole_dataset):
     assert scorer.score_episode(states + 8 * std, acts)["novel_fraction"] == 1.0
 
 
-def test_pct_bc_trains_on_the_quantilizer_tail(cartpole_dataset, tmp_path):
+def test_pct_bc_trains_on_the_quantilizer_tail(cartpole_dataset, dt_bundle, tmp_path):
     r = train(cartpole_dataset, tmp_path / "pbc", model=TINY, data=dict(batch_size=8, steps_per_epoch=5),
               trainer=dict(max_steps=5, **QUIET), condition_on_return=False, top_fraction=0.25)
     policy = load_policy(r.bundle)
@@ -94,25 +107,21 @@ def test_pct_bc_trains_on_the_quantilizer_tail(cartpole_dataset, tmp_path):
     recs = evaluate(policy, episodes=2, seed=0)
     assert [r["target_spec"] for r in recs] == ["none", "none"] and recs[0]["label"] == "pct_bc:0.25"
     with pytest.raises(DtcondError, match="needs targets"):
-        evaluate(load_policy(train(cartpole_dataset, tmp_path / "dt", model=TINY, data=dict(batch_size=8, steps_per_epoch=5),
-                                   trainer=dict(max_steps=2, **QUIET)).bundle), episodes=1)
+        evaluate(load_policy(dt_bundle), episodes=1)
 
 
-def test_the_comparison_report_builds_from_a_small_table(cartpole_dataset, tmp_path):
+def test_the_comparison_report_builds_from_a_small_table(cartpole_dataset, dt_bundle, ppo_run, tmp_path):
     from dtcond.report import write_report
 
     data = load(cartpole_dataset)
     scorer = RoamingScorer.for_data(data)
     store = ResultsStore(tmp_path / "results.jsonl")
     store.append(dataset_records(data, scorer))
-    dt = load_policy(train(cartpole_dataset, tmp_path / "dt", model=TINY, data=dict(batch_size=8, steps_per_epoch=5),
-                           trainer=dict(max_steps=5, **QUIET)).bundle)
-    evaluate(dt, ["q0.2", "q0.8", "x1.5", "quantilizer:0.25"], episodes=2, results=store, scorer=scorer)
+    evaluate(load_policy(dt_bundle), ["q0.2", "q0.8", "x1.5", "quantilizer:0.25"], episodes=2, results=store, scorer=scorer)
     bc = load_policy(train(cartpole_dataset, tmp_path / "bc", model=TINY, data=dict(batch_size=8, steps_per_epoch=5),
                            trainer=dict(max_steps=5, **QUIET), condition_on_return=False).bundle)
     evaluate(bc, episodes=2, results=store, scorer=scorer)
-    ppo = train_baseline(data.stats, "ppo", tmp_path / "ppo", budget=256, checkpoints=2, hyperparams=SMALL_PPO, progress=False)
-    for bundle in ppo.bundles:
+    for bundle in ppo_run.bundles:
         evaluate(load_policy(bundle), episodes=2, results=store, scorer=scorer)
     report = write_report(store.path)
     out = report["outputs"][cartpole_dataset]
@@ -151,7 +160,7 @@ def test_cli_baseline_trains_and_evaluates_every_checkpoint(cartpole_dataset, tm
     rows = ResultsStore(results).read()
     labels = {r["label"] for r in rows}
     assert {"ppo@128", "ppo@256", "data"} <= labels
-    assert all(r["nll_behavior"] is not None for r in rows)
+    assert all(r["cross_entropy_behavior"] is not None for r in rows)
 
 
 def test_a_tiny_sac_run_on_pendulum_exports_a_loadable_policy(pendulum_dataset, tmp_path):

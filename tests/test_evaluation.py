@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from conftest import run_cli
+from conftest import CARTPOLE, minari_at, run_cli
 from dtcond.checkpoints import load_policy
 from dtcond.errors import DtcondError
 from dtcond.evaluation import evaluate, make_jobs
@@ -18,11 +18,18 @@ QUIET = dict(enable_progress_bar=False, enable_model_summary=False, logger=False
 SPECS = ["q0.1", "q0.9", "x1.5", "quantilizer:0.25"]
 
 
+@pytest.fixture(scope="module")
+def cartpole_bundle(module_root):
+    """One tiny CartPole model for the module's tests: they read it and never change it."""
+    with minari_at(module_root / "minari"):
+        return train(CARTPOLE, module_root / "cp", model=TINY, data=dict(batch_size=16, steps_per_epoch=20),
+                     trainer=dict(max_steps=40, **QUIET)).bundle
+
+
 @pytest.fixture
-def cartpole_policy(cartpole_dataset, tmp_path):
-    r = train(cartpole_dataset, tmp_path / "cp", model=TINY, data=dict(batch_size=16, steps_per_epoch=20),
-              trainer=dict(max_steps=40, **QUIET))
-    return load_policy(r.bundle)
+def cartpole_policy(cartpole_bundle, cartpole_dataset):
+    # A fresh policy per test (it carries decoding state); the dataset sits in the test's own root for the CLI.
+    return load_policy(cartpole_bundle)
 
 
 @pytest.fixture
