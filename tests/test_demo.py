@@ -1,7 +1,11 @@
 """The demo end to end at a tiny budget, and its reuse of what a first run made."""
 
+import pytest
+
 from conftest import run_cli
 from dtcond.results import ResultsStore
+
+pytestmark = pytest.mark.slow
 
 
 def test_demo_runs_end_to_end_and_reuses_its_work(tmp_path, minari_root):

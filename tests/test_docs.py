@@ -12,6 +12,8 @@ from nbclient import NotebookClient
 
 from conftest import REPO
 
+pytestmark = pytest.mark.slow
+
 SMALL = {"TRAIN_STEPS": 30, "EPISODES": 2, "PPO_BUDGET": 512}
 
 

@@ -7,9 +7,12 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from conftest import REPO
 
 
+@pytest.mark.slow
 def test_luck_experiment_runs_end_to_end(tmp_path, minari_root):
     committed = REPO / "experiments" / "luck" / "results" / "summary.json"
     before = committed.read_bytes() if committed.exists() else None

@@ -22,6 +22,8 @@ from dtcond.data import load, local_dataset_ids
 
 TRIALS = int(os.environ.get("DTCOND_KILL_TRIALS", "1"))
 
+pytestmark = pytest.mark.slow
+
 
 def start(args, cwd):
     return subprocess.Popen([sys.executable, "-m", "dtcond", *args], cwd=cwd, stdout=subprocess.DEVNULL,
