@@ -7,7 +7,7 @@ TORCH_SPEC ?= torch==2.13.0
 # e.g. TORCH_PIP_ARGS='--index-url <your CPU wheel index>' elsewhere
 TORCH_PIP_ARGS ?=
 
-.PHONY: setup demo test test-all bench experiments clean
+.PHONY: setup demo test test-slow test-all bench experiments clean
 
 $(BIN)/dtcond: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,8 +26,13 @@ setup: $(BIN)/dtcond
 demo: setup
 	$(BIN)/dtcond demo
 
+# The fast tier (a few minutes on 2 cores); the slow tier is the end-to-end runs: demo, experiments,
+# notebooks, kill -9. CI (.ci/run) runs both.
 test: setup
 	$(BIN)/python -m pytest -q -m "not slow"
+
+test-slow: setup
+	$(BIN)/python -m pytest -q -m slow
 
 test-all: setup
 	$(BIN)/python -m pytest -q
