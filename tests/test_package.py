@@ -1,19 +1,53 @@
 """The package contract: a light, side-effect-free import and a working CLI entry point."""
 
+import importlib
+import importlib.metadata
+import inspect
 import subprocess
 import sys
 
 from conftest import REPO
 
+# What each public name is and which module defines it (the README's Library use and Where things live).
+PUBLIC = {
+    "DtcondError": ("class", "dtcond.errors"),
+    "collect": ("function", "dtcond.collection"),
+    "load_dataset": ("function", "dtcond.data"),
+    "DatasetStats": ("class", "dtcond.data"),
+    "DTConfig": ("class", "dtcond.model"),
+    "DecisionTransformer": ("class", "dtcond.model"),
+    "train": ("function", "dtcond.training"),
+    "load_policy": ("function", "dtcond.checkpoints"),
+    "ConditionedPolicy": ("class", "dtcond.policy"),
+    "evaluate": ("function", "dtcond.evaluation"),
+    "ResultsStore": ("class", "dtcond.results"),
+    "write_report": ("function", "dtcond.report"),
+    "comparison_table": ("function", "dtcond.report"),
+    "plot_frontier": ("function", "dtcond.report"),
+    "train_baseline": ("function", "dtcond.baselines"),
+    "RoamingScorer": ("class", "dtcond.roaming"),
+    "dataset_records": ("function", "dtcond.roaming"),
+    "ComparisonSpec": ("class", "dtcond.pipeline"),
+    "run_comparison": ("function", "dtcond.pipeline"),
+    "targets": ("module", "dtcond.targets"),
+    "stats": ("module", "dtcond.stats"),
+}
+
+
+def kind(obj) -> str:
+    return "module" if inspect.ismodule(obj) else "class" if inspect.isclass(obj) else "function" if inspect.isfunction(obj) else type(obj).__name__
+
 
 def test_import_is_light_and_side_effect_free(tmp_path):
     code = (
         "import sys, os; before = set(os.listdir('.')); import dtcond; "
-        "heavy = [m for m in ('torch', 'lightning', 'minari', 'hydra') if m in sys.modules]; "
+        "heavy = [m for m in ('torch', 'lightning', 'minari', 'hydra', 'stable_baselines3') if m in sys.modules]; "
         "assert not heavy, heavy; assert set(os.listdir('.')) == before; "
-        "assert set(dtcond.__all__) <= set(dir(dtcond))"
+        "loaded = sorted(m for m in sys.modules if m.startswith('dtcond.') and m != 'dtcond.errors'); "
+        "assert not loaded, loaded"
     )
-    subprocess.run([sys.executable, "-c", code], cwd=tmp_path, check=True)
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
 
 
 def test_cli_usage_and_unknown_command(tmp_path):
@@ -32,18 +66,31 @@ def test_configs_ship_with_the_package():
     assert conf_dir() in (REPO / "conf", REPO / "dtcond" / "conf")
 
 
-def test_every_public_name_resolves():
+def check_public_names(dtcond) -> None:
+    assert set(dtcond.__all__) == {"__version__", *PUBLIC}, "a new public name needs its entry in PUBLIC"
+    for name, (expected, module) in PUBLIC.items():
+        obj = getattr(dtcond, name)
+        assert kind(obj) == expected, f"dtcond.{name} is a {kind(obj)}, not a {expected}"
+        if expected == "module":
+            assert obj is importlib.import_module(module), name
+        else:
+            assert obj.__module__ == module and getattr(importlib.import_module(module), obj.__name__) is obj, name
+            assert inspect.getdoc(obj), f"dtcond.{name} has no docstring"
+
+
+def test_every_public_name_is_what_the_docs_say():
+    import torch
+
     import dtcond
 
-    for name in dtcond.__all__:
-        assert getattr(dtcond, name) is not None, name
+    check_public_names(dtcond)
+    assert issubclass(dtcond.DtcondError, Exception) and issubclass(dtcond.DecisionTransformer, torch.nn.Module)
+    assert dtcond.__version__ == importlib.metadata.version("dtcond")
 
 
 def test_public_functions_survive_importing_every_submodule():
     # Importing a submodule binds it on the package: a function sharing a submodule's name
     # (dtcond.collect vs a dtcond/collect.py) would turn into the module.
-    import importlib
-    import inspect
     import pkgutil
 
     import dtcond
@@ -51,6 +98,4 @@ def test_public_functions_survive_importing_every_submodule():
     for info in pkgutil.walk_packages(dtcond.__path__, "dtcond."):
         if info.name != "dtcond.__main__":
             importlib.import_module(info.name)
-    for name, (module, attr) in dtcond._LAZY.items():
-        if attr is not None:
-            assert not inspect.ismodule(getattr(dtcond, name)), f"dtcond.{name} is a module, not {module}.{attr}"
+    check_public_names(dtcond)
