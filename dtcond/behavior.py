@@ -54,10 +54,10 @@ class Component:
 
 
 def components_from_config(items) -> list[Component]:
-    """A behaviour mixture from plain config: a list of ``{policy, noise, weight, name}`` dicts (or bare policy names).
+    """A behaviour mixture from plain config: a list of ``{policy, noise, weight, name, noise_type}`` dicts (or bare policy names).
 
-    >>> components_from_config([{"policy": "cartpole_balance", "weight": 0.5}, {"policy": "random", "weight": 0.5}])[1]
-    Component(policy='random', noise=0.0, weight=0.5, name='random@0')
+    >>> [(c.name, c.weight) for c in components_from_config([{"policy": "cartpole_balance", "noise": 0.2, "weight": 0.5}, "random"])]
+    [('cartpole_balance@0.2', 0.5), ('random@0', 1.0)]
     """
     if not isinstance(items, (list, tuple)):
         raise DtcondError(f"behavior must be a list of {{policy, noise, weight}} entries, got {type(items).__name__}")
