@@ -196,6 +196,7 @@ class ComparisonResult:
             ret = f"{r['episode_return']:9.1f}" + (f" ± {ci:6.1f}" if math.isfinite(ci) else " " * 9)
             lines.append(f"  {r['label']:>16} {r['target_spec']:>18} {r['seeds']:>5} {ret:>18}"
                          + "".join(num(r[c]) for c in extra) + "".join(num(r[c], digits=2) for c in div))
+
         def seed_mean(key, split="in_distribution"):
             vals = [(m.get(split) or {}).get(key) if split else m.get(key) for m in self.metrics.values()]
             vals = np.array([v for v in vals if v is not None], dtype=float)
@@ -256,6 +257,7 @@ def run_comparison(spec: ComparisonSpec) -> ComparisonResult:
     from dtcond.data import load
     from dtcond.evaluation import evaluate
     from dtcond.results import ResultsStore
+    from dtcond.roaming import RoamingScorer, dataset_records
     from dtcond.stats import with_policy_columns
 
     if not isinstance(spec, ComparisonSpec):
@@ -276,13 +278,8 @@ def run_comparison(spec: ComparisonSpec) -> ComparisonResult:
     _ensure_dataset(spec)
     data = load(spec.dataset_id)
     targets = resolve_targets(spec.targets, data.stats)
-    scorer = None
-    if spec.roaming:
-        from dtcond.roaming import RoamingScorer
-
-        scorer = RoamingScorer.for_data(data)
-    from dtcond.roaming import dataset_records
-
+    # The data's own episodes are rows of the table too, scored like every policy's.
+    scorer = RoamingScorer.for_data(data) if spec.roaming else None
     records = dataset_records(data, scorer)
     store.append(records)
 
@@ -311,8 +308,9 @@ def run_comparison(spec: ComparisonSpec) -> ComparisonResult:
     records = list(unique.values())
     df = with_policy_columns(pd.DataFrame(records))
     df["label"] = df["label"].fillna(df["policy_kind"])
-    print(f"[3/{steps}] score {len(df)} episodes ({int((df['policy_kind'] == 'data').sum())} of them the data's)")
     report_dir = work / "report"
+    print(f"[3/{steps}] this comparison: {len(df)} episodes ({int((df['policy_kind'] == 'data').sum())} of them the data's) "
+          f"-> {report_dir / 'results.jsonl'}")
     report_dir.mkdir(parents=True, exist_ok=True)
     # The report covers exactly this run's episodes (episodes.jsonl may also hold those of weights a
     # changed budget has since replaced), saved beside it so `dtcond report` can remake it.
@@ -324,7 +322,7 @@ def run_comparison(spec: ComparisonSpec) -> ComparisonResult:
     if spec.report:
         from dtcond.report import write_report
 
-        print(f"[4/{steps}] report in {report_dir}")
+        print(f"[4/{steps}] report")
         report = write_report(snapshot, data_returns={spec.dataset_id: list(data.stats.episode_returns)})
         metrics = report["metrics"]
         out = report["outputs"][spec.dataset_id]

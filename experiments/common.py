@@ -195,11 +195,12 @@ def resolve_behavior(items: list[dict], ppo_dir: Path | None) -> list[dict]:
         if str(item["policy"]).startswith("ppo:"):
             if ppo_dir is None:
                 raise DtcondError(f"behaviour {item['policy']!r} needs the Hopper PPO run")
-            path = ppo_dir / "checkpoints" / f"ppo_{int(item['policy'][4:])}_steps.zip"
+            steps = int(item["policy"][4:])
+            path = ppo_dir / "checkpoints" / f"ppo_{steps}_steps.zip"
             if not path.exists():
                 raise DtcondError(f"no PPO checkpoint {path}; the run saves every budget/checkpoints steps")
             item["policy"] = f"sb3:{path}"
-            item.setdefault("name", f"ppo@{path.stem.split('_')[1]}+{item.get('noise', 0):g}")
+            item.setdefault("name", f"ppo@{steps}+{item.get('noise', 0):g}")
         out.append(item)
     return out
 
