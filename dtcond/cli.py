@@ -1,7 +1,8 @@
 """``dtcond <command> [hydra overrides]``: one Hydra app per command, composed from ``conf/<command>.yaml``.
 
-Hydra stays here: each command turns its ``DictConfig`` into plain values and calls library code.
-A :class:`~dtcond.errors.DtcondError` becomes one line on stderr and exit code 2.
+Hydra stays here. Each config's schema is its command's dataclass in :mod:`dtcond.config`, so Hydra
+type-checks while composing; each command gets that dataclass (never a ``DictConfig``) and calls
+library code. A :class:`~dtcond.errors.DtcondError` becomes one line on stderr and exit code 2.
 """
 
 from __future__ import annotations
@@ -43,48 +44,34 @@ def fail(command: str, message: str) -> None:
 
 
 # ----------------------------------------------------------------------------------------------
-# Commands: DictConfig in, plain values out.
+# Commands: a typed config (dtcond.config) in, library calls out.
 
 
-def _typed(cfg, key: str, kind):
-    """``cfg.<key>`` as ``kind``, or a one-line error naming the key."""
+# demo_command reads its DictConfig through these; the schema has already typed every value.
+def _int(cfg, key: str) -> int:
     from omegaconf import OmegaConf
 
-    value = OmegaConf.select(cfg, key)
-    if kind is bool:
-        if isinstance(value, bool):
-            return value
-    elif isinstance(value, (int, float)) and not isinstance(value, bool):
-        if kind is int and float(value).is_integer():
-            return int(value)
-        if kind is float:
-            return float(value)
-    raise DtcondError(f"{key} must be {'true/false' if kind is bool else ('an integer' if kind is int else 'a number')}, got {value!r}")
-
-
-def _int(cfg, key: str) -> int:
-    return _typed(cfg, key, int)
-
-
-def _float(cfg, key: str) -> float:
-    return _typed(cfg, key, float)
+    return int(OmegaConf.select(cfg, key))
 
 
 def _bool(cfg, key: str) -> bool:
-    return _typed(cfg, key, bool)
+    from omegaconf import OmegaConf
+
+    return bool(OmegaConf.select(cfg, key))
 
 
 def _set_datasets_path(cfg) -> None:
-    if cfg.get("datasets_path"):
-        os.environ["MINARI_DATASETS_PATH"] = str(Path(cfg.datasets_path).expanduser().resolve())
+    path = getattr(cfg, "datasets_path", None)
+    if path:
+        os.environ["MINARI_DATASETS_PATH"] = str(Path(path).expanduser().resolve())
 
 
-def _components(cfg_behavior) -> list:
+def _components(behavior) -> list:
     from omegaconf import OmegaConf
 
     from dtcond.behavior import components_from_config
 
-    return components_from_config(OmegaConf.to_container(cfg_behavior, resolve=True))
+    return components_from_config(OmegaConf.to_container(behavior, resolve=True) if OmegaConf.is_config(behavior) else behavior)
 
 
 def collect_command(cfg) -> None:
@@ -94,13 +81,13 @@ def collect_command(cfg) -> None:
     summary = collect(
         env_id=cfg.env.id,
         behavior=_components(cfg.behavior),
-        episodes=_int(cfg, "episodes"),
+        episodes=cfg.episodes,
         dataset_id=cfg.dataset_id,
-        seed=_int(cfg, "seed"),
-        env_kwargs=dict(cfg.env.kwargs or {}),
-        max_episode_steps=cfg.env.get("max_episode_steps"),
-        overwrite=_bool(cfg, "overwrite"),
-        progress=_bool(cfg, "progress"),
+        seed=cfg.seed,
+        env_kwargs=dict(cfg.env.kwargs),
+        max_episode_steps=cfg.env.max_episode_steps,
+        overwrite=cfg.overwrite,
+        progress=cfg.progress,
     )
     print(summary.format())
 
@@ -114,27 +101,10 @@ def _plain(node) -> dict:
 def train_command(cfg) -> None:
     from hydra.core.hydra_config import HydraConfig
 
-    from dtcond.training import RolloutCallback, train
+    from dtcond.training import train
 
     _set_datasets_path(cfg)
-    callbacks = []
-    if _int(cfg, "rollouts.every_n_steps") > 0:
-        callbacks.append(RolloutCallback(_int(cfg, "rollouts.every_n_steps"), list(cfg.rollouts.targets),
-                                         _int(cfg, "rollouts.episodes"), _int(cfg, "seed")))
-    result = train(
-        dataset_id=cfg.dataset.id,
-        out_dir=HydraConfig.get().runtime.output_dir,
-        model=_plain(cfg.model),
-        data={**_plain(cfg.data), "gamma": _float(cfg, "dataset.gamma")},
-        optim=_plain(cfg.optim),
-        trainer=_plain(cfg.trainer),
-        seed=_int(cfg, "seed"),
-        checkpoint_every=_int(cfg, "checkpoint_every"),
-        resume=_bool(cfg, "resume"),
-        condition_on_return=_bool(cfg, "condition_on_return"),
-        top_fraction=None if cfg.top_fraction is None else _float(cfg, "top_fraction"),
-        callbacks=callbacks,
-    )
+    result = train(cfg.dataset.id, HydraConfig.get().runtime.output_dir, config=cfg)
     val = f"{result.val_loss:.4f}" if result.val_loss is not None else "n/a"
     print(f"trained {cfg.dataset.id}: {result.global_step} steps, val/loss {val}")
     print(f"  policy bundle  {result.bundle}")
@@ -168,26 +138,22 @@ def baseline_command(cfg) -> None:
     from dtcond.results import ResultsStore
 
     _set_datasets_path(cfg)
-    store = ResultsStore(Path(cfg.results).expanduser()) if _bool(cfg, "evaluate") else None
-    if _bool(cfg, "evaluate") and _int(cfg, "episodes") < 1:
-        raise DtcondError(f"episodes must be >= 1, got {cfg.episodes}")
+    store = ResultsStore(Path(cfg.results).expanduser()) if cfg.evaluate else None
     stats = load(cfg.dataset.id).stats
     result = train_baseline(
-        stats, str(cfg.algo), HydraConfig.get().runtime.output_dir,
-        budget=None if cfg.budget is None else _int(cfg, "budget"), checkpoints=_int(cfg, "checkpoints"),
-        hyperparams=_plain(cfg.hyperparams), seed=_int(cfg, "seed"), progress=_bool(cfg, "progress"),
+        stats, cfg.algo, HydraConfig.get().runtime.output_dir, budget=cfg.budget, checkpoints=cfg.checkpoints,
+        hyperparams=cfg.hyperparams or {}, seed=cfg.seed, progress=cfg.progress,
     )
     print(f"{cfg.algo} on {stats.env_id}: {result.timesteps} env steps; {len(result.bundles)} checkpoints in {result.out_dir / 'policies'}")
     if store is None:
         return
-    scorer = _scorer(cfg.dataset.id, _bool(cfg, "roaming"), store, data_rows=True)
+    scorer = _scorer(cfg.dataset.id, cfg.roaming, store, data_rows=True)
     for bundle in result.bundles:
         policy = load_policy(bundle)
-        recs = evaluate(policy, episodes=_int(cfg, "episodes"), seed=_int(cfg, "seed"), results=store, run_id=f"{cfg.algo}_seed{cfg.seed}",
-                        scorer=scorer)
+        recs = evaluate(policy, episodes=cfg.episodes, seed=cfg.seed, results=store, run_id=f"{cfg.algo}_seed{cfg.seed}", scorer=scorer)
         ret = np.mean([r["episode_return"] for r in recs])
-        nll = [r.get("nll_behavior") for r in recs if r.get("nll_behavior") is not None]
-        print(f"  {policy.label:>16}: return {ret:9.1f}" + (f"   NLL under the data's behaviour {np.mean(nll):.2f}/step" if nll else ""))
+        ce = [r.get("cross_entropy_behavior") for r in recs if r.get("cross_entropy_behavior") is not None]
+        print(f"  {policy.label:>16}: return {ret:9.1f}" + (f"   cross-entropy under the data's behaviour {np.mean(ce):.2f}/step" if ce else ""))
     print(f"  results: {store.path}")
 
 
@@ -199,20 +165,14 @@ def eval_command(cfg) -> None:
     from dtcond.targets import from_sampler
 
     _set_datasets_path(cfg)
-    if _int(cfg, "episodes") < 1:
-        raise DtcondError(f"episodes must be >= 1, got {cfg.episodes}")
     store = ResultsStore(Path(cfg.results).expanduser())  # fails now, not after an hour, if unwritable
     policy = load_policy(Path(cfg.policy).expanduser())
-    policy.greedy, policy.temperature = _bool(cfg, "greedy"), _float(cfg, "temperature")
-    if cfg.decode not in ("cached", "window"):
-        raise DtcondError(f"decode must be 'cached' or 'window', got {cfg.decode!r}")
-    policy.decode = str(cfg.decode)
-    specs = from_sampler(_plain(cfg.sampler), policy.stats) if policy.kind == "dt" else None
-    scorer = _scorer(policy.stats.dataset_id, _bool(cfg, "roaming"), store, data_rows=_bool(cfg, "data_rows"))
+    policy.greedy, policy.temperature, policy.decode = cfg.greedy, cfg.temperature, cfg.decode
+    specs = from_sampler(dict(cfg.sampler), policy.stats) if policy.kind == "dt" else None
+    scorer = _scorer(policy.stats.dataset_id, cfg.roaming, store, data_rows=cfg.data_rows)
     records = evaluate(
-        policy, specs, episodes=_int(cfg, "episodes"), seed=_int(cfg, "seed"), results=store, run_id=str(cfg.run_id),
-        batch_size=_int(cfg, "batch_size"), progress=_bool(cfg, "progress"),
-        env_kwargs=None, env_id=cfg.get("env_id"), scorer=scorer,
+        policy, specs, episodes=cfg.episodes, seed=cfg.seed, results=store, run_id=cfg.run_id,
+        batch_size=cfg.batch_size, progress=cfg.progress, env_kwargs=None, env_id=cfg.env_id, scorer=scorer,
     )
     import pandas as pd
 
@@ -222,7 +182,7 @@ def eval_command(cfg) -> None:
         flag = " OOD" if r.ood else ""
         print(f"  {r.target_spec:>18} target {r.target:9.1f} (P_data {r.target_quantile:4.2f}{flag:4}) "
               f"achieved {r.return_mean:9.1f} +- {r.return_ci95:6.1f}")
-    if _bool(cfg, "report"):
+    if cfg.report:
         report = write_report(store.path)
         for out in report["outputs"].values():
             print(f"  report {out['markdown']}  plot {out['plot']}")
@@ -231,7 +191,7 @@ def eval_command(cfg) -> None:
 def report_command(cfg) -> None:
     from dtcond.report import write_report
 
-    report = write_report(Path(cfg.results).expanduser(), cfg.get("out_dir"))
+    report = write_report(Path(cfg.results).expanduser(), cfg.out_dir)
     for dataset_id, out in report["outputs"].items():
         print(f"{dataset_id}: {out['markdown']}  {out['plot']}")
     for fp, m in report["metrics"].items():
@@ -265,6 +225,9 @@ def demo_command(cfg) -> None:
     print(f"demo done in {result.seconds:.0f}s (a rerun reuses the dataset, training and episodes; fresh=true remakes them)")
 
 
+# Commands that still read the composed DictConfig rather than their dataclass.
+_READS_DICTCONFIG = {"demo"}
+
 COMMANDS: dict[str, Callable] = {
     "collect": collect_command,
     "train": train_command,
@@ -292,16 +255,17 @@ def _quiet_libraries(command: str) -> None:
 def run(command: str, overrides: list[str]) -> None:
     import hydra
 
+    from dtcond.config import from_hydra, register_schemas
+
     task = COMMANDS[command]
+    register_schemas()
 
     @hydra.main(config_path=str(conf_dir()), config_name=command, version_base="1.3")
     def app(cfg) -> None:
         _quiet_libraries(command)
         try:
-            from dtcond.schemas import validate
-
-            validate(command, cfg)
-            task(cfg)
+            config = from_hydra(cfg)  # the one check: types, unknown keys, ranges
+            task(cfg if command in _READS_DICTCONFIG else config)
         except DtcondError as exc:
             fail(command, str(exc))
         except KeyboardInterrupt:
@@ -314,6 +278,9 @@ def run(command: str, overrides: list[str]) -> None:
 
 def _check_overrides(command: str, args: list[str]) -> None:
     """Compose the config once up front so a typo fails in one line, before any work."""
+    from dtcond.config import register_schemas
+
+    register_schemas()
     message = override_error(conf_dir(), command, args, hint=f"see `dtcond {command} --cfg job` for the keys it takes")
     if message:
         fail(command, message)
@@ -332,10 +299,15 @@ def override_error(config_dir: Path, config_name: str, args: list[str], hint: st
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
+    from dtcond.config import schema_error
+
     try:
         with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
             compose(config_name=config_name, overrides=overrides)
     except (HydraException, OmegaConfBaseException) as exc:
+        typed = schema_error(exc)  # a wrong type or unknown key under a dataclass schema
+        if typed:
+            return typed
         lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()] or [type(exc).__name__]
         message = lines[0].rstrip(".")
         at = next((i for i, line in enumerate(lines) if line.startswith("Available options")), None)

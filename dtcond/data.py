@@ -211,11 +211,14 @@ def _load_minari(dataset_id: str):
 def load(dataset_id: str, gamma: float = 1.0) -> OfflineData:
     """Load a local Minari dataset into aligned trajectories and their :class:`DatasetStats`.
 
+    ``gamma`` must be 1.0: targets, return quantiles and rollouts count undiscounted returns.
+
     >>> data = load("dtcond/cartpole/mixture-v0")      # doctest: +SKIP
     >>> data.stats.max_return, len(data.trajectories)   # doctest: +SKIP
     """
-    if not 0.0 < gamma <= 1.0:
-        raise DtcondError(f"gamma must be in (0, 1], got {gamma}")
+    from dtcond.config import check_gamma
+
+    check_gamma(gamma, "gamma")
     ds = _load_minari(dataset_id)
     check_spaces(ds.observation_space, ds.action_space)
     discrete = isinstance(ds.action_space, gym.spaces.Discrete)

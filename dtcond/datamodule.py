@@ -6,11 +6,17 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
+from dtcond.config import DataConfig
 from dtcond.data import OfflineData, WindowDataset, load, split_by_episode
+
+_DATA = DataConfig()  # the defaults below are the CLI's (conf/train.yaml's data section)
 
 
 class WindowDataModule(L.LightningDataModule):
     """Windows of ``window_len`` steps from a local Minari dataset, split into train/val by episode.
+
+    ``steps_per_epoch`` batches of ``batch_size`` fresh windows make one epoch; the keyword defaults
+    are :class:`dtcond.config.DataConfig`'s.
 
     >>> dm = WindowDataModule("dtcond/cartpole/mixture-v0", window_len=40)   # doctest: +SKIP
     >>> dm.setup(); batch = next(iter(dm.train_dataloader()))               # doctest: +SKIP
@@ -20,12 +26,11 @@ class WindowDataModule(L.LightningDataModule):
         self,
         dataset_id: str,
         window_len: int,
-        batch_size: int = 64,
-        steps_per_epoch: int = 500,
-        val_windows: int = 512,
-        val_fraction: float = 0.1,
-        gamma: float = 1.0,
-        num_workers: int = 0,
+        batch_size: int = _DATA.batch_size,
+        steps_per_epoch: int = _DATA.steps_per_epoch,
+        val_windows: int = _DATA.val_windows,
+        val_fraction: float = _DATA.val_fraction,
+        num_workers: int = _DATA.num_workers,
         seed: int = 0,
         data: OfflineData | None = None,
     ):
@@ -36,7 +41,6 @@ class WindowDataModule(L.LightningDataModule):
         self.steps_per_epoch = steps_per_epoch
         self.val_windows = val_windows
         self.val_fraction = val_fraction
-        self.gamma = gamma
         self.num_workers = num_workers
         self.seed = seed
         self.data = data
@@ -47,7 +51,7 @@ class WindowDataModule(L.LightningDataModule):
         if self.train_set is not None:
             return
         if self.data is None:
-            self.data = load(self.dataset_id, gamma=self.gamma)
+            self.data = load(self.dataset_id)
         trajs, stats = self.data.trajectories, self.data.stats
         train_idx, val_idx = split_by_episode(len(trajs), self.val_fraction, self.seed)
         self.train_set = WindowDataset(

@@ -6,13 +6,16 @@ as plain dicts), so its ``.ckpt`` loads with ``torch.load(weights_only=True)`` a
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import lightning as L
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.callbacks import TQDMProgressBar
 
+from dtcond.config import LoggerConfig, OptimConfig, TrainConfig, merge
 from dtcond.data import DatasetStats
 from dtcond.distributions import bin_index
 from dtcond.errors import DtcondError
@@ -47,6 +50,8 @@ def model_config_for(stats: DatasetStats, **overrides) -> DTConfig:
 class DTModule(L.LightningModule):
     """Supervised action prediction on return-conditioned windows.
 
+    The optimizer arguments default to :class:`dtcond.config.OptimConfig`'s, the CLI's defaults.
+
     >>> module = DTModule(model=cfg.to_dict(), stats=stats.to_dict())     # doctest: +SKIP
     """
 
@@ -54,10 +59,10 @@ class DTModule(L.LightningModule):
         self,
         model: dict,
         stats: dict,
-        lr: float = 1e-4,
-        weight_decay: float = 1e-4,
-        warmup_steps: int = 1000,
-        betas: tuple[float, float] = (0.9, 0.999),
+        lr: float = OptimConfig.lr,
+        weight_decay: float = OptimConfig.weight_decay,
+        warmup_steps: int = OptimConfig.warmup_steps,
+        betas: tuple[float, float] = tuple(OptimConfig().betas),
         condition_on_return: bool = True,
         top_fraction: float | None = None,
     ):
@@ -108,12 +113,6 @@ class DTModule(L.LightningModule):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
 
-def check_keys(section: str, given: dict, allowed: set[str]) -> None:
-    unknown = set(given) - allowed
-    if unknown:
-        raise DtcondError(f"unknown {section} keys {sorted(unknown)}; allowed: {sorted(allowed)}")
-
-
 class RolloutCallback(L.Callback):
     """Every ``every_n_steps`` training steps, roll the current model out at a few targets and log the returns.
 
@@ -149,6 +148,70 @@ class RolloutCallback(L.Callback):
             logger.log_metrics(metrics, step=step)
 
 
+class EpochsFromSteps(L.Callback):
+    """Sets ``max_epochs`` from ``max_steps`` once the epoch's length is known, so a progress bar reads ``Epoch 5/6``.
+
+    Lightning's own ``max_epochs=-1`` ("no limit") made it read ``Epoch 5/-2``. The epoch length is
+    only known after the dataloader is set up (a distributed sampler divides it among ranks).
+    """
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        batches = trainer.num_training_batches
+        if trainer.max_steps < 1 or not math.isfinite(batches) or batches < 1:
+            return
+        steps = max(1, int(batches) // trainer.accumulate_grad_batches)  # optimizer steps per epoch
+        if trainer.global_step == 0:
+            trainer.fit_loop.max_epochs = math.ceil(trainer.max_steps / steps)
+        else:  # resumed, perhaps mid-epoch: the current epoch, then whole ones; max_steps stops it anyway
+            remaining = max(0, trainer.max_steps - trainer.global_step)
+            trainer.fit_loop.max_epochs = trainer.current_epoch + 1 + math.ceil(remaining / steps)
+
+
+class EpochOfBar(TQDMProgressBar):
+    """Lightning's progress bar, reading ``Epoch e/N`` as its Rich bar does rather than ``Epoch e``."""
+
+    def on_train_epoch_start(self, trainer, *args) -> None:
+        super().on_train_epoch_start(trainer, *args)
+        if trainer.max_epochs is not None and trainer.max_epochs > 0:
+            self.train_progress_bar.set_description(f"Epoch {trainer.current_epoch}/{trainer.max_epochs - 1}")
+
+
+def make_logger(cfg: LoggerConfig, out_dir: str | Path):
+    """The Lightning logger ``cfg`` names, writing under ``out_dir``; a missing package is one line.
+
+    >>> make_logger(LoggerConfig(kind="csv"), "runs/x").log_dir     # doctest: +SKIP
+    'runs/x/logs'
+    """
+    import importlib.util
+
+    out_dir = Path(out_dir)
+    package = {"tensorboard": "tensorboard", "mlflow": "mlflow", "wandb": "wandb"}.get(cfg.kind)
+    if package and importlib.util.find_spec(package) is None:
+        raise DtcondError(f"logger={cfg.kind} needs the {package} package: pip install 'dtcond[loggers]' (or {package})")
+    if cfg.kind == "csv":
+        from lightning.pytorch.loggers import CSVLogger
+
+        return CSVLogger(out_dir, name="logs", version="")
+    if cfg.kind == "tensorboard":
+        from lightning.pytorch.loggers import TensorBoardLogger
+
+        return TensorBoardLogger(out_dir, name="tb", version="")
+    if cfg.kind == "mlflow":
+        from lightning.pytorch.loggers import MLFlowLogger
+
+        # A local SQLite file, no server: MLflow 3 refuses its older mlruns/ folder store without an opt-in.
+        uri = cfg.tracking_uri or f"sqlite:///{(out_dir / 'mlflow.db').resolve()}"
+        out_dir.mkdir(parents=True, exist_ok=True)
+        return MLFlowLogger(experiment_name=cfg.project, tracking_uri=uri, run_name=out_dir.name,
+                            artifact_location=(out_dir / "mlartifacts").resolve().as_uri())
+    if cfg.kind == "wandb":
+        from lightning.pytorch.loggers import WandbLogger
+
+        (out_dir / "wandb").mkdir(parents=True, exist_ok=True)
+        return WandbLogger(project=cfg.project, name=out_dir.name, save_dir=str(out_dir), offline=cfg.offline)
+    raise DtcondError(f"unknown logger {cfg.kind!r}")  # LoggerConfig already refuses it; kept for direct callers
+
+
 @dataclass
 class TrainResult:
     out_dir: Path
@@ -158,98 +221,103 @@ class TrainResult:
     val_loss: float | None
 
 
-def train(
-    dataset_id: str,
-    out_dir: str | Path,
-    model: dict | None = None,
-    data: dict | None = None,
-    optim: dict | None = None,
-    trainer: dict | None = None,
-    seed: int = 0,
-    checkpoint_every: int = 500,
-    resume: bool = True,
-    condition_on_return: bool = True,
-    top_fraction: float | None = None,
-    callbacks: list | None = None,
-) -> TrainResult:
+# Keyword overrides train() takes: TrainConfig's fields but the CLI-only ones (the dataset is train()'s argument).
+TRAIN_OPTIONS = tuple(f for f in TrainConfig.__dataclass_fields__ if f not in ("dataset", "datasets_path"))
+SECTIONS = ("model", "data", "optim", "trainer", "logger", "rollouts")
+
+
+def train(dataset_id: str, out_dir: str | Path, config: TrainConfig | None = None, callbacks: list | None = None,
+          **overrides) -> TrainResult:
     """Train a DT on a local Minari dataset, write ``last.ckpt`` and a policy bundle under ``out_dir``.
+
+    With no other argument this is ``dtcond train``'s default: the CPU preset (``small`` model, CPU
+    trainer) for :class:`~dtcond.config.TrainConfig`'s ``trainer.max_steps``. ``config`` replaces those
+    defaults; ``overrides`` are TrainConfig's fields (``model``, ``data``, ``optim``, ``trainer``,
+    ``logger``, ``rollouts`` as dicts or dataclasses merged onto them; ``seed``, ``checkpoint_every``,
+    ``resume``, ``condition_on_return``, ``top_fraction``), merged onto ``config``. ``callbacks`` are
+    extra Lightning callbacks.
 
     ``condition_on_return=False`` trains behaviour cloning (BC) with the same network and loop;
     with ``top_fraction=q`` too, filtered BC (%BC) on the top-q fraction of episodes by return —
     the same episodes ``quantilizer(q)`` draws its targets from.
 
     A run whose ``out_dir`` already has ``checkpoints/last.ckpt`` resumes from it (``resume=False``
-    refuses instead). ``trainer`` is passed to ``lightning.Trainer`` (e.g. ``max_steps``).
+    refuses instead).
 
-    >>> r = train("dtcond/cartpole/mixture-v0", "runs/cp", trainer={"max_steps": 200})  # doctest: +SKIP
+    >>> r = train("dtcond/cartpole/mixture-v0", "runs/cp", trainer={"max_steps": 500})  # doctest: +SKIP
     >>> dtcond.load_policy(r.bundle)                                                      # doctest: +SKIP
     """
     from dtcond.checkpoints import save_bundle
     from dtcond.data import load
     from dtcond.datamodule import WindowDataModule
 
+    unknown = set(overrides) - set(TRAIN_OPTIONS)
+    if unknown:
+        raise DtcondError(f"train() got unknown options {sorted(unknown)}; it takes {', '.join(TRAIN_OPTIONS)} and callbacks")
+    if config is not None and not isinstance(config, TrainConfig):
+        raise DtcondError(f"train(config=...) takes a dtcond.config.TrainConfig, got {type(config).__name__}")
+    # A section given as None keeps its defaults, as an absent one does.
+    overrides = {k: (asdict(v) if hasattr(v, "__dataclass_fields__") else v) for k, v in overrides.items()
+                 if not (k in SECTIONS and v is None)}
+    cfg: TrainConfig = merge(TrainConfig, config, overrides)
+
     out_dir = Path(out_dir)
-    model, data, optim, trainer = dict(model or {}), dict(data or {}), dict(optim or {}), dict(trainer or {})
     ckpt_dir = out_dir / "checkpoints"
     last = ckpt_dir / "last.ckpt"
-    if last.exists() and not resume:
+    if last.exists() and not cfg.resume:
         raise DtcondError(f"{last} exists; resume=true continues it, or choose another output dir")
-    max_steps = trainer.get("max_steps", -1)
-    if isinstance(max_steps, bool) or not isinstance(max_steps, (int, float)) or not float(max_steps).is_integer() \
-            or max_steps == 0 or max_steps < -1:
-        raise DtcondError(f"trainer.max_steps must be a positive integer, got {max_steps!r}")
-    if "max_steps" in trainer:
-        trainer["max_steps"] = int(max_steps)
-    if checkpoint_every < 1:
-        raise DtcondError(f"checkpoint_every must be >= 1, got {checkpoint_every}")
 
-    check_keys("model", model, set(DTConfig.__dataclass_fields__) - {"obs_dim", "act_dim", "discrete", "action_low", "action_high", "extra"})
-    check_keys("data", data, {"segment_len", "batch_size", "steps_per_epoch", "val_windows", "val_fraction", "num_workers", "gamma"})
-    check_keys("optim", optim, {"lr", "weight_decay", "warmup_steps", "betas"})
-    for key in ("batch_size", "steps_per_epoch"):
-        if key in data and int(data[key]) < 1:
-            raise DtcondError(f"data.{key} must be >= 1, got {data[key]}")
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    offline = load(dataset_id, gamma=cfg.dataset.gamma)
+    if cfg.top_fraction is not None:
+        offline = top_episodes(offline, cfg.top_fraction)
+    model_cfg = model_config_for(offline.stats, **asdict(cfg.model))
+    segment = cfg.data.segment_len or 2 * model_cfg.context_len
+    if segment < model_cfg.context_len:
+        raise DtcondError(f"data.segment_len ({segment}) must be >= model.context_len ({model_cfg.context_len})")
+    data = {k: v for k, v in asdict(cfg.data).items() if k != "segment_len"}
+    dm = WindowDataModule(dataset_id, window_len=segment, seed=cfg.seed, data=offline, **data)
+    o = cfg.optim
+    module = DTModule(model_cfg.to_dict(), offline.stats.to_dict(), lr=o.lr, weight_decay=o.weight_decay,
+                      warmup_steps=o.warmup_steps, betas=tuple(o.betas),
+                      condition_on_return=cfg.condition_on_return, top_fraction=cfg.top_fraction)
 
-    L.seed_everything(seed, workers=True, verbose=False)
-    offline = load(dataset_id, gamma=float(data.pop("gamma", 1.0)))
-    if top_fraction is not None:
-        offline = top_episodes(offline, float(top_fraction))
-    cfg = model_config_for(offline.stats, **model)
-    segment = int(data.pop("segment_len", 0) or 2 * cfg.context_len)
-    if segment < cfg.context_len:
-        raise DtcondError(f"data.segment_len ({segment}) must be >= model.context_len ({cfg.context_len})")
-    dm = WindowDataModule(dataset_id, window_len=segment, seed=seed, data=offline, **data)
-    module = DTModule(cfg.to_dict(), offline.stats.to_dict(), condition_on_return=condition_on_return,
-                      top_fraction=top_fraction, **optim)
+    from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
 
-    from lightning.pytorch.callbacks import ModelCheckpoint
-    from lightning.pytorch.loggers import CSVLogger
+    trainer = asdict(cfg.trainer)
+    logger = make_logger(cfg.logger, out_dir) if trainer.pop("logger") is not False else False
+    if trainer["max_epochs"] is None:
+        trainer["max_epochs"] = -1  # EpochsFromSteps sets it once the epoch length is known
+    trainer["default_root_dir"] = trainer["default_root_dir"] or str(out_dir)
+    extra = list(callbacks or [])
+    if cfg.rollouts.every_n_steps > 0:
+        r = cfg.rollouts
+        extra.append(RolloutCallback(r.every_n_steps, list(r.targets), r.episodes, cfg.seed))
+    if cfg.trainer.max_epochs is None:
+        extra.append(EpochsFromSteps())
+    if trainer["enable_progress_bar"] is not False and not any(isinstance(c, ProgressBar) for c in extra):
+        extra.append(EpochOfBar())
+    checkpoint = ModelCheckpoint(dirpath=ckpt_dir, save_last=True, save_top_k=0, every_n_train_steps=cfg.checkpoint_every)
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
 
-    loggers = [CSVLogger(out_dir, name="logs", version="")]
     try:
-        from lightning.pytorch.loggers import TensorBoardLogger
-
-        import tensorboard  # noqa: F401  (optional)
-
-        loggers.append(TensorBoardLogger(out_dir, name="tb", version=""))
-    except ImportError:
-        pass
-    checkpoint = ModelCheckpoint(dirpath=ckpt_dir, save_last=True, save_top_k=0, every_n_train_steps=checkpoint_every)
-    trainer.setdefault("max_epochs", -1)
-    trainer.setdefault("logger", loggers)
-    trainer.setdefault("default_root_dir", str(out_dir))
+        pl_trainer = L.Trainer(callbacks=[checkpoint, *extra], logger=logger, **trainer)
+    except (TypeError, ValueError, MisconfigurationException) as exc:  # a value Lightning refuses (an unknown accelerator, ...)
+        first = next((line for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+        raise DtcondError(f"trainer config: {first}") from None
     try:
-        pl_trainer = L.Trainer(callbacks=[checkpoint, *(callbacks or [])], **trainer)
-    except (TypeError, ValueError) as exc:  # unknown Trainer argument or bad value
-        raise DtcondError(f"trainer config: {exc}") from None
-    # Resuming reads our own checkpoint with weights_only=True too: nothing in it may run code.
-    pl_trainer.fit(module, datamodule=dm, ckpt_path=str(last) if last.exists() else None, weights_only=True)
-    if not pl_trainer.fast_dev_run:
-        pl_trainer.save_checkpoint(last, weights_only=False)  # the final step, with optimizer state
-    bundle = save_bundle(module, out_dir / "policy", extra={"global_step": pl_trainer.global_step, "seed": seed})
+        # Resuming reads our own checkpoint with weights_only=True too: nothing in it may run code.
+        pl_trainer.fit(module, datamodule=dm, ckpt_path=str(last) if last.exists() else None, weights_only=True)
+        if not pl_trainer.fast_dev_run:
+            pl_trainer.save_checkpoint(last, weights_only=False)  # the final step, with optimizer state
+    finally:
+        if cfg.logger.kind == "wandb" and logger is not False:
+            import wandb
+
+            wandb.finish()  # Lightning leaves the run open; the next train() in this process would reuse it
+    bundle = save_bundle(module, out_dir / "policy", extra={"global_step": pl_trainer.global_step, "seed": cfg.seed})
     val = pl_trainer.callback_metrics.get("val/loss")
     return TrainResult(out_dir, bundle, last, pl_trainer.global_step, float(val) if val is not None else None)
-
 
 
 def top_episodes(offline, fraction: float):

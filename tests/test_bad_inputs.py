@@ -77,8 +77,8 @@ CASES = [
     ("collect-no-version", ("collect", "{ds}", "dataset_id=noversion"), "invalid dataset id 'noversion'"),
     ("collect-exists", ("collect", "{ds}", "dataset_id=bad/cartpole-v0", "episodes=2"), "already exists"),
     ("collect-missing-sb3", ("collect", "{ds}", "behavior=[{policy: 'sb3:/no/such.zip', weight: 1.0}]", "dataset_id=xx/yy-v0"), "does not exist"),
-    ("collect-typo-key", ("collect", "{ds}", "episods=3"), "Could not override 'episods'"),
-    ("collect-typo-group", ("collect", "{ds}", "env=cartpol"), "Could not find 'env/cartpol' (available: cartpole, gamble, hopper_cost, pendulum, tomato)"),
+    ("collect-typo-key", ("collect", "{ds}", "episods=3"), "unknown config key episods; CollectConfig takes: env, dataset_id, episodes"),
+    ("collect-typo-group", ("collect", "{ds}", "env=cartpol"), "Could not find 'env/cartpol' (available: cartpole, gamble, hopper_cost, "),
     # train
     ("train-unknown-dataset", ("train", "{ds}", "dataset.id=nope/none-v0"), "unknown dataset id 'nope/none-v0'"),
     ("train-context-too-long", ("train", "{ds}", "dataset.id=bad/cartpole-v0", "model=tiny", "model.context_len=100000"), "exceeds the dataset's longest episode"),
@@ -88,7 +88,12 @@ CASES = [
     ("train-unknown-model", ("train", "{ds}", "model=huge"), "Could not find 'model/huge'"),
     ("train-zero-batch", ("train", "{ds}", "dataset.id=bad/cartpole-v0", "data.batch_size=0"), "data.batch_size must be >= 1"),
     ("train-top-fraction", ("train", "{ds}", "dataset.id=bad/cartpole-v0", "condition_on_return=false", "top_fraction=1.5"), "top_fraction must be in (0, 1]"),
-    ("train-bad-trainer-arg", ("train", "{ds}", "dataset.id=bad/cartpole-v0", "+trainer.max_stepz=3"), "trainer config"),
+    ("train-unknown-trainer-arg", ("train", "{ds}", "dataset.id=bad/cartpole-v0", "+trainer.max_stepz=3"), "unknown config key trainer.max_stepz"),
+    ("train-bad-trainer-value", ("train", "{ds}", "dataset.id=bad/cartpole-v0", "trainer.accelerator=quantum"), "trainer config: You selected an invalid accelerator"),
+    ("train-steps-type", ("train", "{ds}", "dataset.id=bad/cartpole-v0", "trainer.max_steps=many"), "config key trainer.max_steps: Value 'many'"),
+    ("train-lr-type", ("train", "{ds}", "dataset.id=bad/cartpole-v0", "optim.lr=fast"), "config key optim.lr: Value 'fast'"),
+    ("train-gamma", ("train", "{ds}", "dataset.id=bad/cartpole-v0", "dataset.gamma=0.99"), "dataset.gamma=0.99 is not supported"),
+    ("train-unknown-logger", ("train", "{ds}", "logger=neptune"), "Could not find 'logger/neptune' (available: csv, mlflow, tensorboard, wandb)"),
     # eval
     ("eval-missing-policy", ("eval", "{ds}", "policy={root}/nothing", "results={results}"), "no policy at"),
     ("eval-not-a-policy", ("eval", "{ds}", "policy={root}", "results={results}"), "not a policy bundle"),
@@ -104,6 +109,7 @@ CASES = [
     ("eval-bad-decode", ("eval", "{ds}", "policy={policy}", "results={results}", "decode=fast"), "decode must be 'cached' or 'window'"),
     ("eval-temperature", ("eval", "{ds}", "policy={policy}", "results={results}", "temperature=0"), "temperature must be a positive number"),
     ("eval-greedy-type", ("eval", "{ds}", "policy={policy}", "results={results}", "greedy=sometimes"), "config key greedy"),
+    ("eval-no-policy", ("eval", "{ds}", "results={results}"), "config key policy: Structured config of type `EvalConfig` has missing mandatory value"),
     # demo: a wrong type deep in the config fails before the first stage runs
     ("demo-bc-steps-type", ("demo", "{ds}", "bc.steps=many", "out_dir={root}/demo"), "config key bc.steps"),
     # baseline, report

@@ -186,33 +186,180 @@ def test_cli_trains_resumes_and_rejects_unknown_keys(tmp_path, cartpole_dataset)
     assert bad.returncode != 0 and "huge" in bad.stderr
 
 
-def test_every_config_group_composes():
+def compose_config(name: str, overrides=()):
+    """``conf/<name>.yaml`` composed by Hydra with the command line ``overrides``."""
     from hydra import compose, initialize_config_dir
 
     from dtcond.cli import conf_dir
+    from dtcond.config import register_schemas
+
+    register_schemas()
+    with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
+        return compose(name, overrides=list(overrides))
+
+
+def test_every_config_group_composes_into_its_dataclass():
+    from dtcond.cli import conf_dir
+    from dtcond.config import CollectConfig, DemoConfig, TrainConfig, from_hydra
 
     groups = {g.name: sorted(p.stem for p in g.glob("*.yaml")) for g in conf_dir().iterdir() if g.is_dir()}
-    assert {"env", "dataset", "model", "trainer", "experiment"} <= set(groups)
-    with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
-        for name in ("dataset", "model", "trainer"):
-            for option in groups[name]:
-                cfg = compose("train", overrides=[f"{name}={option}"])
-                assert cfg[name] is not None
-        for option in groups["experiment"]:
-            assert compose("train", overrides=[f"experiment={option}"]).trainer.max_steps > 0
-        for option in groups["env"]:
-            assert compose("collect", overrides=[f"env={option}"]).behavior
-        assert compose("demo").dataset_id
+    assert {"env", "dataset", "model", "trainer", "logger", "experiment"} <= set(groups)
+    for name in ("dataset", "model", "trainer", "logger"):
+        for option in groups[name]:
+            cfg = from_hydra(compose_config("train", [f"{name}={option}"]))
+            assert isinstance(cfg, TrainConfig) and getattr(cfg, name) is not None
+    assert {from_hydra(compose_config("train", [f"logger={k}"])).logger.kind for k in groups["logger"]} == set(groups["logger"])
+    for option in groups["experiment"]:
+        assert from_hydra(compose_config("train", [f"experiment={option}"])).trainer.max_steps > 0
+    for option in groups["env"]:
+        cfg = from_hydra(compose_config("collect", [f"env={option}"]))
+        assert isinstance(cfg, CollectConfig) and cfg.behavior and cfg.dataset_id == f"dtcond/{option}/mixture-v0"
+    assert isinstance(from_hydra(compose_config("demo")), DemoConfig)
+
+
+def test_the_library_defaults_are_the_cli_defaults():
+    import inspect
+
+    from dtcond.config import DataConfig, OptimConfig, TrainConfig, from_hydra
+    from dtcond.datamodule import WindowDataModule
+
+    assert from_hydra(compose_config("train")) == TrainConfig()
+    defaults = TrainConfig()
+    assert (defaults.model.n_embd, defaults.trainer.accelerator, defaults.trainer.max_steps) == (64, "cpu", 1500)  # small, cpu
+    module_defaults = {k: p.default for k, p in inspect.signature(DTModule.__init__).parameters.items()}
+    assert {k: module_defaults[k] for k in ("lr", "weight_decay", "warmup_steps")} == \
+        {k: getattr(OptimConfig(), k) for k in ("lr", "weight_decay", "warmup_steps")}
+    assert list(module_defaults["betas"]) == OptimConfig().betas
+    dm_defaults = {k: p.default for k, p in inspect.signature(WindowDataModule.__init__).parameters.items()}
+    data = DataConfig()
+    assert all(dm_defaults[k] == getattr(data, k) for k in ("batch_size", "steps_per_epoch", "val_windows", "val_fraction", "num_workers"))
+
+
+def test_the_schemas_name_only_real_lightning_and_model_arguments():
+    import inspect
+
+    import lightning as L
+
+    from dtcond.config import ModelConfig, TrainerConfig
+    from dtcond.model import DTConfig
+
+    lightning_args = set(inspect.signature(L.Trainer.__init__).parameters)
+    assert set(TrainerConfig.__dataclass_fields__) <= lightning_args
+    assert set(ModelConfig.__dataclass_fields__) <= set(DTConfig.__dataclass_fields__)
+
+
+def test_progress_bar_counts_epochs_out_of_a_finite_total(cartpole_dataset, tmp_path):
+    import lightning as L
+
+    seen = []
+
+    class Watch(L.Callback):
+        def on_train_batch_end(self, trainer, *args):
+            seen.append((trainer.max_epochs, trainer.progress_bar_callback.train_progress_bar.desc))
+
+    r = train(cartpole_dataset, tmp_path / "bar", model=TINY, data=dict(batch_size=8, steps_per_epoch=10),
+              trainer=dict(max_steps=25, enable_model_summary=False, logger=False), callbacks=[Watch()])
+    assert r.global_step == 25
+    assert {m for m, _ in seen} == {3} and [d.rstrip(": ") for _, d in seen][::10] == ["Epoch 0/2", "Epoch 1/2", "Epoch 2/2"]
+
+
+def test_train_refuses_unknown_options_and_wrong_types_in_one_line(cartpole_dataset, tmp_path):
+    with pytest.raises(DtcondError, match=r"unknown options \['trianer'\]"):
+        train(cartpole_dataset, tmp_path / "x", trianer={"max_steps": 1})
+    with pytest.raises(DtcondError, match="unknown config key model.widht; ModelConfig takes: context_len"):
+        train(cartpole_dataset, tmp_path / "x", model={"widht": 3})
+    with pytest.raises(DtcondError, match="config key trainer.max_steps: Value 'many'"):
+        train(cartpole_dataset, tmp_path / "x", trainer={"max_steps": "many"})
+    with pytest.raises(DtcondError, match="trainer.max_steps must be a positive integer"):
+        train(cartpole_dataset, tmp_path / "x", trainer={"max_steps": -1})
+    assert not (tmp_path / "x").exists()
+
+
+def test_a_discount_is_refused_everywhere_in_one_line(cartpole_dataset):
+    from dtcond.config import DatasetConfig
+    from dtcond.data import load
+
+    with pytest.raises(DtcondError, match="dataset.gamma=0.99 is not supported: targets, return quantiles and rollouts use undiscounted"):
+        DatasetConfig(gamma=0.99)
+    with pytest.raises(DtcondError, match="gamma=0.9 is not supported"):
+        load(cartpole_dataset, gamma=0.9)
+
+
+def test_train_takes_a_typed_config_and_overrides_on_top(cartpole_dataset, tmp_path):
+    from dtcond.config import DataConfig, ModelConfig, TrainConfig, TrainerConfig
+
+    config = TrainConfig(model=ModelConfig(**TINY), data=DataConfig(batch_size=8, steps_per_epoch=5),
+                         trainer=TrainerConfig(max_steps=50, enable_progress_bar=False, logger=False))
+    r = train(cartpole_dataset, tmp_path / "typed", config=config, trainer={"max_steps": 7})
+    assert r.global_step == 7 and load_policy(r.bundle).config.n_embd == 16
+
+
+@pytest.mark.slow
+def test_train_with_no_options_trains_the_cpu_preset_and_stops(cartpole_dataset, tmp_path):
+    from dtcond.config import TrainConfig
+
+    r = train(cartpole_dataset, tmp_path / "default")
+    assert r.global_step == TrainConfig().trainer.max_steps == 1500
+    policy = load_policy(r.bundle)
+    assert (policy.config.n_embd, policy.config.context_len) == (64, 20)
+    assert (tmp_path / "default" / "logs" / "metrics.csv").exists()
+
+
+def two_steps(dataset: str, out, logger: dict):
+    return train(dataset, out, model=TINY, data=dict(batch_size=8, steps_per_epoch=2, val_windows=8),
+                 trainer=dict(max_steps=2, log_every_n_steps=1, enable_progress_bar=False, enable_model_summary=False),
+                 logger=logger)
+
+
+def test_csv_logger_is_the_default(cartpole_dataset, tmp_path):
+    import csv
+
+    two_steps(cartpole_dataset, tmp_path / "csv", {})
+    rows = list(csv.DictReader(open(tmp_path / "csv" / "logs" / "metrics.csv")))
+    assert [r["step"] for r in rows if r.get("train/loss")] == ["0", "1"]
+    assert any(r.get("val/loss") for r in rows)
+
+
+def test_tensorboard_logger_writes_event_files(cartpole_dataset, tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    two_steps(cartpole_dataset, tmp_path / "tb", {"kind": "tensorboard"})
+    events = EventAccumulator(str(tmp_path / "tb" / "tb"))
+    events.Reload()
+    assert [e.step for e in events.Scalars("train/loss")] == [0, 1]
+
+
+def test_mlflow_logger_writes_a_local_store(cartpole_dataset, tmp_path):
+    pytest.importorskip("mlflow")
+    from mlflow.tracking import MlflowClient
+
+    two_steps(cartpole_dataset, tmp_path / "ml", {"kind": "mlflow", "project": "test-dtcond"})
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'ml' / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("test-dtcond")
+    (run,) = client.search_runs([experiment.experiment_id])
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")] == [0, 1]
+    assert run.info.status == "FINISHED"
+
+
+def test_wandb_logger_runs_offline(cartpole_dataset, tmp_path, monkeypatch):
+    pytest.importorskip("wandb")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "wandb-config"))  # not the user's ~/.config/wandb
+    first = two_steps(cartpole_dataset, tmp_path / "wb", {"kind": "wandb"})
+    second = two_steps(cartpole_dataset, tmp_path / "wb2", {"kind": "wandb"})  # a new run, not the first one reused
+    assert first.global_step == second.global_step == 2
+    for out in (tmp_path / "wb", tmp_path / "wb2"):
+        (run_dir,) = (out / "wandb").glob("offline-run-*")
+        assert list(run_dir.glob("run-*.wandb"))
 
 
 def test_rollout_callback_logs_achieved_returns(cartpole_dataset, tmp_path):
     import csv
 
-    from dtcond.training import RolloutCallback
-
     train(cartpole_dataset, tmp_path / "cb", model=TINY, data=dict(batch_size=8, steps_per_epoch=10),
           trainer=dict(max_steps=10, enable_progress_bar=False, enable_model_summary=False, log_every_n_steps=1),
-          callbacks=[RolloutCallback(5, targets=["q0.2", "q0.9"], episodes=2)])
+          rollouts=dict(every_n_steps=5, targets=["q0.2", "q0.9"], episodes=2))  # as `dtcond train rollouts.every_n_steps=5`
     rows = list(csv.DictReader(open(tmp_path / "cb" / "logs" / "metrics.csv")))
     logged = [r for r in rows if r.get("rollout/q0.9")]
     assert len(logged) == 2 and all(float(r["rollout/q0.9"]) > 0 for r in logged)

@@ -1,0 +1,445 @@
+"""One typed config per command: the defaults of the library and of the CLI, in one place.
+
+Hydra uses these dataclasses as the schema of ``conf/<command>.yaml`` (each file's defaults list starts
+with ``base_<command>``), so ``episodes=abc`` fails while composing, in one line naming the key. The
+YAML files keep only presets (``conf/model``, ``conf/trainer``, ...), interpolations and comments.
+The library takes the same dataclasses, or plain dicts merged onto them with :func:`merge`:
+
+>>> cfg = merge(TrainConfig, {"trainer": {"max_steps": 200}, "model": {"n_embd": 32}})
+>>> cfg.trainer.max_steps, cfg.model.n_embd, cfg.model.context_len, cfg.optim.lr
+(200, 32, 20, 0.001)
+
+Checks that a type cannot express (``batch_size >= 1``) run in ``__post_init__``, so a config is
+checked once, however it was made. Importing this module loads neither torch nor Hydra.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, fields, is_dataclass
+from typing import Any, Dict, List, Optional
+
+from omegaconf import MISSING
+
+from dtcond.errors import DtcondError
+
+LOGGERS = ("csv", "tensorboard", "mlflow", "wandb")
+
+
+def check_gamma(gamma: float, key: str = "dataset.gamma") -> None:
+    """Refuse a discount: targets, quantiles and rollouts all count undiscounted returns.
+
+    >>> check_gamma(0.99)
+    Traceback (most recent call last):
+    ...
+    dtcond.errors.DtcondError: dataset.gamma=0.99 is not supported: targets, return quantiles and rollouts use undiscounted returns-to-go, so the model must be trained on them too; set dataset.gamma=1.0
+    """
+    if gamma != 1.0:
+        raise DtcondError(f"{key}={gamma} is not supported: targets, return quantiles and rollouts use undiscounted "
+                          f"returns-to-go, so the model must be trained on them too; set {key}=1.0")
+
+
+def _at_least(section: str, **values) -> None:
+    for key, (value, low) in values.items():
+        if value < low:
+            raise DtcondError(f"{section}.{key} must be >= {low}, got {value}")
+
+
+# ----------------------------------------------------------------------------------------------
+# Sections
+
+
+@dataclass
+class DatasetConfig:
+    """A local Minari dataset (``conf/dataset/*.yaml``)."""
+
+    name: str = "cartpole"  # names the run's output folder
+    id: str = "dtcond/cartpole/mixture-v0"
+    gamma: float = 1.0  # only 1.0: returns are undiscounted everywhere else (see check_gamma)
+
+    def __post_init__(self):
+        check_gamma(self.gamma)
+
+
+@dataclass
+class EnvConfig:
+    """An env and the behaviour mixture ``dtcond collect`` rolls out in it (``conf/env/*.yaml``)."""
+
+    name: str = MISSING
+    id: str = MISSING
+    kwargs: Dict[str, Any] = field(default_factory=dict)
+    max_episode_steps: Optional[int] = None  # None: the env's own time limit
+    collect_episodes: int = MISSING
+    # Each entry: {policy: random | a scripted name | sb3:<path.zip>, noise, weight, name}; weights sum to 1.
+    behavior: List[Any] = MISSING
+
+
+@dataclass
+class ModelConfig:
+    """The network's size; the defaults are the CPU preset ``conf/model/small.yaml``.
+
+    Sizes that depend on the dataset (observation and action dims) are filled in by training.
+    """
+
+    context_len: int = 20  # K: timesteps a token attends back over (the paper's context)
+    n_layer: int = 3
+    n_head: int = 1
+    n_embd: int = 64
+    dropout: float = 0.0  # on CPU, attention dropout costs ~1/3 of a step
+    max_timestep: Optional[int] = None  # timestep embedding size; None: the dataset's longest episode + 1
+    return_scale: Optional[float] = None  # returns-to-go are divided by it; None: the largest |episode return|
+    action_head: str = "bins"  # continuous actions: "bins" (per-dimension categorical, sampled) or "mse" (a tanh mean)
+    action_bins: int = 64  # "bins" head: equal-width bins per action dimension
+
+
+@dataclass
+class DataConfig:
+    """Training windows drawn from the dataset (see :class:`dtcond.datamodule.WindowDataModule`)."""
+
+    segment_len: Optional[int] = None  # steps per training segment; None: 2 x model.context_len
+    batch_size: int = 64
+    steps_per_epoch: int = 250  # batches per epoch, which is also the validation interval
+    val_windows: int = 512  # fixed windows from the held-out episodes for val/loss
+    val_fraction: float = 0.1  # share of episodes held out for val/loss
+    num_workers: int = 0  # DataLoader worker processes
+
+    def __post_init__(self):
+        _at_least("data", batch_size=(self.batch_size, 1), steps_per_epoch=(self.steps_per_epoch, 1),
+                  val_windows=(self.val_windows, 1), num_workers=(self.num_workers, 0))
+        if self.segment_len is not None:
+            _at_least("data", segment_len=(self.segment_len, 1))
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise DtcondError(f"data.val_fraction must be in [0, 1), got {self.val_fraction}")
+
+
+@dataclass
+class OptimConfig:
+    """AdamW with a linear warmup; weight decay on matrices only."""
+
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    warmup_steps: int = 200  # the learning rate ramps linearly from lr/warmup_steps to lr
+    betas: List[float] = field(default_factory=lambda: [0.9, 0.999])
+
+    def __post_init__(self):
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise DtcondError(f"optim.lr must be a positive number, got {self.lr}")
+        _at_least("optim", weight_decay=(self.weight_decay, 0.0), warmup_steps=(self.warmup_steps, 0))
+        if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
+            raise DtcondError(f"optim.betas must be two numbers in [0, 1), got {list(self.betas)}")
+
+
+@dataclass
+class TrainerConfig:
+    """Keyword arguments of ``lightning.Trainer``; the defaults are the CPU preset ``conf/trainer/cpu.yaml``.
+
+    The other fields keep Lightning's own defaults (None mostly means "Lightning decides").
+    """
+
+    accelerator: str = "cpu"
+    strategy: str = "auto"
+    devices: Any = 1  # a count, a list of device ids, -1 (all) or "auto"
+    num_nodes: int = 1
+    precision: Optional[str] = "32-true"
+    max_steps: int = 1500  # optimizer steps; -1 only together with max_epochs
+    max_epochs: Optional[int] = None  # None: as many as max_steps needs, so progress bars show "Epoch e/N"
+    min_steps: Optional[int] = None
+    min_epochs: Optional[int] = None
+    max_time: Optional[str] = None  # "DD:HH:MM:SS"
+    gradient_clip_val: Optional[float] = 0.25
+    gradient_clip_algorithm: Optional[str] = None
+    accumulate_grad_batches: int = 1
+    log_every_n_steps: Optional[int] = 25
+    enable_progress_bar: Optional[bool] = True
+    enable_model_summary: Optional[bool] = False
+    enable_checkpointing: Optional[bool] = None
+    logger: Optional[bool] = None  # false: log nothing; which logger otherwise is the `logger` config group
+    fast_dev_run: Any = False  # true, or a number of batches: a smoke run that saves no checkpoint
+    limit_train_batches: Any = None
+    limit_val_batches: Any = None
+    overfit_batches: Any = 0.0
+    val_check_interval: Any = None
+    check_val_every_n_epoch: Optional[int] = 1
+    num_sanity_val_steps: Optional[int] = None
+    deterministic: Any = None  # true, false or "warn"
+    benchmark: Optional[bool] = None
+    use_distributed_sampler: bool = True
+    profiler: Optional[str] = None  # "simple" | "advanced" | "pytorch"
+    detect_anomaly: bool = False
+    barebones: bool = False
+    sync_batchnorm: bool = False
+    reload_dataloaders_every_n_epochs: int = 0
+    default_root_dir: Optional[str] = None  # None: the run's output dir
+
+    def __post_init__(self):
+        if not (self.max_steps >= 1 or (self.max_steps == -1 and self.max_epochs is not None)):
+            raise DtcondError(f"trainer.max_steps must be a positive integer (or -1 with trainer.max_epochs set), got {self.max_steps}")
+        if self.max_epochs is not None and self.max_epochs < -1:
+            raise DtcondError(f"trainer.max_epochs must be >= -1, got {self.max_epochs}")
+
+
+@dataclass
+class LoggerConfig:
+    """Where training curves go (``conf/logger/*.yaml``): one Lightning logger, writing under the run's output dir."""
+
+    kind: str = "csv"  # csv: logs/metrics.csv | tensorboard: tb/ | mlflow: mlflow.db | wandb: wandb/
+    project: str = "dtcond"  # the MLflow experiment or W&B project
+    tracking_uri: Optional[str] = None  # mlflow: None is a local SQLite file, <output dir>/mlflow.db
+    offline: bool = True  # wandb: write locally only; `wandb sync <dir>` uploads later
+
+    def __post_init__(self):
+        if self.kind not in LOGGERS:
+            raise DtcondError(f"logger.kind must be one of {', '.join(LOGGERS)}, got {self.kind!r}")
+
+
+@dataclass
+class RolloutsConfig:
+    """Roll the model out while training and log ``rollout/<target>`` returns."""
+
+    every_n_steps: int = 0  # 0: off
+    targets: List[str] = field(default_factory=lambda: ["q0.5", "q0.9"])
+    episodes: int = 4
+
+    def __post_init__(self):
+        _at_least("rollouts", every_n_steps=(self.every_n_steps, 0), episodes=(self.episodes, 1))
+
+
+# ----------------------------------------------------------------------------------------------
+# Commands
+
+
+@dataclass
+class TrainConfig:
+    """``dtcond train`` and :func:`dtcond.train`: every default here is the CLI's.
+
+    >>> TrainConfig().trainer.max_steps, TrainConfig().model.n_embd
+    (1500, 64)
+    """
+
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    rollouts: RolloutsConfig = field(default_factory=RolloutsConfig)
+    seed: int = 0
+    condition_on_return: bool = True  # false: behaviour cloning (BC) with the same network and loop
+    top_fraction: Optional[float] = None  # with condition_on_return=false: %BC on the top fraction of episodes by return
+    checkpoint_every: int = 250  # steps between last.ckpt saves
+    resume: bool = True  # false: refuse an output dir that already has a checkpoint
+    datasets_path: Optional[str] = None  # CLI: default $MINARI_DATASETS_PATH, else ~/.minari/datasets
+
+    def __post_init__(self):
+        if self.checkpoint_every < 1:
+            raise DtcondError(f"checkpoint_every must be >= 1, got {self.checkpoint_every}")
+        if self.top_fraction is not None and not 0 < self.top_fraction <= 1:
+            raise DtcondError(f"top_fraction must be in (0, 1], got {self.top_fraction}")
+
+
+@dataclass
+class CollectConfig:
+    """``dtcond collect``: the env group fills ``env``; the YAML derives the rest from it."""
+
+    env: EnvConfig = field(default_factory=EnvConfig)
+    dataset_id: str = MISSING  # conf/collect.yaml: dtcond/<env.name>/mixture-v0
+    episodes: int = MISSING  # conf/collect.yaml: env.collect_episodes
+    seed: int = 0
+    overwrite: bool = False  # an existing dataset id is replaced only when true
+    progress: bool = True
+    datasets_path: Optional[str] = None
+    behavior: List[Any] = MISSING  # conf/collect.yaml: env.behavior
+
+
+@dataclass
+class EvalConfig:
+    """``dtcond eval``: roll one policy out at many target returns into a results table."""
+
+    sampler: Dict[str, Any] = field(default_factory=dict)  # conf/sampler/*.yaml: grid | quantilizer | targets
+    policy: str = MISSING  # a policy bundle folder, its card.json, or a Lightning .ckpt
+    episodes: int = 10  # per target
+    seed: int = 0
+    greedy: bool = False  # discrete actions: false samples (imitates the data), true takes the argmax
+    temperature: float = 1.0
+    batch_size: int = 256  # episodes rolled out together
+    decode: str = "cached"  # cached: step by step with the key/value cache; window: recompute the last K steps
+    env_id: Optional[str] = None  # None: the env in the policy's card
+    results: str = "outputs/eval/results.jsonl"
+    run_id: str = ""  # conf/eval.yaml: the sampler's name
+    report: bool = True  # write calibration metrics and a plot next to the results table
+    roaming: bool = True  # score episodes against the data: behaviour-model NLL/KL, novelty, entropy
+    data_rows: bool = True  # add the dataset's own episodes to the table (policy kind "data")
+    progress: bool = True
+    datasets_path: Optional[str] = None
+
+    def __post_init__(self):
+        if self.episodes < 1:
+            raise DtcondError(f"episodes must be >= 1, got {self.episodes}")
+        if self.decode not in ("cached", "window"):
+            raise DtcondError(f"decode must be 'cached' or 'window', got {self.decode!r}")
+
+
+@dataclass
+class BaselineConfig:
+    """``dtcond baseline``: online RL (SB3 PPO or SAC) on the env a dataset came from."""
+
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    algo: str = "ppo"  # ppo | sac (continuous actions only)
+    budget: Optional[int] = None  # env steps; None: RL Baselines3 Zoo's tuned budget for the env
+    checkpoints: int = 5  # saved and exported as policy bundles, evenly over training
+    hyperparams: Optional[Dict[str, Any]] = None  # SB3 keyword arguments over the tuned defaults (n_envs too)
+    seed: int = 0
+    progress: bool = True
+    evaluate: bool = True  # roll every checkpoint out into the results table
+    episodes: int = 20
+    results: str = "outputs/eval/results.jsonl"
+    roaming: bool = True  # score episodes against the data
+    datasets_path: Optional[str] = None
+
+    def __post_init__(self):
+        if self.evaluate and self.episodes < 1:
+            raise DtcondError(f"episodes must be >= 1, got {self.episodes}")
+
+
+@dataclass
+class ReportConfig:
+    """``dtcond report``: calibration metrics, plot and markdown from a results table."""
+
+    results: str = "outputs/eval/results.jsonl"
+    out_dir: Optional[str] = None  # None: beside the results table
+
+
+@dataclass
+class BcConfig:
+    steps: int = 1000  # BC and %BC train with the DT's network and loop, returns switched off
+    top_fractions: List[float] = field(default_factory=lambda: [0.1])  # %BC(q) on the top-q episodes
+
+
+@dataclass
+class DemoBaselineConfig:
+    algo: str = "ppo"
+    budget: Optional[int] = None  # None: RL Baselines3 Zoo's tuned budget for the env
+    checkpoints: int = 4
+    hyperparams: Optional[Dict[str, Any]] = None
+
+
+@dataclass
+class DemoConfig:
+    """``dtcond demo``: collect -> DT, BC, %BC, PPO -> target sweep -> report, on one env."""
+
+    env: EnvConfig = field(default_factory=EnvConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    fresh: bool = False  # remake the dataset and every stage
+    out_dir: str = MISSING  # conf/demo.yaml: outputs/demo/<env.name>
+    seed: int = 0
+    datasets_path: Optional[str] = None
+    progress: bool = True
+    dataset_id: str = MISSING
+    episodes: int = MISSING
+    behavior: List[Any] = MISSING
+    overwrite: bool = False
+    checkpoint_every: int = 250
+    bc: BcConfig = field(default_factory=BcConfig)
+    baseline: DemoBaselineConfig = field(default_factory=DemoBaselineConfig)
+    eval_episodes: int = 20
+    grid: Dict[str, Any] = field(default_factory=lambda: {"name": "grid", "n": 7, "low_quantile": 0.05, "high_quantile": 0.95,
+                                                          "ood_scales": [1.25, 1.5, 2.0]})
+    quantilizer: Dict[str, Any] = field(default_factory=lambda: {"name": "quantilizer", "qs": [0.5, 0.25, 0.1, 0.05]})
+
+
+COMMANDS = {"train": TrainConfig, "collect": CollectConfig, "eval": EvalConfig, "baseline": BaselineConfig,
+            "report": ReportConfig, "demo": DemoConfig}
+
+
+# ----------------------------------------------------------------------------------------------
+# Building and checking
+
+
+def register_schemas() -> None:
+    """Store each command's dataclass in Hydra's ConfigStore as ``base_<command>`` (idempotent)."""
+    from hydra.core.config_store import ConfigStore
+
+    store = ConfigStore.instance()
+    for command, schema in COMMANDS.items():
+        store.store(name=f"base_{command}", node=schema)
+
+
+def _keyed_cause(exc: BaseException) -> BaseException:
+    """The OmegaConf error under Hydra's wrappers: the first in the chain that names its key."""
+    cause = exc
+    while cause.__cause__ is not None and getattr(cause, "full_key", None) is None:
+        cause = cause.__cause__
+    return cause
+
+
+def schema_error(exc: BaseException) -> str | None:
+    """One line for a wrong type or an unknown key under a dataclass schema; None for any other error."""
+    from omegaconf.errors import ConfigAttributeError, ConfigKeyError, ValidationError
+
+    cause = _keyed_cause(exc)
+    key, schema = getattr(cause, "full_key", None), getattr(cause, "object_type", None)
+    if not key:
+        return None
+    if isinstance(cause, (ConfigKeyError, ConfigAttributeError)) and is_dataclass(schema):
+        return f"unknown config key {key}; {schema.__name__} takes: {', '.join(f.name for f in fields(schema))}"
+    if isinstance(cause, ValidationError):
+        return f"config key {key}: {_first_line(cause)}"
+    return None
+
+
+def _first_line(exc: BaseException) -> str:
+    return next((line.strip() for line in str(exc).strip().splitlines() if line.strip()), type(exc).__name__)
+
+
+def error_line(exc: BaseException) -> str:
+    """An OmegaConf/Hydra error as one line that names the key where it can."""
+    typed = schema_error(exc)
+    if typed:
+        return typed
+    cause = _keyed_cause(exc)
+    key = getattr(cause, "full_key", None)
+    return f"config key {key}: {_first_line(cause)}" if key else _first_line(cause)
+
+
+def merge(schema, *overrides):
+    """``schema``'s defaults with each override (a dataclass instance or a nested plain dict) merged on, as a ``schema``.
+
+    Values are type-checked and converted as Hydra does for the CLI; a problem is one :class:`DtcondError` line.
+
+    >>> merge(DataConfig, {"batch_size": "32"}).batch_size
+    32
+    >>> merge(DataConfig, {"batch_sise": 32})
+    Traceback (most recent call last):
+    ...
+    dtcond.errors.DtcondError: unknown config key batch_sise; DataConfig takes: segment_len, batch_size, steps_per_epoch, val_windows, val_fraction, num_workers
+    """
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        node = OmegaConf.merge(OmegaConf.structured(schema), *(o for o in overrides if o is not None))
+        return OmegaConf.to_object(node)
+    except OmegaConfBaseException as exc:
+        raise DtcondError(error_line(exc)) from None
+
+
+def from_hydra(cfg):
+    """A composed Hydra config, whose schema is one of this module's dataclasses, as that dataclass, checked.
+
+    Converting through plain values catches what composing lets through: a key Hydra appended
+    (``+model.widht=3``) to a node the schema closes.
+    """
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    schema = OmegaConf.get_type(cfg)
+    if not is_dataclass(schema):
+        raise DtcondError(f"config has no schema (type {schema.__name__}); its defaults list must start with base_<command>")
+    try:
+        plain = OmegaConf.to_container(cfg, resolve=True)
+    except OmegaConfBaseException as exc:
+        raise DtcondError(error_line(exc)) from None
+    return merge(schema, plain)
