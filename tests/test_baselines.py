@@ -173,4 +173,8 @@ def test_a_tiny_sac_run_on_pendulum_exports_a_loadable_policy(pendulum_dataset, 
     assert all(r["length"] == 60 for r in recs)
     obs = np.random.default_rng(0).normal(size=(16, 3)).astype(np.float32)
     actions, probs, _ = policy.act_batch(None, obs, np.zeros(16), np.zeros(16))
-    assert probs is None and actions.shape == (16, 1) and np.all(np.abs(actions) <= 2.0)
+    assert actions.shape == (16, 1) and np.all(np.abs(actions) <= 2.0)
+    # Acting greedily it is a point mass on the bin grid of [-2, 2]: all the mass in the action's bin.
+    n = probs.shape[-1]
+    assert probs.shape == (16, 1, n) and set(probs.ravel()) <= {0.0, 1.0} and np.all(probs.sum(-1) == 1.0)
+    np.testing.assert_array_equal(probs.argmax(-1), np.clip(np.floor((actions + 2.0) / 4.0 * n), 0, n - 1))
