@@ -279,6 +279,13 @@ class EvalConfig:
             raise DtcondError(f"decode must be 'cached' or 'window', got {self.decode!r}")
 
 
+def check_hyperparams(value, key: str) -> None:
+    from collections.abc import Mapping
+
+    if value is not None and not isinstance(value, Mapping):
+        raise DtcondError(f"{key} must be a mapping of SB3 keyword arguments, e.g. '{key}={{learning_rate: 3e-4}}', got {value!r}")
+
+
 @dataclass
 class BaselineConfig:
     """``dtcond baseline``: online RL (SB3 PPO or SAC) on the env a dataset came from."""
@@ -287,7 +294,10 @@ class BaselineConfig:
     algo: str = "ppo"  # ppo | sac (continuous actions only)
     budget: Optional[int] = None  # env steps; None: RL Baselines3 Zoo's tuned budget for the env
     checkpoints: int = 5  # saved and exported as policy bundles, evenly over training
-    hyperparams: Optional[Dict[str, Any]] = None  # SB3 keyword arguments over the tuned defaults (n_envs too)
+    # SB3 keyword arguments over the tuned defaults (n_envs too): a mapping, or None. Typed Any because
+    # Hydra can merge an override such as 'hyperparams={learning_rate: 3e-4}' into neither a None
+    # Optional[Dict] nor a struct Dict default; the mapping is checked when the command reads it.
+    hyperparams: Any = None
     seed: int = 0
     progress: bool = True
     evaluate: bool = True  # roll every checkpoint out into the results table
@@ -299,6 +309,7 @@ class BaselineConfig:
     def __post_init__(self):
         if self.evaluate and self.episodes < 1:
             raise DtcondError(f"episodes must be >= 1, got {self.episodes}")
+        check_hyperparams(self.hyperparams, "hyperparams")
 
 
 @dataclass
@@ -320,7 +331,10 @@ class DemoBaselineConfig:
     algo: str = "ppo"
     budget: Optional[int] = None  # None: RL Baselines3 Zoo's tuned budget for the env
     checkpoints: int = 4
-    hyperparams: Optional[Dict[str, Any]] = None
+    hyperparams: Any = None  # see BaselineConfig.hyperparams
+
+    def __post_init__(self):
+        check_hyperparams(self.hyperparams, "baseline.hyperparams")
 
 
 @dataclass

@@ -253,8 +253,8 @@ class ConditionedPolicy:
 
     # ------------------------------------------------------------------ one env
 
-    def reset(self, target: float, seed: int | None = None) -> None:
-        """Start an episode conditioned on the return ``target``; ``seed`` seeds action sampling."""
+    def reset(self, target: float, seed: int | np.random.Generator | None = None) -> None:
+        """Start an episode conditioned on the return ``target``; ``seed`` (or a Generator) drives action sampling."""
         target = float(target)
         if not math.isfinite(target):
             raise DtcondError(f"target return must be finite, got {target}")

@@ -46,8 +46,7 @@ def one_at_a_time(policy, specs, episodes, seed, max_steps=None):
         env = policy.make_env(**({"max_episode_steps": max_steps} if max_steps else {}))
         target = job.spec.resolve(policy.stats, job.target_rng())
         obs, _ = env.reset(seed=job.env_seed)
-        policy.reset(target.value)
-        policy._rng = job.sampling_rng()
+        policy.reset(target.value, seed=job.sampling_rng())
         total, length, reward = 0.0, 0, None
         while True:
             obs, reward, term, trunc, _ = env.step(policy.act(obs, reward))

@@ -354,12 +354,21 @@ def test_wandb_logger_runs_offline(cartpole_dataset, tmp_path, monkeypatch):
         assert list(run_dir.glob("run-*.wandb"))
 
 
-def test_rollout_callback_logs_achieved_returns(cartpole_dataset, tmp_path):
+def test_rollout_callback_logs_what_evaluate_returns(cartpole_dataset, tmp_path):
     import csv
 
-    train(cartpole_dataset, tmp_path / "cb", model=TINY, data=dict(batch_size=8, steps_per_epoch=10),
-          trainer=dict(max_steps=10, enable_progress_bar=False, enable_model_summary=False, log_every_n_steps=1),
-          rollouts=dict(every_n_steps=5, targets=["q0.2", "q0.9"], episodes=2))  # as `dtcond train rollouts.every_n_steps=5`
+    import numpy as np
+
+    from dtcond.evaluation import evaluate
+
+    run = train(cartpole_dataset, tmp_path / "cb", model=TINY, data=dict(batch_size=8, steps_per_epoch=10), seed=3,
+                trainer=dict(max_steps=10, enable_progress_bar=False, enable_model_summary=False, log_every_n_steps=1),
+                rollouts=dict(every_n_steps=5, targets=["q0.2", "q0.9"], episodes=2))  # as `dtcond train rollouts.every_n_steps=5`
     rows = list(csv.DictReader(open(tmp_path / "cb" / "logs" / "metrics.csv")))
-    logged = [r for r in rows if r.get("rollout/q0.9")]
-    assert len(logged) == 2 and all(float(r["rollout/q0.9"]) > 0 for r in logged)
+    logged = {(int(r["step"]), spec): float(r[f"rollout/{spec}"])
+              for r in rows for spec in ("q0.2", "q0.9") if r.get(f"rollout/{spec}")}
+    assert sorted(logged) == [(5, "q0.2"), (5, "q0.9"), (10, "q0.2"), (10, "q0.9")]  # each target, every 5 steps, once
+    # The last rollout ran the final weights with the run's seed: the exported policy, evaluated alike, returns the same.
+    final = evaluate(load_policy(run.bundle), ["q0.2", "q0.9"], episodes=2, seed=3)
+    for spec in ("q0.2", "q0.9"):
+        assert logged[(10, spec)] == pytest.approx(np.mean([r["episode_return"] for r in final if r["target_spec"] == spec]))
