@@ -372,3 +372,40 @@ def test_rollout_callback_logs_what_evaluate_returns(cartpole_dataset, tmp_path)
     final = evaluate(load_policy(run.bundle), ["q0.2", "q0.9"], episodes=2, seed=3)
     for spec in ("q0.2", "q0.9"):
         assert logged[(10, spec)] == pytest.approx(np.mean([r["episode_return"] for r in final if r["target_spec"] == spec]))
+
+
+@pytest.mark.parametrize("head", ["bins", "mse"])
+def test_the_binned_head_imitates_action_noise_at_the_requested_return(tmp_path, head):
+    # Half the episodes play a = 0.5 every step and return 20; the other half play uniform noise and
+    # return 0. Conditioned on 20 the policy should play 0.5; conditioned on 0 it should be as noisy as
+    # the data. A deterministic mean head cannot be noisy: it is the case the binned head exists for.
+    import gymnasium as gym
+    import numpy as np
+
+    from conftest import write_buffers
+
+    rng = np.random.default_rng(0)
+    episodes = []
+    for i in range(40):
+        skilled = i % 2 == 0
+        actions = np.full((20, 1), 0.5, np.float32) if skilled else rng.uniform(-1, 1, (20, 1)).astype(np.float32)
+        episodes.append({"observations": rng.normal(size=(21, 2)).astype(np.float32), "actions": actions,
+                         "rewards": np.full(20, 1.0 if skilled else 0.0)})
+    write_buffers("test/noise/mix-v0", episodes, observation_space=gym.spaces.Box(-10, 10, (2,)),
+                  action_space=gym.spaces.Box(-1, 1, (1,)))
+    run = train("test/noise/mix-v0", tmp_path / head, model={**TINY, "action_head": head, "action_bins": 16},
+                data=dict(batch_size=32, steps_per_epoch=100), optim=dict(lr=3e-3, warmup_steps=20),
+                trainer=dict(max_steps=300, enable_progress_bar=False))
+    policy = load_policy(run.bundle)
+    obs = rng.normal(size=(64, 2)).astype(np.float32)
+    actions = {}
+    for target in (20.0, 0.0):
+        a, _, _ = policy.act_batch(policy.begin(64), obs, np.full(64, target), rng.random((64, 2)))
+        actions[target] = np.asarray(a).reshape(-1)
+    skilled, noisy = actions[20.0], actions[0.0]
+    near = 0.15  # a bin is 0.125 wide, and the binned head samples uniformly inside its bin
+    assert np.mean(np.abs(skilled - 0.5) < near) > 0.8  # imitates the skilled episodes
+    if head == "bins":  # imitates the noise: spread like U(-1, 1) (std 0.58), not a point
+        assert noisy.std() > 0.4 and np.mean(np.abs(noisy - 0.5) < near) < 0.35
+    else:  # the mean head regresses the noise to its mean: nothing like the data's spread
+        assert noisy.std() < 0.3
