@@ -102,6 +102,7 @@ class DataConfig:
     val_windows: int = 512  # fixed windows from the held-out episodes for val/loss
     val_fraction: float = 0.1  # share of episodes held out for val/loss
     num_workers: int = 0  # DataLoader worker processes
+    episode_weighting: str = "steps"  # steps: windows ∝ episode length (the DT paper's); balanced: half drawn per episode
 
     def __post_init__(self):
         _at_least("data", batch_size=(self.batch_size, 1), steps_per_epoch=(self.steps_per_epoch, 1),
@@ -110,6 +111,8 @@ class DataConfig:
             _at_least("data", segment_len=(self.segment_len, 1))
         if not 0.0 <= self.val_fraction < 1.0:
             raise DtcondError(f"data.val_fraction must be in [0, 1), got {self.val_fraction}")
+        if self.episode_weighting not in ("steps", "balanced"):
+            raise DtcondError(f"data.episode_weighting must be 'steps' or 'balanced', got {self.episode_weighting!r}")
 
 
 @dataclass

@@ -343,15 +343,25 @@ def make_window(traj: Trajectory, end: int, length: int, stats: DatasetStats) ->
     return Window(window_obs, actions, rtg, timesteps, mask)
 
 
-class WindowDataset:
-    """Random windows over a set of trajectories, episodes drawn in proportion to their length.
+EPISODE_WEIGHTINGS = ("steps", "balanced")
 
-    Drawing the window's last step uniformly over all steps is the same as drawing an episode with
-    probability ∝ length and then a step in it uniformly. ``epoch_size`` windows make one epoch;
-    window ``i`` of epoch ``e`` is a pure function of (seed, e, i), so runs and resumes repeat.
+
+class WindowDataset:
+    """Random windows over a set of trajectories.
+
+    ``episode_weighting="steps"`` (the DT paper's): the window's last step is drawn uniformly over all
+    steps, i.e. an episode with probability ∝ its length, then a step in it. ``"balanced"``: half the
+    windows that way, half from an episode drawn uniformly. Short episodes (often the low returns) are
+    then seen far more often; the per-step targets are unchanged, only how often each context is
+    trained on. ``epoch_size`` windows make one epoch; window ``i`` of epoch ``e`` is a pure function
+    of (seed, e, i), so runs and resumes repeat.
     """
 
-    def __init__(self, trajectories: list[Trajectory], stats: DatasetStats, length: int, epoch_size: int, seed: int = 0):
+    def __init__(self, trajectories: list[Trajectory], stats: DatasetStats, length: int, epoch_size: int, seed: int = 0,
+                 episode_weighting: str = "steps"):
+        if episode_weighting not in EPISODE_WEIGHTINGS:
+            raise DtcondError(f"episode_weighting must be one of {EPISODE_WEIGHTINGS}, got {episode_weighting!r}")
+        self.episode_weighting = episode_weighting
         if length < 1:
             raise DtcondError(f"window length must be >= 1, got {length}")
         if not trajectories:
@@ -379,7 +389,11 @@ class WindowDataset:
 
     def __getitem__(self, i: int) -> dict[str, np.ndarray]:
         rng = np.random.default_rng((self.seed, self.epoch, i))
-        episode, step = self.locate(int(rng.integers(self._offsets[-1])))
+        if self.episode_weighting == "balanced" and rng.random() < 0.5:
+            episode = int(rng.integers(len(self.trajectories)))
+            step = int(rng.integers(len(self.trajectories[episode])))
+        else:
+            episode, step = self.locate(int(rng.integers(self._offsets[-1])))
         w = make_window(self.trajectories[episode], step, self.length, self.stats)
         return asdict(w)
 

@@ -31,6 +31,7 @@ class WindowDataModule(L.LightningDataModule):
         val_windows: int = _DATA.val_windows,
         val_fraction: float = _DATA.val_fraction,
         num_workers: int = _DATA.num_workers,
+        episode_weighting: str = _DATA.episode_weighting,
         seed: int = 0,
         data: OfflineData | None = None,
     ):
@@ -42,6 +43,7 @@ class WindowDataModule(L.LightningDataModule):
         self.val_windows = val_windows
         self.val_fraction = val_fraction
         self.num_workers = num_workers
+        self.episode_weighting = episode_weighting
         self.seed = seed
         self.data = data
         self.train_set: WindowDataset | None = None
@@ -55,7 +57,8 @@ class WindowDataModule(L.LightningDataModule):
         trajs, stats = self.data.trajectories, self.data.stats
         train_idx, val_idx = split_by_episode(len(trajs), self.val_fraction, self.seed)
         self.train_set = WindowDataset(
-            [trajs[i] for i in train_idx], stats, self.window_len, self.steps_per_epoch * self.batch_size, self.seed
+            [trajs[i] for i in train_idx], stats, self.window_len, self.steps_per_epoch * self.batch_size, self.seed,
+            self.episode_weighting,
         )
         if len(val_idx):
             # A fixed set of windows (seed+1, epoch 0), so val loss is comparable across epochs.

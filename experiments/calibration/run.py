@@ -34,16 +34,30 @@ from dtcond.stats import ci95, mean_ci  # noqa: E402
 METRICS = ("normalized_mae", "normalized_bias", "spearman", "slope", "best_mean_return", "saturation_target", "ood_gain", "train_s")
 
 
-def dataset_spec(name: str, spec, cfg):
-    """The pipeline's spec for one dataset: DT only, on this experiment's target grid, no roaming scores."""
+def is_continuous(spec) -> bool:
+    import gymnasium as gym
+
     env = OmegaConf.load(conf_dir() / "env" / f"{spec.env}.yaml")
-    dataset_id = f"dtcond/calibration/{name}-v0"
+    made = gym.make(env.id, **(plain(env.kwargs) or {}))
+    try:
+        return isinstance(made.action_space, gym.spaces.Box)
+    finally:
+        made.close()
+
+
+def dataset_spec(name: str, spec, cfg, head: str):
+    """The pipeline's spec for one dataset and action head: DT only, on this experiment's target grid, no roaming scores."""
+    env = OmegaConf.load(conf_dir() / "env" / f"{spec.env}.yaml")
+    dataset_id = f"dtcond/calibration/{spec.get('dataset') or name}-v0"  # entries may share a dataset
     items = plain(spec.behavior) if spec.behavior is not None else plain(env.behavior)
     grid = {"name": "grid", "n": int(cfg.grid.n), "low_quantile": float(cfg.grid.low), "high_quantile": float(cfg.grid.high),
             "ood_scales": list(cfg.grid.ood_scales)}
-    return ComparisonSpec(env.id, dataset_id, hopper_behavior(cfg, items, dataset_id), Path(cfg.work_dir) / name,
+    fields = training_fields(cfg)
+    fields["model"] = {**fields["model"], "action_head": head}
+    fields["data"] = {**fields["data"], **(plain(spec.get("data")) or {})}  # e.g. episode_weighting
+    return ComparisonSpec(env.id, dataset_id, hopper_behavior(cfg, items, dataset_id), Path(cfg.work_dir) / name / head,
                           episodes=int(spec.episodes), env_kwargs=plain(env.kwargs) or {}, max_episode_steps=env.get("max_episode_steps"),
-                          seeds=[int(s) for s in cfg.seeds], name=name, **training_fields(cfg), bc=False, rl_algo=None,
+                          seeds=[int(s) for s in cfg.seeds], name=f"{name}_{head}", **fields, bc=False, rl_algo=None,
                           targets=[grid, *(f"n{float(x):g}" for x in cfg.normalized_ood)], eval_episodes=int(cfg.eval_episodes),
                           eval_seed=int(cfg.eval_seed), roaming=False, report=False)
 
@@ -55,23 +69,23 @@ def main(cfg) -> None:
     if unknown:
         raise DtcondError(f"unknown dataset(s) {sorted(unknown)}; choose from {list(cfg.datasets)}")
     rows, curves = [], []
-    for name in names:
-        result = run_comparison(dataset_spec(name, cfg.datasets[name], cfg))
+    for name, head in [(n, h) for n in names for h in (list(cfg.datasets[n].get("heads") or cfg.heads) if is_continuous(cfg.datasets[n]) else ["–"])]:
+        result = run_comparison(dataset_spec(name, cfg.datasets[name], cfg, "bins" if head == "–" else head))
         returns = np.asarray(result.records.loc[result.records["policy_kind"] == "data", "episode_return"], dtype=float)
         for policy in result.policies:
             m = result.metrics[policy.fingerprint]
             ind = m["in_distribution"] or {}
-            rows.append({"dataset": name, "seed": policy.seed, "normalized_mae": ind.get("normalized_mae"),
+            rows.append({"dataset": name, "head": head, "seed": policy.seed, "normalized_mae": ind.get("normalized_mae"),
                          "normalized_bias": ind.get("normalized_bias"), "spearman": ind.get("spearman"), "slope": ind.get("slope"),
                          "best_mean_return": m.get("best_mean_return"), "data_best": float(returns.max()),
                          "data_p95": float(np.quantile(returns, 0.95)), "saturation_target": m.get("saturation_target"),
                          "ood_gain": m.get("ood_gain"), "train_s": policy.train_seconds})
-            print(f"  {name} seed {policy.seed}: normalized MAE {rows[-1]['normalized_mae']:.3f}, ρ {rows[-1]['spearman']:.2f}, "
+            print(f"  {name} ({head} head) seed {policy.seed}: normalized MAE {rows[-1]['normalized_mae']:.3f}, ρ {rows[-1]['spearman']:.2f}, "
                   f"best {rows[-1]['best_mean_return']:.1f} (data best {returns.max():.1f})")
         dt = result.records[result.records["policy_kind"] == "dt"]
         per_target = dt.groupby(["train_seed", "target_spec", "target", "ood"], as_index=False)["episode_return"].mean()
         curves.append(per_target.rename(columns={"train_seed": "seed"}).assign(
-            dataset=name, data_min=float(returns.min()), data_max=float(returns.max())))
+            dataset=name if head == "–" else f"{name} ({head})", head=head, data_min=float(returns.min()), data_max=float(returns.max())))
     per_seed = pd.DataFrame(rows)
     curves = pd.concat(curves, ignore_index=True)
     summary = summarize(per_seed)
@@ -95,8 +109,8 @@ def main(cfg) -> None:
 
 def summarize(per_seed: pd.DataFrame) -> pd.DataFrame:
     out = []
-    for name, part in per_seed.groupby("dataset", sort=False):
-        row = {"dataset": name, "seeds": len(part), "data_p95": part["data_p95"].iloc[0], "data_best": part["data_best"].iloc[0]}
+    for (name, head), part in per_seed.groupby(["dataset", "head"], sort=False):
+        row = {"dataset": name, "head": head, "seeds": len(part), "data_p95": part["data_p95"].iloc[0], "data_best": part["data_best"].iloc[0]}
         for col in METRICS:
             row[col], row[f"{col}_ci95"] = mean_ci(part[col].astype(float))
         out.append(row)
@@ -104,11 +118,11 @@ def summarize(per_seed: pd.DataFrame) -> pd.DataFrame:
 
 
 def summary_markdown(s: pd.DataFrame) -> str:
-    lines = ["| dataset | seeds | normalized MAE | normalized bias | Spearman ρ | slope | best mean return | data p95 / best "
+    lines = ["| dataset | Box head | seeds | normalized MAE | normalized bias | Spearman ρ | slope | best mean return | data p95 / best "
              "| saturates from target | OOD gain | train s |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for _, r in s.iterrows():
-        lines.append(f"| {r['dataset']} | {r['seeds']} | {fmt(r['normalized_mae'], r['normalized_mae_ci95'], 3)} "
+        lines.append(f"| {r['dataset']} | {r['head']} | {r['seeds']} | {fmt(r['normalized_mae'], r['normalized_mae_ci95'], 3)} "
                      f"| {fmt(r['normalized_bias'], r['normalized_bias_ci95'], 3)} "
                      f"| {fmt(r['spearman'], r['spearman_ci95'], 2)} | {fmt(r['slope'], r['slope_ci95'], 2)} "
                      f"| {fmt(r['best_mean_return'], r['best_mean_return_ci95'])} | {r['data_p95']:.1f} / {r['data_best']:.1f} "
