@@ -47,19 +47,6 @@ def fail(command: str, message: str) -> None:
 # Commands: a typed config (dtcond.config) in, library calls out.
 
 
-# demo_command reads its DictConfig through these; the schema has already typed every value.
-def _int(cfg, key: str) -> int:
-    from omegaconf import OmegaConf
-
-    return int(OmegaConf.select(cfg, key))
-
-
-def _bool(cfg, key: str) -> bool:
-    from omegaconf import OmegaConf
-
-    return bool(OmegaConf.select(cfg, key))
-
-
 def _set_datasets_path(cfg) -> None:
     path = getattr(cfg, "datasets_path", None)
     if path:
@@ -90,12 +77,6 @@ def collect_command(cfg) -> None:
         progress=cfg.progress,
     )
     print(summary.format())
-
-
-def _plain(node) -> dict:
-    from omegaconf import OmegaConf
-
-    return OmegaConf.to_container(node, resolve=True) if node is not None else {}
 
 
 def train_command(cfg) -> None:
@@ -205,28 +186,26 @@ def demo_command(cfg) -> None:
 
     A thin wrapper: the work is :func:`dtcond.pipeline.run_comparison`, one training seed.
     """
+    from dataclasses import asdict
+
     from dtcond.pipeline import ComparisonSpec, run_comparison
 
     _set_datasets_path(cfg)
-    seed = _int(cfg, "seed")
     spec = ComparisonSpec(
-        env_id=cfg.env.id, env_kwargs=dict(cfg.env.kwargs or {}), max_episode_steps=cfg.env.get("max_episode_steps"),
-        dataset_id=cfg.dataset_id, behavior=_plain(cfg.behavior), episodes=_int(cfg, "episodes"), data_seed=seed,
-        work_dir=cfg.out_dir, seeds=[seed], name="demo", fresh=_bool(cfg, "fresh"), progress=_bool(cfg, "progress"),
-        model=_plain(cfg.model), data=_plain(cfg.data), optim=_plain(cfg.optim),
-        trainer={**_plain(cfg.trainer), "enable_progress_bar": _bool(cfg, "progress")}, checkpoint_every=_int(cfg, "checkpoint_every"),
-        bc=True, bc_steps=_int(cfg, "bc.steps"), pct_bc=list(cfg.bc.top_fractions),
-        rl_algo=str(cfg.baseline.algo), rl_budget=None if cfg.baseline.budget is None else _int(cfg, "baseline.budget"),
-        rl_checkpoints=_int(cfg, "baseline.checkpoints"), rl_hyperparams=_plain(cfg.baseline.hyperparams),
-        targets=[_plain(cfg.grid), _plain(cfg.quantilizer)], eval_episodes=_int(cfg, "eval_episodes"), eval_seed=seed,
+        env_id=cfg.env.id, env_kwargs=dict(cfg.env.kwargs), max_episode_steps=cfg.env.max_episode_steps,
+        dataset_id=cfg.dataset_id, behavior=list(cfg.behavior), episodes=cfg.episodes, data_seed=cfg.seed,
+        work_dir=cfg.out_dir, seeds=[cfg.seed], name="demo", fresh=cfg.fresh, progress=cfg.progress,
+        model=asdict(cfg.model), data=asdict(cfg.data), optim=asdict(cfg.optim),
+        trainer={**asdict(cfg.trainer), "enable_progress_bar": cfg.progress}, checkpoint_every=cfg.checkpoint_every,
+        bc=True, bc_steps=cfg.bc.steps, pct_bc=list(cfg.bc.top_fractions),
+        rl_algo=cfg.baseline.algo, rl_budget=cfg.baseline.budget, rl_checkpoints=cfg.baseline.checkpoints,
+        rl_hyperparams=dict(cfg.baseline.hyperparams) if cfg.baseline.hyperparams else None,
+        targets=[dict(cfg.grid), dict(cfg.quantilizer)], eval_episodes=cfg.eval_episodes, eval_seed=cfg.seed,
     )
     result = run_comparison(spec)
     print(result.summary())
     print(f"demo done in {result.seconds:.0f}s (a rerun reuses the dataset, training and episodes; fresh=true remakes them)")
 
-
-# Commands that still read the composed DictConfig rather than their dataclass.
-_READS_DICTCONFIG = {"demo"}
 
 COMMANDS: dict[str, Callable] = {
     "collect": collect_command,
@@ -236,20 +215,6 @@ COMMANDS: dict[str, Callable] = {
     "report": report_command,
     "demo": demo_command,
 }
-
-
-def _quiet_libraries(command: str) -> None:
-    """Lightning's device banners and tips, doubled by Hydra's log handler, drown the progress bar."""
-    import logging
-    import warnings
-
-    if command in ("train", "demo"):
-        import lightning.pytorch  # noqa: F401  (its import sets its loggers to INFO; quiet them after)
-
-    for name in ("lightning", "lightning.pytorch", "lightning.fabric", "pytorch_lightning"):
-        logging.getLogger(name).setLevel(logging.WARNING)
-    warnings.filterwarnings("ignore", message=".*LeafSpec.*")
-    warnings.filterwarnings("ignore", module="minari")
 
 
 def run(command: str, overrides: list[str]) -> None:
@@ -262,10 +227,13 @@ def run(command: str, overrides: list[str]) -> None:
 
     @hydra.main(config_path=str(conf_dir()), config_name=command, version_base="1.3")
     def app(cfg) -> None:
-        _quiet_libraries(command)
+        if command in ("train", "demo"):
+            from dtcond.pipeline import quiet_libraries
+
+            quiet_libraries()  # Lightning's banners, doubled by Hydra's log handler, would drown the progress bar
         try:
             config = from_hydra(cfg)  # the one check: types, unknown keys, ranges
-            task(cfg if command in _READS_DICTCONFIG else config)
+            task(config)
         except DtcondError as exc:
             fail(command, str(exc))
         except KeyboardInterrupt:
