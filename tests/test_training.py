@@ -409,3 +409,21 @@ def test_the_binned_head_imitates_action_noise_at_the_requested_return(tmp_path,
         assert noisy.std() > 0.4 and np.mean(np.abs(noisy - 0.5) < near) < 0.35
     else:  # the mean head regresses the noise to its mean: nothing like the data's spread
         assert noisy.std() < 0.3
+
+
+def test_a_bundle_written_before_the_binned_head_loads_as_the_mean_head(pendulum_dataset, tmp_path):
+    # Cards written before `action_head` existed describe the deterministic head; they must still load.
+    import numpy as np
+
+    run = train(pendulum_dataset, tmp_path / "old", model={**TINY, "action_head": "mse"},
+                data=dict(batch_size=8, steps_per_epoch=5), trainer=dict(max_steps=5, enable_progress_bar=False))
+    card_path = run.bundle / "card.json"
+    card = json.loads(card_path.read_text())
+    del card["model"]["action_head"], card["model"]["action_bins"]
+    card_path.write_text(json.dumps(card))
+    old, new = load_policy(run.bundle), load_policy(run.last_checkpoint)
+    assert old.config.action_head == "mse" and old.draws_per_step == 0
+    obs = np.zeros(3, dtype=np.float32)
+    old.reset(target=-200.0)
+    new.reset(target=-200.0)
+    np.testing.assert_array_equal(old.act(obs), new.act(obs))
