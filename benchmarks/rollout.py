@@ -24,6 +24,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 
+from dtcond import distributions
 from common import PAPER, markdown_table, median, random_policy, write
 
 # Full-length episodes, so throughput is the steady state rather than env construction and resets.
@@ -46,7 +47,11 @@ def reference_episode(policy, env: gym.Env, target: float, seed: int, max_steps:
         s = torch.stack(states[-K:])[None]  # (1, <=K, obs_dim)
         a = torch.stack(actions[-K:])[None]  # (1, <=K, act_dim)
         ts = torch.tensor(steps[-K:])[None]  # (1, <=K)
-        action = model(r, s, a, ts)[0, -1]  # (act_dim,)
+        out = model(r, s, a, ts)[:, -1]  # (1, act_dim) or bin logits (1, act_dim, bins)
+        if model.cfg.binned:  # sample the binned head, as dtcond's rollouts do
+            u = torch.rand(1, 2 * model.cfg.act_dim)
+            out, _ = distributions.sample(out, u, model.action_mid - model.action_half, model.action_mid + model.action_half)
+        action = out[0]  # (act_dim,)
         actions[-1] = action
         obs, reward, terminated, truncated, _ = env.step(action.numpy())
         rtg -= float(reward)
@@ -72,7 +77,8 @@ def split_times(policy, n: int, target: float, seed: int) -> dict:
     env_steps = 0
     while active.size:
         start = time.perf_counter()
-        action, _, state = policy.act_batch(state, np.asarray(obs, dtype=np.float32)[active], rtg[active], np.zeros(active.size))
+        uniforms = np.random.default_rng(env_steps).random((active.size, max(1, policy.draws_per_step)))
+        action, _, state = policy.act_batch(state, np.asarray(obs, dtype=np.float32)[active], rtg[active], uniforms)
         t_policy += time.perf_counter() - start
         actions[active] = action
         start = time.perf_counter()
