@@ -431,7 +431,7 @@ def merge(schema, *overrides):
     >>> merge(DataConfig, {"batch_sise": 32})
     Traceback (most recent call last):
     ...
-    dtcond.errors.DtcondError: unknown config key batch_sise; DataConfig takes: segment_len, batch_size, steps_per_epoch, val_windows, val_fraction, num_workers
+    dtcond.errors.DtcondError: unknown config key batch_sise; DataConfig takes: segment_len, batch_size, ...num_workers, episode_weighting
     """
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
