@@ -50,7 +50,7 @@ def reference_episode(policy, env: gym.Env, target: float, seed: int, max_steps:
         out = model(r, s, a, ts)[:, -1]  # (1, act_dim) or bin logits (1, act_dim, bins)
         if model.cfg.binned:  # sample the binned head, as dtcond's rollouts do
             u = torch.rand(1, 2 * model.cfg.act_dim)
-            out, _ = distributions.sample(out, u, model.action_mid - model.action_half, model.action_mid + model.action_half)
+            out, _ = distributions.sample(out, u, *model.action_bounds)
         action = out[0]  # (act_dim,)
         actions[-1] = action
         obs, reward, terminated, truncated, _ = env.step(action.numpy())

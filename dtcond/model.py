@@ -209,6 +209,11 @@ class DecisionTransformer(nn.Module):
         elif isinstance(module, nn.Embedding):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
+    @property
+    def action_bounds(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(low, high) of Box actions, as tensors on the model's device."""
+        return self.action_mid - self.action_half, self.action_mid + self.action_half
+
     # ------------------------------------------------------------------ embedding and heads
 
     def _embed(self, returns_to_go, observations, actions, timesteps):

@@ -224,7 +224,7 @@ class ConditionedPolicy:
             out, decoder = self.model.step(decoder, rtg_t, obs_t, prev)
         probs = None
         if self.config.binned:
-            low, high = self.model.action_mid - self.model.action_half, self.model.action_mid + self.model.action_half
+            low, high = self.model.action_bounds
             if self.greedy:  # the policy it runs is the mode: one bin per dimension
                 action, probs = distributions.mode(out, low, high)
             else:

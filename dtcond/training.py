@@ -81,9 +81,7 @@ class DTModule(L.LightningModule):
         if self.config.discrete:
             return F.cross_entropy(pred[mask], batch["actions"][mask])
         if self.config.binned:  # log-likelihood of each dimension's bin: the density up to a constant
-            m = self.model
-            target = bin_index(batch["actions"], m.action_mid - m.action_half, m.action_mid + m.action_half,
-                               self.config.action_bins)  # (B, T, act_dim)
+            target = bin_index(batch["actions"], *self.model.action_bounds, self.config.action_bins)  # (B, T, act_dim)
             return F.cross_entropy(pred[mask].flatten(0, 1), target[mask].flatten()) * self.config.act_dim
         # Squared error in units of half the action range, so every action dimension counts alike.
         err = (pred - batch["actions"]) / self.model.action_half  # (B, T, act_dim)
