@@ -7,11 +7,21 @@ SB3 zips carry cloudpickled objects.
 
 Default hyperparameters are the tuned ones of RL Baselines3 Zoo (``hyperparams/ppo.yml`` and
 ``sac.yml``) for the envs listed in :data:`TUNED`; SB3's defaults elsewhere.
+
+**KL-regularized PPO** (``kl_coef`` β > 0) maximizes E[Σ r_t − β·KL(π(·|s_t)‖β̂(·|s_t))], the RLHF
+objective with the data's behaviour model β̂ (:mod:`dtcond.roaming`) as the reference policy: its
+optimum is the posterior β̂(τ)·exp(r(τ)/β) (Korbak, Perez & Buckley 2022). As in RLHF (TRL's PPO
+trainer), each sampled step's reward gets the penalty −β·(log π(a|s) − log β̂(a|s)), whose expectation
+under π is −β·KL; :class:`KLPenalty` applies it to every rollout before the advantages are computed,
+so the penalty on future steps is in the returns, as the objective asks. The policy starts from
+behaviour cloning on the data (``bc_init_steps``), as RLHF starts from the prior: a large β then
+stays at the data and β → 0 is plain PPO.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +29,7 @@ from pathlib import Path
 import gymnasium as gym
 import numpy as np
 import torch
+from stable_baselines3.common.callbacks import BaseCallback
 
 from dtcond.data import DatasetStats
 from dtcond.errors import DtcondError
@@ -77,11 +88,18 @@ def train_baseline(
     hyperparams: dict | None = None,
     seed: int = 0,
     progress: bool = True,
+    kl_coef: float = 0.0,
+    bc_init_steps: int = 2000,
 ) -> BaselineResult:
     """Train ``algo`` on the env of the dataset ``stats`` describe; resume from the latest checkpoint.
 
+    ``kl_coef`` β > 0 (PPO only) trains KL-regularized PPO toward the data's behaviour model, starting
+    from ``bc_init_steps`` steps of behaviour cloning on the data (see the module doc).
+
     >>> r = train_baseline(load("dtcond/cartpole/mixture-v0").stats, "ppo", "runs/ppo")   # doctest: +SKIP
-    >>> dtcond.load_policy(r.bundles[-1])                                                # doctest: +SKIP
+    >>> r = train_baseline(stats, "ppo", "runs/ppo_kl0.1", kl_coef=0.1)                  # doctest: +SKIP
+    >>> dtcond.load_policy(r.bundles[-1]).label                                          # doctest: +SKIP
+    'ppo_kl:0.1@100000'
     """
     from stable_baselines3.common.callbacks import CheckpointCallback
     from stable_baselines3.common.env_util import make_vec_env
@@ -92,6 +110,13 @@ def train_baseline(
         raise DtcondError(f"dataset {stats.dataset_id!r} recorded no env id, so there is no env to train on")
     if algo == "sac" and stats.is_discrete:
         raise DtcondError(f"SAC needs continuous (Box) actions; {stats.env_id} has Discrete actions: use algo=ppo")
+    kl_coef = float(kl_coef)
+    if not (math.isfinite(kl_coef) and kl_coef >= 0):
+        raise DtcondError(f"kl_coef must be a finite number >= 0, got {kl_coef}")
+    if kl_coef > 0 and algo != "ppo":
+        raise DtcondError(f"kl_coef (KL-regularized RL) needs algo=ppo, got algo={algo}")
+    if isinstance(bc_init_steps, bool) or not isinstance(bc_init_steps, int) or bc_init_steps < 0:
+        raise DtcondError(f"bc_init_steps must be an integer >= 0, got {bc_init_steps!r}")
     params = hyperparameters(algo, stats.env_id, hyperparams)
     n_envs = int(params.pop("n_envs"))
     budget = int(budget if budget is not None else params.pop("budget"))
@@ -120,16 +145,29 @@ def train_baseline(
             model = cls("MlpPolicy", env, seed=seed, device="cpu", policy_kwargs=policy_kwargs or None, **params)
         except TypeError as exc:
             raise DtcondError(f"bad {algo} hyperparameters: {exc}") from None
+    _check_same_run(out_dir, {"algo": algo, "kl_coef": kl_coef}, resuming=latest is not None)
+    callbacks = []
+    if kl_coef > 0:
+        from dtcond.data import load
+        from dtcond.roaming import load_or_fit_behavior_model
+
+        data = load(stats.dataset_id)
+        behavior, _ = load_or_fit_behavior_model(data)
+        if latest is None and bc_init_steps:
+            clone_behavior(model.policy, data, bc_init_steps, seed=seed)
+        callbacks.append(KLPenalty(behavior, stats, kl_coef))
     save_every = max(1, budget // checkpoints // n_envs)
     remaining = budget - model.num_timesteps
     if remaining > 0:
-        model.learn(remaining, callback=CheckpointCallback(save_every, str(ckpt_dir), name_prefix=algo),
-                    progress_bar=progress, reset_num_timesteps=latest is None)
+        callbacks.append(CheckpointCallback(save_every, str(ckpt_dir), name_prefix=algo))
+        model.learn(remaining, callback=callbacks, progress_bar=progress, reset_num_timesteps=latest is None)
         model.save(ckpt_dir / f"{algo}_{model.num_timesteps}_steps.zip")
     env.close()
 
     card_base = {"algo": algo, "use_sde": bool(params.get("use_sde", False)), "policy_kwargs": policy_kwargs,
                  "stats": stats.to_dict(), "seed": seed, "budget": budget, "n_envs": n_envs}
+    if kl_coef > 0:
+        card_base.update(kl_coef=kl_coef, bc_init_steps=bc_init_steps)
     bundles = []
     for step, path in _checkpoints(ckpt_dir, algo):
         bundle = out_dir / "policies" / f"step_{step:09d}"
@@ -138,6 +176,80 @@ def train_baseline(
             export_sb3_bundle(m.policy, bundle, {**card_base, "timesteps": step})
         bundles.append(bundle)
     return BaselineResult(out_dir, bundles, model.num_timesteps)
+
+
+class KLPenalty(BaseCallback):
+    """Subtract β·(log π(a|s) − log β̂(a|s)) from each step's reward of a PPO rollout, then recompute
+    its returns and advantages: the per-step KL penalty of RLHF toward the behaviour model β̂.
+
+    log π is the log-probability the rollout sampled the action with (a constant here, as in TRL);
+    β̂ sees the action the env ran (clipped to the bounds for Box actions). The rollout's mean penalty
+    per step is logged as ``kl/penalty`` and its mean log-ratio as ``kl/log_ratio`` (a KL estimate).
+    """
+
+    def __init__(self, behavior, stats: DatasetStats, kl_coef: float):
+        super().__init__()
+        self.behavior, self.stats, self.kl_coef = behavior, stats, float(kl_coef)
+
+    def _on_step(self) -> bool:
+        return True
+
+    @torch.no_grad()
+    def _on_rollout_end(self) -> None:
+        buf = self.model.rollout_buffer
+        n_steps, n_envs = buf.rewards.shape
+        obs = self.stats.normalize_obs(buf.observations.reshape(n_steps * n_envs, -1))
+        actions = buf.actions.reshape(n_steps * n_envs, -1)
+        if self.stats.is_discrete:
+            act_t = torch.as_tensor(actions[:, 0].astype(np.int64))
+        else:
+            act_t = torch.as_tensor(np.clip(actions, self.stats.action_low, self.stats.action_high).astype(np.float32))
+        log_beta = self.behavior.log_prob(torch.as_tensor(obs, dtype=torch.float32), act_t).numpy().reshape(n_steps, n_envs)
+        log_ratio = buf.log_probs - log_beta
+        buf.rewards -= self.kl_coef * log_ratio
+        buf.compute_returns_and_advantage(last_values=self.locals["values"], dones=self.locals["dones"])
+        self.logger.record("kl/log_ratio", float(log_ratio.mean()))
+        self.logger.record("kl/penalty", float(self.kl_coef * log_ratio.mean()))
+
+
+def clone_behavior(policy, data, steps: int, seed: int = 0, batch_size: int = 256, lr: float = 1e-3) -> float:
+    """Fit an SB3 actor-critic policy's action distribution to the data by maximum likelihood; returns
+    the final batch's NLL per step. RLHF's starting point: the policy begins at the data's behaviour.
+
+    >>> clone_behavior(PPO("MlpPolicy", env).policy, load("dtcond/cartpole/mixture-v0"), 500)   # doctest: +SKIP
+    """
+    obs = torch.as_tensor(np.concatenate([t.observations for t in data.trajectories]), dtype=torch.float32)
+    acts = np.concatenate([t.actions for t in data.trajectories])
+    acts = torch.as_tensor(acts.astype(np.int64) if data.stats.is_discrete else acts.astype(np.float32))
+    gen = torch.Generator().manual_seed(seed)
+    opt = torch.optim.Adam(policy.parameters(), lr=lr)
+    policy.train()
+    loss = torch.tensor(float("nan"))
+    for _ in range(steps):
+        idx = torch.randint(len(obs), (min(batch_size, len(obs)),), generator=gen)
+        _, log_prob, _ = policy.evaluate_actions(obs[idx].to(policy.device), acts[idx].to(policy.device))
+        loss = -log_prob.mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return loss.item()
+
+
+def _check_same_run(out_dir: Path, identity: dict, resuming: bool) -> None:
+    """Refuse to resume a run trained with another objective (a plain PPO run under kl_coef=1, say)."""
+    path = out_dir / "run.json"
+    if path.exists():
+        try:
+            saved = json.loads(path.read_text())
+        except (OSError, ValueError):
+            saved = None
+        if resuming and isinstance(saved, dict) and saved != identity:
+            raise DtcondError(f"{out_dir} holds a run with {saved}, not {identity}; use another out_dir (or remove it)")
+    if not path.exists() or not resuming:
+        from dtcond.fileio import atomic_write
+
+        out_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, json.dumps(identity).encode())
 
 
 def _checkpoints(ckpt_dir: Path, algo: str) -> list[tuple[int, Path]]:
@@ -171,8 +283,10 @@ def export_sb3_bundle(policy: torch.nn.Module, folder: Path, card: dict) -> Path
 class SB3Policy:
     """An SB3 policy behind dtcond's batch protocol; ``deterministic`` as in SB3's ``evaluate_policy``."""
 
-    def __init__(self, policy, stats: DatasetStats, algo: str, timesteps: int, source: str, deterministic: bool = True):
+    def __init__(self, policy, stats: DatasetStats, algo: str, timesteps: int, source: str, deterministic: bool = True,
+                 kl_coef: float = 0.0):
         self.policy = policy.eval()
+        self.kl_coef = float(kl_coef)
         self.stats = stats
         self.algo = algo
         self.timesteps = timesteps
@@ -181,8 +295,9 @@ class SB3Policy:
         self.condition_on_return = False
         self._hash = None
 
-    kind = property(lambda self: self.algo)
-    label = property(lambda self: f"{self.algo}@{self.timesteps}")
+    # KL-regularized PPO is its own family, one policy per β: "ppo_kl:0.1@100000".
+    kind = property(lambda self: f"{self.algo}_kl" if self.kl_coef > 0 else self.algo)
+    label = property(lambda self: f"{self.kind}:{self.kl_coef:g}@{self.timesteps}" if self.kl_coef > 0 else f"{self.algo}@{self.timesteps}")
     env_id = property(lambda self: self.stats.env_id)
     greedy = property(lambda self: self.deterministic)
     train_step = property(lambda self: self.timesteps)
@@ -280,4 +395,4 @@ def load_sb3_bundle(folder: Path) -> SB3Policy:
     except RuntimeError as exc:
         raise DtcondError(f"{folder}: the weights do not match the card ({str(exc).splitlines()[0]})") from None
     env.close()
-    return SB3Policy(policy, stats, card["algo"], int(card.get("timesteps", 0)), str(folder))
+    return SB3Policy(policy, stats, card["algo"], int(card.get("timesteps", 0)), str(folder), kl_coef=float(card.get("kl_coef", 0.0)))

@@ -123,7 +123,8 @@ def baseline_command(cfg) -> None:
     stats = load(cfg.dataset.id).stats
     result = train_baseline(
         stats, cfg.algo, HydraConfig.get().runtime.output_dir, budget=cfg.budget, checkpoints=cfg.checkpoints,
-        hyperparams=cfg.hyperparams or {}, seed=cfg.seed, progress=cfg.progress,
+        hyperparams=cfg.hyperparams or {}, seed=cfg.seed, progress=cfg.progress, kl_coef=cfg.kl_coef,
+        bc_init_steps=cfg.bc_init_steps,
     )
     print(f"{cfg.algo} on {stats.env_id}: {result.timesteps} env steps; {len(result.bundles)} checkpoints in {result.out_dir / 'policies'}")
     if store is None:
@@ -131,6 +132,7 @@ def baseline_command(cfg) -> None:
     scorer = _scorer(cfg.dataset.id, cfg.roaming, store, data_rows=True)
     for bundle in result.bundles:
         policy = load_policy(bundle)
+        policy.deterministic = cfg.greedy
         recs = evaluate(policy, episodes=cfg.episodes, seed=cfg.seed, results=store, run_id=f"{cfg.algo}_seed{cfg.seed}", scorer=scorer)
         ret = np.mean([r["episode_return"] for r in recs])
         ce = [r.get("cross_entropy_behavior") for r in recs if r.get("cross_entropy_behavior") is not None]
@@ -140,7 +142,7 @@ def baseline_command(cfg) -> None:
 
 def eval_command(cfg) -> None:
     from dtcond.checkpoints import load_policy
-    from dtcond.evaluation import evaluate
+    from dtcond.evaluation import evaluate, make_vector_env
     from dtcond.report import per_target_table, write_report
     from dtcond.results import ResultsStore
     from dtcond.targets import from_sampler
@@ -149,6 +151,7 @@ def eval_command(cfg) -> None:
     store = ResultsStore(Path(cfg.results).expanduser())  # fails now, not after an hour, if unwritable
     policy = load_policy(Path(cfg.policy).expanduser())
     policy.greedy, policy.temperature, policy.decode = cfg.greedy, cfg.temperature, cfg.decode
+    make_vector_env(policy, 1, None, cfg.env_id).close()  # an env that cannot be made: refused before any data rows
     specs = from_sampler(dict(cfg.sampler), policy.stats) if policy.kind == "dt" else None
     scorer = _scorer(policy.stats.dataset_id, cfg.roaming, store, data_rows=cfg.data_rows)
     records = evaluate(
@@ -200,6 +203,7 @@ def demo_command(cfg) -> None:
         bc=True, bc_steps=cfg.bc.steps, pct_bc=list(cfg.bc.top_fractions),
         rl_algo=cfg.baseline.algo, rl_budget=cfg.baseline.budget, rl_checkpoints=cfg.baseline.checkpoints,
         rl_hyperparams=dict(cfg.baseline.hyperparams) if cfg.baseline.hyperparams else None,
+        rl_kl_coefs=list(cfg.baseline.kl_coefs), rl_bc_init_steps=cfg.baseline.bc_init_steps, rl_greedy=cfg.baseline.greedy,
         targets=[dict(cfg.grid), dict(cfg.quantilizer)], eval_episodes=cfg.eval_episodes, eval_seed=cfg.seed,
     )
     result = run_comparison(spec)
@@ -231,6 +235,7 @@ def run(command: str, overrides: list[str]) -> None:
             from dtcond.pipeline import quiet_libraries
 
             quiet_libraries()  # Lightning's banners, doubled by Hydra's log handler, would drown the progress bar
+        sys.argv[0] = program
         try:
             config = from_hydra(cfg)  # the one check: types, unknown keys, ranges
             task(config)
@@ -240,6 +245,10 @@ def run(command: str, overrides: list[str]) -> None:
             fail(command, "interrupted; nothing partial was kept")
 
     _check_overrides(command, overrides)
+    # Lightning's DDP starts each further rank by rerunning sys.argv: it needs a real program in
+    # argv[0] (restored once Hydra has parsed) and DTCOND_COMMAND to know the overrides' command.
+    program = sys.argv[0]
+    os.environ["DTCOND_COMMAND"] = command
     sys.argv = [f"dtcond {command}", *overrides]
     app()
 
@@ -298,6 +307,8 @@ def main(argv: list[str] | None = None) -> None:
         print(USAGE)
         sys.exit(0 if argv else 2)
     command, overrides = argv[0], argv[1:]
+    if command not in COMMANDS and "LOCAL_RANK" in os.environ and os.environ.get("DTCOND_COMMAND") in COMMANDS:
+        command, overrides = os.environ["DTCOND_COMMAND"], argv  # a DDP rank Lightning started: the command is inherited
     if command not in COMMANDS:
         print(f"dtcond: error: unknown command {command!r}; choose one of {', '.join(COMMANDS)}", file=sys.stderr)
         sys.exit(2)

@@ -24,6 +24,8 @@ from omegaconf import MISSING
 from dtcond.errors import DtcondError
 
 LOGGERS = ("csv", "tensorboard", "mlflow", "wandb")
+TRAINER_LOOP_KEYS = ("compile", "matmul_precision")  # TrainerConfig's keys that are not lightning.Trainer's
+COMPILE_MODES = (None, "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")  # torch.compile modes
 
 
 def check_gamma(gamma: float, key: str = "dataset.gamma") -> None:
@@ -101,8 +103,9 @@ class DataConfig:
     steps_per_epoch: int = 250  # batches per epoch, which is also the validation interval
     val_windows: int = 512  # fixed windows from the held-out episodes for val/loss
     val_fraction: float = 0.1  # share of episodes held out for val/loss
-    num_workers: int = 0  # DataLoader worker processes
+    num_workers: int = 0  # DataLoader worker processes; a batch is one vectorized gather, so 0 was fastest (benchmarks/data.py)
     episode_weighting: str = "steps"  # steps: windows ∝ episode length (the DT paper's); balanced: half drawn per episode
+    on_device: bool = True  # CUDA: keep the episodes on the GPU and gather batches there (needs num_workers=0)
 
     def __post_init__(self):
         _at_least("data", batch_size=(self.batch_size, 1), steps_per_epoch=(self.steps_per_epoch, 1),
@@ -173,8 +176,15 @@ class TrainerConfig:
     sync_batchnorm: bool = False
     reload_dataloaders_every_n_epochs: int = 0
     default_root_dir: Optional[str] = None  # None: the run's output dir
+    # Not lightning.Trainer arguments (TRAINER_LOOP_KEYS): how dtcond runs the step.
+    compile: Optional[str] = None  # torch.compile the forward + loss: default | reduce-overhead (CUDA graphs) | max-autotune; None: eager
+    matmul_precision: Optional[str] = None  # torch.set_float32_matmul_precision: highest | high (TF32 on CUDA) | medium; None: torch's
 
     def __post_init__(self):
+        if self.compile not in COMPILE_MODES:
+            raise DtcondError(f"trainer.compile must be one of {', '.join(map(str, COMPILE_MODES))}, got {self.compile!r}")
+        if self.matmul_precision not in (None, "highest", "high", "medium"):
+            raise DtcondError(f"trainer.matmul_precision must be highest, high, medium or null, got {self.matmul_precision!r}")
         if not (self.max_steps >= 1 or (self.max_steps == -1 and self.max_epochs is not None)):
             raise DtcondError(f"trainer.max_steps must be a positive integer (or -1 with trainer.max_epochs set), got {self.max_steps}")
         if self.max_epochs is not None and self.max_epochs < -1:
@@ -301,9 +311,14 @@ class BaselineConfig:
     # Hydra can merge an override such as 'hyperparams={learning_rate: 3e-4}' into neither a None
     # Optional[Dict] nor a struct Dict default; the mapping is checked when the command reads it.
     hyperparams: Any = None
+    # KL-regularized PPO: β > 0 subtracts β·(log π − log β̂) per step, toward the data's behaviour model
+    # β̂, starting from bc_init_steps of behaviour cloning on the data (dtcond/baselines.py)
+    kl_coef: float = 0.0
+    bc_init_steps: int = 2000
     seed: int = 0
     progress: bool = True
     evaluate: bool = True  # roll every checkpoint out into the results table
+    greedy: bool = False  # act by the policy's mode; False samples, as it was trained and as the DT does
     episodes: int = 20
     results: str = "outputs/eval/results.jsonl"
     roaming: bool = True  # score episodes against the data
@@ -313,6 +328,7 @@ class BaselineConfig:
         if self.evaluate and self.episodes < 1:
             raise DtcondError(f"episodes must be >= 1, got {self.episodes}")
         check_hyperparams(self.hyperparams, "hyperparams")
+        check_kl(self.algo, [self.kl_coef], self.bc_init_steps, "kl_coef", allow_zero=True)
 
 
 @dataclass
@@ -335,9 +351,13 @@ class DemoBaselineConfig:
     budget: Optional[int] = None  # None: RL Baselines3 Zoo's tuned budget for the env
     checkpoints: int = 4
     hyperparams: Any = None  # see BaselineConfig.hyperparams
+    kl_coefs: List[float] = field(default_factory=list)  # KL-regularized PPO, one run per β (see BaselineConfig.kl_coef)
+    bc_init_steps: int = 2000
+    greedy: bool = False  # RL policies act by their mode; False samples, as they were trained and as the DT does
 
     def __post_init__(self):
         check_hyperparams(self.hyperparams, "baseline.hyperparams")
+        check_kl(self.algo, self.kl_coefs, self.bc_init_steps, "baseline.kl_coefs")
 
 
 @dataclass
@@ -365,6 +385,17 @@ class DemoConfig:
     grid: Dict[str, Any] = field(default_factory=lambda: {"name": "grid", "n": 7, "low_quantile": 0.05, "high_quantile": 0.95,
                                                           "ood_scales": [1.25, 1.5, 2.0]})
     quantilizer: Dict[str, Any] = field(default_factory=lambda: {"name": "quantilizer", "qs": [0.5, 0.25, 0.1, 0.05]})
+
+
+def check_kl(algo: str, coefs: list, bc_init_steps: int, key: str, allow_zero: bool = False) -> None:
+    """KL coefficients are finite, > 0 (>= 0 where 0 means plain RL) and need PPO; BC init steps >= 0."""
+    for beta in coefs:
+        if not (math.isfinite(beta) and (beta >= 0 if allow_zero else beta > 0)):
+            raise DtcondError(f"{key} must be finite and {'>= 0' if allow_zero else '> 0'} (β = 0 is plain PPO), got {beta}")
+        if beta > 0 and algo != "ppo":
+            raise DtcondError(f"{key}: KL-regularized RL needs algo=ppo, got algo={algo}")
+    if bc_init_steps < 0:
+        raise DtcondError(f"bc_init_steps must be >= 0, got {bc_init_steps}")
 
 
 COMMANDS = {"train": TrainConfig, "collect": CollectConfig, "eval": EvalConfig, "baseline": BaselineConfig,

@@ -4,8 +4,8 @@
 notebooks. Given a :class:`ComparisonSpec` it
 
 1. collects the dataset from the behaviour mixture unless it exists;
-2. for each training seed trains a DT, BC (optional), %BC at each top fraction and the RL
-   baseline (every checkpoint kept);
+2. for each training seed trains a DT, BC (optional), %BC at each top fraction, the RL
+   baseline (every checkpoint kept) and KL-regularized PPO at each β of ``rl_kl_coefs``;
 3. rolls every policy out on the same env seeds (``eval_seed``): the DT at each target, the others
    once, into ``work_dir/episodes.jsonl``, with the data's own episodes as rows of their own and,
    with ``roaming``, how far each episode strayed from the data;
@@ -17,6 +17,7 @@ already in the table are not run again, so a rerun does only what is missing. La
 ``work_dir``::
 
     seed<s>/dt, seed<s>/bc, seed<s>/pct_bc<q>, seed<s>/<algo>   training runs and policy bundles
+    seed<s>/ppo_kl<β>                                            KL-regularized PPO, one run per β
     episodes.jsonl                                               every episode rolled out here
     report/                                                      this comparison's records and report
 """
@@ -51,6 +52,10 @@ class ComparisonSpec:
             set ``max_steps``); ``checkpoint_every`` None saves at the end only.
         bc, pct_bc, bc_steps: train plain BC; %BC at these top fractions; their steps (None: the DT's).
         rl_algo, rl_budget, rl_checkpoints, rl_hyperparams: :func:`dtcond.train_baseline` (algo None: no RL).
+        rl_kl_coefs: KL-regularized PPO, one run per β (same budget; its final policy is rolled out).
+        rl_bc_init_steps: behaviour-cloning steps PPO-KL starts from (0: from scratch).
+        rl_greedy: RL policies act by their distribution's mode; False (default) samples, as they
+            were trained and as the DT does, so entropies and KLs compare like with like.
         targets: the DT's targets: spec strings (``"q0.9"``, ``"x1.5"``, ``"quantilizer:0.1"``), numbers,
             or sampler dicts (``{"name": "grid", "n": 7}``, ``{"name": "quantilizer", "qs": [0.1]}``).
         eval_episodes, eval_seed: episodes per policy and target, and the env seeds every policy meets.
@@ -87,6 +92,9 @@ class ComparisonSpec:
     rl_budget: int | None = None
     rl_checkpoints: int = 4
     rl_hyperparams: dict | None = None
+    rl_kl_coefs: list[float] = field(default_factory=list)
+    rl_bc_init_steps: int = 2000
+    rl_greedy: bool = False
     targets: list = field(default_factory=lambda: [{"name": "grid"}, {"name": "quantilizer", "qs": [0.5, 0.25, 0.1]}])
     eval_episodes: int = 20
     eval_seed: int = 1000
@@ -130,6 +138,17 @@ class ComparisonSpec:
                 raise DtcondError(f"unknown rl_algo {self.rl_algo!r}; choose one of {', '.join(ALGOS)} (or None for no RL)")
             self.rl_budget = positive_int("rl_budget", self.rl_budget, allow_none=True)
             self.rl_checkpoints = positive_int("rl_checkpoints", self.rl_checkpoints)
+        self.rl_kl_coefs = [float(b) for b in (self.rl_kl_coefs or [])]
+        if self.rl_kl_coefs:
+            if self.rl_algo != "ppo":
+                raise DtcondError(f"rl_kl_coefs (KL-regularized PPO) needs rl_algo='ppo', got {self.rl_algo!r}")
+            bad = [b for b in self.rl_kl_coefs if not (b > 0 and b < float("inf"))]
+            if bad:
+                raise DtcondError(f"rl_kl_coefs must be finite numbers > 0 (β = 0 is plain PPO), got {bad}")
+            if len(set(self.rl_kl_coefs)) != len(self.rl_kl_coefs):
+                raise DtcondError(f"rl_kl_coefs must be distinct, got {self.rl_kl_coefs}")
+        if isinstance(self.rl_bc_init_steps, bool) or not isinstance(self.rl_bc_init_steps, int) or self.rl_bc_init_steps < 0:
+            raise DtcondError(f"rl_bc_init_steps must be an integer >= 0, got {self.rl_bc_init_steps!r}")
         if not self.targets:
             raise DtcondError("targets is empty: the DT needs at least one target, e.g. ['q0.5', 'q0.9', 'x1.5']")
         for t in self.targets:
@@ -184,17 +203,19 @@ class ComparisonResult:
 
         t = self.table
         extra = [c for c in ("true_return", "cost") if c in t and t[c].notna().any()]
-        div = [c for c in ("kl_behavior", "cross_entropy_behavior") if c in t and t[c].notna().any()]
-        heads = {"true_return": "true return", "cost": "cost", "kl_behavior": "KL(π‖β̂)", "cross_entropy_behavior": "H(π,β̂)"}
-        lines = [f"  {'policy':>16} {'target':>18} {'seeds':>5} {'return':>18}" + "".join(f" {heads[c]:>12}" for c in extra + div)]
+        div = [c for c in ("kl_behavior", "cross_entropy_behavior", "entropy", "distinct_trajectories") if c in t and t[c].notna().any()]
+        heads = {"true_return": "true return", "cost": "cost", "kl_behavior": "KL(π‖β̂)", "cross_entropy_behavior": "H(π,β̂)",
+                 "entropy": "entropy", "distinct_trajectories": "distinct"}
+        ret_head = "observed return" if "true_return" in extra else "return"  # the reward the policy saw
+        lines = [f"  {'policy':>18} {'target':>16} {'seeds':>5} {ret_head:>18}" + "".join(f" {heads[c]:>10}" for c in extra + div)]
 
-        def num(v, width=12, digits=1):
+        def num(v, width=11, digits=1):
             return f"{v:{width}.{digits}f}" if v is not None and math.isfinite(v) else f"{'–':>{width}}"
 
         for _, r in t.iterrows():
             ci = r["episode_return_ci95"]
             ret = f"{r['episode_return']:9.1f}" + (f" ± {ci:6.1f}" if math.isfinite(ci) else " " * 9)
-            lines.append(f"  {r['label']:>16} {r['target_spec']:>18} {r['seeds']:>5} {ret:>18}"
+            lines.append(f"  {r['label']:>18} {r['target_spec']:>16} {r['seeds']:>5} {ret:>18}"
                          + "".join(num(r[c]) for c in extra) + "".join(num(r[c], digits=2) for c in div))
 
         def seed_mean(key, split="in_distribution"):
@@ -284,7 +305,8 @@ def run_comparison(spec: ComparisonSpec) -> ComparisonResult:
     store.append(records)
 
     offline = ["DT"] + (["BC"] if spec.bc else []) + [f"%BC({q:g})" for q in spec.pct_bc]
-    print(f"[2/{steps}] per seed {spec.seeds}: train {', '.join(offline)}" + (f", {spec.rl_algo}" if spec.rl_algo else "")
+    rl_names = ([spec.rl_algo] if spec.rl_algo else []) + [f"PPO-KL(β={b:g})" for b in spec.rl_kl_coefs]
+    print(f"[2/{steps}] per seed {spec.seeds}: train {', '.join(offline + rl_names)}"
           + f"; roll out on env seeds from {spec.eval_seed}: DT at {len(targets)} targets, {spec.eval_episodes} episodes each")
     known = store.keys()
     policies: list[TrainedPolicy] = []
@@ -293,6 +315,8 @@ def run_comparison(spec: ComparisonSpec) -> ComparisonResult:
         t0, fresh = time.perf_counter(), 0
         for bundle, seconds in trained:
             policy = load_policy(bundle)
+            if policy.kind not in OFFLINE_KINDS:
+                policy.deterministic = spec.rl_greedy
             recs = evaluate(policy, targets if policy.kind == "dt" else None, episodes=spec.eval_episodes, seed=spec.eval_seed,
                             results=store, run_id=f"{spec.name}_seed{seed}", progress=spec.progress, scorer=scorer)
             fresh += sum(r["key"] not in known for r in recs)
@@ -395,4 +419,11 @@ def _train_seed(spec: ComparisonSpec, stats, seed: int, out: Path) -> list[tuple
                             hyperparams=spec.rl_hyperparams, seed=seed, progress=spec.progress)
         print(f"  seed {seed} {spec.rl_algo}: {rl.timesteps} env steps, {len(rl.bundles)} checkpoints ({time.perf_counter() - t0:.0f}s)")
         out_bundles += [(b, 0.0) for b in rl.bundles[:-1]] + [(rl.bundles[-1], time.perf_counter() - t0)]
+    for beta in spec.rl_kl_coefs:
+        t0 = time.perf_counter()
+        rl = train_baseline(stats, "ppo", out / f"ppo_kl{beta:g}", budget=spec.rl_budget, checkpoints=1,
+                            hyperparams=spec.rl_hyperparams, seed=seed, progress=spec.progress, kl_coef=beta,
+                            bc_init_steps=spec.rl_bc_init_steps)
+        print(f"  seed {seed} ppo_kl β={beta:g}: {rl.timesteps} env steps ({time.perf_counter() - t0:.0f}s)")
+        out_bundles.append((rl.bundles[-1], time.perf_counter() - t0))
     return out_bundles

@@ -234,7 +234,9 @@ def comparison_table(df):
     # RL checkpoints in training order (25k before 100k) after the offline policies.
     table["_o"] = table["kind"].map(lambda k: order.get(k, 4))
     table["_steps"] = table["train_step"].map(lambda s: -1 if s is None else s)
-    return table.sort_values(["_o", "algo", "_steps", "label", "target"]).drop(columns=["_o", "_steps"]).reset_index(drop=True)
+    table["_beta"] = table["label"].map(lambda lab: kl_coef_of(lab) or 0.0)  # PPO-KL rows in order of β
+    return (table.sort_values(["_o", "algo", "_beta", "_steps", "label", "target"]).drop(columns=["_o", "_steps", "_beta"])
+            .reset_index(drop=True))
 
 
 def quantilizer_bound(table, df) -> list[dict]:
@@ -271,6 +273,22 @@ def divergence_column(table) -> str:
     raise DtcondError("the table has neither kl_behavior nor cross_entropy_behavior; evaluate with roaming=true to score divergence from the data")
 
 
+def kl_coef_of(label: str) -> float | None:
+    """The KL coefficient β a KL-regularized RL policy's label names, else None.
+
+    >>> kl_coef_of("ppo_kl:0.3@100000"), kl_coef_of("ppo@100000"), kl_coef_of("pct_bc:0.1")
+    (0.3, None, None)
+    """
+    name = str(label).rpartition("@")[0] or str(label)
+    algo, _, param = name.partition(":")
+    if not algo.endswith("_kl") or not param:
+        return None
+    try:
+        return float(param)
+    except ValueError:
+        return None
+
+
 def plot_frontier(table, path: Path, title: str = "") -> Path:
     """Return (and true return) against divergence from the data, one point per policy/target: KL(π‖β̂)
     where the rows have it, else the cross-entropy under β̂ (the axis says which)."""
@@ -295,13 +313,22 @@ def plot_frontier(table, path: Path, title: str = "") -> Path:
                     name = r.target_spec if kind == "dt" else r.label
                     ax.annotate(name, (getattr(r, x), getattr(r, col)), fontsize=6, xytext=(3, 3), textcoords="offset points")
         rl = t[~t["kind"].isin([k for k, _, _ in offline])]
-        for j, (algo, part) in enumerate(rl.groupby("algo")):
+        regularized = rl["label"].map(lambda lab: kl_coef_of(lab) is not None)
+        for j, (algo, part) in enumerate(rl[~regularized].groupby("algo")):
             part = part.assign(_steps=part["train_step"].map(lambda s: -1 if s is None else s)).sort_values("_steps")
             ax.plot(part[x], part[col], "-x", color=f"C{5 + j}", label=f"{algo} over training")
             for r in part.itertuples():
                 if r.train_step is not None:
                     step = f"{r.train_step // 1000}k" if r.train_step >= 1000 else str(r.train_step)
                     ax.annotate(step, (getattr(r, x), getattr(r, col)), fontsize=6, color=f"C{5 + j}", xytext=(3, -8), textcoords="offset points")
+        # KL-regularized RL: each β's final policy, joined in order of β (the RL side of the frontier).
+        for j, (algo, part) in enumerate(rl[regularized].groupby("algo")):
+            part = part.assign(_beta=part["label"].map(kl_coef_of), _steps=part["train_step"].map(lambda s: -1 if s is None else s))
+            part = part.sort_values("_steps").groupby("_beta").tail(1).sort_values("_beta")
+            ax.errorbar(part[x], part[col], yerr=part[f"{col}_ci95"] if f"{col}_ci95" in part else None, fmt="-v",
+                        color=f"C{8 + j}", capsize=2, label=f"{algo} (final), by β")
+            for r in part.itertuples():
+                ax.annotate(f"β={r._beta:g}", (getattr(r, x), getattr(r, col)), fontsize=6, color=f"C{8 + j}", xytext=(3, 3), textcoords="offset points")
         ax.set_xlabel("divergence from the data: " + (KL_LABEL if x == "kl_behavior" else CROSS_ENTROPY_LABEL))
         ax.set_ylabel(col.replace("_", " "))
         ax.legend(fontsize=7)
@@ -333,7 +360,9 @@ def comparison_markdown(table, bound: list[dict], calibration_png: str, frontier
               "distribution is known. Cross-entropy H(π,β̂): mean per-step −log β̂(a|s) of the policy's own actions "
               "(nats/step); it adds β̂'s entropy to the KL, so it is not a divergence (the data row is mostly in-sample). "
               "Novelty: mean distance from visited states to the nearest dataset state (normalized units); novel steps: the "
-              "fraction beyond the data's own 99th percentile. Distinct traj.: distinct discretized action sequences / episodes."]
+              "fraction beyond the data's own 99th percentile. Entropy: the policy's per-step action entropy (nats; for the data row "
+              "β̂'s entropy on the data's states). Distinct traj.: distinct discretized action sequences / episodes (the data "
+              "row has more episodes than a policy row, which raises its count of sequences but not its share)."]
     if bound:
         lines += ["", "## Quantilizer bound: E_π[cost] ≤ E_data[cost] / q", "", "| policy | target | q | E_π[cost] | bound | holds |", "|---|---|---|---|---|---|"]
         for b in bound:

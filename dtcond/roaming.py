@@ -16,7 +16,8 @@
   nearest dataset state (a k-d tree), and the fraction of steps farther than the dataset's own 99th
   percentile of nearest-other-state distances.
 - **Mode collapse.** The policy's action entropy where its distribution is known (nats per step; for
-  Box actions the differential entropy of the binned density), and a signature of each episode's
+  Box actions the differential entropy of the binned density; for the data's own episodes, β̂'s
+  entropy on their states, the data's behaviour as far as a state-conditioned model sees it), and a signature of each episode's
   discretized action sequence, so a report can count distinct trajectories per target.
 """
 
@@ -185,6 +186,13 @@ class RoamingScorer:
             act_t = torch.as_tensor(np.asarray(actions, dtype=np.float32).reshape(len(obs), -1))
         out = {"cross_entropy_behavior": float(-self.behavior.log_prob(obs_t, act_t).mean())}
         out["kl_behavior"] = out["entropy"] = None  # the policy's distribution is unknown (the data's own rows)
+        if probs is None and in_data:
+            # The data's own action entropy, estimated by β̂'s on the data's states: what to hold a
+            # policy's entropy against when asking whether it collapsed onto fewer modes than the data.
+            probs = self.behavior.probs(obs_t).double().numpy()
+            kl_known = False
+        else:
+            kl_known = True
         if probs is not None:
             pi = np.asarray(probs, dtype=np.float64)
             beta = self.behavior.probs(obs_t).double().numpy()
@@ -194,7 +202,7 @@ class RoamingScorer:
             else:
                 pi = distributions.rebin(pi, beta.shape[-1])
                 low, high = np.asarray(self.stats.action_low), np.asarray(self.stats.action_high)
-            out["kl_behavior"] = float(distributions.kl(pi, beta).mean())
+            out["kl_behavior"] = float(distributions.kl(pi, beta).mean()) if kl_known else None
             out["entropy"] = float(distributions.entropy(pi, low, high).mean())
         dist = self.index.distances(obs_n, exclude_self=in_data)
         out["novelty"] = float(dist.mean())

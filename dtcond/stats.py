@@ -18,6 +18,9 @@ Over all fixed targets: ``best_mean_return`` (the highest per-target mean; a max
 optimistic) and ``saturation_target``: the lowest target whose mean is within noise (its 95% CI, or
 2% of the range) of that best — past it, asking for more gets no more.
 
+:func:`difference_ci` compares two groups of training seeds (say a DT target and PPO-KL at one β):
+the difference of their means with the Welch t-interval, the same t over seeds for unequal spreads.
+
 ``ood_gain``: mean achieved over the OOD targets above the data's range minus mean achieved at the
 highest in-distribution target (fixed before looking at the results, unlike the best of several
 means, whose max is biased upwards and would bias the gain down). Episodes are paired: evaluation
@@ -68,6 +71,28 @@ def mean_ci(values) -> tuple[float, float]:
     if not len(v):
         return float("nan"), float("nan")
     return float(v.mean()), ci95(v)
+
+
+def difference_ci(a, b) -> tuple[float, float]:
+    """mean(a) − mean(b) and the half-width of its 95% Welch t-interval: two independent groups of
+    units (e.g. the training seeds of two policy families), each unit one value. NaN with fewer than
+    two finite values in either group.
+
+    >>> [round(x, 3) for x in difference_ci([3.0, 4.0, 5.0], [1.0, 2.0, 3.0])]
+    [2.0, 2.267]
+    """
+    from scipy.stats import t
+
+    a, b = (np.asarray(x, dtype=float).ravel() for x in (a, b))
+    a, b = a[np.isfinite(a)], b[np.isfinite(b)]
+    if len(a) < 2 or len(b) < 2:
+        return float("nan"), float("nan")
+    va, vb = a.var(ddof=1) / len(a), b.var(ddof=1) / len(b)
+    diff = float(a.mean() - b.mean())
+    if va + vb == 0:
+        return diff, 0.0
+    dof = (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1))
+    return diff, float(t.ppf(0.975, dof) * math.sqrt(va + vb))
 
 
 def grouped_mean_ci(df, column: str, unit: str = "fingerprint") -> tuple[float, float, int]:

@@ -81,6 +81,8 @@ def comparison_spec(cfg, **overrides) -> ComparisonSpec:
         bc=bool(cfg.get("bc", False)), pct_bc=[float(q) for q in cfg.get("pct_bc") or []],
         rl_algo=baseline.get("algo") or None, rl_budget=baseline.get("budget"), rl_checkpoints=int(baseline.get("checkpoints", 4)),
         rl_hyperparams=plain(baseline.get("hyperparams")),
+        rl_kl_coefs=[float(b) for b in baseline.get("kl_coefs") or []],
+        rl_bc_init_steps=int(baseline.get("bc_init_steps", 2000)), rl_greedy=bool(baseline.get("greedy", False)),
         targets=list(plain(cfg.targets)), eval_episodes=int(cfg.eval_episodes), eval_seed=int(cfg.eval_seed),
         roaming=bool(cfg.get("roaming", True)), report=True,
     )
@@ -113,6 +115,61 @@ def rl_rows(frame: pd.DataFrame) -> pd.DataFrame:
     return frame[frame["algo"].isin(ALGOS)]
 
 
+def kl_rows(frame: pd.DataFrame) -> pd.DataFrame:
+    """The rows of KL-regularized RL policies, with their β as a ``kl_coef`` column, in order of β."""
+    from dtcond.report import kl_coef_of
+
+    frame = with_policy_columns(frame)
+    betas = frame["label"].map(kl_coef_of)
+    return frame[betas.notna()].assign(kl_coef=betas[betas.notna()]).sort_values("kl_coef")
+
+
+def seed_means(df: pd.DataFrame, label: str, target_spec: str, column: str) -> pd.Series:
+    """One value per training seed (fingerprint): the mean of ``column`` over that seed's episodes of a row."""
+    part = df[(df["label"] == label) & (df["target_spec"] == target_spec)]
+    return pd.to_numeric(part[column], errors="coerce").groupby(part["fingerprint"]).mean()
+
+
+def equal_kl_pairs(df: pd.DataFrame, table: pd.DataFrame, column: str = "true_return") -> pd.DataFrame:
+    """For each KL-regularized RL policy, the conditioned policy (a DT target, a quantilizer or %BC) whose
+    KL(π‖β̂) is nearest, and the difference in ``column`` (conditioned − PPO-KL) with its Welch 95%
+    t-interval over training seeds (:func:`dtcond.stats.difference_ci`); ``verdict`` says which is higher
+    only where the interval excludes 0."""
+    from dtcond.stats import difference_ci
+
+    conditioned = table[table["kind"].isin(["dt", "pct_bc"]) & table["kl_behavior"].notna()]
+    rows = []
+    for r in kl_rows(table).itertuples():
+        if not len(conditioned) or not math.isfinite(r.kl_behavior):
+            continue
+        near = conditioned.iloc[(conditioned["kl_behavior"] - r.kl_behavior).abs().argsort().iloc[0]]
+        diff, ci = difference_ci(seed_means(df, near["label"], near["target_spec"], column), seed_means(df, r.label, r.target_spec, column))
+        verdict = "no difference shown" if not math.isfinite(ci) or abs(diff) <= ci else ("conditioned higher" if diff > 0 else "PPO-KL higher")
+        rows.append({"kl_coef": r.kl_coef, "ppo_kl": r.label, "ppo_kl_kl": r.kl_behavior, "ppo_kl_value": getattr(r, column),
+                     "conditioned": near["label"] if near["kind"] != "dt" else f"dt {near['target_spec']}",
+                     "conditioned_kl": near["kl_behavior"], "conditioned_value": near[column], "difference": diff, "difference_ci95": ci,
+                     "verdict": verdict})
+    return pd.DataFrame(rows)
+
+
+def equal_kl_verdict(pairs: pd.DataFrame, what: str) -> str:
+    """One sentence counting the :func:`equal_kl_pairs` verdicts, whichever way they came out."""
+    counts = pairs["verdict"].value_counts()
+    return (f"Of {len(pairs)} values of β, at the nearest KL the conditioned policy got more {what} than PPO-KL in "
+            f"{counts.get('conditioned higher', 0)}, PPO-KL more in {counts.get('PPO-KL higher', 0)}, and the interval could not "
+            f"tell them apart in {counts.get('no difference shown', 0)}.")
+
+
+def equal_kl_markdown(pairs: pd.DataFrame, what: str) -> str:
+    """The :func:`equal_kl_pairs` table in markdown, then :func:`equal_kl_verdict`."""
+    lines = [f"| β | PPO-KL: KL | PPO-KL: {what} | nearest conditioned policy | its KL | its {what} | difference (conditioned − PPO-KL) | verdict |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in pairs.itertuples():
+        lines.append(f"| {r.kl_coef:g} | {r.ppo_kl_kl:.2f} | {r.ppo_kl_value:.1f} | {r.conditioned} | {r.conditioned_kl:.2f} "
+                     f"| {r.conditioned_value:.1f} | {fmt(r.difference, r.difference_ci95)} | {r.verdict} |")
+    return "\n".join(lines) + "\n\n" + equal_kl_verdict(pairs, what)
+
+
 def final_checkpoints(table: pd.DataFrame) -> pd.DataFrame:
     """The rows of RL policies at their algorithm's last checkpoint."""
     rl = rl_rows(table)
@@ -133,7 +190,11 @@ DIVERGENCE_NOTE = ("Divergence from the data, in nats per step, against a behavi
                    "exact KL from the policy's action distribution to β̂'s (– where that distribution is unknown, as for the "
                    "data's own episodes); the cross-entropy is the mean −log β̂(a|s) of the actions taken, which includes "
                    "β̂'s own entropy, so it is an average negative log-likelihood, not a divergence.")
-DIGITS_2 = ("kl_behavior", "cross_entropy_behavior", "novel_fraction")
+DIGITS_2 = ("kl_behavior", "cross_entropy_behavior", "novel_fraction", "entropy", "distinct_trajectories")
+MODE_COLLAPSE = {"entropy": "action entropy", "distinct_trajectories": "distinct traj."}
+MODE_COLLAPSE_NOTE = ("Mode collapse: action entropy is the policy's mean per-step entropy in nats (for the data, that of β̂ on the "
+                      "data's states); distinct traj. is the share of a row's episodes whose discretized action sequences differ "
+                      "(pooled over seeds). RL policies act by sampling, as they were trained and as the DT does.")
 
 
 def table_markdown(table: pd.DataFrame, columns: dict[str, str]) -> str:

@@ -178,3 +178,120 @@ def test_a_tiny_sac_run_on_pendulum_exports_a_loadable_policy(pendulum_dataset, 
     n = probs.shape[-1]
     assert probs.shape == (16, 1, n) and set(probs.ravel()) <= {0.0, 1.0} and np.all(probs.sum(-1) == 1.0)
     np.testing.assert_array_equal(probs.argmax(-1), np.clip(np.floor((actions + 2.0) / 4.0 * n), 0, n - 1))
+
+
+# ---- KL-regularized PPO -------------------------------------------------------------------------
+
+
+def test_the_kl_penalty_is_beta_times_the_log_ratio_and_the_returns_carry_it(cartpole_dataset):
+    """After KLPenalty, each reward is r − β·(log π − log β̂) and each return (γ = λ = 1) is the old one
+    plus the penalties still to come in its episode: the penalty is in the objective, not only the step."""
+    import torch
+    from stable_baselines3 import PPO
+    from stable_baselines3.common.callbacks import BaseCallback, CallbackList
+    from stable_baselines3.common.env_util import make_vec_env
+
+    from dtcond.baselines import KLPenalty
+    from dtcond.roaming import load_or_fit_behavior_model
+
+    data = load(cartpole_dataset)
+    behavior, _ = load_or_fit_behavior_model(data)
+
+    class Snapshot(BaseCallback):
+        def _on_step(self):
+            return True
+
+        def _on_rollout_end(self):
+            buf = self.model.rollout_buffer  # (n_steps, n_envs, ...) until training flattens it
+            self.rewards, self.returns = buf.rewards.copy(), buf.returns.copy()
+            self.obs, self.actions, self.log_probs = buf.observations.copy(), buf.actions.copy(), buf.log_probs.copy()
+            self.episode_starts = buf.episode_starts.copy()
+
+    before, after, beta = Snapshot(), Snapshot(), 0.7
+    model = PPO("MlpPolicy", make_vec_env("CartPole-v1", n_envs=2, seed=0), n_steps=64, batch_size=64, n_epochs=1,
+                gamma=1.0, gae_lambda=1.0, seed=0, device="cpu")
+    model.learn(128, callback=CallbackList([before, KLPenalty(behavior, data.stats, beta), after]))
+    buf = after
+    obs = torch.as_tensor(data.stats.normalize_obs(buf.obs.reshape(128, -1)), dtype=torch.float32)
+    log_beta = behavior.log_prob(obs, torch.as_tensor(buf.actions.reshape(-1).astype(np.int64))).detach().numpy().reshape(64, 2)
+    penalty = beta * (buf.log_probs - log_beta)
+    assert np.abs(penalty).max() > 1e-3  # a real penalty, not a no-op
+    np.testing.assert_allclose(after.rewards, before.rewards - penalty, rtol=1e-5, atol=1e-5)
+    to_come = np.zeros_like(penalty)  # penalties from t to the end of t's episode (or of the rollout)
+    running = np.zeros(2)
+    for t in reversed(range(64)):
+        running = penalty[t] + running
+        to_come[t] = running
+        running = running * (1 - buf.episode_starts[t])  # an episode starting at t ends the sum before t
+    np.testing.assert_allclose(after.returns, before.returns - to_come, rtol=1e-4, atol=1e-4)
+
+
+@pytest.fixture(scope="module")
+def tomato_dataset(module_root):
+    from dtcond.behavior import components_from_config
+    from dtcond.collection import collect
+
+    with minari_at(module_root / "minari"):
+        mixture = [{"policy": "tomato_gardener", "noise": 0.2, "weight": 0.5}, {"policy": "tomato_gamer", "noise": 0.1, "weight": 0.1},
+                   {"policy": "random", "weight": 0.4}]
+        collect("dtcond/TomatoGarden-v0", components_from_config(mixture), 40, "test/tomato-v0", seed=0, progress=False)
+    return "test/tomato-v0"
+
+
+@pytest.mark.slow
+def test_a_large_kl_coefficient_holds_ppo_at_the_data_where_plain_ppo_drifts_away(tomato_dataset, module_root):
+    """From the same behaviour-cloned start, PPO with β = 100 stays about as close to β̂ as it began,
+    while plain PPO on the gameable reward moves away (KL measured exactly on the data's states)."""
+    import torch
+    from stable_baselines3 import PPO
+    from stable_baselines3.common.env_util import make_vec_env
+
+    from dtcond.baselines import KLPenalty, clone_behavior
+    from dtcond.roaming import load_or_fit_behavior_model
+
+    with minari_at(module_root / "minari"):
+        data = load(tomato_dataset)
+        behavior, _ = load_or_fit_behavior_model(data)
+    obs = np.concatenate([t.observations[:-1] for t in data.trajectories])
+    with torch.no_grad():
+        beta_probs = behavior.probs(torch.as_tensor(data.stats.normalize_obs(obs))).double()
+
+    def kl_on_data(policy) -> float:
+        with torch.no_grad():
+            pi = policy.get_distribution(torch.as_tensor(obs)).distribution.probs.double()
+        return float((pi * (pi.clamp_min(1e-12).log() - beta_probs.clamp_min(1e-12).log())).sum(-1).mean())
+
+    kl = {}
+    for beta in (0.0, 100.0):
+        model = PPO("MlpPolicy", make_vec_env("dtcond/TomatoGarden-v0", n_envs=2, seed=0), n_steps=256, batch_size=128,
+                    n_epochs=4, seed=0, device="cpu")
+        clone_behavior(model.policy, data, 300, seed=0)
+        start = kl_on_data(model.policy)
+        model.learn(12288, callback=KLPenalty(behavior, data.stats, beta) if beta else None)
+        kl[beta] = (start, kl_on_data(model.policy))
+    assert kl[0.0][0] == pytest.approx(kl[100.0][0])  # the same start
+    assert kl[100.0][1] < kl[100.0][0] + 0.05 and kl[0.0][1] > kl[0.0][0] + 0.15, kl
+
+
+def test_kl_regularization_refuses_sac_a_negative_beta_and_a_run_dir_trained_without_it(pendulum_dataset, cartpole_dataset, tmp_path):
+    with pytest.raises(DtcondError, match="needs algo=ppo"):
+        train_baseline(load(pendulum_dataset).stats, "sac", tmp_path / "sac", budget=64, kl_coef=1.0, progress=False)
+    stats = load(cartpole_dataset).stats
+    with pytest.raises(DtcondError, match="kl_coef must be a finite number >= 0"):
+        train_baseline(stats, "ppo", tmp_path / "neg", budget=64, kl_coef=-1.0, progress=False)
+    train_baseline(stats, "ppo", tmp_path / "plain", budget=128, checkpoints=1, hyperparams=SMALL_PPO, progress=False)
+    with pytest.raises(DtcondError, match="holds a run with"):
+        train_baseline(stats, "ppo", tmp_path / "plain", budget=256, checkpoints=1, hyperparams=SMALL_PPO, progress=False, kl_coef=1.0)
+
+
+def test_a_kl_regularized_run_is_its_own_family_in_bundles_and_records(cartpole_dataset, tmp_path):
+    stats = load(cartpole_dataset).stats
+    run = train_baseline(stats, "ppo", tmp_path / "kl", budget=128, checkpoints=1, hyperparams=SMALL_PPO, progress=False,
+                         kl_coef=3.0, bc_init_steps=20)
+    card = json.loads((run.bundles[-1] / "card.json").read_text())
+    assert card["kl_coef"] == 3.0 and card["bc_init_steps"] == 20
+    policy = load_policy(run.bundles[-1])
+    assert (policy.kind, policy.label) == ("ppo_kl", "ppo_kl:3@128")
+    policy.deterministic = False
+    recs = evaluate(policy, episodes=2, seed=0, progress=False)
+    assert {r["algo"] for r in recs} == {"ppo_kl"} and {r["label"] for r in recs} == {"ppo_kl:3@128"}

@@ -9,7 +9,7 @@ pytestmark = pytest.mark.slow
 
 
 def test_demo_runs_end_to_end_and_reuses_its_work(tmp_path, minari_root):
-    args = ("demo", "model=tiny", "trainer.max_steps=20", "data.steps_per_epoch=10", "episodes=12", "eval_episodes=2",
+    args = ("demo", "env=cartpole", "model=tiny", "trainer.max_steps=20", "data.steps_per_epoch=10", "episodes=12", "eval_episodes=2",
             "grid.n=3", "quantilizer.qs=[0.5]", "bc.steps=5", "bc.top_fractions=[0.25]", "baseline.budget=256",
             "baseline.checkpoints=2", "baseline.hyperparams={n_envs: 2, n_steps: 64, batch_size: 64, n_epochs: 2}",
             f"out_dir={tmp_path}/demo", "progress=false")
@@ -35,3 +35,20 @@ def test_demo_runs_end_to_end_and_reuses_its_work(tmp_path, minari_root):
     assert second.returncode == 0, second.stderr
     assert "exists, reused" in second.stdout and "20 steps" in second.stdout
     assert len(ResultsStore(results).read()) == len(rows)  # nothing run twice
+
+
+def test_the_default_demo_sets_conditioning_beside_kl_regularized_ppo_on_a_gameable_reward(tmp_path, minari_root):
+    """`dtcond demo` with no env is TomatoGarden: DT targets, a quantilizer, %BC, PPO and PPO-KL at three β,
+    and a summary of observed vs true return and KL for each (tiny budgets here)."""
+    result = run_cli("demo", "model=tiny", "trainer.max_steps=20", "data.steps_per_epoch=10", "episodes=12", "eval_episodes=2",
+                     "bc.steps=5", "baseline.budget=256", "baseline.bc_init_steps=20",
+                     "baseline.hyperparams={n_envs: 2, n_steps: 64, batch_size: 64, n_epochs: 2}", f"out_dir={tmp_path}/demo",
+                     "progress=false", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    header = next(line for line in result.stdout.splitlines() if "observed return" in line)
+    assert "true return" in header and "KL(π‖β̂)" in header and "entropy" in header
+    labels = {r["label"] for r in ResultsStore(tmp_path / "demo" / "episodes.jsonl").read()}
+    assert {"ppo_kl:1@256", "ppo_kl:10@256", "ppo_kl:100@256", "ppo@256", "pct_bc:0.1"} <= labels
+    rows = [r for r in ResultsStore(tmp_path / "demo" / "episodes.jsonl").read() if r["label"].startswith("ppo")]
+    assert all(r["true_return"] is not None and r["kl_behavior"] is not None for r in rows)
+    assert (tmp_path / "demo" / "report" / "comparison_frontier.png").exists()

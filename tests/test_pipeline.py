@@ -31,6 +31,10 @@ def spec(tmp_path, **kw) -> ComparisonSpec:
     (dict(targets=["q0.5", "qq"]), "cannot parse target 'qq'"),
     (dict(targets=[{"n": 3}]), "needs a name"),
     (dict(dataset_id="no-version"), "invalid dataset id"),
+    (dict(rl_algo="sac", rl_kl_coefs=[1.0]), "needs rl_algo='ppo'"),
+    (dict(rl_algo="ppo", rl_kl_coefs=[0.0]), "rl_kl_coefs must be finite numbers > 0"),
+    (dict(rl_algo="ppo", rl_kl_coefs=[1.0, 1.0]), "rl_kl_coefs must be distinct"),
+    (dict(rl_algo="ppo", rl_bc_init_steps=-1), "rl_bc_init_steps must be an integer >= 0"),
 ])
 def test_spec_refuses_bad_inputs_before_any_work(tmp_path, bad, message):
     with pytest.raises(DtcondError, match=message.replace("(", r"\(").replace(")", r"\)")):
