@@ -194,18 +194,9 @@ def check_spaces(observation_space: gym.Space, action_space: gym.Space) -> None:
 
 
 def _load_minari(dataset_id: str):
-    import minari
+    from dtcond.validation import open_dataset
 
-    known = local_dataset_ids()
-    if dataset_id not in known:
-        listing = ", ".join(known) if known else "none"
-        raise DtcondError(
-            f"unknown dataset id {dataset_id!r} under {datasets_root()} (local datasets: {listing}); make one with `dtcond collect`"
-        )
-    try:
-        return minari.load_dataset(dataset_id)
-    except Exception as exc:  # a corrupt hdf5 or metadata.json
-        raise DtcondError(f"cannot read dataset {dataset_id!r}: {exc}") from exc
+    return open_dataset(dataset_id)  # metadata and spaces checked; load checks each episode as it reads it
 
 
 def load(dataset_id: str, gamma: float = 1.0) -> OfflineData:
@@ -219,26 +210,19 @@ def load(dataset_id: str, gamma: float = 1.0) -> OfflineData:
     from dtcond.config import check_gamma
 
     check_gamma(gamma, "gamma")
+    from dtcond.validation import checked_episodes
+
     ds = _load_minari(dataset_id)
-    check_spaces(ds.observation_space, ds.action_space)
     discrete = isinstance(ds.action_space, gym.spaces.Discrete)
 
     trajectories = []
-    for episode in ds.iterate_episodes():
-        if len(episode) == 0:
-            continue
+    for episode in checked_episodes(ds, dataset_id):  # lengths, shapes, NaN/inf and spaces checked
         obs = _flatten_observations(ds.observation_space, episode.observations)
         rewards = np.asarray(episode.rewards, dtype=np.float64)
-        if not np.all(np.isfinite(obs)):
-            raise DtcondError(f"dataset {dataset_id!r} episode {episode.id} has NaN/inf observations")
-        if not np.all(np.isfinite(rewards)):
-            raise DtcondError(f"dataset {dataset_id!r} episode {episode.id} has NaN/inf rewards")
         if discrete:
             actions = np.asarray(episode.actions).reshape(-1).astype(np.int64)
         else:
             actions = np.asarray(episode.actions, dtype=np.float32).reshape(len(episode), -1)
-            if not np.all(np.isfinite(actions)):
-                raise DtcondError(f"dataset {dataset_id!r} episode {episode.id} has NaN/inf actions")
         extras = {}
         for key in INFO_KEYS:
             if key in episode.infos:

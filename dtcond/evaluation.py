@@ -129,11 +129,10 @@ def make_vector_env(policy, n: int, env_kwargs: dict | None = None, env_id: str 
     env_id = env_id or policy.env_id
     if env_id is None:
         raise DtcondError("the policy's dataset recorded no env id, so dtcond cannot make its env")
+    from dtcond.policy import make_recorded_env
+
     kwargs = {**policy.stats.env_kwargs, **(env_kwargs or {})}
-    try:
-        envs = gym.vector.SyncVectorEnv([lambda: gym.make(env_id, **kwargs)] * n)
-    except gym.error.Error as exc:
-        raise DtcondError(f"cannot make env {env_id!r}: {exc}") from None
+    envs = gym.vector.SyncVectorEnv([lambda: make_recorded_env(env_id, policy.stats, **kwargs)] * n)
     policy.check_env(envs)
     return envs
 

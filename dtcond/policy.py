@@ -68,6 +68,21 @@ def check_env_spaces(env, stats: DatasetStats) -> None:
         )
 
 
+def make_recorded_env(env_id: str, stats: DatasetStats, **kwargs) -> gym.Env:
+    """``gym.make(env_id)``; an env that cannot be made (unregistered, its package missing, bad kwargs) is one line.
+
+    >>> make_recorded_env("NoSuchEnv-v0", stats)   # doctest: +SKIP
+    DtcondError: cannot make env 'NoSuchEnv-v0' ...
+    """
+    try:
+        return gym.make(env_id, **kwargs)
+    except (gym.error.Error, ImportError, TypeError) as exc:
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+        source = f", which dataset {stats.dataset_id!r} recorded" if env_id == stats.env_id else ""
+        raise DtcondError(f"cannot make env {env_id!r}{source} ({reason}); install or register that env, "
+                          "or evaluate on a compatible one with env_id=...") from None
+
+
 def flatten_obs(obs) -> np.ndarray:
     """(obs_dim,) float32 from a Box observation or a Dict of Boxes (in the space's key order)."""
     if isinstance(obs, dict):
@@ -196,7 +211,7 @@ class ConditionedPolicy:
         """The env the policy's data came from, built from the id and kwargs in its card."""
         if self.stats.env_id is None:
             raise DtcondError("this policy's dataset recorded no env id; make the env yourself")
-        env = gym.make(self.stats.env_id, **{**self.stats.env_kwargs, **kwargs})
+        env = make_recorded_env(self.stats.env_id, self.stats, **{**self.stats.env_kwargs, **kwargs})
         self.check_env(env)
         if seed is not None:
             env.action_space.seed(seed)

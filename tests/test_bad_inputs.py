@@ -3,17 +3,25 @@
 Every case runs the real CLI in a subprocess against a shared dataset and policy; the test hashes the
 datasets, the policy and the results table before and after, so "nothing already written is lost"
 is checked, not assumed.
+
+The ``data-*`` cases are datasets a user might bring: written in a temp dir by Minari's own writer, then
+damaged (bytes zeroed, the file cut, metadata edited, episodes of the wrong length, shape or range,
+NaN/inf, spaces dtcond cannot model). Each damage is also checked through the library
+(``dtcond.load_dataset`` raises a one-line ``DtcondError``), with more damages than the CLI runs.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from pathlib import Path
 
+import gymnasium as gym
+import numpy as np
 import pytest
 
-from conftest import run_cli
+from conftest import rng_episode, run_cli, write_buffers
 
 
 def digest(*paths: Path) -> str:
@@ -44,6 +52,9 @@ def world(tmp_path_factory):
         run = train("bad/cartpole-v0", root / "run", model=dict(context_len=4, n_layer=1, n_head=1, n_embd=8, dropout=0.0),
                     data=dict(batch_size=8, steps_per_epoch=5), trainer=dict(max_steps=5, enable_progress_bar=False, logger=False))
         evaluate(load_policy(run.bundle), ["q0.5"], episodes=2, results=root / "results.jsonl")
+        for name, (build, _) in DAMAGED.items():
+            build(root / "datasets", f"dmg/{name}-v0")
+        gone = train_on_a_vanished_env(root)
     finally:
         if old is None:
             os.environ.pop("MINARI_DATASETS_PATH", None)
@@ -54,7 +65,177 @@ def world(tmp_path_factory):
     (corrupt / "model.safetensors").write_bytes((corrupt / "model.safetensors").read_bytes()[:100])
     (root / "a_file").write_text("not a folder")
     return {"root": root, "ds": f"datasets_path={root / 'datasets'}", "policy": str(run.bundle),
-            "corrupt": str(corrupt), "results": str(root / "results.jsonl")}
+            "corrupt": str(corrupt), "results": str(root / "results.jsonl"), "gone": str(gone)}
+
+
+# ----------------------------------------------------------------------------------------------
+# Damaged datasets: each written by Minari's writer into a temp root, then damaged.
+
+BOX3 = gym.spaces.Box(-10.0, 10.0, (3,), np.float32)
+BOX1 = gym.spaces.Box(-1.0, 1.0, (1,), np.float32)
+BAD = 2  # the episode each per-episode damage lands in (of 4), so messages must name it
+
+
+def episodes(obs_dim: int = 3, discrete: int | None = None) -> list[dict]:
+    return [rng_episode(8, obs_dim=obs_dim, seed=i, discrete=discrete) for i in range(4)]
+
+
+def written(edit=None, obs_space=BOX3, act_space=BOX1, eps=None):
+    """A builder: four 8-step episodes through Minari's writer, ``edit`` applied to episode ``BAD`` first."""
+    def build(root: Path, dataset_id: str) -> None:
+        eps_ = eps() if eps else episodes()
+        if edit is not None:
+            edit(eps_[BAD])
+        write_buffers(dataset_id, eps_, observation_space=obs_space, action_space=act_space)
+    return build
+
+
+def damaged(damage, **kwargs):
+    """A builder: a well-formed dataset, then ``damage(data_dir)`` applied to its files."""
+    def build(root: Path, dataset_id: str) -> None:
+        written(**kwargs)(root, dataset_id)
+        damage(root / dataset_id / "data")
+    return build
+
+
+def zero_bytes(offset: int, n: int = 4096):
+    def damage(data: Path) -> None:
+        f = data / "main_data.hdf5"
+        b = bytearray(f.read_bytes())
+        b[offset:offset + n] = bytes(len(b[offset:offset + n]))
+        f.write_bytes(bytes(b))
+    return damage
+
+
+def cut_to_half(data: Path) -> None:
+    f = data / "main_data.hdf5"
+    f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
+
+
+def edit_metadata(**changes):
+    def damage(data: Path) -> None:
+        meta = json.loads((data / "metadata.json").read_text())
+        meta.update({k: (v(meta[k]) if callable(v) else v) for k, v in changes.items()})
+        (data / "metadata.json").write_text(json.dumps(meta))
+    return damage
+
+
+def empty_episode(data: Path) -> None:
+    """Episode BAD cut to zero steps in place (Minari's writer refuses to write one)."""
+    import h5py
+
+    with h5py.File(data / "main_data.hdf5", "a") as f:
+        ep = f[f"episode_{BAD}"]
+        for key in ("actions", "rewards", "terminations", "truncations"):
+            ep[key].resize(0, axis=0)
+        ep["observations"].resize(1, axis=0)
+        ep.attrs["total_steps"] = 0
+
+
+def graph_space(data: Path) -> None:
+    from minari.serialization import serialize_space
+
+    graph = {"type": "Graph", "node_space": serialize_space(BOX3, to_string=False),
+             "edge_space": serialize_space(gym.spaces.Discrete(3), to_string=False)}
+    edit_metadata(observation_space=json.dumps(graph))(data)
+
+
+def setitem(field: str, index, value):
+    def edit(ep: dict) -> None:
+        ep[field][index] = value
+    return edit
+
+
+def replace(field: str, make):
+    def edit(ep: dict) -> None:
+        ep[field] = make(ep[field])
+    return edit
+
+
+def text_episodes() -> list[dict]:
+    eps = episodes()
+    for ep in eps:
+        ep["observations"] = ["abc"] * len(ep["observations"])
+    return eps
+
+
+NESTED = gym.spaces.Tuple((gym.spaces.Tuple((gym.spaces.Box(-1, 1, (2,), np.float32), gym.spaces.Discrete(3))), BOX3))
+
+
+def nested_episodes() -> list[dict]:
+    eps = episodes()
+    for ep in eps:
+        n = len(ep["observations"])
+        ep["observations"] = ((np.zeros((n, 2), np.float32), np.zeros(n, np.int64)), ep["observations"])
+    return eps
+
+
+def dict_obs(eps_list):
+    for ep in eps_list:
+        o = ep["observations"]
+        ep["observations"] = {"a": o[:, :2], "b": o[:, 2:]}
+    return eps_list
+
+
+DICT = gym.spaces.Dict({"a": gym.spaces.Box(-10, 10, (2,), np.float32), "b": gym.spaces.Box(-10, 10, (1,), np.float32)})
+EP = f"episode {BAD}"
+# name -> (builder, what the one line must say); "{id}" is the dataset id.
+DAMAGED = {
+    "hdf5-zeroed-4k": (damaged(zero_bytes(2048)), "'{id}' episode 0 cannot be read (Unable to synchronously check link existence (bad symbol table node signature))"),
+    "hdf5-zeroed-superblock": (damaged(zero_bytes(0)), "main_data.hdf5 cannot be read (Unable to synchronously open file (file signature not found)); it is corrupt or truncated"),
+    "hdf5-zeroed-heap": (damaged(zero_bytes(512)), "episode 0 cannot be read (Unable to synchronously open object (bad local heap signature))"),
+    "hdf5-truncated": (damaged(cut_to_half), "main_data.hdf5 cannot be read (Unable to synchronously open file (truncated file: eof = "),
+    "hdf5-empty": (damaged(lambda d: (d / "main_data.hdf5").write_bytes(b"")), "main_data.hdf5 cannot be read"),
+    "metadata-missing": (damaged(lambda d: (d / "metadata.json").unlink()), "'{id}' at "),
+    "metadata-garbled": (damaged(lambda d: (d / "metadata.json").write_text((d / "metadata.json").read_text()[:40])), "metadata.json cannot be read"),
+    "episode-missing": (damaged(edit_metadata(total_episodes=lambda n: n + 1)), "'{id}' episode 4 cannot be read"),
+    "steps-miscounted": (damaged(edit_metadata(total_steps=lambda n: n + 3)), "metadata.json records 35 steps but its 4 episodes hold 32"),
+    "zero-length-episode": (damaged(empty_episode), f"'{{id}}' {EP} has no steps (a zero-length episode)"),
+    "obs-count-short": (written(replace("observations", lambda o: o[:-1])), f"'{{id}}' {EP} has 8 observations for 8 actions; Minari stores one more"),
+    "obs-count-long": (written(replace("observations", lambda o: np.concatenate([o, o[:1]]))), f"{EP} has 10 observations for 8 actions"),
+    "actions-count": (written(replace("actions", lambda a: a[:-1])), f"{EP} has 7 actions for 8 rewards"),
+    "obs-outside-space": (written(setitem("observations", (3, 1), 50.0)), f"{EP}: observation at step 3 ("),
+    "obs-shape": (written(eps=lambda: episodes(obs_dim=4)), "episode 0: observations have shape (4,) per step but the space Box(-10.0, 10.0, (3,), float32) declares (3,)"),
+    "action-outside-space": (written(setitem("actions", (5, 0), 3.0)), f"{EP}: action at step 5 ([3.]) is outside the declared space Box(-1.0, 1.0, (1,), float32)"),
+    "action-shape": (written(eps=lambda: [dict(ep, actions=np.zeros((8, 2), np.float32)) for ep in episodes()]), "actions have shape (2,) per step but the space Box(-1.0, 1.0, (1,), float32) declares (1,)"),
+    "discrete-action-range": (written(setitem("actions", 4, 5), act_space=gym.spaces.Discrete(2), eps=lambda: episodes(discrete=2)), f"{EP}: action at step 4 (5) is outside the declared space Discrete(2)"),
+    "nan-observations": (written(setitem("observations", (2, 0), np.nan)), f"{EP} has NaN/inf observations (first at step 2)"),
+    "inf-observations": (written(setitem("observations", (6, 2), -np.inf), obs_space=gym.spaces.Box(-np.inf, np.inf, (3,), np.float32)), f"{EP} has NaN/inf observations (first at step 6)"),
+    "nan-rewards": (written(setitem("rewards", 1, np.nan)), f"{EP} has NaN/inf rewards (first at step 1)"),
+    "inf-rewards": (written(setitem("rewards", 7, np.inf)), f"{EP} has NaN/inf rewards (first at step 7)"),
+    "nan-actions": (written(setitem("actions", (0, 0), np.nan)), f"{EP} has NaN/inf actions (first at step 0)"),
+    "dict-entries-disagree": (written(replace("observations", lambda o: {**o, "b": o["b"][:-1]}), obs_space=DICT, eps=lambda: dict_obs(episodes())), "the observations entries differ in length ({'a': 9, 'b': 8})"),
+    "text-space": (written(obs_space=gym.spaces.Text(5), eps=text_episodes), "'{id}': unsupported observation space Text: dtcond handles Box observations or a Dict of Boxes"),
+    "graph-space": (damaged(graph_space), "'{id}': unsupported observation space Graph; dtcond reads Box observations (or a Dict of Boxes, flattened) with Box"),
+    "nested-tuple-space": (written(obs_space=NESTED, eps=nested_episodes), "'{id}': unsupported observation space Tuple: dtcond handles Box observations or a Dict of Boxes"),
+    "multidiscrete-actions": (written(act_space=gym.spaces.MultiDiscrete([2, 3]), eps=lambda: [dict(ep, actions=np.zeros((8, 2), np.int64)) for ep in episodes()]), "unsupported action space MultiDiscrete: dtcond handles Box or Discrete actions"),
+}
+
+# The damages the CLI runs too (each costs a `dtcond train` start); the library test takes all of them.
+CLI_DAMAGED = ("hdf5-zeroed-4k", "hdf5-truncated", "metadata-missing", "obs-count-short", "obs-outside-space", "obs-shape",
+               "action-outside-space", "action-shape", "zero-length-episode", "nan-observations", "inf-rewards",
+               "text-space", "graph-space", "nested-tuple-space")
+
+VANISHED = "vanished/CartPole-v0"
+
+
+def train_on_a_vanished_env(root: Path) -> Path:
+    """A policy trained on a dataset whose env id no longer exists (its package gone): training must not need it."""
+    from dtcond.behavior import Component
+    from dtcond.collection import collect
+    from dtcond.training import train
+
+    gym.register(VANISHED, entry_point="gymnasium.envs.classic_control.cartpole:CartPoleEnv", max_episode_steps=50)
+    try:
+        collect(VANISHED, [Component("cartpole_balance", 0.5, 0.5), Component("random", weight=0.5)], 8, "gone/cartpole-v0",
+                progress=False)
+    finally:
+        gym.registry.pop(VANISHED)
+    with pytest.raises(gym.error.Error):
+        gym.spec(VANISHED)  # gone for training, as on a machine without the env's package
+    run = train("gone/cartpole-v0", root / "gone-run", model=dict(context_len=4, n_layer=1, n_head=1, n_embd=8, dropout=0.0),
+                data=dict(batch_size=8, steps_per_epoch=5), trainer=dict(max_steps=5, enable_progress_bar=False, logger=False))
+    return run.bundle
 
 
 def _args(world, *args):
@@ -117,16 +298,66 @@ CASES = [
     ("baseline-zero-budget", ("baseline", "{ds}", "dataset.id=bad/cartpole-v0", "budget=0", "hydra.run.dir={root}/b2"), "budget must be >= 1"),
     ("baseline-unknown-algo", ("baseline", "{ds}", "dataset.id=bad/cartpole-v0", "algo=dqn", "hydra.run.dir={root}/b3"), "unknown algo 'dqn'"),
     ("report-missing", ("report", "results={root}/none.jsonl"), "no results table at"),
+    # datasets a user brings, damaged (see DAMAGED), and a policy whose dataset's env id cannot be made
+    *[(f"data-{name}", ("train", "{ds}", f"dataset.id=dmg/{name}-v0", "model=tiny"), DAMAGED[name][1].replace("{id}", f"dmg/{name}-v0"))
+      for name in CLI_DAMAGED],
+    ("eval-env-vanished", ("eval", "{ds}", "policy={gone}", "results={results}"),
+     "cannot make env 'vanished/CartPole-v0', which dataset 'gone/cartpole-v0' recorded (Namespace vanished not found"),
 ]
 
 
 @pytest.mark.parametrize("args, message", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
 def test_bad_input_is_one_line_exit_2_and_damages_nothing(world, tmp_path, args, message):
     root = world["root"]
-    before = digest(root / "datasets", Path(world["policy"]), Path(world["results"]))
+    written = (root / "datasets", Path(world["policy"]), Path(world["gone"]), Path(world["results"]))
+    before = digest(*written)
     out = run_cli(*_args(world, *args), cwd=tmp_path)
     lines = out.stderr.strip().splitlines()
     assert out.returncode == 2, out.stderr
     assert len(lines) == 1 and lines[0].startswith(f"dtcond {args[0]}: error: ") and message in lines[0], out.stderr
-    assert digest(root / "datasets", Path(world["policy"]), Path(world["results"])) == before
+    assert digest(*written) == before
     assert not [p for p in (root / "datasets").rglob("yy-v0")]  # no dataset appeared under a refused id
+
+
+@pytest.mark.parametrize("name", list(DAMAGED))
+def test_damaged_dataset_is_one_dtcond_error_from_the_library(world, monkeypatch, name):
+    import dtcond
+
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(world["root"] / "datasets"))
+    dataset_id = f"dmg/{name}-v0"
+    before = digest(world["root"] / "datasets")
+    with pytest.raises(dtcond.DtcondError) as err:
+        dtcond.load_dataset(dataset_id)
+    message = str(err.value)
+    assert "\n" not in message and f"'{dataset_id}'" in message
+    assert DAMAGED[name][1].replace("{id}", dataset_id) in message
+    assert digest(world["root"] / "datasets") == before
+
+
+def test_well_formed_variants_still_load(minari_root):
+    """What the checks must not refuse: a Dict of Boxes, float64 data for a float32 Box, Discrete actions stored as whole floats."""
+    from dtcond.data import load
+
+    write_buffers("ok/dict-v0", dict_obs(episodes()), observation_space=DICT, action_space=BOX1)
+    assert load("ok/dict-v0").stats.obs_dim == 3
+    eps = episodes()
+    for ep in eps:
+        ep["observations"] = ep["observations"].astype(np.float64)
+    write_buffers("ok/float64-v0", eps, observation_space=BOX3, action_space=BOX1)
+    assert load("ok/float64-v0").stats.num_steps == 32
+    eps = episodes(discrete=3)
+    for ep in eps:
+        ep["actions"] = ep["actions"].astype(np.float64)
+    write_buffers("ok/float-actions-v0", eps, observation_space=BOX3, action_space=gym.spaces.Discrete(3))
+    assert load("ok/float-actions-v0").trajectories[0].actions.dtype == np.int64
+
+
+def test_a_dataset_whose_env_cannot_be_made_still_trains_and_only_acting_refuses(world):
+    import dtcond
+
+    policy = dtcond.load_policy(world["gone"])  # trained in `world` while the env id was unregistered
+    assert policy.env_id == VANISHED and policy.train_step == 5
+    with pytest.raises(dtcond.DtcondError, match="cannot make env 'vanished/CartPole-v0', which dataset 'gone/cartpole-v0' recorded"):
+        policy.make_env()
+    with pytest.raises(dtcond.DtcondError, match="install or register that env"):
+        dtcond.evaluate(policy, ["q0.5"], episodes=1)

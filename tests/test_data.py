@@ -111,7 +111,7 @@ def test_true_reward_and_cost_infos_are_carried_through(minari_root):
 
 
 def test_dict_observations_are_flattened(minari_root):
-    space = gym.spaces.Dict({"a": gym.spaces.Box(-1, 1, (2,)), "b": gym.spaces.Box(-1, 1, (3,))})
+    space = gym.spaces.Dict({"a": gym.spaces.Box(-1, 1, (2,)), "b": gym.spaces.Box(0, 17, (3,))})
     eps = []
     for i in range(2):
         ep = rng_episode(5, seed=i)
