@@ -462,7 +462,7 @@ def merge(schema, *overrides):
     >>> merge(DataConfig, {"batch_sise": 32})
     Traceback (most recent call last):
     ...
-    dtcond.errors.DtcondError: unknown config key batch_sise; DataConfig takes: segment_len, batch_size, ...num_workers, episode_weighting
+    dtcond.errors.DtcondError: unknown config key batch_sise; DataConfig takes: segment_len, batch_size, ...
     """
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException

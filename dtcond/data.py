@@ -331,55 +331,113 @@ EPISODE_WEIGHTINGS = ("steps", "balanced")
 
 
 class WindowDataset:
-    """Random windows over a set of trajectories.
+    """Batches of random training windows, gathered from the episodes stored as flat tensors.
 
-    ``episode_weighting="steps"`` (the DT paper's): the window's last step is drawn uniformly over all
+    The trajectories are concatenated once into one tensor per field (observations already
+    normalized) with episode offsets, plus one zero row at the end that padding points at, so a
+    batch of windows is one fancy-index gather per field (:meth:`gather`) rather than windows cut
+    one by one; :meth:`to` keeps them on an accelerator. Item ``j`` is batch ``j`` of the current
+    epoch, the same windows as :func:`make_window` cuts (a test checks it).
+
+    ``episode_weighting="steps"`` (the DT paper's): a window's last step is drawn uniformly over all
     steps, i.e. an episode with probability ∝ its length, then a step in it. ``"balanced"``: half the
     windows that way, half from an episode drawn uniformly. Short episodes (often the low returns) are
     then seen far more often; the per-step targets are unchanged, only how often each context is
-    trained on. ``epoch_size`` windows make one epoch; window ``i`` of epoch ``e`` is a pure function
-    of (seed, e, i), so runs and resumes repeat.
+    trained on. ``epoch_size`` windows in batches of ``batch_size`` (the last one may be short) make
+    one epoch; batch ``j`` of epoch ``e`` is a pure function of (seed, e, j), so runs and resumes
+    repeat, and distributed ranks, which take different ``j``, draw different windows.
+
+    >>> ds = WindowDataset(data.trajectories, data.stats, length=40, epoch_size=256, batch_size=64)  # doctest: +SKIP
+    >>> ds[0]["observations"].shape                                                                  # doctest: +SKIP
+    torch.Size([64, 40, 4])
     """
 
     def __init__(self, trajectories: list[Trajectory], stats: DatasetStats, length: int, epoch_size: int, seed: int = 0,
-                 episode_weighting: str = "steps"):
+                 episode_weighting: str = "steps", batch_size: int = 64):
+        import torch
+
         if episode_weighting not in EPISODE_WEIGHTINGS:
             raise DtcondError(f"episode_weighting must be one of {EPISODE_WEIGHTINGS}, got {episode_weighting!r}")
-        self.episode_weighting = episode_weighting
         if length < 1:
             raise DtcondError(f"window length must be >= 1, got {length}")
         if not trajectories:
             raise DtcondError("no trajectories to draw windows from")
-        if epoch_size < 1:
-            raise DtcondError(f"epoch_size must be >= 1, got {epoch_size}")
+        if epoch_size < 1 or batch_size < 1:
+            raise DtcondError(f"epoch_size and batch_size must be >= 1, got {epoch_size}, {batch_size}")
         self.trajectories = trajectories
         self.stats = stats
         self.length = length
         self.epoch_size = epoch_size
+        self.batch_size = batch_size
         self.seed = seed
+        self.episode_weighting = episode_weighting
         self.epoch = 0
-        lengths = np.array([len(t) for t in trajectories])
-        self._offsets = np.concatenate([[0], np.cumsum(lengths)])  # global step index → episode
+        self.lengths = np.array([len(t) for t in trajectories], dtype=np.int64)
+        self._offsets = np.concatenate([[0], np.cumsum(self.lengths)])  # episode e holds flat rows offsets[e]:offsets[e+1]
+        self.pad_row = int(self._offsets[-1])  # the zero row every padding position reads
+
+        def flat(parts, dtype):  # (N + 1, ...) with the zero padding row last
+            stacked = np.concatenate([*parts, np.zeros((1, *parts[0].shape[1:]), dtype)]).astype(dtype, copy=False)
+            return torch.from_numpy(stacked)
+
+        self.fields = {
+            "observations": flat([stats.normalize_obs(t.observations) for t in trajectories], np.float32),
+            "actions": flat([t.actions for t in trajectories], trajectories[0].actions.dtype),
+            "returns_to_go": flat([t.returns_to_go for t in trajectories], np.float32),  # raw: the model scales them
+            "timesteps": flat([np.asarray(t.timesteps, dtype=np.int64) for t in trajectories], np.int64),
+        }
+        self.device = torch.device("cpu")
+
+    def to(self, device) -> WindowDataset:
+        """Keep the episodes on ``device``: batches are then gathered there, with no copy per batch."""
+        import torch
+
+        self.device = torch.device(device)
+        self.fields = {k: v.to(self.device) for k, v in self.fields.items()}
+        return self
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def __len__(self) -> int:
-        return self.epoch_size
+        return -(-self.epoch_size // self.batch_size)  # batches per epoch
 
-    def locate(self, global_step: int) -> tuple[int, int]:
-        episode = int(np.searchsorted(self._offsets, global_step, side="right") - 1)
-        return episode, int(global_step - self._offsets[episode])
+    def locate(self, global_step):
+        """(episode, step within it) of flat step index ``global_step`` (an int or an array)."""
+        episode = np.searchsorted(self._offsets, global_step, side="right") - 1
+        return episode, global_step - self._offsets[episode]
 
-    def __getitem__(self, i: int) -> dict[str, np.ndarray]:
-        rng = np.random.default_rng((self.seed, self.epoch, i))
-        if self.episode_weighting == "balanced" and rng.random() < 0.5:
-            episode = int(rng.integers(len(self.trajectories)))
-            step = int(rng.integers(len(self.trajectories[episode])))
-        else:
-            episode, step = self.locate(int(rng.integers(self._offsets[-1])))
-        w = make_window(self.trajectories[episode], step, self.length, self.stats)
-        return asdict(w)
+    def draw(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """The (episode, last step) of each window of batch ``index`` in the current epoch."""
+        if not 0 <= index < len(self):
+            raise IndexError(f"batch {index} out of range for {len(self)} batches")
+        n = min(self.batch_size, self.epoch_size - index * self.batch_size)
+        rng = np.random.default_rng((self.seed, self.epoch, index))
+        episodes, steps = self.locate(rng.integers(self.pad_row, size=n))
+        if self.episode_weighting == "balanced":
+            uniform = rng.random(n) < 0.5
+            per_episode = rng.integers(len(self.lengths), size=n)
+            episodes = np.where(uniform, per_episode, episodes)
+            steps = np.where(uniform, rng.integers(self.lengths[per_episode]), steps)
+        return episodes, steps
+
+    def gather(self, episodes, ends) -> dict:
+        """Windows of ``length`` steps ending at step ``ends[i]`` of episode ``episodes[i]``, as tensors (B, L, ...).
+
+        Left-padded with zeros and ``mask`` False, exactly as :func:`make_window`.
+        """
+        import torch
+
+        start = self._offsets[np.asarray(episodes)]  # (B,) first flat row of each episode
+        rows = (start + np.asarray(ends))[:, None] + np.arange(1 - self.length, 1)  # (B, L)
+        rows = np.where(rows >= start[:, None], rows, self.pad_row)  # before the episode: the zero row
+        rows = torch.from_numpy(rows).to(self.device, non_blocking=True)
+        batch = {k: v[rows] for k, v in self.fields.items()}  # one gather per field
+        batch["mask"] = rows != self.pad_row
+        return batch
+
+    def __getitem__(self, index: int) -> dict:
+        return self.gather(*self.draw(index))
 
 
 def split_by_episode(n_episodes: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:

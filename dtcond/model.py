@@ -317,13 +317,22 @@ class DecisionTransformer(nn.Module):
         return prediction, new_state
 
 
-def configure_optimizer(model: nn.Module, lr: float, weight_decay: float, betas=(0.9, 0.999)):
-    """AdamW with weight decay on matrices only (biases, LayerNorms excluded); the fused kernel where torch has one."""
+def configure_optimizer(model: nn.Module, lr: float, weight_decay: float, betas=(0.9, 0.999), fused: bool | None = None):
+    """AdamW with weight decay on matrices only (biases, LayerNorms excluded).
+
+    ``fused=None`` takes torch's fused kernel where the device has one; ``False`` the multi-tensor
+    one, which Lightning's mixed precision needs to clip gradients (a fused AdamW unscales them itself).
+
+    >>> configure_optimizer(nn.Linear(2, 2), lr=1e-3, weight_decay=0.1, fused=False).defaults["fused"]
+    False
+    """
     params = [p for p in model.parameters() if p.requires_grad]
     groups = [
         {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
         {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
     ]
+    if fused is False:
+        return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), fused=False)
     try:  # one fused kernel instead of ~10 small ops per parameter: on CPU ~5% of a small model's step
         return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), fused=True)
     except RuntimeError:  # a device without a fused AdamW

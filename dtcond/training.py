@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.callbacks import TQDMProgressBar
 
-from dtcond.config import LoggerConfig, OptimConfig, TrainConfig, merge
+from dtcond.config import TRAINER_LOOP_KEYS, LoggerConfig, OptimConfig, TrainConfig, merge
 from dtcond.data import DatasetStats
 from dtcond.distributions import bin_index
 from dtcond.errors import DtcondError
@@ -71,25 +71,46 @@ class DTModule(L.LightningModule):
         self.config = DTConfig.from_dict(model)
         self.stats = DatasetStats.from_dict(stats)
         self.model = DecisionTransformer(self.config)
+        self.compile_loss(None)
 
     def action_loss(self, batch: dict) -> torch.Tensor:
+        """The mean over real (unpadded) steps of each step's loss.
+
+        A mask-weighted mean rather than ``pred[mask]``: shapes do not depend on the data, so the step
+        needs no device-to-host sync and compiles into one graph.
+        """
         rtg = batch["returns_to_go"]
         if not self.hparams.condition_on_return:
             rtg = torch.zeros_like(rtg)  # plain behaviour cloning: same network, no return signal
         pred = self.model(rtg, batch["observations"], batch["actions"], batch["timesteps"], batch["mask"])
-        mask = batch["mask"]
         if self.config.discrete:
-            return F.cross_entropy(pred[mask], batch["actions"][mask])
-        if self.config.binned:  # log-likelihood of each dimension's bin: the density up to a constant
+            per_step = F.cross_entropy(pred.flatten(0, 1), batch["actions"].flatten(), reduction="none")  # (B*T,)
+        elif self.config.binned:  # log-likelihood of each dimension's bin: the density up to a constant
             target = bin_index(batch["actions"], *self.model.action_bounds, self.config.action_bins)  # (B, T, act_dim)
-            return F.cross_entropy(pred[mask].flatten(0, 1), target[mask].flatten()) * self.config.act_dim
-        # Squared error in units of half the action range, so every action dimension counts alike.
-        err = (pred - batch["actions"]) / self.model.action_half  # (B, T, act_dim)
-        return err.pow(2).mean(-1)[mask].mean()
+            per_step = F.cross_entropy(pred.flatten(0, 2), target.flatten(), reduction="none")  # (B*T*act_dim,)
+            per_step = per_step.view(*target.shape).sum(-1)  # (B, T): dimensions are independent given the context
+        else:  # squared error in units of half the action range, so every action dimension counts alike
+            err = (pred - batch["actions"]) / self.model.action_half  # (B, T, act_dim)
+            per_step = err.pow(2).mean(-1)  # (B, T)
+        mask = batch["mask"].flatten().to(per_step.dtype)  # (B*T,)
+        return (per_step.flatten() * mask).sum() / mask.sum()
+
+    def compile_loss(self, mode: str | None) -> None:
+        """Train through ``torch.compile(action_loss, mode=mode)`` (``None``: eager); validation stays eager.
+
+        The weights stay those of the plain module, so checkpoints and bundles are unchanged.
+        """
+        self._compile_mode = mode
+        self._train_loss = torch.compile(self.action_loss, mode=mode) if mode else self.action_loss
 
     def _common_step(self, batch: dict, stage: str) -> torch.Tensor:
-        loss = self.action_loss(batch)
-        self.log(f"{stage}/loss", loss, prog_bar=True, on_step=stage == "train", on_epoch=stage != "train",
+        if stage == "train" and self._compile_mode:
+            if self._compile_mode in ("reduce-overhead", "max-autotune") and self.device.type == "cuda":
+                torch.compiler.cudagraph_mark_step_begin()  # a new iteration: the last step's graph outputs may be reused
+            loss = self._train_loss(batch).clone()  # a tensor of our own, not one in the CUDA graph's memory pool
+        else:
+            loss = self.action_loss(batch)
+        self.log(f"{stage}/loss", loss, prog_bar=True, on_step=stage == "train", on_epoch=stage != "train", sync_dist=stage != "train",
                  batch_size=batch["mask"].shape[0])
         return loss
 
@@ -105,10 +126,22 @@ class DTModule(L.LightningModule):
             dm.set_epoch(self.current_epoch)
 
     def configure_optimizers(self):
-        opt = configure_optimizer(self.model, self.hparams.lr, self.hparams.weight_decay, self.hparams.betas)
+        # Lightning's mixed precision refuses to clip gradients for a fused AdamW (it unscales them
+        # itself); the multi-tensor AdamW clips under every precision, the fused one is kept elsewhere.
+        fused = False if self._mixed_precision() else None
+        opt = configure_optimizer(self.model, self.hparams.lr, self.hparams.weight_decay, self.hparams.betas, fused=fused)
         warmup = max(1, self.hparams.warmup_steps)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: min(1.0, (step + 1) / warmup))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def _mixed_precision(self) -> bool:
+        from lightning.pytorch.plugins.precision import MixedPrecision
+
+        try:
+            plugin = self.trainer.precision_plugin
+        except RuntimeError:  # not attached to a Trainer: a plain loop, no autocast
+            return False
+        return isinstance(plugin, MixedPrecision)
 
 
 class RolloutCallback(L.Callback):
@@ -283,6 +316,10 @@ def train(dataset_id: str, out_dir: str | Path, config: TrainConfig | None = Non
     from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
 
     trainer = asdict(cfg.trainer)
+    loop = {k: trainer.pop(k) for k in TRAINER_LOOP_KEYS}
+    if loop["matmul_precision"] is not None:
+        torch.set_float32_matmul_precision(loop["matmul_precision"])
+    module.compile_loss(loop["compile"])
     logger = make_logger(cfg.logger, out_dir) if trainer.pop("logger") is not False else False
     if trainer["max_epochs"] is None:
         trainer["max_epochs"] = -1  # EpochsFromSteps sets it once the epoch length is known
@@ -313,7 +350,9 @@ def train(dataset_id: str, out_dir: str | Path, config: TrainConfig | None = Non
             import wandb
 
             wandb.finish()  # Lightning leaves the run open; the next train() in this process would reuse it
-    bundle = save_bundle(module, out_dir / "policy", extra={"global_step": pl_trainer.global_step, "seed": cfg.seed})
+    bundle = out_dir / "policy"
+    if pl_trainer.is_global_zero:  # under DDP every rank gets here, with the same weights
+        save_bundle(module, bundle, extra={"global_step": pl_trainer.global_step, "seed": cfg.seed})
     val = pl_trainer.callback_metrics.get("val/loss")
     return TrainResult(out_dir, bundle, last, pl_trainer.global_step, float(val) if val is not None else None)
 

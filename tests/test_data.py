@@ -5,6 +5,7 @@ from __future__ import annotations
 import gymnasium as gym
 import numpy as np
 import pytest
+import torch
 
 from conftest import rng_episode, write_buffers
 from dtcond.data import WindowDataset, load, make_window, returns_to_go, split_by_episode
@@ -140,24 +141,58 @@ def test_window_is_left_padded_with_a_mask(cartpole_dataset):
     assert full.mask.all() and full.timesteps.tolist() == [5, 6, 7, 8, 9]
 
 
-def test_windows_draw_episodes_in_proportion_to_length(minari_root):
+@pytest.mark.parametrize("weighting, long_share", [("steps", 0.9), ("balanced", 0.5 * 0.9 + 0.5 * 0.5)])
+def test_windows_draw_episodes_in_proportion_to_length(minari_root, weighting, long_share):
     write_buffers("test/lengths-v0", [rng_episode(10, seed=0), rng_episode(90, seed=1)], observation_space=BOX3, action_space=BOX1)
     data = load("test/lengths-v0")
-    ds = WindowDataset(data.trajectories, data.stats, length=4, epoch_size=4000, seed=0)
+    ds = WindowDataset(data.trajectories, data.stats, length=4, epoch_size=4000, seed=0, episode_weighting=weighting,
+                       batch_size=100)
     long_ep = [i for i, t in enumerate(data.trajectories) if len(t) == 90][0]
-    hits = 0
-    for i in range(len(ds)):
-        episode, _ = ds.locate(int(np.random.default_rng((0, 0, i)).integers(100)))
-        hits += episode == long_ep
-    assert 0.87 < hits / len(ds) < 0.93
-    # Every draw is a pure function of (seed, epoch, index).
-    a, b = ds[17], WindowDataset(data.trajectories, data.stats, 4, 4000, seed=0)[17]
-    assert all(np.array_equal(a[k], b[k]) for k in a)
+    episodes, steps = map(np.concatenate, zip(*(ds.draw(j) for j in range(len(ds)))))
+    assert len(episodes) == 4000 and long_share - 0.03 < np.mean(episodes == long_ep) < long_share + 0.03
+    assert np.all(steps < ds.lengths[episodes]) and np.all(steps >= 0)
+    # Every batch is a pure function of (seed, epoch, index).
+    a, b = ds[17], WindowDataset(data.trajectories, data.stats, 4, 4000, seed=0, episode_weighting=weighting, batch_size=100)[17]
+    assert all(torch.equal(a[k], b[k]) for k in a)
     # A new epoch draws new windows (a few may coincide by chance).
-    epoch0 = [ds[i]["timesteps"][-1] for i in range(50)]
+    epoch0 = ds[0]["timesteps"][:, -1]
     ds.set_epoch(1)
-    epoch1 = [ds[i]["timesteps"][-1] for i in range(50)]
-    assert sum(x != y for x, y in zip(epoch0, epoch1)) > 40
+    epoch1 = ds[0]["timesteps"][:, -1]
+    assert (epoch0 != epoch1).sum() > 80
+
+
+@pytest.mark.parametrize("dataset", ["cartpole_dataset", "pendulum_dataset"])
+@pytest.mark.parametrize("weighting", ["steps", "balanced"])
+def test_a_gathered_batch_equals_the_windows_cut_one_by_one(request, dataset, weighting):
+    data = load(request.getfixturevalue(dataset))
+    length = 70  # longer than Pendulum's 60-step episodes: every window is padded there
+    ds = WindowDataset(data.trajectories, data.stats, length, epoch_size=300, seed=5, episode_weighting=weighting,
+                       batch_size=128)
+    assert len(ds) == 3 and ds[2]["mask"].shape == (300 - 2 * 128, length)  # the last batch is short
+    for j in range(len(ds)):
+        episodes, ends = ds.draw(j)
+        episodes, ends = np.append(episodes, [0, 1]), np.append(ends, [0, len(data.trajectories[1]) - 1])  # both edges
+        batch = ds.gather(episodes, ends)
+        windows = [make_window(data.trajectories[e], int(t), length, data.stats) for e, t in zip(episodes, ends)]
+        for key in ("observations", "actions", "returns_to_go", "timesteps", "mask"):
+            expected = np.stack([getattr(w, key) for w in windows])
+            assert batch[key].dtype == torch.from_numpy(expected).dtype
+            np.testing.assert_array_equal(batch[key].numpy(), expected)
+    assert not batch["mask"].all()  # padding was among the cases compared
+
+
+def test_distributed_ranks_draw_different_windows(cartpole_dataset):
+    # Lightning gives each DDP rank a DistributedSampler over the batches (shuffle off, as here).
+    from torch.utils.data import DataLoader, DistributedSampler
+
+    data = load(cartpole_dataset)
+    ds = WindowDataset(data.trajectories, data.stats, 8, epoch_size=16 * 6, seed=0, batch_size=16)
+    ranks = [list(DataLoader(ds, batch_size=None, sampler=DistributedSampler(ds, num_replicas=2, rank=r, shuffle=False)))
+             for r in (0, 1)]
+    assert len(ranks[0]) == len(ranks[1]) == 3
+    ends = [torch.stack([b["returns_to_go"][:, -1] for b in rank]) for rank in ranks]  # (3 batches, 16)
+    assert not torch.equal(ends[0], ends[1])
+    assert all(not torch.equal(a, b) for a, b in zip(ends[0], ends[1]))
 
 
 def test_split_by_episode_is_disjoint_and_complete():
@@ -177,7 +212,7 @@ def test_datamodule_batches_and_split(cartpole_dataset):
     assert batch["actions"].shape == (16, 8) and batch["actions"].dtype.is_floating_point is False
     assert batch["returns_to_go"].shape == batch["timesteps"].shape == batch["mask"].shape == (16, 8)
     assert batch["mask"][:, -1].all()  # a window always ends on a real step
-    assert len(dm.train_dataloader()) == 3
+    assert len(dm.train_dataloader()) == 3 and len(dm.val_dataloader()) == 2  # 32 val windows in batches of 16
     train_ids = {id(t) for t in dm.train_set.trajectories}
     assert train_ids.isdisjoint(id(t) for t in dm.val_set.trajectories)
     assert len(dm.train_set.trajectories) + len(dm.val_set.trajectories) == 20

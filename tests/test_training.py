@@ -6,6 +6,7 @@ import json
 import os
 
 import gymnasium as gym
+import lightning as L
 import pytest
 import torch
 
@@ -232,7 +233,8 @@ def test_the_library_defaults_are_the_cli_defaults():
     assert list(module_defaults["betas"]) == OptimConfig().betas
     dm_defaults = {k: p.default for k, p in inspect.signature(WindowDataModule.__init__).parameters.items()}
     data = DataConfig()
-    assert all(dm_defaults[k] == getattr(data, k) for k in ("batch_size", "steps_per_epoch", "val_windows", "val_fraction", "num_workers"))
+    assert all(dm_defaults[k] == getattr(data, k) for k in ("batch_size", "steps_per_epoch", "val_windows", "val_fraction", "num_workers",
+                                                          "episode_weighting", "on_device"))
 
 
 def test_the_schemas_name_only_real_lightning_and_model_arguments():
@@ -240,11 +242,12 @@ def test_the_schemas_name_only_real_lightning_and_model_arguments():
 
     import lightning as L
 
-    from dtcond.config import ModelConfig, TrainerConfig
+    from dtcond.config import TRAINER_LOOP_KEYS, ModelConfig, TrainerConfig
     from dtcond.model import DTConfig
 
     lightning_args = set(inspect.signature(L.Trainer.__init__).parameters)
-    assert set(TrainerConfig.__dataclass_fields__) <= lightning_args
+    assert set(TrainerConfig.__dataclass_fields__) - set(TRAINER_LOOP_KEYS) <= lightning_args
+    assert not set(TRAINER_LOOP_KEYS) & lightning_args and set(TRAINER_LOOP_KEYS) <= set(TrainerConfig.__dataclass_fields__)
     assert set(ModelConfig.__dataclass_fields__) <= set(DTConfig.__dataclass_fields__)
 
 
@@ -408,7 +411,7 @@ def test_the_binned_head_imitates_action_noise_at_the_requested_return(tmp_path,
     if head == "bins":  # imitates the noise: spread like U(-1, 1) (std 0.58), not a point
         assert noisy.std() > 0.4 and np.mean(np.abs(noisy - 0.5) < near) < 0.35
     else:  # the mean head regresses the noise to its mean: nothing like the data's spread
-        assert noisy.std() < 0.3
+        assert noisy.std() < 0.35  # 0.16-0.30 over training seeds 0-3 (the binned head: 0.52-0.59)
 
 
 def test_a_bundle_written_before_the_binned_head_loads_as_the_mean_head(pendulum_dataset, tmp_path):
@@ -427,3 +430,69 @@ def test_a_bundle_written_before_the_binned_head_loads_as_the_mean_head(pendulum
     old.reset(target=-200.0)
     new.reset(target=-200.0)
     np.testing.assert_array_equal(old.act(obs), new.act(obs))
+
+
+class GradNorm(L.Callback):
+    """The gradient norm each optimizer step applied (gradients stay in place until the next step's zero_grad)."""
+
+    def __init__(self):
+        self.norms, self.fused = [], set()
+
+    def on_train_batch_end(self, trainer, pl_module, *args):
+        grads = [p.grad.float().norm() for p in pl_module.parameters() if p.grad is not None]
+        self.norms.append(torch.stack(grads).norm().item())
+        self.fused |= {bool(o.defaults.get("fused")) for o in trainer.optimizers}
+
+
+@pytest.mark.parametrize("precision, dataset", [("bf16-mixed", "cartpole_dataset"), ("bf16-mixed", "pendulum_dataset"),
+                                                ("32-true", "pendulum_dataset")])
+def test_every_precision_trains_with_gradient_clipping(request, tmp_path, precision, dataset):
+    # Lightning refuses to clip a fused AdamW's gradients under mixed precision; dtcond must pick one it can clip.
+    clip = 1e-3  # far below any gradient norm at init, so every step is clipped
+    norms = GradNorm()
+    r = train(request.getfixturevalue(dataset), tmp_path / precision, model=TINY, data=dict(batch_size=8, steps_per_epoch=5),
+              trainer=dict(max_steps=4, precision=precision, gradient_clip_val=clip, **QUIET), callbacks=[norms])
+    assert r.global_step == 4 and len(norms.norms) == 4
+    assert max(norms.norms) <= clip * 1.01
+    assert norms.fused == {precision == "32-true"}  # the fused kernel wherever Lightning can clip it
+    policy = load_policy(r.bundle)
+    assert torch.isfinite(torch.cat([p.flatten() for p in policy.model.parameters()])).all()
+
+
+def test_fp16_with_a_grad_scaler_clips_unscaled_gradients(cartpole_dataset):
+    # Lightning turns precision="16-mixed" on CPU into bf16, so the scaler's path (unscale, then clip)
+    # is run through its plugin directly: the same code a GPU's 16-mixed runs.
+    from lightning.pytorch.plugins.precision import MixedPrecision
+
+    from dtcond.data import load
+    from dtcond.datamodule import WindowDataModule
+
+    data = load(cartpole_dataset)
+    dm = WindowDataModule(cartpole_dataset, window_len=8, batch_size=8, steps_per_epoch=5, data=data)
+    module = DTModule(model_config_for(data.stats, **TINY).to_dict(), data.stats.to_dict())
+    norms = GradNorm()
+    trainer = L.Trainer(accelerator="cpu", plugins=[MixedPrecision("16-mixed", "cpu")], gradient_clip_val=1e-3, max_steps=4,
+                        enable_checkpointing=False, callbacks=[norms], **QUIET)
+    trainer.fit(module, datamodule=dm)
+    assert trainer.precision == "16-mixed" and trainer.global_step == 4
+    assert max(norms.norms) <= 1e-3 * 1.01 and norms.fused == {False}
+
+
+def test_ddp_on_two_cpu_processes_trains_and_writes_one_bundle(tmp_path, cartpole_dataset):
+    # `trainer=ddp` as on GPUs, but 2 CPU processes talking over gloo; Lightning reruns the CLI for rank 1.
+    import csv
+
+    out = run_cli("train", "model=tiny", f"dataset.id={cartpole_dataset}", "trainer=ddp", "trainer.accelerator=cpu",
+                  "trainer.devices=2", "trainer.max_steps=6", "data.batch_size=8", "data.steps_per_epoch=4",
+                  "data.val_windows=16", "checkpoint_every=3", "trainer.enable_progress_bar=false",
+                  "trainer.log_every_n_steps=1", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.count(f"trained {cartpole_dataset}: 6 steps") == 2  # each rank finished the run
+    run = tmp_path / "hydra"
+    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 6
+    policy = load_policy(run / "policy")
+    assert rollout_actions(policy) == rollout_actions(load_policy(run / "checkpoints" / "last.ckpt"))
+    # The distributed sampler gave each rank half of an epoch's 4 batches (different windows: test_data.py),
+    # so an epoch is 2 steps.
+    rows = [r for r in csv.DictReader(open(run / "logs" / "metrics.csv")) if r["train/loss"]]
+    assert [int(r["epoch"]) for r in rows] == [0, 0, 1, 1, 2, 2]
