@@ -304,6 +304,9 @@ def plot_frontier(table, path: Path, title: str = "") -> Path:
     offline = ("data", "s", "k"), ("dt", "o", "C0"), ("bc", "D", "C2"), ("pct_bc", "^", "C3")
     for ax, col in zip(axes[0], ["episode_return", "true_return"] if has_true else ["episode_return"]):
         t = table[table[x].notna() & table[col].notna()]
+        data_rows = table[(table["kind"] == "data") & table[col].notna()]
+        if len(data_rows) and t[t["kind"] == "data"].empty:  # the data has no KL to itself: a reference line
+            ax.axhline(float(data_rows[col].iloc[0]), ls="--", color="k", lw=0.8, label="data (mean)")
         for kind, marker, color in offline:
             part = t[t["kind"] == kind]
             if len(part):
@@ -323,12 +326,12 @@ def plot_frontier(table, path: Path, title: str = "") -> Path:
                     ax.annotate(step, (getattr(r, x), getattr(r, col)), fontsize=6, color=f"C{5 + j}", xytext=(3, -8), textcoords="offset points")
         # KL-regularized RL: each β's final policy, joined in order of β (the RL side of the frontier).
         for j, (algo, part) in enumerate(rl[regularized].groupby("algo")):
-            part = part.assign(_beta=part["label"].map(kl_coef_of), _steps=part["train_step"].map(lambda s: -1 if s is None else s))
-            part = part.sort_values("_steps").groupby("_beta").tail(1).sort_values("_beta")
+            part = part.assign(beta=part["label"].map(kl_coef_of), _steps=part["train_step"].map(lambda s: -1 if s is None else s))
+            part = part.sort_values("_steps").groupby("beta").tail(1).sort_values("beta")
             ax.errorbar(part[x], part[col], yerr=part[f"{col}_ci95"] if f"{col}_ci95" in part else None, fmt="-v",
                         color=f"C{8 + j}", capsize=2, label=f"{algo} (final), by β")
             for r in part.itertuples():
-                ax.annotate(f"β={r._beta:g}", (getattr(r, x), getattr(r, col)), fontsize=6, color=f"C{8 + j}", xytext=(3, 3), textcoords="offset points")
+                ax.annotate(f"β={r.beta:g}", (getattr(r, x), getattr(r, col)), fontsize=6, color=f"C{8 + j}", xytext=(3, 3), textcoords="offset points")
         ax.set_xlabel("divergence from the data: " + (KL_LABEL if x == "kl_behavior" else CROSS_ENTROPY_LABEL))
         ax.set_ylabel(col.replace("_", " "))
         ax.legend(fontsize=7)
