@@ -185,6 +185,9 @@ class KLPenalty(BaseCallback):
     log π is the log-probability the rollout sampled the action with (a constant here, as in TRL);
     β̂ sees the action the env ran (clipped to the bounds for Box actions). The rollout's mean penalty
     per step is logged as ``kl/penalty`` and its mean log-ratio as ``kl/log_ratio`` (a KL estimate).
+
+    >>> behavior, _ = load_or_fit_behavior_model(data)                               # doctest: +SKIP
+    >>> PPO("MlpPolicy", env).learn(100_000, callback=KLPenalty(behavior, data.stats, kl_coef=10.0))  # doctest: +SKIP
     """
 
     def __init__(self, behavior, stats: DatasetStats, kl_coef: float):
