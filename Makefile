@@ -37,11 +37,13 @@ test-slow: setup
 test-all: setup
 	$(BIN)/python -m pytest -q
 
-# Speed benchmarks (not part of the tests): tables on stdout, JSON in benchmarks/results/.
+# Speed benchmarks (not part of the tests): tables on stdout, JSON in benchmarks/results/. On the GPU
+# when there is one (train_cuda.json, loop_cuda.json), else on the CPU (train_cpu.json, loop_cpu.json).
 bench: setup
 	$(BIN)/pip install -e ".[dev,bench]"
 	$(BIN)/python benchmarks/rollout.py
 	$(BIN)/python benchmarks/train.py
+	$(BIN)/python benchmarks/loop.py
 	$(BIN)/python benchmarks/eval_vs_train.py
 
 # The safety experiments, each end to end (results/ in each folder; see experiments/README.md).

@@ -17,8 +17,38 @@ SMALL = dict(context_len=20, n_layer=3, n_head=1, n_embd=64, dropout=0.0)  # dtc
 
 
 def machine() -> dict:
-    return {"machine": platform.machine(), "cpus": os.cpu_count(), "torch": torch.__version__,
-            "threads": torch.get_num_threads(), "python": platform.python_version()}
+    out = {"machine": platform.machine(), "cpus": os.cpu_count(), "torch": torch.__version__,
+           "threads": torch.get_num_threads(), "python": platform.python_version(), "load_average": os.getloadavg()}
+    if torch.cuda.is_available():
+        out["gpu"] = torch.cuda.get_device_name()
+    return out
+
+
+def pick_device(name: str | None = None) -> torch.device:
+    """``name``, or the GPU when there is one, else the CPU."""
+    return torch.device(name or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+
+def sync(device: torch.device) -> None:
+    """Wait for queued GPU work, so a wall-clock time covers it."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def device_tag(device: torch.device) -> str:
+    """``cpu`` or ``cuda``: results files are written per device kind (``train_cpu.json``, ``train_cuda.json``)."""
+    return device.type
+
+
+def synthetic_stats(obs_dim: int, act_dim: int, max_episode_length: int = 1000):
+    """DatasetStats for Box data of these sizes (actions in [-1, 1]), for timing code that needs stats only."""
+    from dtcond.data import DatasetStats
+
+    return DatasetStats(dataset_id="bench/synthetic-v0", env_id=None, env_kwargs={}, max_episode_steps=None,
+                        obs_dim=obs_dim, action_kind="continuous", action_dim=act_dim, action_low=[-1.0] * act_dim,
+                        action_high=[1.0] * act_dim, obs_mean=[0.0] * obs_dim, obs_std=[1.0] * obs_dim,
+                        episode_returns=[0.0, 3000.0], max_episode_length=max_episode_length, num_episodes=2,
+                        num_steps=2 * max_episode_length)
 
 
 def random_policy(env_id: str, model: dict, seed: int = 0, env_kwargs: dict | None = None):
@@ -43,8 +73,6 @@ def random_policy(env_id: str, model: dict, seed: int = 0, env_kwargs: dict | No
     return ConditionedPolicy(DecisionTransformer(cfg), stats)
 
 
-
-
 def median(values) -> float:
     return float(statistics.median(values))
 
@@ -58,9 +86,11 @@ def markdown_table(rows: list[dict], columns: list[str]) -> str:
     return "\n".join(lines)
 
 
-def write(name: str, payload: dict) -> Path:
+def write(name: str, payload: dict, note: str | None = None) -> Path:
+    """``results/<name>.json``: the payload, the machine it ran on, and ``note`` (e.g. "shared with other jobs")."""
     out = HERE / "results"
     out.mkdir(exist_ok=True)
     path = out / f"{name}.json"
-    path.write_text(json.dumps({**payload, "machine": machine()}, indent=1, default=float))
+    extra = {"note": note} if note else {}
+    path.write_text(json.dumps({**payload, **extra, "machine": machine()}, indent=1, default=float))
     return path

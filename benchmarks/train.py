@@ -1,18 +1,23 @@
-"""Training throughput and peak memory: dtcond's DecisionTransformer vs Hugging Face's DecisionTransformerModel.
+"""Model-only training throughput and peak memory: dtcond's DecisionTransformer vs Hugging Face's DecisionTransformerModel.
 
 Both models get the same size (the DT paper's Gym config: K=20, width 128, 3 layers, 1 head,
-dropout 0.1; and dtcond's CPU preset, width 64, no dropout), the same batches (B=64 windows of
-K=20 steps of Hopper-sized data: obs 11, actions 3), an MSE loss on the actions and AdamW. Each
-step is forward + backward + optimizer step. Throughput is measured in one process with the two
-models interleaved (so machine noise hits both alike), medians over repeats; peak memory in one
-fresh subprocess per model (max RSS above the RSS before the first step; CUDA: max allocated).
+dropout 0.1; and dtcond's CPU preset, width 64, no dropout), the same batches (B windows of K=20
+steps of Hopper-sized data: obs 11, actions 3) and AdamW. Each step is forward + loss + backward +
+optimizer step, on the GPU when there is one. dtcond's step is its training loss
+(``DTModule.action_loss``) and its optimizer (``configure_optimizer``: fused AdamW); HF's is an MSE
+loss on its tanh actions. Throughput is measured in one process with the models interleaved (so
+machine noise hits all alike), medians over repeats; peak memory in one fresh subprocess per model
+(max RSS above the RSS before the first step; CUDA: max allocated).
 
-dtcond trains by default on 2K-step segments under its banded attention (each sample then
-carries 2K predictions); the "windowed" rows use K-step windows exactly like HF's for a
-like-for-like comparison per sample.
+Rows: dtcond with the same deterministic tanh head as HF (``mse``) on K-step windows, like for
+like; the same on its default 2K-step segments (each sample then carries 2K predictions); and its
+default binned head on 2K segments (what ``dtcond train`` runs). ``--compile`` adds rows with the
+loss under ``torch.compile`` (what ``trainer.compile=<mode>`` does). The whole ``dtcond train``
+loop is ``benchmarks/loop.py``.
 
     pip install -e '.[bench]'            # transformers
-    python benchmarks/train.py
+    python benchmarks/train.py                                           # CPU, or the GPU when there is one
+    python benchmarks/train.py --batch 64 512 --compile default reduce-overhead   # e.g. on CUDA
 """
 
 from __future__ import annotations
@@ -26,51 +31,53 @@ import time
 import torch
 import torch.nn.functional as F
 
-from common import PAPER, SMALL, markdown_table, median, write
+from common import PAPER, SMALL, device_tag, markdown_table, median, pick_device, sync, synthetic_stats, write
 
-OBS, ACT, B = 11, 3, 64
+OBS, ACT = 11, 3
 
 
-def batch(T: int, seed: int = 0):
+def batch(B: int, T: int, device, seed: int = 0) -> dict:
     g = torch.Generator().manual_seed(seed)
-    return dict(
-        states=torch.randn(B, T, OBS, generator=g),
+    b = dict(
+        observations=torch.randn(B, T, OBS, generator=g),
         actions=torch.rand(B, T, ACT, generator=g) * 2 - 1,
-        rtg=torch.rand(B, T, generator=g) * 3000,
+        returns_to_go=torch.rand(B, T, generator=g) * 3000,
         timesteps=torch.randint(0, 980, (B, 1), generator=g) + torch.arange(T),
         mask=torch.ones(B, T, dtype=torch.bool),
     )
+    return {k: v.to(device) for k, v in b.items()}
 
 
-def make_dtcond(size: dict):
-    from dtcond.model import DecisionTransformer, DTConfig, configure_optimizer
+def make_dtcond(size: dict, device, head: str = "mse", compile_mode: str | None = None):
+    from dtcond.model import configure_optimizer
+    from dtcond.training import DTModule, model_config_for
 
-    cfg = DTConfig(obs_dim=OBS, act_dim=ACT, max_timestep=1000, return_scale=1000.0, **size)
-    model = DecisionTransformer(cfg).train()
-    opt = configure_optimizer(model, lr=1e-4, weight_decay=1e-4)
+    cfg = model_config_for(synthetic_stats(OBS, ACT), **size, max_timestep=1000, return_scale=1000.0, action_head=head)
+    module = DTModule(cfg.to_dict(), synthetic_stats(OBS, ACT).to_dict()).to(device).train()
+    opt = configure_optimizer(module.model, lr=1e-4, weight_decay=1e-4)
+    loss_fn = torch.compile(module.action_loss, mode=compile_mode) if compile_mode else module.action_loss
 
     def step(b):
-        pred = model(b["rtg"], b["states"], b["actions"], b["timesteps"], b["mask"])  # (B, T, act)
-        loss = F.mse_loss(pred, b["actions"])
+        loss = loss_fn(b)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
 
-    return model, step
+    return module.model, step
 
 
-def make_hf(size: dict):
+def make_hf(size: dict, device):
     from transformers import DecisionTransformerConfig, DecisionTransformerModel
 
     cfg = DecisionTransformerConfig(state_dim=OBS, act_dim=ACT, hidden_size=size["n_embd"], n_layer=size["n_layer"],
                                     n_head=size["n_head"], n_inner=4 * size["n_embd"], max_ep_len=1000, action_tanh=True,
                                     resid_pdrop=size["dropout"], embd_pdrop=size["dropout"], attn_pdrop=size["dropout"],
                                     n_positions=3 * size["context_len"])
-    model = DecisionTransformerModel(cfg).train()
+    model = DecisionTransformerModel(cfg).to(device).train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=1e-4)
 
     def step(b):
-        out = model(states=b["states"], actions=b["actions"], returns_to_go=b["rtg"][..., None] / 1000.0,
+        out = model(states=b["observations"], actions=b["actions"], returns_to_go=b["returns_to_go"][..., None] / 1000.0,
                     timesteps=b["timesteps"], attention_mask=b["mask"].long(), return_dict=True)
         loss = F.mse_loss(out.action_preds, b["actions"])
         opt.zero_grad(set_to_none=True)
@@ -80,17 +87,27 @@ def make_hf(size: dict):
     return model, step
 
 
-def variants(size_name: str) -> list[tuple[str, str, int]]:
-    K = 20
-    return [(f"dtcond windowed ({size_name})", "dtcond", K), (f"dtcond 2K segments ({size_name})", "dtcond", 2 * K),
-            (f"HF DecisionTransformerModel ({size_name})", "hf", K)]
-
-
 SIZES = {"paper": PAPER, "cpu preset": SMALL}
 
 
-def build(impl: str, size: dict):
-    return (make_dtcond if impl == "dtcond" else make_hf)(size)
+def variants(size_name: str, compile_modes: list[str]) -> list[dict]:
+    K = 20
+    rows = [dict(label=f"dtcond windowed, mse head ({size_name})", impl="dtcond", T=K, head="mse"),
+            dict(label=f"dtcond 2K segments, mse head ({size_name})", impl="dtcond", T=2 * K, head="mse"),
+            dict(label=f"dtcond 2K segments, bins head ({size_name})", impl="dtcond", T=2 * K, head="bins"),
+            dict(label=f"HF DecisionTransformerModel ({size_name})", impl="hf", T=K, head="mse")]
+    for mode in compile_modes:
+        rows.append(dict(label=f"dtcond windowed, mse head, compile={mode} ({size_name})", impl="dtcond", T=K, head="mse",
+                         compile=mode))
+        rows.append(dict(label=f"dtcond 2K segments, bins head, compile={mode} ({size_name})", impl="dtcond", T=2 * K,
+                         head="bins", compile=mode))
+    return rows
+
+
+def build(v: dict, size: dict, device):
+    if v["impl"] == "hf":
+        return make_hf(size, device)
+    return make_dtcond(size, device, v["head"], v.get("compile"))
 
 
 def _status_kb(field: str) -> int:
@@ -105,20 +122,18 @@ def _reset_peak_rss() -> int:
     return _status_kb("VmRSS")
 
 
-def memory_child(impl: str, size_name: str, T: int, steps: int) -> None:
+def memory_child(spec: dict, steps: int) -> None:
     torch.manual_seed(0)
-    model, step = build(impl, SIZES[size_name])
-    b = batch(T)
-    cuda = torch.cuda.is_available()
-    if cuda:
-        model.cuda()
-        b = {k: v.cuda() for k, v in b.items()}
+    device = pick_device(spec["device"])
+    _, step = build(spec, SIZES[spec["size"]], device)
+    b = batch(spec["B"], spec["T"], device)
     before = _reset_peak_rss()
     for _ in range(steps):
         step(b)
+    sync(device)
     peak = _status_kb("VmHWM")
     out = {"peak_rss_mb": peak / 1024, "train_rss_mb": (peak - before) / 1024}
-    if cuda:
+    if device.type == "cuda":
         out["cuda_max_allocated_mb"] = torch.cuda.max_memory_allocated() / 2**20
     print(json.dumps(out))
 
@@ -127,39 +142,57 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=10, help="timed steps per repeat")
     ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--memory-child", nargs=3, metavar=("IMPL", "SIZE", "T"), help=argparse.SUPPRESS)
+    ap.add_argument("--batch", type=int, nargs="+", default=None, help="batch sizes (default: 64 on CPU, 64 and 512 on CUDA)")
+    ap.add_argument("--sizes", nargs="+", default=list(SIZES), choices=list(SIZES))
+    ap.add_argument("--compile", nargs="*", default=[], help="torch.compile modes to add rows for, e.g. default reduce-overhead")
+    ap.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    ap.add_argument("--no-memory", action="store_true", help="skip the per-row memory subprocesses")
+    ap.add_argument("--note", default=None, help="recorded in the JSON, e.g. 'machine shared with other jobs'")
+    ap.add_argument("--memory-child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.memory_child:
-        impl, size_name, T = args.memory_child
-        memory_child(impl, size_name, int(T), 5)
+        memory_child(json.loads(args.memory_child), 5)
         return
+    device = pick_device(args.device)
+    batches = args.batch or ([64, 512] if device.type == "cuda" else [64])
     rows = []
-    for size_name, size in SIZES.items():
-        runs = []
-        for label, impl, T in variants(size_name):
-            torch.manual_seed(0)
-            model, step = build(impl, size)
-            b = batch(T)
-            for _ in range(3):  # warm-up
-                step(b)
-            runs.append({"label": label, "impl": impl, "T": T, "step": step, "batch": b, "times": [],
-                         "params": sum(p.numel() for p in model.parameters())})
-        for _ in range(args.repeats):  # interleaved repeats
+    for size_name in args.sizes:
+        size = SIZES[size_name]
+        for B in batches:
+            runs = []
+            for v in variants(size_name, args.compile):
+                torch.manual_seed(0)
+                model, step = build(v, size, device)
+                b = batch(B, v["T"], device)
+                for _ in range(3):  # warm-up (and compilation)
+                    step(b)
+                sync(device)
+                runs.append({**v, "step": step, "batch": b, "times": [], "params": sum(p.numel() for p in model.parameters())})
+            for _ in range(args.repeats):  # interleaved repeats
+                for r in runs:
+                    sync(device)
+                    start = time.perf_counter()
+                    for _ in range(args.steps):
+                        r["step"](r["batch"])
+                    sync(device)
+                    r["times"].append((time.perf_counter() - start) / args.steps)
+            hf_ms = 1e3 * median(next(r for r in runs if r["impl"] == "hf")["times"])
             for r in runs:
-                start = time.perf_counter()
-                for _ in range(args.steps):
-                    r["step"](r["batch"])
-                r["times"].append((time.perf_counter() - start) / args.steps)
-        hf = next(r for r in runs if r["impl"] == "hf")
-        for r in runs:
-            ms = 1e3 * median(r["times"])
-            mem = json.loads(subprocess.run([sys.executable, __file__, "--memory-child", r["impl"], size_name, str(r["T"])],
-                                            check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1])
-            rows.append({"model": r["label"], "params": r["params"], "T": r["T"], "ms_per_step": ms,
-                         "samples_per_s": B / (ms / 1e3), "predictions_per_s": B * r["T"] / (ms / 1e3),
-                         "vs_hf_samples": (1e3 * median(hf["times"])) / ms, **mem})
-    print(markdown_table(rows, ["model", "params", "T", "ms_per_step", "samples_per_s", "predictions_per_s", "vs_hf_samples", "train_rss_mb"]))
-    path = write("train", {"batch": B, "obs_dim": OBS, "act_dim": ACT, "steps": args.steps, "repeats": args.repeats, "rows": rows})
+                ms = 1e3 * median(r["times"])
+                row = {"model": r["label"], "batch": B, "params": r["params"], "T": r["T"], "ms_per_step": ms,
+                       "samples_per_s": B / (ms / 1e3), "predictions_per_s": B * r["T"] / (ms / 1e3),
+                       "vs_hf_samples": hf_ms / ms, "device": str(device)}
+                if not args.no_memory:
+                    spec = {k: r[k] for k in ("impl", "T", "head")} | {"compile": r.get("compile"), "size": size_name,
+                                                                       "B": B, "device": str(device)}
+                    out = subprocess.run([sys.executable, __file__, "--memory-child", json.dumps(spec)],
+                                         check=True, capture_output=True, text=True).stdout
+                    row.update(json.loads(out.strip().splitlines()[-1]))
+                rows.append(row)
+    print(markdown_table(rows, ["model", "batch", "T", "ms_per_step", "samples_per_s", "vs_hf_samples", "train_rss_mb",
+                                "cuda_max_allocated_mb"]))
+    path = write(f"train_{device_tag(device)}", {"device": str(device), "obs_dim": OBS, "act_dim": ACT, "steps": args.steps,
+                                                 "repeats": args.repeats, "rows": rows}, note=args.note)
     print(f"\n-> {path}")
 
 

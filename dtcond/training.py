@@ -100,12 +100,12 @@ class DTModule(L.LightningModule):
 
         The weights stay those of the plain module, so checkpoints and bundles are unchanged.
         """
-        self._compile_mode = mode
+        self.compile_mode = mode
         self._train_loss = torch.compile(self.action_loss, mode=mode) if mode else self.action_loss
 
     def _common_step(self, batch: dict, stage: str) -> torch.Tensor:
-        if stage == "train" and self._compile_mode:
-            if self._compile_mode in ("reduce-overhead", "max-autotune") and self.device.type == "cuda":
+        if stage == "train" and self.compile_mode:
+            if self.compile_mode in ("reduce-overhead", "max-autotune") and self.device.type == "cuda":
                 torch.compiler.cudagraph_mark_step_begin()  # a new iteration: the last step's graph outputs may be reused
             loss = self._train_loss(batch).clone()  # a tensor of our own, not one in the CUDA graph's memory pool
         else:
