@@ -18,7 +18,8 @@ def test_luck_experiment_runs_end_to_end(tmp_path, minari_root):
     before = committed.read_bytes() if committed.exists() else None
     out = subprocess.run(
         [sys.executable, str(REPO / "experiments" / "luck" / "run.py"), "seeds=[0,1]", "episodes=300", "train.steps=30",
-         "train.bc_steps=20", "baseline.budget=512", "eval_episodes=8", f"work_dir={tmp_path / 'work'}",
+         "train.bc_steps=20", "baseline.budget=512", "baseline.kl_coefs=[1,10]", "baseline.bc_init_steps=50", "eval_episodes=8",
+         f"work_dir={tmp_path / 'work'}",
          f"results_dir={tmp_path / 'results'}"],
         cwd=tmp_path, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=600,
     )
@@ -28,11 +29,15 @@ def test_luck_experiment_runs_end_to_end(tmp_path, minari_root):
     assert {"data", "dt", "pct_bc:0.1"} <= {label for label, _ in rows}
     assert any(r["algo"] == "ppo" and r["train_step"] > 0 for r in summary["rows"])
     assert all(r["seeds"] == 2 for r in summary["rows"] if r["kind"] != "data")
+    assert {r["label"] for r in summary["rows"] if r["algo"] == "ppo_kl"} == {"ppo_kl:1@512", "ppo_kl:10@512"}
+    assert [p["kl_coef"] for p in summary["equal_kl"]] == [1.0, 10.0]  # each β beside its nearest conditioned policy
+    assert all(p["verdict"] in ("conditioned higher", "PPO-KL higher", "no difference shown") for p in summary["equal_kl"])
     data = rows[("data", "none")]
     # Over the dataset's episodes luck averages out: observed and expected returns agree.
     assert abs(data["episode_return"] - data["true_return"]) < 0.5
     text = (tmp_path / "results" / "summary.md").read_text()
     assert "expected return (luck removed)" in text and "quantilizer:0.1" in text and "KL(π‖β̂)" in text
+    assert "At equal divergence from the data" in text and "action entropy" in text
     assert committed.read_bytes() == before if committed.exists() else before is None  # the committed results untouched
 
 
