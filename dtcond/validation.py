@@ -53,7 +53,7 @@ def open_dataset(dataset_id: str):
         raise DtcondError(
             f"unknown dataset id {dataset_id!r} under {root} (local datasets: {listing}); make one with `dtcond collect`"
         )
-    metadata = read_metadata(dataset_id)
+    metadata = _read_metadata(dataset_id)
     observation_space = _space(dataset_id, metadata, "observation")
     action_space = _space(dataset_id, metadata, "action")
     from dtcond.data import check_spaces
@@ -68,7 +68,7 @@ def open_dataset(dataset_id: str):
         raise DtcondError(f"cannot read dataset {dataset_id!r}: {_reason(exc)}") from None
 
 
-def read_metadata(dataset_id: str) -> dict:
+def _read_metadata(dataset_id: str) -> dict:
     """The dataset's ``metadata.json`` as Minari reads it, with the keys dtcond relies on present."""
     from minari.dataset.minari_storage import MinariStorage
 
