@@ -14,6 +14,7 @@ calls and a collate).
 
     python benchmarks/loop.py                                  # CPU, or the GPU when there is one
     python benchmarks/loop.py --batch 64 256 --compile none reduce-overhead     # e.g. on CUDA
+    python benchmarks/loop.py --precision 32-true bf16-mixed --workers 0 1     # the CPU rows in the README
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ import torch
 from common import PAPER, device_tag, markdown_table, median, pick_device, sync, write
 
 OBS, ACT, K = 11, 3, 20
+CONFIGS = {"windows": (K, "mse"), "segments": (2 * K, "bins")}  # (segment length, action head)
 DATASET = "bench/hopper-like-v0"
 
 
@@ -106,7 +108,8 @@ def run_loop(v: dict, device, out_dir: str, warmup: int, steps: int) -> StepTime
         train(DATASET, out_dir, model={**PAPER, "action_head": v["head"]}, seed=0, checkpoint_every=10 * total,
               data=dict(batch_size=v["batch"], segment_len=v["T"], steps_per_epoch=total + 1, val_fraction=0.0,
                         num_workers=v.get("workers", 0)),
-              trainer=dict(accelerator=device.type, max_steps=total, logger=False, enable_progress_bar=False,
+              trainer=dict(accelerator=device.type, precision=v["precision"], max_steps=total, logger=False,
+                           enable_progress_bar=v.get("bar", False),
                            enable_model_summary=False, compile=v.get("compile"),
                            matmul_precision="high" if device.type == "cuda" else None),
               callbacks=[timer])
@@ -155,7 +158,10 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--compile", nargs="+", default=["none"], help="trainer.compile modes for rows: none default reduce-overhead ...")
     ap.add_argument("--workers", type=int, nargs="+", default=[0], help="data.num_workers values for rows (real data)")
-    ap.add_argument("--heads", nargs="+", default=["mse", "bins"], help="action heads: mse is HF's, bins dtcond's default")
+    ap.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS),
+                    help="windows: K-step windows with HF's tanh (mse) head, like for like; segments: dtcond's default")
+    ap.add_argument("--precision", nargs="+", default=["32-true"], help="trainer.precision values for rows, e.g. 32-true bf16-mixed")
+    ap.add_argument("--bar", action="store_true", help="add rows with the progress bar on (its loss readout syncs every step)")
     ap.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     ap.add_argument("--note", default=None, help="recorded in the JSON, e.g. 'machine shared with other jobs'")
     args = ap.parse_args()
@@ -166,15 +172,15 @@ def main() -> None:
 
     variants = []
     for B in batches:
-        for T in (K, 2 * K):
-            for head in args.heads:
+        for config in args.configs:
+            T, head = CONFIGS[config]
+            for precision in args.precision:
                 for mode in args.compile:
-                    mode = None if mode == "none" else mode
-                    for data in ("real", "constant"):
-                        variants.append(dict(batch=B, T=T, head=head, compile=mode, data=data, workers=0))
-                    for workers in args.workers:
-                        if workers:
-                            variants.append(dict(batch=B, T=T, head=head, compile=mode, data="real", workers=workers))
+                    base = dict(batch=B, T=T, head=head, precision=precision, compile=None if mode == "none" else mode, workers=0)
+                    variants += [{**base, "data": "real"}, {**base, "data": "constant"}]
+                    variants += [{**base, "data": "real", "workers": w} for w in args.workers if w]
+                    if args.bar:
+                        variants.append({**base, "data": "real", "bar": True})
 
     from train import batch as hf_batch
     from train import make_hf
@@ -205,8 +211,8 @@ def main() -> None:
                 timer = run_loop(v, device, f"{root}/run{r}_{i}", warmup, steps)
                 v["ms"].append(timer.ms_per_step)
                 v["gap_ms"].append(1e3 * median(timer.gaps))
-                print(f"repeat {r}: {v['batch']=} {v['T']=} {v['head']} compile={v['compile']} {v['data']} "
-                      f"workers={v['workers']}: {timer.ms_per_step:.1f} ms/step", flush=True)
+                print(f"repeat {r}: B={v['batch']} T={v['T']} {v['head']} {v['precision']} compile={v['compile']} {v['data']} "
+                      f"workers={v['workers']} bar={v.get('bar', False)}: {timer.ms_per_step:.1f} ms/step", flush=True)
 
     hf_ms = median(hf_times)
     hf_sps = 64 / (hf_ms / 1e3)
@@ -214,14 +220,16 @@ def main() -> None:
     for v in variants:
         ms = median(v["ms"])
         row = {"loop": f"dtcond train, {'windows' if v['T'] == K else '2K segments'}, {v['head']} head"
-                       + (f", compile={v['compile']}" if v["compile"] else "") + (f", {v['workers']} workers" if v["workers"] else ""),
-               "data": v["data"], "batch": v["batch"], "T": v["T"], "head": v["head"], "compile": v["compile"],
-               "workers": v["workers"], "ms_per_step": ms, "samples_per_s": v["batch"] / (ms / 1e3),
+                       + (f", {v['precision']}" if v["precision"] != "32-true" else "")
+                       + (f", compile={v['compile']}" if v["compile"] else "") + (f", {v['workers']} workers" if v["workers"] else "") + (", progress bar" if v.get("bar") else ""),
+               "data": v["data"], "batch": v["batch"], "T": v["T"], "head": v["head"], "precision": v["precision"],
+               "compile": v["compile"],
+               "workers": v["workers"], "bar": v.get("bar", False), "ms_per_step": ms, "samples_per_s": v["batch"] / (ms / 1e3),
                "vs_hf_model_only_b64": v["batch"] / (ms / 1e3) / hf_sps, "host_gap_ms": median(v["gap_ms"]),
                "ms_repeats": v["ms"], "device": str(device)}
         if v["data"] == "constant":
-            real = next(r for r in rows if r["data"] == "real" and all(r[k] == row[k] for k in ("batch", "T", "head", "compile"))
-                        and r["workers"] == 0)
+            real = next(r for r in rows if r["data"] == "real" and all(r[k] == row[k] for k in ("batch", "T", "head", "precision", "compile"))
+                        and r["workers"] == 0 and not r["bar"])
             real["data_wait_share"] = 1 - ms / real["ms_per_step"]
             # The fetch's own host time per step; all of it waits on a CPU, where nothing overlaps it.
             real["fetch_share_host"] = (real["host_gap_ms"] - row["host_gap_ms"]) / real["ms_per_step"]

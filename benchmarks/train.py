@@ -12,8 +12,9 @@ machine noise hits all alike), medians over repeats; peak memory in one fresh su
 Rows: dtcond with the same deterministic tanh head as HF (``mse``) on K-step windows, like for
 like; the same on its default 2K-step segments (each sample then carries 2K predictions); and its
 default binned head on 2K segments (what ``dtcond train`` runs). ``--compile`` adds rows with the
-loss under ``torch.compile`` (what ``trainer.compile=<mode>`` does). The whole ``dtcond train``
-loop is ``benchmarks/loop.py``.
+loss under ``torch.compile`` (what ``trainer.compile=<mode>`` does); ``--precision bf16-mixed`` rows
+run every model's forward under bf16 autocast, as Lightning's ``bf16-mixed`` does (``vs_hf`` compares
+with HF at the same precision). The whole ``dtcond train`` loop is ``benchmarks/loop.py``.
 
     pip install -e '.[bench]'            # transformers
     python benchmarks/train.py                                           # CPU, or the GPU when there is one
@@ -23,6 +24,7 @@ loop is ``benchmarks/loop.py``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import subprocess
 import sys
@@ -48,17 +50,26 @@ def batch(B: int, T: int, device, seed: int = 0) -> dict:
     return {k: v.to(device) for k, v in b.items()}
 
 
-def make_dtcond(size: dict, device, head: str = "mse", compile_mode: str | None = None):
+def autocast(device, precision: str):
+    """Lightning's ``bf16-mixed``: the forward under bf16 autocast, weights and optimizer in fp32."""
+    if precision == "bf16-mixed":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def make_dtcond(size: dict, device, head: str = "mse", compile_mode: str | None = None, precision: str = "32-true"):
     from dtcond.model import configure_optimizer
     from dtcond.training import DTModule, model_config_for
 
     cfg = model_config_for(synthetic_stats(OBS, ACT), **size, max_timestep=1000, return_scale=1000.0, action_head=head)
     module = DTModule(cfg.to_dict(), synthetic_stats(OBS, ACT).to_dict()).to(device).train()
-    opt = configure_optimizer(module.model, lr=1e-4, weight_decay=1e-4)
+    # As dtcond.train: the fused AdamW, except under mixed precision, where Lightning can only clip an unfused one.
+    opt = configure_optimizer(module.model, lr=1e-4, weight_decay=1e-4, fused=False if precision.endswith("mixed") else None)
     loss_fn = torch.compile(module.action_loss, mode=compile_mode) if compile_mode else module.action_loss
 
     def step(b):
-        loss = loss_fn(b)
+        with autocast(device, precision):
+            loss = loss_fn(b)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -66,7 +77,7 @@ def make_dtcond(size: dict, device, head: str = "mse", compile_mode: str | None 
     return module.model, step
 
 
-def make_hf(size: dict, device):
+def make_hf(size: dict, device, precision: str = "32-true"):
     from transformers import DecisionTransformerConfig, DecisionTransformerModel
 
     cfg = DecisionTransformerConfig(state_dim=OBS, act_dim=ACT, hidden_size=size["n_embd"], n_layer=size["n_layer"],
@@ -77,9 +88,10 @@ def make_hf(size: dict, device):
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=1e-4)
 
     def step(b):
-        out = model(states=b["observations"], actions=b["actions"], returns_to_go=b["returns_to_go"][..., None] / 1000.0,
-                    timesteps=b["timesteps"], attention_mask=b["mask"].long(), return_dict=True)
-        loss = F.mse_loss(out.action_preds, b["actions"])
+        with autocast(device, precision):
+            out = model(states=b["observations"], actions=b["actions"], returns_to_go=b["returns_to_go"][..., None] / 1000.0,
+                        timesteps=b["timesteps"], attention_mask=b["mask"].long(), return_dict=True)
+            loss = F.mse_loss(out.action_preds, b["actions"])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -90,24 +102,27 @@ def make_hf(size: dict, device):
 SIZES = {"paper": PAPER, "cpu preset": SMALL}
 
 
-def variants(size_name: str, compile_modes: list[str]) -> list[dict]:
+def variants(size_name: str, compile_modes: list[str], precisions: list[str]) -> list[dict]:
     K = 20
-    rows = [dict(label=f"dtcond windowed, mse head ({size_name})", impl="dtcond", T=K, head="mse"),
-            dict(label=f"dtcond 2K segments, mse head ({size_name})", impl="dtcond", T=2 * K, head="mse"),
-            dict(label=f"dtcond 2K segments, bins head ({size_name})", impl="dtcond", T=2 * K, head="bins"),
-            dict(label=f"HF DecisionTransformerModel ({size_name})", impl="hf", T=K, head="mse")]
-    for mode in compile_modes:
-        rows.append(dict(label=f"dtcond windowed, mse head, compile={mode} ({size_name})", impl="dtcond", T=K, head="mse",
-                         compile=mode))
-        rows.append(dict(label=f"dtcond 2K segments, bins head, compile={mode} ({size_name})", impl="dtcond", T=2 * K,
-                         head="bins", compile=mode))
+    rows = []
+    for p in precisions:
+        tag = f"{size_name}" + (f", {p}" if p != "32-true" else "")
+        rows += [dict(label=f"dtcond windowed, mse head ({tag})", impl="dtcond", T=K, head="mse", precision=p),
+                 dict(label=f"dtcond 2K segments, mse head ({tag})", impl="dtcond", T=2 * K, head="mse", precision=p),
+                 dict(label=f"dtcond 2K segments, bins head ({tag})", impl="dtcond", T=2 * K, head="bins", precision=p),
+                 dict(label=f"HF DecisionTransformerModel ({tag})", impl="hf", T=K, head="mse", precision=p)]
+        for mode in compile_modes:
+            rows.append(dict(label=f"dtcond windowed, mse head, compile={mode} ({tag})", impl="dtcond", T=K, head="mse",
+                             compile=mode, precision=p))
+            rows.append(dict(label=f"dtcond 2K segments, bins head, compile={mode} ({tag})", impl="dtcond", T=2 * K,
+                             head="bins", compile=mode, precision=p))
     return rows
 
 
 def build(v: dict, size: dict, device):
     if v["impl"] == "hf":
-        return make_hf(size, device)
-    return make_dtcond(size, device, v["head"], v.get("compile"))
+        return make_hf(size, device, v["precision"])
+    return make_dtcond(size, device, v["head"], v.get("compile"), v["precision"])
 
 
 def _status_kb(field: str) -> int:
@@ -145,6 +160,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, nargs="+", default=None, help="batch sizes (default: 64 on CPU, 64 and 512 on CUDA)")
     ap.add_argument("--sizes", nargs="+", default=list(SIZES), choices=list(SIZES))
     ap.add_argument("--compile", nargs="*", default=[], help="torch.compile modes to add rows for, e.g. default reduce-overhead")
+    ap.add_argument("--precision", nargs="+", default=["32-true"], help="32-true and/or bf16-mixed (every row, HF's too)")
     ap.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     ap.add_argument("--no-memory", action="store_true", help="skip the per-row memory subprocesses")
     ap.add_argument("--note", default=None, help="recorded in the JSON, e.g. 'machine shared with other jobs'")
@@ -160,7 +176,7 @@ def main() -> None:
         size = SIZES[size_name]
         for B in batches:
             runs = []
-            for v in variants(size_name, args.compile):
+            for v in variants(size_name, args.compile, args.precision):
                 torch.manual_seed(0)
                 model, step = build(v, size, device)
                 b = batch(B, v["T"], device)
@@ -176,21 +192,22 @@ def main() -> None:
                         r["step"](r["batch"])
                     sync(device)
                     r["times"].append((time.perf_counter() - start) / args.steps)
-            hf_ms = 1e3 * median(next(r for r in runs if r["impl"] == "hf")["times"])
+            hf_ms = {r["precision"]: 1e3 * median(r["times"]) for r in runs if r["impl"] == "hf"}
             for r in runs:
                 ms = 1e3 * median(r["times"])
-                row = {"model": r["label"], "batch": B, "params": r["params"], "T": r["T"], "ms_per_step": ms,
-                       "samples_per_s": B / (ms / 1e3), "predictions_per_s": B * r["T"] / (ms / 1e3),
-                       "vs_hf_samples": hf_ms / ms, "device": str(device)}
+                row = {"model": r["label"], "batch": B, "precision": r["precision"], "params": r["params"], "T": r["T"],
+                       "ms_per_step": ms, "samples_per_s": B / (ms / 1e3), "predictions_per_s": B * r["T"] / (ms / 1e3),
+                       "vs_hf_samples": hf_ms[r["precision"]] / ms, "vs_hf_fp32_samples": hf_ms.get("32-true", float("nan")) / ms,
+                       "ms_repeats": [1e3 * t for t in r["times"]], "device": str(device)}
                 if not args.no_memory:
-                    spec = {k: r[k] for k in ("impl", "T", "head")} | {"compile": r.get("compile"), "size": size_name,
-                                                                       "B": B, "device": str(device)}
+                    spec = {k: r[k] for k in ("impl", "T", "head", "precision")} | {"compile": r.get("compile"), "size": size_name,
+                                                                                    "B": B, "device": str(device)}
                     out = subprocess.run([sys.executable, __file__, "--memory-child", json.dumps(spec)],
                                          check=True, capture_output=True, text=True).stdout
                     row.update(json.loads(out.strip().splitlines()[-1]))
                 rows.append(row)
-    print(markdown_table(rows, ["model", "batch", "T", "ms_per_step", "samples_per_s", "vs_hf_samples", "train_rss_mb",
-                                "cuda_max_allocated_mb"]))
+    print(markdown_table(rows, ["model", "batch", "T", "ms_per_step", "samples_per_s", "vs_hf_samples", "vs_hf_fp32_samples",
+                                "train_rss_mb", "cuda_max_allocated_mb"]))
     path = write(f"train_{device_tag(device)}", {"device": str(device), "obs_dim": OBS, "act_dim": ACT, "steps": args.steps,
                                                  "repeats": args.repeats, "rows": rows}, note=args.note)
     print(f"\n-> {path}")

@@ -178,7 +178,7 @@ class TrainerConfig:
     default_root_dir: Optional[str] = None  # None: the run's output dir
     # Not lightning.Trainer arguments (TRAINER_LOOP_KEYS): how dtcond runs the step.
     compile: Optional[str] = None  # torch.compile the forward + loss: default | reduce-overhead (CUDA graphs) | max-autotune; None: eager
-    matmul_precision: Optional[str] = None  # torch.set_float32_matmul_precision: highest | high (TF32 on CUDA) | medium; None: torch's
+    matmul_precision: Optional[str] = None  # CUDA only: torch.set_float32_matmul_precision, highest | high (TF32) | medium; None: torch's
 
     def __post_init__(self):
         if self.compile not in COMPILE_MODES:

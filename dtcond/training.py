@@ -317,8 +317,6 @@ def train(dataset_id: str, out_dir: str | Path, config: TrainConfig | None = Non
 
     trainer = asdict(cfg.trainer)
     loop = {k: trainer.pop(k) for k in TRAINER_LOOP_KEYS}
-    if loop["matmul_precision"] is not None:
-        torch.set_float32_matmul_precision(loop["matmul_precision"])
     module.compile_loss(loop["compile"])
     logger = make_logger(cfg.logger, out_dir) if trainer.pop("logger") is not False else False
     if trainer["max_epochs"] is None:
@@ -340,6 +338,8 @@ def train(dataset_id: str, out_dir: str | Path, config: TrainConfig | None = Non
     except (TypeError, ValueError, MisconfigurationException) as exc:  # a value Lightning refuses (an unknown accelerator, ...)
         first = next((line for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
         raise DtcondError(f"trainer config: {first}") from None
+    if loop["matmul_precision"] is not None and pl_trainer.strategy.root_device.type == "cuda":
+        torch.set_float32_matmul_precision(loop["matmul_precision"])  # process-wide; on a CPU it could change fp32 results
     try:
         # Resuming reads our own checkpoint with weights_only=True too: nothing in it may run code.
         pl_trainer.fit(module, datamodule=dm, ckpt_path=str(last) if last.exists() else None, weights_only=True)
