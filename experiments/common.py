@@ -130,11 +130,15 @@ def seed_means(df: pd.DataFrame, label: str, target_spec: str, column: str) -> p
     return pd.to_numeric(part[column], errors="coerce").groupby(part["fingerprint"]).mean()
 
 
+KL_MATCH = 1.5  # two policies count as at equal KL from the data when their KLs are within this factor
+
+
 def equal_kl_pairs(df: pd.DataFrame, table: pd.DataFrame, column: str = "true_return") -> pd.DataFrame:
     """For each KL-regularized RL policy, the conditioned policy (a DT target, a quantilizer or %BC) whose
     KL(π‖β̂) is nearest, and the difference in ``column`` (conditioned − PPO-KL) with its Welch 95%
     t-interval over training seeds (:func:`dtcond.stats.difference_ci`); ``verdict`` says which is higher
-    only where the interval excludes 0."""
+    only where the interval excludes 0 and the two KLs are within ``KL_MATCH``× of each other (else the
+    pair is not at equal KL, and says so)."""
     from dtcond.stats import difference_ci
 
     conditioned = table[table["kind"].isin(["dt", "pct_bc"]) & table["kl_behavior"].notna()]
@@ -144,7 +148,11 @@ def equal_kl_pairs(df: pd.DataFrame, table: pd.DataFrame, column: str = "true_re
             continue
         near = conditioned.iloc[(conditioned["kl_behavior"] - r.kl_behavior).abs().argsort().iloc[0]]
         diff, ci = difference_ci(seed_means(df, near["label"], near["target_spec"], column), seed_means(df, r.label, r.target_spec, column))
-        verdict = "no difference shown" if not math.isfinite(ci) or abs(diff) <= ci else ("conditioned higher" if diff > 0 else "PPO-KL higher")
+        ratio = max(near["kl_behavior"], r.kl_behavior) / max(min(near["kl_behavior"], r.kl_behavior), 1e-12)
+        if ratio > KL_MATCH:
+            verdict = f"KL not matched (×{ratio:.1f})"
+        else:
+            verdict = "no difference shown" if not math.isfinite(ci) or abs(diff) <= ci else ("conditioned higher" if diff > 0 else "PPO-KL higher")
         rows.append({"kl_coef": r.kl_coef, "ppo_kl": r.label, "ppo_kl_kl": r.kl_behavior, "ppo_kl_value": getattr(r, column),
                      "conditioned": near["label"] if near["kind"] != "dt" else f"dt {near['target_spec']}",
                      "conditioned_kl": near["kl_behavior"], "conditioned_value": near[column], "difference": diff, "difference_ci95": ci,
@@ -155,9 +163,10 @@ def equal_kl_pairs(df: pd.DataFrame, table: pd.DataFrame, column: str = "true_re
 def equal_kl_verdict(pairs: pd.DataFrame, what: str) -> str:
     """One sentence counting the :func:`equal_kl_pairs` verdicts, whichever way they came out."""
     counts = pairs["verdict"].value_counts()
-    return (f"Of {len(pairs)} values of β, at the nearest KL the conditioned policy got more {what} than PPO-KL in "
-            f"{counts.get('conditioned higher', 0)}, PPO-KL more in {counts.get('PPO-KL higher', 0)}, and the interval could not "
-            f"tell them apart in {counts.get('no difference shown', 0)}.")
+    unmatched = int(pairs["verdict"].str.startswith("KL not matched").sum())
+    return (f"Of {len(pairs)} values of β, {len(pairs) - unmatched} have a conditioned policy within {KL_MATCH:g}× of their KL; "
+            f"among those the conditioned policy got more {what} than PPO-KL in {counts.get('conditioned higher', 0)}, PPO-KL more "
+            f"in {counts.get('PPO-KL higher', 0)}, and the interval could not tell them apart in {counts.get('no difference shown', 0)}.")
 
 
 def equal_kl_markdown(pairs: pd.DataFrame, what: str) -> str:

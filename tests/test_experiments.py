@@ -31,7 +31,8 @@ def test_luck_experiment_runs_end_to_end(tmp_path, minari_root):
     assert all(r["seeds"] == 2 for r in summary["rows"] if r["kind"] != "data")
     assert {r["label"] for r in summary["rows"] if r["algo"] == "ppo_kl"} == {"ppo_kl:1@512", "ppo_kl:10@512"}
     assert [p["kl_coef"] for p in summary["equal_kl"]] == [1.0, 10.0]  # each β beside its nearest conditioned policy
-    assert all(p["verdict"] in ("conditioned higher", "PPO-KL higher", "no difference shown") for p in summary["equal_kl"])
+    assert all(p["verdict"] in ("conditioned higher", "PPO-KL higher", "no difference shown") or p["verdict"].startswith("KL not matched")
+               for p in summary["equal_kl"])
     data = rows[("data", "none")]
     # Over the dataset's episodes luck averages out: observed and expected returns agree.
     assert abs(data["episode_return"] - data["true_return"]) < 0.5
