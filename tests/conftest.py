@@ -7,6 +7,7 @@ whose tests share a tiny trained model builds it once in its ``module_root`` (se
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import subprocess
@@ -157,3 +158,87 @@ def rng_episode(T: int, obs_dim: int = 3, seed: int = 0, discrete: int | None = 
         "actions": actions,
         "rewards": rng.normal(size=T).astype(np.float64),
     }
+
+
+# The warm CLI server: imports what `python -m dtcond` imports once, then forks a child per call. The
+# child runs dtcond.cli.main exactly as `python -m dtcond` does, in its own process with its own cwd,
+# environment and stdout/stderr files, and exits through the interpreter's exit path (atexit
+# handlers, flushed streams), so its exit code and output are the command's.
+_WARM_SERVER = r"""
+import atexit, json, os, signal, sys
+import dtcond.cli, dtcond.pipeline, dtcond.training, dtcond.evaluation, dtcond.checkpoints, dtcond.collection  # noqa: F401
+import dtcond.baselines, dtcond.report, dtcond.validation  # noqa: F401
+sys.stdout.write("ready\n"); sys.stdout.flush()
+for line in sys.stdin:
+    req = json.loads(line)
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            os.chdir(req["cwd"])
+            os.environ.clear(); os.environ.update(req["env"])
+            os.dup2(os.open(os.devnull, os.O_RDONLY), 0)  # the requests stay the server's
+            for fd, name in ((1, "stdout"), (2, "stderr")):
+                os.dup2(os.open(req[name], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644), fd)
+            signal.alarm(int(req["timeout"]))
+            sys.argv = ["dtcond", *req["args"]]
+            try:
+                dtcond.cli.main(req["args"])
+                code = 0
+            except SystemExit as exc:
+                code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+                if not isinstance(exc.code, (int, type(None))):
+                    print(exc.code, file=sys.stderr)
+            except BaseException:
+                import traceback
+                traceback.print_exc()
+            atexit._run_exitfuncs()
+        finally:
+            sys.stdout.flush(); sys.stderr.flush()
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    sys.stdout.write(json.dumps({"returncode": os.waitstatus_to_exitcode(status)}) + "\n"); sys.stdout.flush()
+"""
+
+
+class WarmCli:
+    """``run_cli`` without paying the imports each time: one server interpreter forks a child per call.
+
+    Startup output of the server (anything the imports print to stderr) is kept in ``startup_stderr``
+    so a test can check it is empty; a cold ``run_cli`` remains the reference for a few cases.
+
+    >>> cli = WarmCli(tmp_path)                                         # doctest: +SKIP
+    >>> cli.run("report", "results=none.jsonl", cwd=tmp_path).returncode  # doctest: +SKIP
+    2
+    """
+
+    def __init__(self, workdir: Path):
+        self.workdir = Path(workdir)
+        self._err = open(self.workdir / "warm-server.stderr", "w+")
+        self.proc = subprocess.Popen([sys.executable, "-c", _WARM_SERVER], cwd=self.workdir, stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, stderr=self._err, text=True)
+        ready = self.proc.stdout.readline()
+        assert ready == "ready\n", (ready, (self.workdir / "warm-server.stderr").read_text())
+        self._calls = 0
+
+    @property
+    def startup_stderr(self) -> str:
+        return (self.workdir / "warm-server.stderr").read_text()
+
+    def run(self, *args: str, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
+        """As ``run_cli``: ``python -m dtcond <args>`` with Hydra's outputs under ``cwd``."""
+        self._calls += 1
+        out, err = self.workdir / f"call{self._calls}.stdout", self.workdir / f"call{self._calls}.stderr"
+        env = dict(os.environ)
+        env.setdefault("HYDRA_FULL_ERROR", "0")
+        args = (*args, f"hydra.run.dir={cwd}/hydra")
+        request = {"args": list(args), "cwd": str(cwd), "env": env, "stdout": str(out), "stderr": str(err), "timeout": timeout}
+        self.proc.stdin.write(json.dumps(request) + "\n")
+        self.proc.stdin.flush()
+        reply = json.loads(self.proc.stdout.readline())
+        return subprocess.CompletedProcess(["dtcond", *args], reply["returncode"], out.read_text(), err.read_text())
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        self.proc.wait(timeout=60)
+        self._err.close()

@@ -1,8 +1,10 @@
 """The catalogue of bad inputs: each answered by one line naming the problem, exit code 2, nothing damaged.
 
-Every case runs the real CLI in a subprocess against a shared dataset and policy; the test hashes the
-datasets, the policy and the results table before and after, so "nothing already written is lost"
-is checked, not assumed.
+Every case runs the real CLI in a process of its own against a shared dataset and policy; the test
+hashes the datasets, the policies and the results table before and after, so "nothing already
+written is lost" is checked, not assumed. The processes are forked from one warm interpreter that has
+done dtcond's imports (``conftest.WarmCli``), which makes a case take under a second instead of 2-10 s;
+that the imports print nothing is checked once, and one case of each kind also runs from a cold start.
 
 The ``data-*`` cases are datasets a user might bring: written in a temp dir by Minari's own writer, then
 damaged (bytes zeroed, the file cut, metadata edited, episodes of the wrong length, shape or range,
@@ -21,7 +23,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 
-from conftest import rng_episode, run_cli, write_buffers
+from conftest import WarmCli, rng_episode, run_cli, write_buffers
 
 
 def digest(*paths: Path) -> str:
@@ -306,17 +308,39 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("args, message", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
-def test_bad_input_is_one_line_exit_2_and_damages_nothing(world, tmp_path, args, message):
+@pytest.fixture(scope="module")
+def cli(tmp_path_factory):
+    server = WarmCli(tmp_path_factory.mktemp("warm-cli"))
+    assert server.startup_stderr == ""  # importing dtcond's CLI prints nothing, so a cold start adds no line
+    yield server
+    server.close()
+
+
+def check_one_line(world, tmp_path, run, args, message):
     root = world["root"]
     written = (root / "datasets", Path(world["policy"]), Path(world["gone"]), Path(world["results"]))
     before = digest(*written)
-    out = run_cli(*_args(world, *args), cwd=tmp_path)
+    out = run(*_args(world, *args), cwd=tmp_path)
     lines = out.stderr.strip().splitlines()
     assert out.returncode == 2, out.stderr
     assert len(lines) == 1 and lines[0].startswith(f"dtcond {args[0]}: error: ") and message in lines[0], out.stderr
     assert digest(*written) == before
     assert not [p for p in (root / "datasets").rglob("yy-v0")]  # no dataset appeared under a refused id
+
+
+@pytest.mark.parametrize("args, message", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_bad_input_is_one_line_exit_2_and_damages_nothing(world, cli, tmp_path, args, message):
+    check_one_line(world, tmp_path, cli.run, args, message)
+
+
+COLD = ("collect-unknown-env", "eval-corrupt-policy", "data-hdf5-zeroed-4k", "eval-env-vanished")
+
+
+@pytest.mark.parametrize("case", COLD)
+def test_from_a_cold_start_too(world, tmp_path, case):
+    """A fresh ``python -m dtcond`` per case, as a user runs it, for one case of each kind."""
+    _, args, message = next(c for c in CASES if c[0] == case)
+    check_one_line(world, tmp_path, run_cli, args, message)
 
 
 @pytest.mark.parametrize("name", list(DAMAGED))
