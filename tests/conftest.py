@@ -12,6 +12,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -161,26 +162,31 @@ def rng_episode(T: int, obs_dim: int = 3, seed: int = 0, discrete: int | None = 
 
 
 # The warm CLI server: imports what `python -m dtcond` imports once, then forks a child per call. The
-# child runs dtcond.cli.main exactly as `python -m dtcond` does, in its own process with its own cwd,
-# environment and stdout/stderr files, and exits through the interpreter's exit path (atexit
-# handlers, flushed streams), so its exit code and output are the command's.
+# child runs dtcond.cli.main exactly as `python -m dtcond` does, in its own process (and session, so a
+# test can SIGKILL its group) with its own cwd, environment and stdout/stderr files, and exits through
+# the interpreter's exit path (atexit handlers, flushed streams), so its exit code and output are the
+# command's. Replies: {"pid": ...} when the child starts, then {"returncode": ...} when it ends.
 _WARM_SERVER = r"""
 import atexit, json, os, signal, sys
 import dtcond.cli, dtcond.pipeline, dtcond.training, dtcond.evaluation, dtcond.checkpoints, dtcond.collection  # noqa: F401
 import dtcond.baselines, dtcond.report, dtcond.validation  # noqa: F401
-sys.stdout.write("ready\n"); sys.stdout.flush()
+os.write(1, b"ready\n")
 for line in sys.stdin:
     req = json.loads(line)
     pid = os.fork()
     if pid == 0:
         code = 1
         try:
+            os.setsid()
             os.chdir(req["cwd"])
             os.environ.clear(); os.environ.update(req["env"])
             os.dup2(os.open(os.devnull, os.O_RDONLY), 0)  # the requests stay the server's
             for fd, name in ((1, "stdout"), (2, "stderr")):
                 os.dup2(os.open(req[name], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644), fd)
             signal.alarm(int(req["timeout"]))
+            if req.get("max_file_size") is not None:  # the kernel cuts any write past it: a disk that fills up
+                import resource
+                resource.setrlimit(resource.RLIMIT_FSIZE, (req["max_file_size"], req["max_file_size"]))
             sys.argv = ["dtcond", *req["args"]]
             try:
                 dtcond.cli.main(req["args"])
@@ -196,8 +202,9 @@ for line in sys.stdin:
         finally:
             sys.stdout.flush(); sys.stderr.flush()
             os._exit(code)
+    os.write(1, (json.dumps({"pid": pid}) + "\n").encode())
     _, status = os.waitpid(pid, 0)
-    sys.stdout.write(json.dumps({"returncode": os.waitstatus_to_exitcode(status)}) + "\n"); sys.stdout.flush()
+    os.write(1, (json.dumps({"returncode": os.waitstatus_to_exitcode(status)}) + "\n").encode())
 """
 
 
@@ -206,6 +213,8 @@ class WarmCli:
 
     Startup output of the server (anything the imports print to stderr) is kept in ``startup_stderr``
     so a test can check it is empty; a cold ``run_cli`` remains the reference for a few cases.
+    :meth:`start` hands back a ``Popen``-like handle (``pid``, ``poll``, ``wait``) for tests that kill
+    the command; one command runs at a time.
 
     >>> cli = WarmCli(tmp_path)                                         # doctest: +SKIP
     >>> cli.run("report", "results=none.jsonl", cwd=tmp_path).returncode  # doctest: +SKIP
@@ -217,28 +226,81 @@ class WarmCli:
         self._err = open(self.workdir / "warm-server.stderr", "w+")
         self.proc = subprocess.Popen([sys.executable, "-c", _WARM_SERVER], cwd=self.workdir, stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, stderr=self._err, text=True)
-        ready = self.proc.stdout.readline()
-        assert ready == "ready\n", (ready, (self.workdir / "warm-server.stderr").read_text())
+        self._buffer = b""
+        ready = self._reply(timeout=300)
+        assert ready == "ready", (ready, self.startup_stderr)
         self._calls = 0
 
     @property
     def startup_stderr(self) -> str:
         return (self.workdir / "warm-server.stderr").read_text()
 
-    def run(self, *args: str, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
-        """As ``run_cli``: ``python -m dtcond <args>`` with Hydra's outputs under ``cwd``."""
+    def _reply(self, timeout: float | None) -> str | None:
+        """The server's next line, or None if none came within ``timeout`` seconds."""
+        import select
+
+        fd = self.proc.stdout.fileno()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while b"\n" not in self._buffer:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if not select.select([fd], [], [], left)[0]:
+                return None
+            chunk = os.read(fd, 65536)
+            assert chunk, f"the warm CLI server died: {self.startup_stderr[-2000:]}"
+            self._buffer += chunk
+        line, self._buffer = self._buffer.split(b"\n", 1)
+        return line.decode()
+
+    def start(self, *args: str, cwd: Path, timeout: float = 600, max_file_size: int | None = None) -> WarmProcess:
+        """``python -m dtcond <args>`` in ``cwd`` (no Hydra run dir added), as a handle to wait on or kill.
+
+        ``max_file_size``: the command runs under ``RLIMIT_FSIZE``, so a write past that many bytes fails.
+        """
         self._calls += 1
         out, err = self.workdir / f"call{self._calls}.stdout", self.workdir / f"call{self._calls}.stderr"
-        env = dict(os.environ)
-        env.setdefault("HYDRA_FULL_ERROR", "0")
-        args = (*args, f"hydra.run.dir={cwd}/hydra")
-        request = {"args": list(args), "cwd": str(cwd), "env": env, "stdout": str(out), "stderr": str(err), "timeout": timeout}
+        request = {"args": list(args), "cwd": str(cwd), "env": dict(os.environ), "stdout": str(out), "stderr": str(err),
+                   "timeout": timeout, "max_file_size": max_file_size}
         self.proc.stdin.write(json.dumps(request) + "\n")
         self.proc.stdin.flush()
-        reply = json.loads(self.proc.stdout.readline())
-        return subprocess.CompletedProcess(["dtcond", *args], reply["returncode"], out.read_text(), err.read_text())
+        return WarmProcess(self, json.loads(self._reply(timeout=60))["pid"], list(args), out, err)
+
+    def run(self, *args: str, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
+        """As ``run_cli``: ``python -m dtcond <args>`` with Hydra's outputs under ``cwd``."""
+        env_default = "HYDRA_FULL_ERROR" not in os.environ
+        if env_default:
+            os.environ["HYDRA_FULL_ERROR"] = "0"
+        try:
+            proc = self.start(*args, f"hydra.run.dir={cwd}/hydra", cwd=cwd, timeout=timeout)
+        finally:
+            if env_default:
+                os.environ.pop("HYDRA_FULL_ERROR")
+        proc.wait()
+        return subprocess.CompletedProcess(proc.args, proc.returncode, proc.stdout.read_text(), proc.stderr.read_text())
 
     def close(self) -> None:
         self.proc.stdin.close()
         self.proc.wait(timeout=60)
         self._err.close()
+
+
+class WarmProcess:
+    """A command the warm server forked: the subset of ``subprocess.Popen`` the kill tests use."""
+
+    def __init__(self, cli: WarmCli, pid: int, args: list, stdout: Path, stderr: Path):
+        self.cli, self.pid, self.args, self.stdout, self.stderr = cli, pid, args, stdout, stderr
+        self.returncode = None
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            reply = self.cli._reply(timeout=0)
+            if reply is not None:
+                self.returncode = json.loads(reply)["returncode"]
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        if self.returncode is None:
+            reply = self.cli._reply(timeout=timeout)
+            if reply is None:
+                raise subprocess.TimeoutExpired(self.args, timeout)
+            self.returncode = json.loads(reply)["returncode"]
+        return self.returncode

@@ -5,6 +5,7 @@ The full disk is real at the system-call level but needs no root: the training p
 ``RLIMIT_FSIZE`` set below the checkpoint's size, so the kernel stops the checkpoint write partway
 (``EFBIG``, "File too large", where a full disk gives ``ENOSPC``) exactly as a disk that fills up in the
 middle of the file would; every smaller file the run writes (logs, Hydra's config) still goes through.
+The training runs are processes forked from a warm interpreter (``conftest.WarmCli``).
 """
 
 from __future__ import annotations
@@ -12,12 +13,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
 
 import pytest
+
+from conftest import WarmCli
 
 pytestmark = pytest.mark.slow
 
@@ -90,6 +92,7 @@ def test_four_sweeps_into_one_table_at_once_write_each_episode_once(tmp_path, ca
 
 
 def test_a_disk_full_during_a_checkpoint_write_leaves_the_previous_last_ckpt_loadable(tmp_path, cartpole_dataset):
+    cli = WarmCli(tmp_path)
     import torch
 
     from dtcond.checkpoints import load_policy
@@ -100,14 +103,12 @@ def test_a_disk_full_during_a_checkpoint_write_leaves_the_previous_last_ckpt_loa
     run = train(cartpole_dataset, tmp_path / "run", trainer=dict(max_steps=20, enable_progress_bar=False), **options)
     last = run.last_checkpoint
     before = last.read_bytes()
-    args = [sys.executable, "-m", "dtcond", "train", f"dataset.id={cartpole_dataset}", "model=tiny", "trainer.max_steps=60",
-            "checkpoint_every=10", "data.batch_size=8", "data.steps_per_epoch=50", "trainer.enable_progress_bar=false",
-            f"hydra.run.dir={tmp_path / 'run'}"]
+    args = ["train", f"dataset.id={cartpole_dataset}", "model=tiny", "trainer.max_steps=60", "checkpoint_every=10",
+            "data.batch_size=8", "data.steps_per_epoch=50", "trainer.enable_progress_bar=false", f"hydra.run.dir={tmp_path / 'run'}"]
     for fraction in (0.1, 0.99):  # the disk fills up this far into the next checkpoint
-        limit = int(len(before) * fraction)
-        full = subprocess.run(args, capture_output=True, text=True, timeout=600,
-                              preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit)))
-        assert full.returncode != 0 and "File too large" in full.stderr, full.stderr[-2000:]
+        full = cli.start(*args, cwd=tmp_path, max_file_size=int(len(before) * fraction))
+        stderr = (full.wait(), full.stderr.read_text())[1]
+        assert full.returncode != 0 and "File too large" in stderr, stderr[-2000:]
         assert last.read_bytes() == before  # the failed write never reached last.ckpt
         assert load_policy(last).train_step == 20
         assert sorted(os.listdir(last.parent)) == ["last.ckpt"]  # and left no half-written file beside it
@@ -116,3 +117,4 @@ def test_a_disk_full_during_a_checkpoint_write_leaves_the_previous_last_ckpt_loa
     # Space freed: the run resumes from the checkpoint the full disk left alone and finishes.
     done = train(cartpole_dataset, tmp_path / "run", trainer=dict(max_steps=60, enable_progress_bar=False), **options)
     assert done.global_step == 60 and torch.load(last, weights_only=True)["global_step"] == 60
+    cli.close()

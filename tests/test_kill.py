@@ -9,6 +9,8 @@ compared with an uninterrupted run: the same episodes in the dataset, the final 
 the records of an uninterrupted sweep (0 lost, 0 duplicated). Kills aim at the work rather than at
 Python starting: at a random delay after the work is seen under way (a staging folder, a new
 checkpoint, a new record), or, for collect and eval, at a uniform moment of an uninterrupted run's span.
+Each run is a process forked from a warm interpreter (``conftest.WarmCli``) and killed with its group,
+so a trial costs the command's work rather than Python's imports.
 """
 
 from __future__ import annotations
@@ -18,13 +20,13 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from conftest import WarmCli
 from dtcond.checkpoints import load_policy
 from dtcond.data import local_dataset_ids
 from dtcond.validation import check_dataset
@@ -34,20 +36,24 @@ TRIALS = int(os.environ.get("DTCOND_KILL_TRIALS", "10"))
 pytestmark = pytest.mark.slow
 
 
-def start(args, cwd):
-    return subprocess.Popen([sys.executable, "-m", "dtcond", *args], cwd=cwd, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
+@pytest.fixture(scope="module")
+def cli(tmp_path_factory):
+    server = WarmCli(tmp_path_factory.mktemp("warm-cli"))
+    yield server
+    server.close()
 
 
 def kill_after(proc, seconds: float) -> bool:
-    """SIGKILL the process group after ``seconds``; False if it had already finished."""
+    """SIGKILL the command's process group after ``seconds``; False if it had already finished."""
     try:
         proc.wait(timeout=seconds)
         return False
     except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-        return True
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:  # it ended in between
+            pass
+        return proc.wait() == -signal.SIGKILL
 
 
 def kill_during(proc, started, extra: float, timeout: float = 120) -> bool:
@@ -60,11 +66,11 @@ def kill_during(proc, started, extra: float, timeout: float = 120) -> bool:
     return kill_after(proc, extra)
 
 
-def finish(args, cwd, timeout=600) -> float:
+def finish(cli, args, cwd) -> float:
     """Run to completion; returns the wall time."""
     t = time.monotonic()
-    out = subprocess.run([sys.executable, "-m", "dtcond", *args], cwd=cwd, capture_output=True, text=True, timeout=timeout)
-    assert out.returncode == 0, out.stderr
+    proc = cli.start(*args, cwd=cwd)
+    assert proc.wait() == 0, proc.stderr.read_text()
     return time.monotonic() - t
 
 
@@ -88,11 +94,11 @@ def content(dataset_id: str) -> str:
     return h.hexdigest()
 
 
-def test_collect_killed_at_random_never_shows_a_partial_dataset(tmp_path, minari_root):
+def test_collect_killed_at_random_never_shows_a_partial_dataset(cli, tmp_path, minari_root):
     rng = np.random.default_rng(0)
     base = ["collect", "episodes=400", "behavior=[{policy: random, weight: 1.0}]", "seed=3", "progress=false",
             f"hydra.run.dir={tmp_path}/h"]
-    span = finish([*base, "dataset_id=kill/reference-v0"], tmp_path)
+    span = finish(cli, [*base, "dataset_id=kill/reference-v0"], tmp_path)
     reference = content("kill/reference-v0")
 
     chain, kills, starts = 0, 0, 0
@@ -104,7 +110,7 @@ def test_collect_killed_at_random_never_shows_a_partial_dataset(tmp_path, minari
         def trial():
             before = {p.name for p in minari_root.iterdir() if p.name.startswith(".staging-")}
             staging = lambda: any(p.name.startswith(".staging-") and p.name not in before for p in minari_root.iterdir())  # noqa: E731
-            return start([*base, f"dataset_id={dataset_id}"], tmp_path), staging
+            return cli.start(*base, f"dataset_id={dataset_id}", cwd=tmp_path), staging
 
         killed = kill_trial(trial, rng, 0.5, span)
         kills += killed
@@ -114,14 +120,14 @@ def test_collect_killed_at_random_never_shows_a_partial_dataset(tmp_path, minari
         else:  # nothing of it under its id; a hidden staging folder may remain
             assert not (minari_root / dataset_id).exists()
     if f"kill/chain{chain}-v0" not in local_dataset_ids():
-        finish([*base, f"dataset_id=kill/chain{chain}-v0"], tmp_path)
+        finish(cli, [*base, f"dataset_id=kill/chain{chain}-v0"], tmp_path)
     for c in range(chain + 1):
         assert content(f"kill/chain{c}-v0") == reference  # the same 400 episodes as a run never killed
     print(f"\nKILL collect: {kills} kills in {starts} runs, {chain + 1} datasets completed by reruns, each identical "
           "to an uninterrupted run (0 episodes lost or duplicated)")
 
 
-def test_training_killed_at_random_resumes_to_the_final_step(tmp_path, cartpole_dataset):
+def test_training_killed_at_random_resumes_to_the_final_step(cli, tmp_path, cartpole_dataset):
     import torch
 
     rng = np.random.default_rng(1)
@@ -139,7 +145,7 @@ def test_training_killed_at_random_resumes_to_the_final_step(tmp_path, cartpole_
         def trial():
             stamp = last.stat().st_mtime_ns if last.exists() else None
             fresh = lambda: last.exists() and last.stat().st_mtime_ns != stamp  # noqa: E731  (a checkpoint written by this run)
-            return start([*base, f"hydra.run.dir={run}"], tmp_path), fresh
+            return cli.start(*base, f"hydra.run.dir={run}", cwd=tmp_path), fresh
 
         killed = kill_trial(trial, rng, 1.5, None)
         kills += killed
@@ -153,7 +159,7 @@ def test_training_killed_at_random_resumes_to_the_final_step(tmp_path, cartpole_
             assert step == max_steps
             chain, step = chain + 1, 0
     run = tmp_path / f"run{chain}"
-    finish([*base, f"hydra.run.dir={run}"], tmp_path)
+    finish(cli, [*base, f"hydra.run.dir={run}"], tmp_path)
     for c in range(chain + 1):
         last = tmp_path / f"run{c}" / "checkpoints" / "last.ckpt"
         assert torch.load(last, weights_only=True)["global_step"] == max_steps
@@ -162,7 +168,7 @@ def test_training_killed_at_random_resumes_to_the_final_step(tmp_path, cartpole_
           f"{chain + 1} runs resumed to step {max_steps}")
 
 
-def test_sweep_killed_at_random_resumes_with_exactly_the_records_of_an_uninterrupted_one(tmp_path, cartpole_dataset):
+def test_sweep_killed_at_random_resumes_with_exactly_the_records_of_an_uninterrupted_one(cli, tmp_path, cartpole_dataset):
     from dtcond.training import train
 
     rng = np.random.default_rng(2)
@@ -171,7 +177,7 @@ def test_sweep_killed_at_random_resumes_with_exactly_the_records_of_an_uninterru
     base = ["eval", f"policy={run.bundle}", "episodes=40", "progress=false", "report=false", "roaming=false",
             "sampler.n=9", "batch_size=16", f"hydra.run.dir={tmp_path}/h"]
     reference_path = tmp_path / "reference.jsonl"
-    span = finish([*base, f"results={reference_path}"], tmp_path)
+    span = finish(cli, [*base, f"results={reference_path}"], tmp_path)
     ignore = {"wall_time", "run_id"}
     reference = {r["key"]: {k: v for k, v in r.items() if k not in ignore}
                  for r in map(json.loads, reference_path.read_text().splitlines())}
@@ -192,7 +198,7 @@ def test_sweep_killed_at_random_resumes_with_exactly_the_records_of_an_uninterru
         def trial():
             size = results.stat().st_size if results.exists() else 0
             grew = lambda: results.exists() and results.stat().st_size > size  # noqa: E731  (this run appended a record)
-            return start([*base, f"results={results}"], tmp_path), grew
+            return cli.start(*base, f"results={results}", cwd=tmp_path), grew
 
         killed = kill_trial(trial, rng, 0.5, span)
         kills += killed
@@ -204,7 +210,7 @@ def test_sweep_killed_at_random_resumes_with_exactly_the_records_of_an_uninterru
         before = len(rows)
         if len(rows) == len(reference):
             chain, before = chain + 1, 0
-    finish([*base, f"results={tmp_path / f'results{chain}.jsonl'}"], tmp_path)
+    finish(cli, [*base, f"results={tmp_path / f'results{chain}.jsonl'}"], tmp_path)
     for c in range(chain + 1):
         rows = [json.loads(x) for x in (tmp_path / f"results{c}.jsonl").read_text().splitlines()]
         assert len(rows) == len(reference) and {r["key"] for r in rows} == set(reference)
