@@ -316,7 +316,7 @@ def plot_frontier(table, path: Path, title: str = "") -> Path:
                     name = r.target_spec if kind == "dt" else r.label
                     ax.annotate(name, (getattr(r, x), getattr(r, col)), fontsize=6, xytext=(3, 3), textcoords="offset points")
         rl = t[~t["kind"].isin([k for k, _, _ in offline])]
-        regularized = rl["label"].map(lambda lab: kl_coef_of(lab) is not None)
+        regularized = rl["label"].map(lambda lab: kl_coef_of(lab) is not None).astype(bool)  # bool even when empty
         for j, (algo, part) in enumerate(rl[~regularized].groupby("algo")):
             part = part.assign(_steps=part["train_step"].map(lambda s: -1 if s is None else s)).sort_values("_steps")
             ax.plot(part[x], part[col], "-x", color=f"C{5 + j}", label=f"{algo} over training")
