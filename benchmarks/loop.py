@@ -164,6 +164,7 @@ def main() -> None:
     ap.add_argument("--bar", action="store_true", help="add rows with the progress bar on (its loss readout syncs every step)")
     ap.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     ap.add_argument("--note", default=None, help="recorded in the JSON, e.g. 'machine shared with other jobs'")
+    ap.add_argument("--name", default=None, help="results/<name>.json (default: loop_<cpu|cuda>)")
     args = ap.parse_args()
     device = pick_device(args.device)
     cuda = device.type == "cuda"
@@ -240,7 +241,7 @@ def main() -> None:
     payload = {"device": str(device), "model": PAPER, "steps": steps, "warmup": warmup, "repeats": args.repeats,
                "hf_model_only_b64": {"ms_per_step": hf_ms, "samples_per_s": hf_sps, "ms_repeats": hf_times},
                "fetch": fetch, "rows": rows}
-    path = write(f"loop_{device_tag(device)}", payload, note=args.note)
+    path = write(args.name or f"loop_{device_tag(device)}", payload, note=args.note)
     print(f"-> {path}")
 
 

@@ -164,6 +164,7 @@ def main() -> None:
     ap.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     ap.add_argument("--no-memory", action="store_true", help="skip the per-row memory subprocesses")
     ap.add_argument("--note", default=None, help="recorded in the JSON, e.g. 'machine shared with other jobs'")
+    ap.add_argument("--name", default=None, help="results/<name>.json (default: train_<cpu|cuda>)")
     ap.add_argument("--memory-child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.memory_child:
@@ -208,7 +209,7 @@ def main() -> None:
                 rows.append(row)
     print(markdown_table(rows, ["model", "batch", "T", "ms_per_step", "samples_per_s", "vs_hf_samples", "vs_hf_fp32_samples",
                                 "train_rss_mb", "cuda_max_allocated_mb"]))
-    path = write(f"train_{device_tag(device)}", {"device": str(device), "obs_dim": OBS, "act_dim": ACT, "steps": args.steps,
+    path = write(args.name or f"train_{device_tag(device)}", {"device": str(device), "obs_dim": OBS, "act_dim": ACT, "steps": args.steps,
                                                  "repeats": args.repeats, "rows": rows}, note=args.note)
     print(f"\n-> {path}")
 

@@ -103,7 +103,7 @@ class DataConfig:
     steps_per_epoch: int = 250  # batches per epoch, which is also the validation interval
     val_windows: int = 512  # fixed windows from the held-out episodes for val/loss
     val_fraction: float = 0.1  # share of episodes held out for val/loss
-    num_workers: int = 0  # DataLoader worker processes; a batch is one vectorized gather, so 0 was fastest (benchmarks/data.py)
+    num_workers: int = 0  # DataLoader worker processes; a batch is one gather, and a worker cost more than it saved (benchmarks/loop.py)
     episode_weighting: str = "steps"  # steps: windows ∝ episode length (the DT paper's); balanced: half drawn per episode
     on_device: bool = True  # CUDA: keep the episodes on the GPU and gather batches there (needs num_workers=0)
 
