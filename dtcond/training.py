@@ -340,11 +340,25 @@ def train(dataset_id: str, out_dir: str | Path, config: TrainConfig | None = Non
         raise DtcondError(f"trainer config: {first}") from None
     if loop["matmul_precision"] is not None and pl_trainer.strategy.root_device.type == "cuda":
         torch.set_float32_matmul_precision(loop["matmul_precision"])  # process-wide; on a CPU it could change fp32 results
+    if last.exists():  # resuming appends to this run's own logs on purpose
+        import warnings
+
+        warnings.filterwarnings("ignore", message="Experiment logs directory .* exists and is not empty")
     try:
         # Resuming reads our own checkpoint with weights_only=True too: nothing in it may run code.
         pl_trainer.fit(module, datamodule=dm, ckpt_path=str(last) if last.exists() else None, weights_only=True)
         if not pl_trainer.fast_dev_run:
             pl_trainer.save_checkpoint(last, weights_only=False)  # the final step, with optimizer state
+    except OSError as exc:  # a full disk or a file-size limit mid-write: checkpoints are written atomically
+        where = exc.filename or out_dir
+        raise DtcondError(f"training stopped: {exc.strerror or exc} writing {where}; the last complete checkpoint "
+                          f"({last}) is kept and a rerun into {out_dir} resumes from it") from None
+    except RuntimeError as exc:
+        text = str(exc)
+        if last.exists() and any(m in text for m in ("size mismatch", "Missing key(s)", "Unexpected key(s)")):
+            raise DtcondError(f"{last} holds a model of another shape than this config asks for (model.* or the dataset "
+                              f"changed); resume with the config it was trained with, or choose another output dir") from None
+        raise
     finally:
         if cfg.logger.kind == "wandb" and logger is not False:
             import wandb

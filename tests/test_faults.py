@@ -108,12 +108,19 @@ def test_a_disk_full_during_a_checkpoint_write_leaves_the_previous_last_ckpt_loa
     for fraction in (0.1, 0.99):  # the disk fills up this far into the next checkpoint
         full = cli.start(*args, cwd=tmp_path, max_file_size=int(len(before) * fraction))
         stderr = (full.wait(), full.stderr.read_text())[1]
-        assert full.returncode != 0 and "File too large" in stderr, stderr[-2000:]
+        assert full.returncode == 2 and "File too large" in stderr, stderr[-2000:]
+        # One line, not a traceback (after Lightning's own warning that a mid-epoch resume restarts the epoch's batches).
+        assert "Traceback" not in stderr and "the last complete checkpoint" in stderr.strip().splitlines()[-1]
         assert last.read_bytes() == before  # the failed write never reached last.ckpt
         assert load_policy(last).train_step == 20
         assert sorted(os.listdir(last.parent)) == ["last.ckpt"]  # and left no half-written file beside it
         print(f"\nDISK FULL at {fraction:.0%} of a {len(before)}-byte checkpoint write: the run stopped; last.ckpt "
               "(step 20) unchanged and loadable, no stray file")
+    # Resuming with another model than the checkpoint's is refused in one line, and changes nothing.
+    other = cli.start(*[a if a != "model=tiny" else "model=small" for a in args], cwd=tmp_path)
+    stderr = (other.wait(), other.stderr.read_text())[1]
+    assert other.returncode == 2 and "Traceback" not in stderr and "another shape" in stderr.strip().splitlines()[-1], stderr[-2000:]
+    assert last.read_bytes() == before
     # Space freed: the run resumes from the checkpoint the full disk left alone and finishes.
     done = train(cartpole_dataset, tmp_path / "run", trainer=dict(max_steps=60, enable_progress_bar=False), **options)
     assert done.global_step == 60 and torch.load(last, weights_only=True)["global_step"] == 60
