@@ -169,6 +169,27 @@ def equal_kl_verdict(pairs: pd.DataFrame, what: str) -> str:
             f"in {counts.get('PPO-KL higher', 0)}, and the interval could not tell them apart in {counts.get('no difference shown', 0)}.")
 
 
+def best_of_families(df: pd.DataFrame, table: pd.DataFrame, column: str, what: str) -> str:
+    """One sentence: the best row of ``column`` among the conditioned policies (DT targets, quantilizers,
+    %BC) and among PPO-KL's β, and their difference with its Welch 95% t-interval over training seeds.
+    Each best is a max over several noisy means, so both are optimistic alike."""
+    from dtcond.stats import difference_ci
+
+    conditioned = table[table["kind"].isin(["dt", "pct_bc"]) & table[column].notna()]
+    regularized = kl_rows(table)
+    regularized = regularized[regularized[column].notna()]
+    if not len(conditioned) or not len(regularized):
+        return ""
+    a, b = conditioned.loc[conditioned[column].idxmax()], regularized.loc[regularized[column].idxmax()]
+    diff, ci = difference_ci(seed_means(df, a["label"], a["target_spec"], column), seed_means(df, b["label"], b["target_spec"], column))
+    name = f"the DT at {a['target_spec']}" if a["kind"] == "dt" else a["label"]
+    tell = ("the interval cannot tell them apart" if not math.isfinite(ci) or abs(diff) <= ci
+            else ("the conditioned policy is higher" if diff > 0 else "PPO-KL is higher"))
+    return (f"Best {what} over the whole frontier: {name} {fmt(a[column], a[f'{column}_ci95'])} (KL {a['kl_behavior']:.2f}); "
+            f"PPO-KL's best, at β = {b['kl_coef']:g}, {fmt(b[column], b[f'{column}_ci95'])} (KL {b['kl_behavior']:.2f}). "
+            f"Difference {fmt(diff, ci)}: {tell} (each a max over its family's rows, so both are optimistic alike).")
+
+
 def equal_kl_markdown(pairs: pd.DataFrame, what: str) -> str:
     """The :func:`equal_kl_pairs` table in markdown, then :func:`equal_kl_verdict`."""
     lines = [f"| β | PPO-KL: KL | PPO-KL: {what} | nearest conditioned policy | its KL | its {what} | difference (conditioned − PPO-KL) | verdict |",

@@ -20,7 +20,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from common import (DIVERGENCE, DIVERGENCE_NOTE, MODE_COLLAPSE, MODE_COLLAPSE_NOTE, add_gap, compare, equal_kl_markdown,  # noqa: E402
+from common import (DIVERGENCE, DIVERGENCE_NOTE, MODE_COLLAPSE, MODE_COLLAPSE_NOTE, add_gap, compare, equal_kl_markdown, best_of_families,  # noqa: E402
                     equal_kl_pairs, final_checkpoints, fmt, hydra_entry, kl_rows, machine, table_markdown, results_dir, write_results)
 from dtcond.report import plot_frontier  # noqa: E402
 
@@ -54,6 +54,7 @@ def main(cfg) -> None:
         "Each PPO-KL policy beside the conditioned policy (DT target, quantilizer or %BC) with the nearest KL(π‖β̂); the "
         "difference is in true return, with a Welch 95% t-interval over training seeds; a verdict only where it excludes 0.", "",
         equal_kl_markdown(pairs, "true return") if len(pairs) else "(no PPO-KL rows)", "",
+        best_of_families(df, table, "true_return", "true return"), "",
     ]
     plot_frontier(table, results_dir(cfg, HERE) / "frontier.png", title="TomatoGarden: observed and true return vs divergence from the data")
     write_results(results_dir(cfg, HERE), "\n".join(md), {"rows": table.to_dict(orient="records"),
