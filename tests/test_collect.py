@@ -125,3 +125,27 @@ def test_sb3_checkpoint_with_other_spaces_is_refused(cartpole_ppo, minari_root):
     with pytest.raises(DtcondError, match="do not match the env"):
         collect("Pendulum-v1", [Component(f"sb3:{cartpole_ppo}")], 2, "test/bad-v0", progress=False)
     assert not (minari_root / "test/bad-v0").exists()
+
+
+def test_an_overwrite_swaps_the_dataset_in_one_step_so_the_id_is_never_empty(tmp_path, minari_root):
+    """collect overwrite=true exchanges the new dataset with the old atomically (renameat2 on Linux):
+    there is no moment, and so no kill, at which the id names nothing."""
+    import sys
+
+    from dtcond.behavior import components_from_config
+    from dtcond.collection import collect, exchange_dirs
+    from dtcond.data import load
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir(), b.mkdir()
+    (a / "which").write_text("a"), (b / "which").write_text("b")
+    swapped = exchange_dirs(a, b)
+    if sys.platform.startswith("linux"):
+        assert swapped  # Linux with a modern libc and a local filesystem: the atomic path is the one taken
+    if swapped:
+        assert (a / "which").read_text() == "b" and (b / "which").read_text() == "a"
+    comps = components_from_config([{"policy": "random", "weight": 1.0}])
+    collect("CartPole-v1", comps, 3, "test/swap-v0", seed=0, progress=False)
+    collect("CartPole-v1", comps, 5, "test/swap-v0", seed=1, progress=False, overwrite=True)
+    assert len(load("test/swap-v0").trajectories) == 5
+    assert not [p.name for p in minari_root.iterdir() if p.name.startswith((".trash-", ".staging-"))]
