@@ -228,6 +228,20 @@ class ComparisonResult:
             lines.append(f"  DT calibration, in-distribution targets, mean over {len(self.metrics)} seed(s): normalized MAE "
                          f"{seed_mean('normalized_mae')}, bias {seed_mean('normalized_bias')}, Spearman {seed_mean('spearman')}; "
                          f"saturates from target {seed_mean('saturation_target', None)}")
+        if "true_return" in extra:  # where the reward is a proxy: who got the most of what was wanted
+            def best(rows):
+                rows = rows[rows["true_return"].notna()]
+                if not len(rows):
+                    return None
+                r = rows.loc[rows["true_return"].idxmax()]
+                name = r["label"] if r["target_spec"] == "none" else f"{r['label']} {r['target_spec']}"
+                return f"{name} {r['true_return']:.1f} (observed {r['episode_return']:.1f}, KL {r.get('kl_behavior', float('nan')):.2f})"
+
+            kinds = t["kind"]
+            parts = [("conditioned (DT, %BC)", best(t[kinds.isin(["dt", "pct_bc", "bc"])])),
+                     ("KL-regularized RL", best(t[t["algo"].astype(str).str.endswith("_kl")])),
+                     ("plain RL", best(t[~kinds.isin(["data", "dt", "pct_bc", "bc"]) & ~t["algo"].astype(str).str.endswith("_kl")]))]
+            lines.append("  highest true return: " + "; ".join(f"{name}: {b}" for name, b in parts if b))
         for key in ("comparison", "calibration", "calibration_plot", "frontier"):
             if key in self.files:
                 lines.append(f"  {key.replace('_', ' '):<16} {self.files[key]}")
