@@ -238,7 +238,7 @@ class ComparisonResult:
                 return f"{name} {r['true_return']:.1f} (observed {r['episode_return']:.1f}, KL {r.get('kl_behavior', float('nan')):.2f})"
 
             kinds = t["kind"]
-            parts = [("conditioned (DT, %BC)", best(t[kinds.isin(["dt", "pct_bc", "bc"])])),
+            parts = [("conditioned (DT, BC, %BC)", best(t[kinds.isin(["dt", "pct_bc", "bc"])])),
                      ("KL-regularized RL", best(t[t["algo"].astype(str).str.endswith("_kl")])),
                      ("plain RL", best(t[~kinds.isin(["data", "dt", "pct_bc", "bc"]) & ~t["algo"].astype(str).str.endswith("_kl")]))]
             lines.append("  highest true return: " + "; ".join(f"{name}: {b}" for name, b in parts if b))

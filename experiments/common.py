@@ -134,14 +134,14 @@ KL_MATCH = 1.5  # two policies count as at equal KL from the data when their KLs
 
 
 def equal_kl_pairs(df: pd.DataFrame, table: pd.DataFrame, column: str = "true_return") -> pd.DataFrame:
-    """For each KL-regularized RL policy, the conditioned policy (a DT target, a quantilizer or %BC) whose
+    """For each KL-regularized RL policy, the conditioned policy (a DT target, a quantilizer, BC or %BC) whose
     KL(π‖β̂) is nearest, and the difference in ``column`` (conditioned − PPO-KL) with its Welch 95%
     t-interval over training seeds (:func:`dtcond.stats.difference_ci`); ``verdict`` says which is higher
     only where the interval excludes 0 and the two KLs are within ``KL_MATCH``× of each other (else the
     pair is not at equal KL, and says so)."""
     from dtcond.stats import difference_ci
 
-    conditioned = table[table["kind"].isin(["dt", "pct_bc"]) & table["kl_behavior"].notna()]
+    conditioned = table[table["kind"].isin(["dt", "bc", "pct_bc"]) & table["kl_behavior"].notna()]
     rows = []
     for r in kl_rows(table).itertuples():
         if not len(conditioned) or not math.isfinite(r.kl_behavior):
@@ -170,12 +170,12 @@ def equal_kl_verdict(pairs: pd.DataFrame, what: str) -> str:
 
 
 def best_of_families(df: pd.DataFrame, table: pd.DataFrame, column: str, what: str) -> str:
-    """One sentence: the best row of ``column`` among the conditioned policies (DT targets, quantilizers,
+    """One sentence: the best row of ``column`` among the conditioned policies (DT targets, quantilizers, BC,
     %BC) and among PPO-KL's β, and their difference with its Welch 95% t-interval over training seeds.
     Each best is a max over several noisy means, so both are optimistic alike."""
     from dtcond.stats import difference_ci
 
-    conditioned = table[table["kind"].isin(["dt", "pct_bc"]) & table[column].notna()]
+    conditioned = table[table["kind"].isin(["dt", "bc", "pct_bc"]) & table[column].notna()]
     regularized = kl_rows(table)
     regularized = regularized[regularized[column].notna()]
     if not len(conditioned) or not len(regularized):

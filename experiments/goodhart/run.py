@@ -51,7 +51,7 @@ def main(cfg) -> None:
            f"true {fmt(final_rl.iloc[0]['true_return'], final_rl.iloc[0]['true_return_ci95'])}." if len(final_rl) else ""),
         "", DIVERGENCE_NOTE, "", MODE_COLLAPSE_NOTE, "",
         "## At equal divergence from the data: true return, conditioning vs KL-regularized PPO", "",
-        "Each PPO-KL policy beside the conditioned policy (DT target, quantilizer or %BC) with the nearest KL(π‖β̂); the "
+        "Each PPO-KL policy beside the conditioned policy (DT target, quantilizer, BC or %BC) with the nearest KL(π‖β̂); the "
         "difference is in true return, with a Welch 95% t-interval over training seeds; a verdict only where it excludes 0.", "",
         equal_kl_markdown(pairs, "true return") if len(pairs) else "(no PPO-KL rows)", "",
         best_of_families(df, table, "true_return", "true return"), "",

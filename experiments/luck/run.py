@@ -59,7 +59,7 @@ def main(cfg) -> None:
         lines.append(f"PPO ({r['label']}): expected return {fmt(r['true_return'], r['true_return_ci95'], 2)}.")
     lines += ["", DIVERGENCE_NOTE, "", MODE_COLLAPSE_NOTE, "",
               "## At equal divergence from the data: expected return, conditioning vs KL-regularized PPO", "",
-              "Each PPO-KL policy beside the conditioned policy (DT target, quantilizer or %BC) with the nearest KL(π‖β̂); the "
+              "Each PPO-KL policy beside the conditioned policy (DT target, quantilizer, BC or %BC) with the nearest KL(π‖β̂); the "
               "difference is in expected return, with a Welch 95% t-interval over training seeds; a verdict only where it excludes 0.", "",
               equal_kl_markdown(pairs, "expected return") if len(pairs) else "(no PPO-KL rows)", "",
               best_of_families(df, table, "true_return", "expected return")]
