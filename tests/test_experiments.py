@@ -29,7 +29,8 @@ def test_luck_experiment_runs_end_to_end(tmp_path, minari_root):
     assert {"data", "dt", "pct_bc:0.1"} <= {label for label, _ in rows}
     assert any(r["algo"] == "ppo" and r["train_step"] > 0 for r in summary["rows"])
     assert all(r["seeds"] == 2 for r in summary["rows"] if r["kind"] != "data")
-    assert {r["label"] for r in summary["rows"] if r["algo"] == "ppo_kl"} == {"ppo_kl:1@512", "ppo_kl:10@512"}
+    # one PPO rollout (2048 steps) is the least a run takes, whatever the budget
+    assert {r["label"].split("@")[0] for r in summary["rows"] if r["algo"] == "ppo_kl"} == {"ppo_kl:1", "ppo_kl:10"}
     assert [p["kl_coef"] for p in summary["equal_kl"]] == [1.0, 10.0]  # each β beside its nearest conditioned policy
     assert all(p["verdict"] in ("conditioned higher", "PPO-KL higher", "no difference shown") or p["verdict"].startswith("KL not matched")
                for p in summary["equal_kl"])
