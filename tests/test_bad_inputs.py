@@ -299,6 +299,9 @@ CASES = [
     ("baseline-sac-discrete", ("baseline", "{ds}", "dataset.id=bad/cartpole-v0", "algo=sac", "hydra.run.dir={root}/b1"), "SAC needs continuous"),
     ("baseline-zero-budget", ("baseline", "{ds}", "dataset.id=bad/cartpole-v0", "budget=0", "hydra.run.dir={root}/b2"), "budget must be >= 1"),
     ("baseline-unknown-algo", ("baseline", "{ds}", "dataset.id=bad/cartpole-v0", "algo=dqn", "hydra.run.dir={root}/b3"), "unknown algo 'dqn'"),
+    ("baseline-negative-kl", ("baseline", "{ds}", "dataset.id=bad/cartpole-v0", "kl_coef=-1", "hydra.run.dir={root}/b4"), "kl_coef must be finite and >= 0"),
+    ("baseline-kl-with-sac", ("baseline", "{ds}", "dataset.id=bad/cartpole-v0", "algo=sac", "kl_coef=1", "hydra.run.dir={root}/b5"), "needs algo=ppo"),
+    ("demo-zero-kl", ("demo", "{ds}", "baseline.kl_coefs=[0]", "out_dir={root}/demo"), "baseline.kl_coefs must be finite and > 0"),
     ("report-missing", ("report", "results={root}/none.jsonl"), "no results table at"),
     # datasets a user brings, damaged (see DAMAGED), and a policy whose dataset's env id cannot be made
     *[(f"data-{name}", ("train", "{ds}", f"dataset.id=dmg/{name}-v0", "model=tiny"), DAMAGED[name][1].replace("{id}", f"dmg/{name}-v0"))
