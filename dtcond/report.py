@@ -23,7 +23,7 @@ import numpy as np
 
 from dtcond.errors import DtcondError
 from dtcond.fileio import atomic_write, save_figure
-from dtcond.stats import calibration_metrics, ci95, grouped_mean_ci, with_policy_columns
+from dtcond.stats import calibration_metrics, ci95, grouped_mean_ci, kl_coef_of, with_policy_columns
 
 __all__ = ["calibration_metrics", "comparison_table", "per_target_table", "plot_frontier", "quantilizer_bound", "write_report"]
 
@@ -271,22 +271,6 @@ def divergence_column(table) -> str:
         if col in table and table[col].notna().any():
             return col
     raise DtcondError("the table has neither kl_behavior nor cross_entropy_behavior; evaluate with roaming=true to score divergence from the data")
-
-
-def kl_coef_of(label: str) -> float | None:
-    """The KL coefficient β a KL-regularized RL policy's label names, else None.
-
-    >>> kl_coef_of("ppo_kl:0.3@100000"), kl_coef_of("ppo@100000"), kl_coef_of("pct_bc:0.1")
-    (0.3, None, None)
-    """
-    name = str(label).rpartition("@")[0] or str(label)
-    algo, _, param = name.partition(":")
-    if not algo.endswith("_kl") or not param:
-        return None
-    try:
-        return float(param)
-    except ValueError:
-        return None
 
 
 def plot_frontier(table, path: Path, title: str = "") -> Path:

@@ -29,7 +29,8 @@ fingerprint); ``ood_gain_ci95`` is the t-interval over those pairs, ``ood_gain_p
 
 Policy columns. Records carry ``algo`` (``policy.kind``: "dt", "bc", "pct_bc", "ppo", "sac", "data")
 and ``train_step`` (the training step of the weights, None where unknown). :func:`label_parts` reads
-them out of a label such as ``"ppo@25000"`` for older tables; it is the only place labels are parsed.
+them out of a label such as ``"ppo@25000"`` for older tables; with :func:`kl_coef_of` (the β in
+``"ppo_kl:0.3@100000"``) it is the only place labels are parsed.
 """
 
 from __future__ import annotations
@@ -128,13 +129,33 @@ def label_parts(label: str) -> tuple[str, int | None]:
     >>> label_parts("ppo@25000"), label_parts("pct_bc:0.1"), label_parts("dt")
     (('ppo', 25000), ('pct_bc', None), ('dt', None))
     """
+    name, step = _split_label(label)
+    return name.split(":")[0], step
+
+
+def _split_label(label: str) -> tuple[str, int | None]:
+    """``"ppo_kl:0.3@100000"`` → ``("ppo_kl:0.3", 100000)``; no ``@<digits>`` → step None."""
     if not isinstance(label, str) or not label:
         raise DtcondError(f"a policy label must be a non-empty string, got {label!r}")
     head, at, tail = label.rpartition("@")
-    step = None
     if at and tail.isdigit():
-        label, step = head, int(tail)
-    return label.split(":")[0], step
+        return head, int(tail)
+    return label, None
+
+
+def kl_coef_of(label: str) -> float | None:
+    """The KL coefficient β a KL-regularized RL policy's label names (``"ppo_kl:0.3@100000"``), else None.
+
+    >>> kl_coef_of("ppo_kl:0.3@100000"), kl_coef_of("ppo@100000"), kl_coef_of("pct_bc:0.1")
+    (0.3, None, None)
+    """
+    algo, _, param = _split_label(str(label))[0].partition(":")
+    if not algo.endswith("_kl") or not param:
+        return None
+    try:
+        return float(param)
+    except ValueError:
+        return None
 
 
 def with_policy_columns(df):

@@ -117,7 +117,7 @@ def rl_rows(frame: pd.DataFrame) -> pd.DataFrame:
 
 def kl_rows(frame: pd.DataFrame) -> pd.DataFrame:
     """The rows of KL-regularized RL policies, with their β as a ``kl_coef`` column, in order of β."""
-    from dtcond.report import kl_coef_of
+    from dtcond.stats import kl_coef_of
 
     frame = with_policy_columns(frame)
     betas = frame["label"].map(kl_coef_of)
