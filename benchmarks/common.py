@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 HERE = Path(__file__).resolve().parent
-PAPER = dict(context_len=20, n_layer=3, n_head=1, n_embd=128, dropout=0.1)  # the DT paper's Gym config
+PAPER = dict(context_len=20, n_layer=3, n_head=1, n_embd=128, dropout=0.1, activation="relu")  # the DT paper's Gym config (conf/model/paper.yaml)
 SMALL = dict(context_len=20, n_layer=3, n_head=1, n_embd=64, dropout=0.0)  # dtcond's CPU preset (conf/model/small.yaml)
 
 

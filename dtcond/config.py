@@ -88,6 +88,7 @@ class ModelConfig:
     n_head: int = 1
     n_embd: int = 64
     dropout: float = 0.0  # on CPU, attention dropout costs ~1/3 of a step
+    activation: str = "gelu"  # the MLP's nonlinearity: "gelu" or "relu" (the DT paper's, conf/model/paper.yaml)
     max_timestep: Optional[int] = None  # timestep embedding size; None: the dataset's longest episode + 1
     return_scale: Optional[float] = None  # returns-to-go are divided by it; None: the largest |episode return|
     action_head: str = "bins"  # continuous actions: "bins" (per-dimension categorical, sampled) or "mse" (a tanh mean)

@@ -31,6 +31,7 @@ from dtcond.errors import DtcondError
 
 TOKENS_PER_STEP = 3  # return-to-go, state, action
 ACTION_HEADS = ("bins", "mse")
+ACTIVATIONS = ("gelu", "relu")
 STATE_TOKENS = slice(1, None, TOKENS_PER_STEP)  # positions of s_t in the interleaved sequence
 LAST = slice(-1, None)
 
@@ -45,6 +46,7 @@ class DTConfig:
     n_head: int = 1
     n_embd: int = 128
     dropout: float = 0.1
+    activation: str = "gelu"  # the MLP's nonlinearity: "gelu" (GPT-2's) or "relu" (the DT paper's gym code, and HF's default)
     max_timestep: int = 1000  # timestep embedding table size; later timesteps share the last row
     return_scale: float = 1000.0  # returns-to-go are divided by this before embedding
     action_low: list[float] | None = None  # continuous: actions are squashed into [low, high]
@@ -62,6 +64,8 @@ class DTConfig:
             raise DtcondError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
         if not (self.return_scale > 0 and math.isfinite(self.return_scale)):
             raise DtcondError(f"return_scale must be a positive number, got {self.return_scale}")
+        if self.activation not in ACTIVATIONS:
+            raise DtcondError(f"activation must be one of {ACTIVATIONS}, got {self.activation!r}")
         if self.action_head not in ACTION_HEADS:
             raise DtcondError(f"action_head must be one of {ACTION_HEADS}, got {self.action_head!r}")
         if self.action_bins < 2:
@@ -136,10 +140,11 @@ class MLP(nn.Module):
         super().__init__()
         self.fc = nn.Linear(cfg.n_embd, 4 * cfg.n_embd)
         self.proj = nn.Linear(4 * cfg.n_embd, cfg.n_embd)
+        self.act = F.relu if cfg.activation == "relu" else F.gelu
         self.drop = nn.Dropout(cfg.dropout)
 
     def forward(self, x):
-        return self.drop(self.proj(F.gelu(self.fc(x))))
+        return self.drop(self.proj(self.act(self.fc(x))))
 
 
 class Block(nn.Module):

@@ -266,6 +266,7 @@ CASES = [
     ("train-unknown-dataset", ("train", "{ds}", "dataset.id=nope/none-v0"), "unknown dataset id 'nope/none-v0'"),
     ("train-context-too-long", ("train", "{ds}", "dataset.id=bad/cartpole-v0", "model=tiny", "model.context_len=100000"), "exceeds the dataset's longest episode"),
     ("train-context-zero", ("train", "{ds}", "dataset.id=bad/cartpole-v0", "model=tiny", "model.context_len=0"), "context_len must be >= 1"),
+    ("train-unknown-activation", ("train", "{ds}", "dataset.id=bad/cartpole-v0", "model=tiny", "model.activation=swish"), "activation must be one of"),
     ("train-zero-steps", ("train", "{ds}", "dataset.id=bad/cartpole-v0", "trainer.max_steps=0"), "max_steps must be a positive integer"),
     ("train-unknown-model-key", ("train", "{ds}", "dataset.id=bad/cartpole-v0", "+model.widht=3"), "widht"),
     ("train-unknown-model", ("train", "{ds}", "model=huge"), "Could not find 'model/huge'"),

@@ -10,14 +10,14 @@ from dtcond.model import DecisionTransformer, DecodeState, DTConfig
 HEADS = ["discrete", "bins", "mse"]
 
 
-def make(head: str = "discrete", K: int = 5, n_layer: int = 3, seed: int = 0, scale: float = 1.0):
+def make(head: str = "discrete", K: int = 5, n_layer: int = 3, seed: int = 0, scale: float = 1.0, activation: str = "gelu"):
     """A model with ``head``; ``scale`` multiplies every weight matrix, to reach trained-scale weights."""
     torch.manual_seed(seed)
     discrete = head == "discrete"
     cfg = DTConfig(obs_dim=3, act_dim=4 if discrete else 2, discrete=discrete, context_len=K, n_layer=n_layer,
                    n_head=2, n_embd=32, dropout=0.1, max_timestep=200, return_scale=50.0,
                    action_low=None if discrete else [-2.0, 0.0], action_high=None if discrete else [2.0, 1.0],
-                   action_head="mse" if head == "mse" else "bins", action_bins=16)
+                   action_head="mse" if head == "mse" else "bins", action_bins=16, activation=activation)
     model = DecisionTransformer(cfg).eval()
     with torch.no_grad():
         for p in model.parameters():
@@ -118,6 +118,18 @@ def test_cached_decoding_equals_the_full_forward_at_trained_scale(head, n_layer,
     full = model(rtg, obs, act, ts)
     assert model.start(1).keys[0].shape[2] == 3 * K + 2
     assert relative_error(decode(model, rtg, obs, act), full) <= 1e-4
+
+
+def test_the_paper_activation_decodes_exactly_and_is_not_gelu():
+    # conf/model/paper.yaml takes the DT paper's ReLU; the same weights under GELU must give other outputs,
+    # or the option would be a no-op.
+    relu, gelu = make("bins", K=4, n_layer=3, scale=8.0, activation="relu"), make("bins", K=4, n_layer=3, scale=8.0)
+    rtg, obs, act, ts = episode(relu, T=19)
+    full = relu(rtg, obs, act, ts)
+    assert relative_error(decode(relu, rtg, obs, act), full) <= 1e-4
+    assert relative_error(gelu(rtg, obs, act, ts), full) > 1e-2
+    with pytest.raises(Exception, match="activation must be one of"):
+        DTConfig(obs_dim=3, act_dim=2, activation="swish")
 
 
 def test_cached_decoding_equals_the_full_forward_after_training():
