@@ -9,7 +9,7 @@ For each env and seed, two models of the same size are trained on the same data 
 
 Both are evaluated on the same target grid with the same episode seeds. Run from the repo root:
 
-    python experiments/banded_vs_windowed/run.py                 # CartPole + Pendulum, seeds 0 1
+    python experiments/banded_vs_windowed/run.py                 # CartPole + Pendulum, seeds 0 1 2
     python experiments/banded_vs_windowed/run.py --seeds 0 --steps 500
 
 Datasets are made with `dtcond collect` defaults if missing (under $MINARI_DATASETS_PATH).
@@ -30,11 +30,16 @@ import dtcond
 from dtcond.behavior import components_from_config
 from dtcond.cli import conf_dir
 from dtcond.data import datasets_root
-from dtcond.stats import calibration_metrics
+from dtcond.stats import calibration_metrics, mean_ci
 from dtcond.targets import grid
 
 HERE = Path(__file__).resolve().parent
+METRICS = ("val_loss", "normalized_mae", "spearman", "slope", "return_at_top_target", "train_s", "eval_s")
 ENVS = {"cartpole": "dtcond/cartpole/mixture-v0", "pendulum": "dtcond/pendulum/mixture-v0"}
+
+
+def fmt(mean: float, ci: float) -> str:
+    return f"{mean:.3f} ± {ci:.3f}" if np.isfinite(ci) else f"{mean:.3f}"
 
 
 def ensure_dataset(env: str, dataset_id: str) -> None:
@@ -49,7 +54,7 @@ def ensure_dataset(env: str, dataset_id: str) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--envs", nargs="+", default=list(ENVS))
-    ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
+    ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     ap.add_argument("--steps", type=int, default=1500)
     ap.add_argument("--episodes", type=int, default=20)
     ap.add_argument("--work", default="outputs/experiments/banded_vs_windowed")
@@ -86,13 +91,19 @@ def main() -> None:
                 print(json.dumps(rows[-1]))
     table = pd.DataFrame(rows)
     (HERE / "results" / "summary.json").write_text(json.dumps(rows, indent=1))
-    agg = table.groupby(["env", "variant"])[["val_loss", "normalized_mae", "spearman", "slope", "return_at_top_target", "train_s", "eval_s"]]
-    summary = agg.mean().round(3)
-    summary.insert(0, "seeds", table.groupby(["env", "variant"]).size())
     md = ["# Banded (cached) vs windowed (recompute) Decision Transformer", "",
           f"Same data, size (K=20, 3 layers, width 64), {args.steps} steps, lr 1e-3; grid of 7 targets p5..p95, "
-          f"{args.episodes} episodes each; seeds {args.seeds}; 2 CPU cores. Means over seeds.", "",
-          summary.to_markdown(), "", "Per seed:", "", table.round(3).to_markdown(index=False), ""]
+          f"{args.episodes} episodes each; seeds {args.seeds}; 2 CPU cores. Mean ± 95% t interval over seeds; "
+          "the last column is banded − windowed paired by seed.", "",
+          "| env | metric | windowed (original) | banded + cache (dtcond) | banded − windowed |", "| --- | --- | --- | --- | --- |"]
+    for env, part in table.groupby("env", sort=False):
+        w = part[part["variant"] == "windowed"].set_index("seed")
+        b = part[part["variant"] == "banded"].set_index("seed").loc[w.index]
+        for metric in METRICS:
+            cells = [fmt(*mean_ci(x[metric].to_numpy(float))) for x in (w, b)]
+            cells.append(fmt(*mean_ci((b[metric] - w[metric]).to_numpy(float))))
+            md.append(f"| {env} | {metric} | " + " | ".join(cells) + " |")
+    md += ["", "Per seed:", "", table.round(3).to_markdown(index=False), ""]
     (HERE / "results" / "summary.md").write_text("\n".join(md))
     print("\n".join(md))
 

@@ -52,7 +52,7 @@ def dataset_spec(name: str, spec, cfg, head: str):
     items = plain(spec.behavior) if spec.behavior is not None else plain(env.behavior)
     grid = {"name": "grid", "n": int(cfg.grid.n), "low_quantile": float(cfg.grid.low), "high_quantile": float(cfg.grid.high),
             "ood_scales": list(cfg.grid.ood_scales)}
-    fields = training_fields(cfg)
+    fields = training_fields(OmegaConf.merge(cfg, {"train": spec.get("train") or {}}))  # e.g. a larger budget for Hopper
     fields["model"] = {**fields["model"], "action_head": head}
     fields["data"] = {**fields["data"], **(plain(spec.get("data")) or {})}  # e.g. episode_weighting
     return ComparisonSpec(env.id, dataset_id, hopper_behavior(cfg, items, dataset_id), Path(cfg.work_dir) / name / head,
@@ -79,7 +79,7 @@ def main(cfg) -> None:
                          "normalized_bias": ind.get("normalized_bias"), "spearman": ind.get("spearman"), "slope": ind.get("slope"),
                          "best_mean_return": m.get("best_mean_return"), "data_best": float(returns.max()),
                          "data_p95": float(np.quantile(returns, 0.95)), "saturation_target": m.get("saturation_target"),
-                         "ood_gain": m.get("ood_gain"), "train_s": policy.train_seconds})
+                         "ood_gain": m.get("ood_gain"), "train_s": policy.train_seconds, "budget": budget(cfg, cfg.datasets[name])})
             print(f"  {name} ({head} head) seed {policy.seed}: normalized MAE {rows[-1]['normalized_mae']:.3f}, ρ {rows[-1]['spearman']:.2f}, "
                   f"best {rows[-1]['best_mean_return']:.1f} (data best {returns.max():.1f})")
         dt = result.records[result.records["policy_kind"] == "dt"]
@@ -91,7 +91,7 @@ def main(cfg) -> None:
     summary = summarize(per_seed)
     png = plot(curves, results_dir(cfg, HERE) / "calibration.png")
     md = ["# Calibration: achieved vs target return", "",
-          f"DT (K={cfg.model.context_len}, {cfg.model.n_layer} layers, width {cfg.model.n_embd}), {cfg.train.steps} steps per run; "
+          f"DT (K={cfg.model.context_len}, {cfg.model.n_layer} layers, width {cfg.model.n_embd}), {cfg.train.steps} steps x batch {cfg.train.batch_size} per run unless the table says otherwise; "
           f"training seeds {list(cfg.seeds)}; targets: {cfg.grid.n} evenly spaced from the data's p{cfg.grid.low * 100:g} to "
           f"p{cfg.grid.high * 100:g} return, then x{list(cfg.grid.ood_scales)} and n{list(cfg.normalized_ood)} (OOD); "
           f"{cfg.eval_episodes} episodes per target on env seeds from {cfg.eval_seed}. Means ± 95% CI over seeds. "
@@ -107,10 +107,16 @@ def main(cfg) -> None:
     print("\n".join(md))
 
 
+def budget(cfg, spec) -> str:
+    """Training steps x batch size of one dataset's runs (a dataset entry's ``train`` overrides the experiment's)."""
+    t = OmegaConf.merge(cfg.train, spec.get("train") or {})
+    return f"{int(t.steps)} x {int(t.batch_size)}"
+
+
 def summarize(per_seed: pd.DataFrame) -> pd.DataFrame:
     out = []
     for (name, head), part in per_seed.groupby(["dataset", "head"], sort=False):
-        row = {"dataset": name, "head": head, "seeds": len(part), "data_p95": part["data_p95"].iloc[0], "data_best": part["data_best"].iloc[0]}
+        row = {"dataset": name, "head": head, "budget": part["budget"].iloc[0], "seeds": len(part), "data_p95": part["data_p95"].iloc[0], "data_best": part["data_best"].iloc[0]}
         for col in METRICS:
             row[col], row[f"{col}_ci95"] = mean_ci(part[col].astype(float))
         out.append(row)
@@ -118,11 +124,11 @@ def summarize(per_seed: pd.DataFrame) -> pd.DataFrame:
 
 
 def summary_markdown(s: pd.DataFrame) -> str:
-    lines = ["| dataset | Box head | seeds | normalized MAE | normalized bias | Spearman ρ | slope | best mean return | data p95 / best "
+    lines = ["| dataset | Box head | steps x batch | seeds | normalized MAE | normalized bias | Spearman ρ | slope | best mean return | data p95 / best "
              "| saturates from target | OOD gain | train s |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for _, r in s.iterrows():
-        lines.append(f"| {r['dataset']} | {r['head']} | {r['seeds']} | {fmt(r['normalized_mae'], r['normalized_mae_ci95'], 3)} "
+        lines.append(f"| {r['dataset']} | {r['head']} | {r['budget']} | {r['seeds']} | {fmt(r['normalized_mae'], r['normalized_mae_ci95'], 3)} "
                      f"| {fmt(r['normalized_bias'], r['normalized_bias_ci95'], 3)} "
                      f"| {fmt(r['spearman'], r['spearman_ci95'], 2)} | {fmt(r['slope'], r['slope_ci95'], 2)} "
                      f"| {fmt(r['best_mean_return'], r['best_mean_return_ci95'])} | {r['data_p95']:.1f} / {r['data_best']:.1f} "
