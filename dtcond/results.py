@@ -32,6 +32,7 @@ class ResultsStore:
                 pass
         except OSError as exc:
             raise DtcondError(f"cannot write results to {self.path}: {exc.strerror}") from None
+        self._seen = (None, 0, set())  # (file identity, bytes parsed, keys in them): what append has read so far
 
     def read(self) -> list[dict]:
         if not self.path.exists():
@@ -59,13 +60,15 @@ class ResultsStore:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             self._cut_torn_tail(fd)
-            existing = self.keys()
+            existing = self._keys_locked(fd)
             fresh = [r for r in records if r["key"] not in existing]
             if fresh:
                 payload = "".join(json.dumps(_jsonable(r), allow_nan=False) + "\n" for r in fresh).encode()
                 try:
                     os.write(fd, payload)
                     os.fsync(fd)
+                    existing.update(r["key"] for r in fresh)
+                    self._seen = (self._seen[0], os.fstat(fd).st_size, existing)  # our own lines need no parsing
                 except OSError as exc:
                     self._cut_torn_tail(fd)  # e.g. disk full halfway: leave no half record behind
                     raise DtcondError(f"cannot append to {self.path}: {exc.strerror}; records written before are intact") from None
@@ -73,6 +76,26 @@ class ResultsStore:
         finally:
             fcntl.flock(fd, fcntl.LOCK_UN)
             os.close(fd)
+
+    def _keys_locked(self, fd: int) -> set[str]:
+        """The table's keys, parsing only the bytes appended since this store last looked.
+
+        Under the lock the file only grows (the torn tail is cut first), so re-reading all of it on
+        every append, as an episode-by-episode sweep does, made appends O(table) each; a file that
+        shrank or was replaced is read again from the start.
+        """
+        st = os.fstat(fd)
+        ident, offset, keys = self._seen
+        if ident != (st.st_dev, st.st_ino) or st.st_size < offset:
+            ident, offset, keys = (st.st_dev, st.st_ino), 0, set()
+        for line in os.pread(fd, st.st_size - offset, offset).split(b"\n"):
+            if line.strip():
+                try:
+                    keys.add(json.loads(line)["key"])
+                except (json.JSONDecodeError, KeyError, TypeError):
+                    continue
+        self._seen = (ident, st.st_size, keys)
+        return keys
 
     @staticmethod
     def _cut_torn_tail(fd: int) -> None:

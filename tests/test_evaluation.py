@@ -118,6 +118,24 @@ def test_an_interrupted_sweep_resumes_without_repeating_episodes(cartpole_policy
     assert len(ResultsStore(path).read()) == 12 and summary(again) == summary(full)
 
 
+def test_two_stores_on_one_table_never_write_a_key_twice(tmp_path):
+    """Each store parses only what was appended since it last looked, so it must still see the other's lines,
+    and read from scratch a table that was cut short or replaced."""
+    path = tmp_path / "t.jsonl"
+    a, b = ResultsStore(path), ResultsStore(path)
+    assert a.append([{"key": "k1"}, {"key": "k2"}]) == 2
+    assert b.append([{"key": "k2"}, {"key": "k3"}]) == 1
+    assert a.append([{"key": "k3"}, {"key": "k4"}]) == 1  # k3 came from b after a's last look
+    with open(path, "a") as f:
+        f.write('{"key": "k5"}\n{"key": "torn')  # another writer's line, then a crash mid-line
+    assert b.append([{"key": "k5"}, {"key": "k6"}]) == 1
+    assert [r["key"] for r in ResultsStore(path).read()] == ["k1", "k2", "k3", "k4", "k5", "k6"]
+    path.unlink()
+    path.write_text('{"key": "k9"}\n')  # the table replaced by another file
+    assert a.append([{"key": "k1"}, {"key": "k9"}]) == 1
+    assert [r["key"] for r in ResultsStore(path).read()] == ["k9", "k1"]
+
+
 def test_bad_evaluation_input(cartpole_policy):
     with pytest.raises(DtcondError, match="episodes must be >= 1"):
         evaluate(cartpole_policy, ["q0.5"], episodes=0)
