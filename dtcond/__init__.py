@@ -16,6 +16,8 @@ _LAZY = {
     "DTConfig": ("dtcond.model", "DTConfig"),
     "DecisionTransformer": ("dtcond.model", "DecisionTransformer"),
     "train": ("dtcond.training", "train"),
+    "esper_labels": ("dtcond.relabel", "esper_labels"),
+    "load_labels": ("dtcond.relabel", "load_labels"),
     "load_policy": ("dtcond.checkpoints", "load_policy"),
     "ConditionedPolicy": ("dtcond.policy", "ConditionedPolicy"),
     "evaluate": ("dtcond.evaluation", "evaluate"),

@@ -206,6 +206,37 @@ class LoggerConfig:
             raise DtcondError(f"logger.kind must be one of {', '.join(LOGGERS)}, got {self.kind!r}")
 
 
+RELABELS = ("none", "esper")  # what a DT conditions on: the returns-to-go, or ESPER's expected-return labels
+
+
+@dataclass
+class EsperConfig:
+    """ESPER's expected-return relabelling (``relabel=esper``, dtcond/relabel.py), sized for a CPU."""
+
+    clusters: int = 8  # cluster assignments per step (the reference's rep_size)
+    hidden: int = 32  # units in every MLP and the LSTM
+    cluster_steps: int = 2000  # adversarial clustering steps (cluster model vs dynamics model)
+    return_steps: int = 1000  # return-model steps on the fixed clusters
+    batch_size: int = 16  # whole episodes per step (the LSTM runs over the longest: a step on 500-step CartPole episodes costs ~0.05-0.2 s on one thread)
+    cluster_lr: float = 1e-3
+    dynamics_lr: float = 1e-3
+    return_lr: float = 1e-3
+    adv_weight: float = 1.0  # weight of the dynamics loss the clusters maximize
+    act_weight: float = 1.0  # weight of the action loss the clusters minimize (the reference's 0.01 collapsed to one cluster here)
+
+    def __post_init__(self):
+        _at_least("esper", clusters=(self.clusters, 2), hidden=(self.hidden, 1), cluster_steps=(self.cluster_steps, 0),
+                  return_steps=(self.return_steps, 1), batch_size=(self.batch_size, 1))
+        for key in ("cluster_lr", "dynamics_lr", "return_lr"):
+            value = getattr(self, key)
+            if not (value > 0 and math.isfinite(value)):
+                raise DtcondError(f"esper.{key} must be a positive number, got {value}")
+        for key in ("adv_weight", "act_weight"):
+            value = getattr(self, key)
+            if not (value >= 0 and math.isfinite(value)):
+                raise DtcondError(f"esper.{key} must be a finite number >= 0, got {value}")
+
+
 @dataclass
 class RolloutsConfig:
     """Roll the model out while training and log ``rollout/<target>`` returns."""
@@ -240,6 +271,8 @@ class TrainConfig:
     seed: int = 0
     condition_on_return: bool = True  # false: behaviour cloning (BC) with the same network and loop
     top_fraction: Optional[float] = None  # with condition_on_return=false: %BC on the top fraction of episodes by return
+    relabel: str = "none"  # esper: condition on ESPER's expected-return labels, learned before training (see esper)
+    esper: EsperConfig = field(default_factory=EsperConfig)
     checkpoint_every: int = 250  # steps between last.ckpt saves
     resume: bool = True  # false: refuse an output dir that already has a checkpoint
     datasets_path: Optional[str] = None  # CLI: default $MINARI_DATASETS_PATH, else ~/.minari/datasets
@@ -249,6 +282,11 @@ class TrainConfig:
             raise DtcondError(f"checkpoint_every must be >= 1, got {self.checkpoint_every}")
         if self.top_fraction is not None and not 0 < self.top_fraction <= 1:
             raise DtcondError(f"top_fraction must be in (0, 1], got {self.top_fraction}")
+        if self.relabel not in RELABELS:
+            raise DtcondError(f"relabel must be one of {', '.join(RELABELS)}, got {self.relabel!r}")
+        if self.relabel != "none" and not self.condition_on_return:
+            raise DtcondError(f"relabel={self.relabel} relabels the returns a DT conditions on; BC and %BC "
+                              "(condition_on_return=false) condition on none")
 
 
 @dataclass

@@ -17,6 +17,7 @@ already in the table are not run again, so a rerun does only what is missing. La
 ``work_dir``::
 
     seed<s>/dt, seed<s>/bc, seed<s>/pct_bc<q>, seed<s>/<algo>   training runs and policy bundles
+    seed<s>/dt_<method>                                          a DT on relabelled returns (``relabel``)
     seed<s>/ppo_kl<β>                                            KL-regularized PPO, one run per β
     episodes.jsonl                                               every episode rolled out here
     report/                                                      this comparison's records and report
@@ -51,6 +52,9 @@ class ComparisonSpec:
         model, data, optim, trainer, checkpoint_every: passed to :func:`dtcond.train` (``trainer`` must
             set ``max_steps``); ``checkpoint_every`` None saves at the end only.
         bc, pct_bc, bc_steps: train plain BC; %BC at these top fractions; their steps (None: the DT's).
+        relabel, esper: also train a DT on relabelled returns per method (``["esper"]``: ESPER's expected-return
+            labels, :mod:`dtcond.relabel`), with these :class:`~dtcond.config.EsperConfig` fields; labelled
+            ``dt:esper`` in the tables, rolled out at the same target specs, resolved against its labels.
         rl_algo, rl_budget, rl_checkpoints, rl_hyperparams: :func:`dtcond.train_baseline` (algo None: no RL).
         rl_kl_coefs: KL-regularized PPO, one run per β (same budget; its final policy is rolled out).
         rl_bc_init_steps: behaviour-cloning steps PPO-KL starts from (0: from scratch).
@@ -88,6 +92,8 @@ class ComparisonSpec:
     bc: bool = True
     pct_bc: list[float] = field(default_factory=list)
     bc_steps: int | None = None
+    relabel: list[str] = field(default_factory=list)
+    esper: dict = field(default_factory=dict)
     rl_algo: str | None = "ppo"
     rl_budget: int | None = None
     rl_checkpoints: int = 4
@@ -133,6 +139,14 @@ class ComparisonSpec:
         for q in self.pct_bc:
             if not 0 < q <= 1:
                 raise DtcondError(f"pct_bc top fractions must be in (0, 1], got {q}")
+        from dtcond.config import RELABELS, EsperConfig, merge
+
+        self.relabel = [str(m) for m in (self.relabel or [])]
+        bad = [m for m in self.relabel if m not in RELABELS or m == "none"]
+        if bad or len(set(self.relabel)) != len(self.relabel):
+            raise DtcondError(f"relabel must list distinct methods from {', '.join(m for m in RELABELS if m != 'none')}, got {self.relabel}")
+        self.esper = dict(self.esper or {})
+        merge(EsperConfig, self.esper)  # a typo or a bad value fails here, before any training
         if self.rl_algo is not None:
             if self.rl_algo not in ALGOS:
                 raise DtcondError(f"unknown rl_algo {self.rl_algo!r}; choose one of {', '.join(ALGOS)} (or None for no RL)")
@@ -318,7 +332,7 @@ def run_comparison(spec: ComparisonSpec) -> ComparisonResult:
     records = dataset_records(data, scorer)
     store.append(records)
 
-    offline = ["DT"] + (["BC"] if spec.bc else []) + [f"%BC({q:g})" for q in spec.pct_bc]
+    offline = ["DT"] + [f"DT({m})" for m in spec.relabel] + (["BC"] if spec.bc else []) + [f"%BC({q:g})" for q in spec.pct_bc]
     rl_names = ([spec.rl_algo] if spec.rl_algo else []) + [f"PPO-KL(β={b:g})" for b in spec.rl_kl_coefs]
     print(f"[2/{steps}] per seed {spec.seeds}: train {', '.join(offline + rl_names)}"
           + f"; roll out on env seeds from {spec.eval_seed}: DT at {len(targets)} targets, {spec.eval_episodes} episodes each")
@@ -415,6 +429,8 @@ def _train_seed(spec: ComparisonSpec, stats, seed: int, out: Path) -> list[tuple
     bc_steps = spec.bc_steps or steps
     common = dict(model=dict(spec.model), data=dict(spec.data), optim=dict(spec.optim), seed=seed)
     runs = [("dt", dict(trainer=trainer, checkpoint_every=spec.checkpoint_every or steps))]
+    runs += [(f"dt_{m}", dict(trainer=trainer, checkpoint_every=spec.checkpoint_every or steps, relabel=m, esper=dict(spec.esper)))
+             for m in spec.relabel]
     bc = dict(trainer={**trainer, "max_steps": bc_steps}, checkpoint_every=min(spec.checkpoint_every or bc_steps, bc_steps),
               condition_on_return=False)
     if spec.bc:

@@ -180,8 +180,11 @@ class ConditionedPolicy:
 
     @property
     def label(self) -> str:
-        """What the policy is, for tables: "dt", "bc" or "pct_bc:<q>"."""
+        """What the policy is, for tables: "dt", "dt:esper" (trained on relabelled returns), "bc" or "pct_bc:<q>"."""
         q = self.stats.extra.get("top_fraction")
+        relabel = (self.stats.extra.get("relabel") or {}).get("method")
+        if self.kind == "dt" and relabel:
+            return f"dt:{relabel}"
         return f"{self.kind}:{q:g}" if self.kind == "pct_bc" and q else self.kind
 
     @property

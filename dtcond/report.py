@@ -291,14 +291,16 @@ def plot_frontier(table, path: Path, title: str = "") -> Path:
         data_rows = table[(table["kind"] == "data") & table[col].notna()]
         if len(data_rows) and t[t["kind"] == "data"].empty:  # the data has no KL to itself: a reference line
             ax.axhline(float(data_rows[col].iloc[0]), ls="--", color="k", lw=0.8, label="data (mean)")
-        for kind, marker, color in offline:
-            part = t[t["kind"] == kind]
+        relabelled = (t["kind"] == "dt") & (t["label"] != "dt")  # DTs on relabelled returns (dt:esper): a colour of their own
+        groups = [(kind, t[(t["kind"] == kind) & ~relabelled], marker, color) for kind, marker, color in offline]
+        groups += [(label, part, "o", f"C{4 - j}") for j, (label, part) in enumerate(t[relabelled].groupby("label", sort=False))]
+        for name, part, marker, color in groups:
             if len(part):
                 ax.errorbar(part[x], part[col], yerr=part[f"{col}_ci95"] if f"{col}_ci95" in part else None,
-                            fmt=marker, color=color, capsize=2, label=kind)
+                            fmt=marker, color=color, capsize=2, label=name)
                 for r in part.itertuples():
-                    name = r.target_spec if kind == "dt" else r.label
-                    ax.annotate(name, (getattr(r, x), getattr(r, col)), fontsize=6, xytext=(3, 3), textcoords="offset points")
+                    note = r.target_spec if r.kind == "dt" else r.label
+                    ax.annotate(note, (getattr(r, x), getattr(r, col)), fontsize=6, xytext=(3, 3), textcoords="offset points")
         rl = t[~t["kind"].isin([k for k, _, _ in offline])]
         regularized = rl["label"].map(lambda lab: kl_coef_of(lab) is not None).astype(bool)  # bool even when empty
         for j, (algo, part) in enumerate(rl[~regularized].groupby("algo")):

@@ -254,7 +254,7 @@ class TrainResult:
 
 # Keyword overrides train() takes: TrainConfig's fields but the CLI-only ones (the dataset is train()'s argument).
 TRAIN_OPTIONS = tuple(f for f in TrainConfig.__dataclass_fields__ if f not in ("dataset", "datasets_path"))
-SECTIONS = ("model", "data", "optim", "trainer", "logger", "rollouts")
+SECTIONS = ("model", "data", "optim", "trainer", "logger", "rollouts", "esper")
 
 
 def train(dataset_id: str, out_dir: str | Path, config: TrainConfig | None = None, callbacks: list | None = None,
@@ -264,13 +264,15 @@ def train(dataset_id: str, out_dir: str | Path, config: TrainConfig | None = Non
     With no other argument this is ``dtcond train``'s default: the CPU preset (``small`` model, CPU
     trainer) for :class:`~dtcond.config.TrainConfig`'s ``trainer.max_steps``. ``config`` replaces those
     defaults; ``overrides`` are TrainConfig's fields (``model``, ``data``, ``optim``, ``trainer``,
-    ``logger``, ``rollouts`` as dicts or dataclasses merged onto them; ``seed``, ``checkpoint_every``,
-    ``resume``, ``condition_on_return``, ``top_fraction``), merged onto ``config``. ``callbacks`` are
+    ``logger``, ``rollouts``, ``esper`` as dicts or dataclasses merged onto them; ``seed``, ``checkpoint_every``,
+    ``resume``, ``condition_on_return``, ``top_fraction``, ``relabel``), merged onto ``config``. ``callbacks`` are
     extra Lightning callbacks.
 
     ``condition_on_return=False`` trains behaviour cloning (BC) with the same network and loop;
     with ``top_fraction=q`` too, filtered BC (%BC) on the top-q fraction of episodes by return —
-    the same episodes ``quantilizer(q)`` draws its targets from.
+    the same episodes ``quantilizer(q)`` draws its targets from. ``relabel="esper"`` trains the DT on
+    ESPER's expected-return labels instead of the returns-to-go (:mod:`dtcond.relabel`); target
+    specs then resolve against the labels, and the bundle holds them (``labels.safetensors``).
 
     A run whose ``out_dir`` already has ``checkpoints/last.ckpt`` resumes from it (``resume=False``
     refuses instead).
@@ -300,6 +302,14 @@ def train(dataset_id: str, out_dir: str | Path, config: TrainConfig | None = Non
 
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     offline = load(dataset_id, gamma=cfg.dataset.gamma)
+    from dtcond.relabel import LABELS_FILE, relabel_cached
+
+    labels = None
+    if cfg.relabel != "none":  # learned once per run dir; a resumed run reads them back
+        offline, labels, label_meta = relabel_cached(offline, cfg.relabel, cfg.esper, cfg.seed, out_dir / LABELS_FILE, resuming=last.exists())
+    elif last.exists() and (out_dir / LABELS_FILE).exists():
+        raise DtcondError(f"{last} was trained on relabelled returns ({out_dir / LABELS_FILE}); resume it with its relabel "
+                          "config, or choose another output dir")
     if cfg.top_fraction is not None:
         offline = top_episodes(offline, cfg.top_fraction)
     model_cfg = model_config_for(offline.stats, **asdict(cfg.model))
@@ -367,6 +377,10 @@ def train(dataset_id: str, out_dir: str | Path, config: TrainConfig | None = Non
     bundle = out_dir / "policy"
     if pl_trainer.is_global_zero:  # under DDP every rank gets here, with the same weights
         save_bundle(module, bundle, extra={"global_step": pl_trainer.global_step, "seed": cfg.seed})
+        if labels is not None:  # the per-step labels the DT was trained on travel with it
+            from dtcond.relabel import save_labels
+
+            save_labels(labels, bundle / LABELS_FILE, label_meta)
     val = pl_trainer.callback_metrics.get("val/loss")
     return TrainResult(out_dir, bundle, last, pl_trainer.global_step, float(val) if val is not None else None)
 

@@ -79,6 +79,7 @@ def comparison_spec(cfg, **overrides) -> ComparisonSpec:
         dataset_id=cfg.dataset_id, behavior=plain(cfg.behavior), episodes=int(cfg.episodes), data_seed=int(cfg.data_seed),
         work_dir=cfg.work_dir, seeds=[int(s) for s in cfg.seeds], name=str(cfg.name), **training_fields(cfg),
         bc=bool(cfg.get("bc", False)), pct_bc=[float(q) for q in cfg.get("pct_bc") or []],
+        relabel=[str(m) for m in cfg.get("relabel") or []], esper=plain(cfg.get("esper")) or {},
         rl_algo=baseline.get("algo") or None, rl_budget=baseline.get("budget"), rl_checkpoints=int(baseline.get("checkpoints", 4)),
         rl_hyperparams=plain(baseline.get("hyperparams")),
         rl_kl_coefs=[float(b) for b in baseline.get("kl_coefs") or []],
@@ -154,7 +155,7 @@ def equal_kl_pairs(df: pd.DataFrame, table: pd.DataFrame, column: str = "true_re
         else:
             verdict = "no difference shown" if not math.isfinite(ci) or abs(diff) <= ci else ("conditioned higher" if diff > 0 else "PPO-KL higher")
         rows.append({"kl_coef": r.kl_coef, "ppo_kl": r.label, "ppo_kl_kl": r.kl_behavior, "ppo_kl_value": getattr(r, column),
-                     "conditioned": near["label"] if near["kind"] != "dt" else f"dt {near['target_spec']}",
+                     "conditioned": near["label"] if near["kind"] != "dt" else f"{near['label']} {near['target_spec']}",
                      "conditioned_kl": near["kl_behavior"], "conditioned_value": near[column], "difference": diff, "difference_ci95": ci,
                      "verdict": verdict})
     return pd.DataFrame(rows)
@@ -182,7 +183,7 @@ def best_of_families(df: pd.DataFrame, table: pd.DataFrame, column: str, what: s
         return ""
     a, b = conditioned.loc[conditioned[column].idxmax()], regularized.loc[regularized[column].idxmax()]
     diff, ci = difference_ci(seed_means(df, a["label"], a["target_spec"], column), seed_means(df, b["label"], b["target_spec"], column))
-    name = f"the DT at {a['target_spec']}" if a["kind"] == "dt" else a["label"]
+    name = (f"the DT at {a['target_spec']}" if a["label"] == "dt" else f"{a['label']} at {a['target_spec']}") if a["kind"] == "dt" else a["label"]
     tell = ("the interval cannot tell them apart" if not math.isfinite(ci) or abs(diff) <= ci
             else ("the conditioned policy is higher" if diff > 0 else "PPO-KL is higher"))
     return (f"Best {what} over the whole frontier: {name} {fmt(a[column], a[f'{column}_ci95'])} (KL {a['kl_behavior']:.2f}); "

@@ -277,6 +277,13 @@ CASES = [
     ("train-steps-type", ("train", "{ds}", "dataset.id=bad/cartpole-v0", "trainer.max_steps=many"), "config key trainer.max_steps: Value 'many'"),
     ("train-lr-type", ("train", "{ds}", "dataset.id=bad/cartpole-v0", "optim.lr=fast"), "config key optim.lr: Value 'fast'"),
     ("train-gamma", ("train", "{ds}", "dataset.id=bad/cartpole-v0", "dataset.gamma=0.99"), "dataset.gamma=0.99 is not supported"),
+    ("train-relabel-unknown", ("train", "{ds}", "dataset.id=bad/cartpole-v0", "relabel=luckless"), "relabel must be one of none, esper, got 'luckless'"),
+    ("train-relabel-bc", ("train", "{ds}", "dataset.id=bad/cartpole-v0", "relabel=esper", "condition_on_return=false"),
+     "relabel=esper relabels the returns a DT conditions on"),
+    ("train-esper-clusters", ("train", "{ds}", "dataset.id=bad/cartpole-v0", "relabel=esper", "esper.clusters=1"), "esper.clusters must be >= 2, got 1"),
+    ("train-esper-lr", ("train", "{ds}", "dataset.id=bad/cartpole-v0", "relabel=esper", "esper.cluster_lr=-0.1"), "esper.cluster_lr must be a positive number"),
+    ("train-esper-weight-type", ("train", "{ds}", "dataset.id=bad/cartpole-v0", "esper.adv_weight=strong"), "config key esper.adv_weight: Value 'strong'"),
+    ("train-esper-unknown-key", ("train", "{ds}", "dataset.id=bad/cartpole-v0", "+esper.cluster=3"), "unknown config key esper.cluster; EsperConfig takes"),
     ("train-unknown-logger", ("train", "{ds}", "logger=neptune"), "Could not find 'logger/neptune' (available: csv, mlflow, tensorboard, wandb)"),
     # eval
     ("eval-missing-policy", ("eval", "{ds}", "policy={root}/nothing", "results={results}"), "no policy at"),

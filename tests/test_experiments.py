@@ -19,14 +19,16 @@ def test_luck_experiment_runs_end_to_end(tmp_path, minari_root):
     out = subprocess.run(
         [sys.executable, str(REPO / "experiments" / "luck" / "run.py"), "seeds=[0,1]", "episodes=300", "train.steps=30",
          "train.bc_steps=20", "baseline.budget=512", "baseline.kl_coefs=[1,10]", "baseline.bc_init_steps=50", "eval_episodes=8",
-         f"work_dir={tmp_path / 'work'}",
+         "esper.cluster_steps=100", "esper.return_steps=100", f"work_dir={tmp_path / 'work'}",
          f"results_dir={tmp_path / 'results'}"],
         cwd=tmp_path, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=600,
     )
     assert out.returncode == 0, out.stderr[-2000:]
     summary = json.loads((tmp_path / "results" / "summary.json").read_text())
     rows = {(r["label"], r["target_spec"]): r for r in summary["rows"]}
-    assert {"data", "dt", "pct_bc:0.1"} <= {label for label, _ in rows}
+    assert {"data", "dt", "dt:esper", "pct_bc:0.1"} <= {label for label, _ in rows}
+    # the relabelled DT at every target the plain one met, each resolved against its own returns
+    assert {r["target_spec"] for r in summary["relabelled"]} == {spec for label, spec in rows if label == "dt"}
     assert any(r["algo"] == "ppo" and r["train_step"] > 0 for r in summary["rows"])
     assert all(r["seeds"] == 2 for r in summary["rows"] if r["kind"] != "data")
     # one PPO rollout (2048 steps) is the least a run takes, whatever the budget
@@ -39,7 +41,7 @@ def test_luck_experiment_runs_end_to_end(tmp_path, minari_root):
     assert abs(data["episode_return"] - data["true_return"]) < 0.5
     text = (tmp_path / "results" / "summary.md").read_text()
     assert "expected return (luck removed)" in text and "quantilizer:0.1" in text and "KL(π‖β̂)" in text
-    assert "At equal divergence from the data" in text and "action entropy" in text
+    assert "At equal divergence from the data" in text and "action entropy" in text and "Relabelled with ESPER" in text
     assert committed.read_bytes() == before if committed.exists() else before is None  # the committed results untouched
 
 

@@ -17,6 +17,8 @@ PUBLIC = {
     "DTConfig": ("class", "dtcond.model"),
     "DecisionTransformer": ("class", "dtcond.model"),
     "train": ("function", "dtcond.training"),
+    "esper_labels": ("function", "dtcond.relabel"),
+    "load_labels": ("function", "dtcond.relabel"),
     "load_policy": ("function", "dtcond.checkpoints"),
     "ConditionedPolicy": ("class", "dtcond.policy"),
     "evaluate": ("function", "dtcond.evaluation"),

@@ -6,7 +6,9 @@ round (return 3). Every return above 3 in the data belongs to an agent that gamb
 DT asked for those returns is asked to gamble. The env reports each choice's expected reward as
 ``info["true_reward"]``, so the true return below is the return with the luck removed: the quantity
 a policy can actually control. PPO is trained on the achieved reward, plain and with a KL penalty
-toward the data's behaviour model at several β.
+toward the data's behaviour model at several β. Beside the plain DT, a DT trained on ESPER's
+expected-return labels (``relabel: [esper]``, dtcond/relabel.py) is rolled out at the same target
+specs, which resolve against its labels rather than the raw returns.
 
     python experiments/luck/run.py             # see config.yaml for seeds and budgets
 """
@@ -23,8 +25,58 @@ sys.path.insert(0, str(HERE.parent))
 from common import (DIVERGENCE, DIVERGENCE_NOTE, MODE_COLLAPSE, MODE_COLLAPSE_NOTE, add_gap, compare, equal_kl_markdown, best_of_families,  # noqa: E402
                     equal_kl_pairs, final_checkpoints, fmt, hydra_entry, kl_rows, machine, table_markdown, results_dir, write_results)
 from dtcond.report import plot_frontier  # noqa: E402
+from dtcond.stats import difference_ci  # noqa: E402
 
 OPTIMAL = 3.0  # always safe: 3 rounds × +1
+BAR = 2.7  # issue 17: a relabelled DT's expected return at the top targets should reach this
+
+
+def relabel_rows(df, table, high_specs):
+    """Per target spec: the plain DT and each relabelled DT (``dt:<method>``), their resolved target and expected
+    return (mean ± 95% CI over training seeds), and relabelled − plain with its Welch interval."""
+    from common import seed_means
+
+    dt = table[table["kind"] == "dt"]
+    rows = []
+    for label in [x for x in dt["label"].unique() if x != "dt"]:
+        for r in dt[dt["label"] == label].itertuples():
+            plain = dt[(dt["label"] == "dt") & (dt["target_spec"] == r.target_spec)]
+            p = plain.iloc[0] if len(plain) else None
+            diff, ci = difference_ci(seed_means(df, label, r.target_spec, "true_return"), seed_means(df, "dt", r.target_spec, "true_return"))
+            rows.append({"label": label, "target_spec": r.target_spec, "top": r.target_spec in high_specs, "target": r.target,
+                         "true_return": r.true_return, "true_return_ci95": r.true_return_ci95, "episode_return": r.episode_return,
+                         "plain_target": p["target"] if p is not None else float("nan"),
+                         "plain_true_return": p["true_return"] if p is not None else float("nan"),
+                         "plain_true_return_ci95": p["true_return_ci95"] if p is not None else float("nan"),
+                         "difference": diff, "difference_ci95": ci})
+    return rows
+
+
+def relabel_markdown(rows) -> list[str]:
+    if not rows:
+        return []
+    lines = ["## Relabelled with ESPER: expected-return labels instead of returns", "",
+             "The same target specs, resolved for each DT against the returns it was trained on: the raw returns for the plain DT, "
+             "ESPER's expected-return labels for dt:esper (dtcond/relabel.py). Expected return (luck removed), mean ± 95% CI over "
+             "training seeds; the difference is relabelled − plain with a Welch 95% t-interval over seeds. Top targets (*) are those "
+             f"at which the plain DT is asked for more than {OPTIMAL:g}, which only lucky gamblers reached.", "",
+             "| target | plain DT: target G | plain DT: expected return | relabelled: target G | relabelled: expected return "
+             "| relabelled: achieved return | difference |", "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['target_spec']}{' *' if r['top'] else ''} | {r['plain_target']:.2f} | {fmt(r['plain_true_return'], r['plain_true_return_ci95'], 2)} "
+                     f"| {r['target']:.2f} | {fmt(r['true_return'], r['true_return_ci95'], 2)} | {r['episode_return']:.2f} "
+                     f"| {fmt(r['difference'], r['difference_ci95'], 2)} |")
+    top = [r for r in rows if r["top"]]
+    if top:
+        low = min(top, key=lambda r: r["true_return"])
+        met = all(r["true_return"] >= BAR for r in top)
+        lines += ["", f"At the top targets ({', '.join(r['target_spec'] for r in top)}) the relabelled DT's expected return is "
+                  f"{min(r['true_return'] for r in top):.2f} to {max(r['true_return'] for r in top):.2f} (lowest: {low['target_spec']}, "
+                  f"{fmt(low['true_return'], low['true_return_ci95'], 2)}); the plain DT's {min(r['plain_true_return'] for r in top):.2f} "
+                  f"to {max(r['plain_true_return'] for r in top):.2f}. Issue 17's bar, a mean of at least {BAR:g} at every top target: "
+                  f"{'met' if met else 'not met'}" + ("" if met else f" (lowest {low['true_return']:.2f})")
+                  + f"; with the lower end of each 95% interval: {'met' if all(r['true_return'] - r['true_return_ci95'] >= BAR for r in top) else 'not met'}."]
+    return lines
 
 
 def main(cfg) -> None:
@@ -36,8 +88,9 @@ def main(cfg) -> None:
             "luck": "luck", **DIVERGENCE, **MODE_COLLAPSE}
     pairs = equal_kl_pairs(df, table, "true_return")
     betas = sorted(kl_rows(table)["kl_coef"].unique())
-    dt = table[table["kind"] == "dt"]
+    dt = table[table["label"] == "dt"]  # the plain DT; relabelled DTs have a section of their own
     high = dt[dt["target"] > OPTIMAL]  # returns only lucky gamblers reached
+    relabelled = relabel_rows(df, table, set(high["target_spec"]))
     rl = final_checkpoints(table)
     lines = [
         "# Luck: return conditioning in a gambling env", "",
@@ -45,10 +98,11 @@ def main(cfg) -> None:
         f"DT {cfg.train.steps} steps (K={cfg.model.context_len}, {cfg.model.n_layer} layers, width {cfg.model.n_embd}); "
         f"%BC {list(cfg.pct_bc)} at {cfg.train.bc_steps} steps; PPO {cfg.baseline.budget} env steps, plain and KL-regularized toward β̂ at "
         f"β ∈ {[float(b) for b in betas]}; training seeds {list(cfg.seeds)}; "
+        + (f"DT on relabelled returns: {list(cfg.relabel)} (ESPER {dict(cfg.esper) or 'defaults'}); " if cfg.get("relabel") else "") +
         f"{cfg.eval_episodes} episodes per policy and target. Means ± 95% CI over training seeds. "
         f"Machine: {machine()}; this invocation took {time.perf_counter() - start:.0f}s (a rerun on the same work_dir reuses finished training and episodes).", "",
         "![frontier](frontier.png)", "", table_markdown(table, cols), "",
-        f"Expected-return-optimal (always safe): {OPTIMAL:.1f}. DT targets above {OPTIMAL:g}, which only lucky gamblers "
+        f"Expected-return-optimal (always safe): {OPTIMAL:.1f}. Plain-DT targets above {OPTIMAL:g}, which only lucky gamblers "
         f"reached in the data ({', '.join(high['target_spec'])}): expected return "
         f"{high['true_return'].min():.2f} to {high['true_return'].max():.2f}, a shortfall of "
         f"{OPTIMAL - high['true_return'].max():.2f} to {OPTIMAL - high['true_return'].min():.2f} "
@@ -57,6 +111,7 @@ def main(cfg) -> None:
     if len(rl):
         r = rl.iloc[0]
         lines.append(f"PPO ({r['label']}): expected return {fmt(r['true_return'], r['true_return_ci95'], 2)}.")
+    lines += ["", *relabel_markdown(relabelled)]
     lines += ["", DIVERGENCE_NOTE, "", MODE_COLLAPSE_NOTE, "",
               "## At equal divergence from the data: expected return, conditioning vs KL-regularized PPO", "",
               "Each PPO-KL policy beside the conditioned policy (DT target, quantilizer, BC or %BC) with the nearest KL(π‖β̂); the "
@@ -65,7 +120,8 @@ def main(cfg) -> None:
               best_of_families(df, table, "true_return", "expected return")]
     md = "\n".join(lines) + "\n"
     plot_frontier(table, results_dir(cfg, HERE) / "frontier.png", title="Gamble: achieved and expected return vs divergence from the data")
-    write_results(results_dir(cfg, HERE), md, {"optimal": OPTIMAL, "rows": table.to_dict(orient="records"), "equal_kl": pairs.to_dict(orient="records")}, table)
+    write_results(results_dir(cfg, HERE), md, {"optimal": OPTIMAL, "rows": table.to_dict(orient="records"), "equal_kl": pairs.to_dict(orient="records"),
+                                                  "relabelled": relabelled}, table)
     print(md)
 
 
