@@ -1,0 +1,149 @@
+"""Does ESPER relabelling harm calibration where there is no luck to remove? (issue 17's "no harm" clause)
+
+On deterministic calibration datasets (``relabel_check.datasets`` in config.yaml: CartPole and Pendulum
+mixtures, whose envs have no randomness after the reset), the plain DT and a DT trained on ESPER's
+expected-return labels (``relabel=esper``) are trained per seed and rolled out on the same grid of
+absolute targets (from the raw returns: the data's p5..p95, then OOD) and env seeds, through the same
+pipeline as run.py (the plain DT's runs and episodes are those of run.py's work_dir, reused). Reported per
+dataset and policy: mean ± 95% CI over seeds of the calibration metrics, the relabelled − plain difference
+with its Welch interval, and whether the relabelled mean lies within the plain DT's interval.
+
+    python experiments/calibration/relabel_check.py
+    python experiments/calibration/relabel_check.py 'relabel_check.datasets=[cartpole_mixed]' 'seeds=[0]' train.steps=200   # a smoke run
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+sys.path.insert(0, str(HERE))
+
+from common import fmt, hydra_entry, machine, plain, results_dir  # noqa: E402
+from run import dataset_spec, is_continuous  # noqa: E402
+
+import dtcond  # noqa: E402
+from dtcond.errors import DtcondError  # noqa: E402
+from dtcond.fileio import atomic_write  # noqa: E402
+from dtcond.pipeline import run_comparison  # noqa: E402
+from dtcond.stats import ci95, difference_ci, mean_ci  # noqa: E402
+
+METRICS = {"normalized_mae": "normalized MAE", "normalized_bias": "normalized bias", "spearman": "Spearman ρ", "slope": "slope",
+           "best_mean_return": "best mean return"}
+
+
+def main(cfg) -> None:
+    start = time.perf_counter()
+    check = cfg.relabel_check
+    unknown = set(check.datasets) - set(cfg.datasets)
+    if unknown:
+        raise DtcondError(f"unknown dataset(s) {sorted(unknown)}; choose from {list(cfg.datasets)}")
+    rows, curves = [], []
+    for name in check.datasets:
+        head = str(check.head) if is_continuous(cfg.datasets[name]) else "bins"
+        spec = dataset_spec(name, cfg.datasets[name], cfg, head)
+        spec = dataclasses.replace(spec, relabel=["esper"], esper=plain(check.esper) or {})
+        result = run_comparison(spec)
+        for policy in result.policies:
+            m = result.metrics[policy.fingerprint]
+            ind = m["in_distribution"] or {}
+            relabel = dtcond.load_policy(policy.bundle).stats.extra.get("relabel") or {}
+            rows.append({"dataset": name, "label": policy.label, "seed": policy.seed, **{k: ind.get(k) for k in METRICS if k in ind},
+                         "best_mean_return": m.get("best_mean_return"), "train_s": policy.train_seconds,
+                         "clusters_used": relabel.get("clusters_used"), "cluster_sizes": relabel.get("cluster_sizes")})
+        dt = result.records[result.records["policy_kind"] == "dt"]
+        per_target = dt.groupby(["label", "train_seed", "target"], as_index=False)["episode_return"].mean()
+        returns = result.records.loc[result.records["policy_kind"] == "data", "episode_return"].astype(float)
+        curves.append(per_target.assign(dataset=name, data_min=returns.min(), data_max=returns.max()))
+    per_seed = pd.DataFrame(rows)
+    summary = summarize(per_seed)
+    out = results_dir(cfg, HERE)
+    png = plot(pd.concat(curves, ignore_index=True), out / "relabel_check.png")
+    md = ["# Calibration with and without ESPER relabelling (deterministic datasets)", "",
+          f"DT (K={cfg.model.context_len}, {cfg.model.n_layer} layers, width {cfg.model.n_embd}), {cfg.train.steps} steps per run, "
+          f"plain and on ESPER labels (EsperConfig {plain(check.esper) or 'defaults'}); training seeds {list(cfg.seeds)}; the same "
+          f"absolute targets for both ({cfg.grid.n} from the data's p{cfg.grid.low * 100:g} to p{cfg.grid.high * 100:g} return, "
+          f"then OOD), {cfg.eval_episodes} episodes per target on env seeds from {cfg.eval_seed}. Box actions: the {check.head} head. "
+          f"Means ± 95% CI over seeds; in-distribution metrics as in summary.md. Machine: {machine()}; this invocation took "
+          f"{time.perf_counter() - start:.0f}s (a rerun reuses finished training and episodes; the first run took about 20 min).", "", f"![calibration, plain vs relabelled]({png.name})", "", summary_markdown(summary), "",
+          "Within the plain CI: the relabelled DT's mean lies inside the plain DT's 95% interval. The difference is relabelled − plain "
+          "with a Welch 95% t-interval over seeds. In-distribution targets are those inside the range of what each DT was "
+          "trained on: the raw returns for the plain DT, the labels for dt:esper, so where the labels span less than the "
+          "returns the two are scored on different subsets of the same grid (the plot shows every target).", "",
+          clusters_markdown(per_seed), ""]
+    atomic_write(out / "relabel_check.md", "\n".join(md))
+    atomic_write(out / "relabel_check.json", json.dumps({"per_seed": rows, "summary": summary}, indent=1, default=float))
+    print("\n".join(md))
+
+
+def summarize(per_seed: pd.DataFrame) -> list[dict]:
+    out = []
+    for name, part in per_seed.groupby("dataset", sort=False):
+        base = part[part["label"] == "dt"]
+        for label, rel in part[part["label"] != "dt"].groupby("label"):
+            for key in METRICS:
+                pm, pc = mean_ci(base[key].astype(float))
+                rm, rc = mean_ci(rel[key].astype(float))
+                diff, dci = difference_ci(rel[key].astype(float), base[key].astype(float))
+                out.append({"dataset": name, "label": label, "metric": key, "plain": pm, "plain_ci95": pc, "relabelled": rm,
+                            "relabelled_ci95": rc, "difference": diff, "difference_ci95": dci, "seeds": len(rel),
+                            "within_plain_ci": bool(math.isfinite(pc) and abs(rm - pm) <= pc)})
+    return out
+
+
+def clusters_markdown(per_seed: pd.DataFrame) -> str:
+    """How many ESPER clusters the episodes' first steps fell into, per dataset and seed: one cluster makes every
+    label the behaviour mixture's expected return-to-go given (s_t, a_t), with nothing left of the skill levels."""
+    rel = per_seed[per_seed["clusters_used"].notna()]
+    parts = [f"{r.dataset} seed {r.seed}: {int(r.clusters_used)} ({', '.join(map(str, r.cluster_sizes))} episodes)" for r in rel.itertuples()]
+    return "ESPER clusters at the episodes' first steps, of the 8 allowed: " + "; ".join(parts) + "."
+
+
+def summary_markdown(summary: list[dict]) -> str:
+    lines = ["| dataset | metric | plain DT | dt:esper | difference | relabelled within the plain CI |", "|---|---|---|---|---|---|"]
+    for r in summary:
+        digits = 1 if r["metric"] == "best_mean_return" else 3
+        lines.append(f"| {r['dataset']} | {METRICS[r['metric']]} | {fmt(r['plain'], r['plain_ci95'], digits)} "
+                     f"| {fmt(r['relabelled'], r['relabelled_ci95'], digits)} | {fmt(r['difference'], r['difference_ci95'], digits)} "
+                     f"| {'yes' if r['within_plain_ci'] else 'no'} |")
+    return "\n".join(lines)
+
+
+def plot(curves: pd.DataFrame, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from dtcond.fileio import save_figure
+
+    names = list(dict.fromkeys(curves["dataset"]))
+    fig, axes = plt.subplots(1, len(names), figsize=(5 * len(names), 4), squeeze=False)
+    for ax, name in zip(axes[0], names):
+        part = curves[curves["dataset"] == name]
+        lo, hi = part["data_min"].iloc[0], part["data_max"].iloc[0]
+        ax.plot([lo, hi], [lo, hi], "k--", lw=0.8, label="achieved = target")
+        for j, (label, p) in enumerate(part.groupby("label", sort=True)):
+            agg = p.groupby("target")["episode_return"].agg(["mean", lambda v: ci95(v)]).reset_index()
+            agg.columns = ["target", "mean", "ci"]
+            ax.errorbar(agg["target"], agg["mean"], yerr=agg["ci"].fillna(0), fmt="o-", color=f"C{j}", capsize=2, ms=3,
+                        label=f"{label}, mean over seeds")
+        ax.axvline(hi, color="0.5", lw=0.8, ls=":")
+        ax.set_title(name, fontsize=9)
+        ax.set_xlabel("target return")
+        ax.set_ylabel("achieved return")
+        ax.legend(fontsize=6)
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+if __name__ == "__main__":
+    hydra_entry(HERE, main)
