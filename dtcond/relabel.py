@@ -29,6 +29,13 @@ Differences from the reference, for a CPU and for determinism (each is a choice,
   argmax of the logits), not a fresh Gumbel sample, so a label does not depend on a draw; and the
   labels are not rounded to 0.1 (the reference rounds them).
 
+Known limitation (measured, experiments/calibration/results/relabel_check.md): on CartPole and
+Pendulum mixtures (episodes of 200-500 steps) the clustering collapses, every step of every episode
+in one cluster, also with ``adv_weight=0``; the labels are then the mixture's expected return-to-go
+given (s_t, a_t), the skill levels are gone, and the DT's calibration collapses with them. On Gamble
+(3 steps) the clusters separate the behaviours. ``info["clusters_used"]`` / ``["step_clusters_used"]``
+say which happened.
+
 >>> labels, info = esper_labels(data.trajectories, data.stats, EsperConfig(), seed=0)   # doctest: +SKIP
 >>> relabelled, labels = relabel(data, "esper", EsperConfig(), seed=0)                 # doctest: +SKIP
 >>> relabelled.stats.episode_returns[-1]   # the best episode label, not the luckiest return   # doctest: +SKIP
@@ -226,6 +233,7 @@ def esper_labels(trajectories: list[Trajectory], stats: DatasetStats, config: Es
     first = hard[torch.arange(n), T - d["lengths"]].argmax(-1).numpy()  # each episode's cluster at its first step
     starts = np.array([lab[0] for lab in labels])
     used = sorted(set(first.tolist()))
+    info["step_clusters_used"] = int(hard[d["mask"]].sum(0).gt(0).sum())  # over every step, not only the first
     info.update(clusters_used=len(used), cluster_sizes=[int((first == c).sum()) for c in used],
                 cluster_values=[float(starts[first == c].mean()) for c in used], episode_clusters=first.tolist())
     return labels, info
