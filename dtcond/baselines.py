@@ -16,6 +16,14 @@ under π is −β·KL; :class:`KLPenalty` applies it to every rollout before the
 so the penalty on future steps is in the returns, as the objective asks. The policy starts from
 behaviour cloning on the data (``bc_init_steps``), as RLHF starts from the prior: a large β then
 stays at the data and β → 0 is plain PPO.
+
+**PPO-Lagrangian** (``cost_limit`` d, for envs that report ``info["cost"]``) maximizes E[Σ r_t] subject
+to E[Σ c_t] <= d through the Lagrangian E[Σ r_t − λ·c_t], with the multiplier λ >= 0 moved by dual
+ascent on the episode cost, in the one-critic form of RCPO (Tessler et al. 2019): :class:`CostLagrangian`
+updates λ after each rollout, then subtracts λ·c_t from its rewards before the advantages are computed.
+``lambda_lr=0`` keeps λ at ``lambda_init``: PPO with a fixed cost penalty. It too starts from
+``bc_init_steps`` of behaviour cloning on the data: from a random policy, the early episodes' high
+cost drives λ up before the goal is ever reached, and PPO settles on never moving.
 """
 
 from __future__ import annotations
@@ -90,11 +98,17 @@ def train_baseline(
     progress: bool = True,
     kl_coef: float = 0.0,
     bc_init_steps: int = 2000,
+    cost_limit: float | None = None,
+    lambda_lr: float = 0.01,
+    lambda_init: float = 0.0,
 ) -> BaselineResult:
     """Train ``algo`` on the env of the dataset ``stats`` describe; resume from the latest checkpoint.
 
     ``kl_coef`` β > 0 (PPO only) trains KL-regularized PPO toward the data's behaviour model, starting
-    from ``bc_init_steps`` steps of behaviour cloning on the data (see the module doc).
+    from ``bc_init_steps`` steps of behaviour cloning on the data (see the module doc). ``cost_limit`` d
+    (PPO only, an env with ``info["cost"]``) trains PPO-Lagrangian toward episode cost <= d, λ's dual-ascent
+    step ``lambda_lr`` per unit of cost over d per rollout, also from behaviour cloning; λ per rollout is
+    written to ``out_dir/lagrange.json``.
 
     >>> r = train_baseline(load("dtcond/cartpole/mixture-v0").stats, "ppo", "runs/ppo")   # doctest: +SKIP
     >>> r = train_baseline(stats, "ppo", "runs/ppo_kl0.1", kl_coef=0.1)                  # doctest: +SKIP
@@ -117,6 +131,12 @@ def train_baseline(
         raise DtcondError(f"kl_coef (KL-regularized RL) needs algo=ppo, got algo={algo}")
     if isinstance(bc_init_steps, bool) or not isinstance(bc_init_steps, int) or bc_init_steps < 0:
         raise DtcondError(f"bc_init_steps must be an integer >= 0, got {bc_init_steps!r}")
+    if cost_limit is not None:
+        check_lagrangian(cost_limit, lambda_lr, lambda_init)
+        if algo != "ppo" or kl_coef > 0:
+            raise DtcondError(f"cost_limit (PPO-Lagrangian) needs algo=ppo without kl_coef, got algo={algo}, kl_coef={kl_coef:g}")
+        if stats.episode_costs is None:
+            raise DtcondError(f"cost_limit needs an env that reports info['cost']; dataset {stats.dataset_id!r} has no costs")
     params = hyperparameters(algo, stats.env_id, hyperparams)
     n_envs = int(params.pop("n_envs"))
     budget = int(budget if budget is not None else params.pop("budget"))
@@ -145,8 +165,19 @@ def train_baseline(
             model = cls("MlpPolicy", env, seed=seed, device="cpu", policy_kwargs=policy_kwargs or None, **params)
         except TypeError as exc:
             raise DtcondError(f"bad {algo} hyperparameters: {exc}") from None
-    _check_same_run(out_dir, {"algo": algo, "kl_coef": kl_coef}, resuming=latest is not None)
+    identity = {"algo": algo, "kl_coef": kl_coef}
+    if cost_limit is not None:
+        identity.update(cost_limit=float(cost_limit), lambda_lr=float(lambda_lr), lambda_init=float(lambda_init))
+    _check_same_run(out_dir, identity, resuming=latest is not None)
     callbacks = []
+    lagrangian = None
+    if cost_limit is not None:
+        if latest is None and bc_init_steps:  # from the data's behaviour: from scratch, λ rises before the goal is found
+            from dtcond.data import load
+
+            clone_behavior(model.policy, load(stats.dataset_id), bc_init_steps, seed=seed)
+        lagrangian = CostLagrangian(cost_limit, lambda_lr, _resumed_lambda(out_dir, lambda_init) if latest is not None else lambda_init)
+        callbacks.append(lagrangian)
     if kl_coef > 0:
         from dtcond.data import load
         from dtcond.roaming import load_or_fit_behavior_model
@@ -162,12 +193,21 @@ def train_baseline(
         callbacks.append(CheckpointCallback(save_every, str(ckpt_dir), name_prefix=algo))
         model.learn(remaining, callback=callbacks, progress_bar=progress, reset_num_timesteps=latest is None)
         model.save(ckpt_dir / f"{algo}_{model.num_timesteps}_steps.zip")
+        if lagrangian is not None:  # λ per rollout, appended across resumes; a resume starts from the last λ
+            from dtcond.fileio import atomic_write
+
+            path = out_dir / "lagrange.json"
+            history = (json.loads(path.read_text()) if path.exists() else []) + lagrangian.history
+            atomic_write(path, json.dumps(history).encode())
     env.close()
 
     card_base = {"algo": algo, "use_sde": bool(params.get("use_sde", False)), "policy_kwargs": policy_kwargs,
                  "stats": stats.to_dict(), "seed": seed, "budget": budget, "n_envs": n_envs}
     if kl_coef > 0:
         card_base.update(kl_coef=kl_coef, bc_init_steps=bc_init_steps)
+    if cost_limit is not None:
+        card_base.update(cost_limit=float(cost_limit), lambda_lr=float(lambda_lr), lambda_init=float(lambda_init),
+                         bc_init_steps=bc_init_steps)
     bundles = []
     for step, path in _checkpoints(ckpt_dir, algo):
         bundle = out_dir / "policies" / f"step_{step:09d}"
@@ -213,6 +253,81 @@ class KLPenalty(BaseCallback):
         buf.compute_returns_and_advantage(last_values=self.locals["values"], dones=self.locals["dones"])
         self.logger.record("kl/log_ratio", float(log_ratio.mean()))
         self.logger.record("kl/penalty", float(self.kl_coef * log_ratio.mean()))
+
+
+def check_lagrangian(cost_limit: float, lambda_lr: float, lambda_init: float) -> None:
+    for name, value in (("cost_limit", cost_limit), ("lambda_lr", lambda_lr), ("lambda_init", lambda_init)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+            raise DtcondError(f"{name} must be a finite number >= 0, got {value!r}")
+
+
+def lagrange_update(lam: float, episode_costs, cost_limit: float, lr: float) -> float:
+    """One dual-ascent step: ``max(0, λ + lr·(mean(episode_costs) − cost_limit))``; λ as it was with no episode.
+
+    >>> lagrange_update(0.5, [3.0, 5.0], cost_limit=2.0, lr=0.1)
+    0.7
+    >>> lagrange_update(0.1, [0.0], cost_limit=2.0, lr=0.1)
+    0.0
+    """
+    if len(episode_costs) == 0:
+        return float(lam)
+    return max(0.0, float(lam) + lr * (float(np.mean(episode_costs)) - cost_limit))
+
+
+class CostLagrangian(BaseCallback):
+    """PPO-Lagrangian: after each rollout, λ ← max(0, λ + lr·(J_c − d)), with J_c the mean total cost of the
+    episodes that ended during the rollout (λ unchanged if none did); then each step's reward becomes
+    r_t − λ·c_t, c_t = ``info["cost"]``, and the rollout's returns and advantages are recomputed.
+
+    ``history`` keeps (timesteps, λ, J_c) per rollout; the logger gets ``cost/lambda`` and ``cost/episode_cost``.
+
+    >>> PPO("MlpPolicy", env).learn(50_000, callback=CostLagrangian(cost_limit=2.0))   # doctest: +SKIP
+    """
+
+    def __init__(self, cost_limit: float, lambda_lr: float = 0.01, lambda_init: float = 0.0):
+        super().__init__()
+        check_lagrangian(cost_limit, lambda_lr, lambda_init)
+        self.cost_limit, self.lambda_lr, self.lam = float(cost_limit), float(lambda_lr), float(lambda_init)
+        self.history: list[dict] = []
+        self._running = None  # per env: the cost of the episode under way (episodes span rollouts)
+
+    def _on_rollout_start(self) -> None:
+        self._costs, self._ended = [], []
+
+    def _on_step(self) -> bool:
+        # Called after env.step and before the step enters the buffer, once per step: row i of the buffer.
+        cost = np.array([float(info.get("cost", 0.0)) for info in self.locals["infos"]])  # (n_envs,)
+        if self._running is None:
+            self._running = np.zeros_like(cost)
+        self._costs.append(cost)
+        self._running += cost
+        for i in np.flatnonzero(self.locals["dones"]):
+            self._ended.append(float(self._running[i]))
+            self._running[i] = 0.0
+        return True
+
+    def _on_rollout_end(self) -> None:
+        buf = self.model.rollout_buffer
+        costs = np.stack(self._costs)  # (n_steps, n_envs)
+        if costs.shape != buf.rewards.shape:
+            raise DtcondError(f"CostLagrangian saw {costs.shape} costs for a {buf.rewards.shape} rollout")
+        self.lam = lagrange_update(self.lam, self._ended, self.cost_limit, self.lambda_lr)
+        buf.rewards -= (self.lam * costs).astype(buf.rewards.dtype)
+        buf.compute_returns_and_advantage(last_values=self.locals["values"], dones=self.locals["dones"])
+        episode_cost = float(np.mean(self._ended)) if self._ended else None
+        self.history.append({"timesteps": int(self.num_timesteps), "lambda": self.lam, "episode_cost": episode_cost})
+        self.logger.record("cost/lambda", self.lam)
+        if episode_cost is not None:
+            self.logger.record("cost/episode_cost", episode_cost)
+
+
+def _resumed_lambda(out_dir: Path, default: float) -> float:
+    path = out_dir / "lagrange.json"
+    try:
+        history = json.loads(path.read_text())
+        return float(history[-1]["lambda"]) if history else default
+    except (OSError, ValueError, KeyError, IndexError, TypeError):
+        return default
 
 
 def clone_behavior(policy, data, steps: int, seed: int = 0, batch_size: int = 256, lr: float = 1e-3) -> float:
@@ -287,9 +402,10 @@ class SB3Policy:
     """An SB3 policy behind dtcond's batch protocol; ``deterministic`` as in SB3's ``evaluate_policy``."""
 
     def __init__(self, policy, stats: DatasetStats, algo: str, timesteps: int, source: str, deterministic: bool = True,
-                 kl_coef: float = 0.0):
+                 kl_coef: float = 0.0, cost_limit: float | None = None):
         self.policy = policy.eval()
         self.kl_coef = float(kl_coef)
+        self.cost_limit = None if cost_limit is None else float(cost_limit)
         self.stats = stats
         self.algo = algo
         self.timesteps = timesteps
@@ -298,9 +414,11 @@ class SB3Policy:
         self.condition_on_return = False
         self._hash = None
 
-    # KL-regularized PPO is its own family, one policy per β: "ppo_kl:0.1@100000".
-    kind = property(lambda self: f"{self.algo}_kl" if self.kl_coef > 0 else self.algo)
-    label = property(lambda self: f"{self.kind}:{self.kl_coef:g}@{self.timesteps}" if self.kl_coef > 0 else f"{self.algo}@{self.timesteps}")
+    # KL-regularized PPO is its own family, one policy per β: "ppo_kl:0.1@100000"; PPO-Lagrangian one per
+    # cost limit d: "ppo_lag:2@100000".
+    kind = property(lambda self: f"{self.algo}_lag" if self.cost_limit is not None else f"{self.algo}_kl" if self.kl_coef > 0 else self.algo)
+    label = property(lambda self: f"{self.kind}:{self.cost_limit:g}@{self.timesteps}" if self.cost_limit is not None
+                     else f"{self.kind}:{self.kl_coef:g}@{self.timesteps}" if self.kl_coef > 0 else f"{self.algo}@{self.timesteps}")
     env_id = property(lambda self: self.stats.env_id)
     greedy = property(lambda self: self.deterministic)
     train_step = property(lambda self: self.timesteps)
@@ -398,4 +516,5 @@ def load_sb3_bundle(folder: Path) -> SB3Policy:
     except RuntimeError as exc:
         raise DtcondError(f"{folder}: the weights do not match the card ({str(exc).splitlines()[0]})") from None
     env.close()
-    return SB3Policy(policy, stats, card["algo"], int(card.get("timesteps", 0)), str(folder), kl_coef=float(card.get("kl_coef", 0.0)))
+    return SB3Policy(policy, stats, card["algo"], int(card.get("timesteps", 0)), str(folder), kl_coef=float(card.get("kl_coef", 0.0)),
+                     cost_limit=card.get("cost_limit"))

@@ -124,7 +124,7 @@ def baseline_command(cfg) -> None:
     result = train_baseline(
         stats, cfg.algo, HydraConfig.get().runtime.output_dir, budget=cfg.budget, checkpoints=cfg.checkpoints,
         hyperparams=cfg.hyperparams or {}, seed=cfg.seed, progress=cfg.progress, kl_coef=cfg.kl_coef,
-        bc_init_steps=cfg.bc_init_steps,
+        bc_init_steps=cfg.bc_init_steps, cost_limit=cfg.cost_limit, lambda_lr=cfg.lambda_lr,
     )
     print(f"{cfg.algo} on {stats.env_id}: {result.timesteps} env steps; {len(result.bundles)} checkpoints in {result.out_dir / 'policies'}")
     if store is None:

@@ -93,6 +93,8 @@ class ModelConfig:
     return_scale: Optional[float] = None  # returns-to-go are divided by it; None: the largest |episode return|
     action_head: str = "bins"  # continuous actions: "bins" (per-dimension categorical, sampled) or "mse" (a tanh mean)
     action_bins: int = 64  # "bins" head: equal-width bins per action dimension
+    cost_conditioned: bool = False  # also condition on cost-to-go (joint targets like q0.9,cost<=q0.2); needs a dataset with costs
+    cost_scale: Optional[float] = None  # costs-to-go are divided by it; None: the largest episode cost (at least 1)
 
 
 @dataclass
@@ -354,6 +356,10 @@ class BaselineConfig:
     # β̂, starting from bc_init_steps of behaviour cloning on the data (dtcond/baselines.py)
     kl_coef: float = 0.0
     bc_init_steps: int = 2000
+    # PPO-Lagrangian: the episode-cost limit d (None: off), for envs that report info["cost"]; λ moves by
+    # lambda_lr·(mean episode cost − d) per rollout, and it too starts from bc_init_steps of behaviour cloning
+    cost_limit: Optional[float] = None
+    lambda_lr: float = 0.01
     seed: int = 0
     progress: bool = True
     evaluate: bool = True  # roll every checkpoint out into the results table
@@ -368,6 +374,10 @@ class BaselineConfig:
             raise DtcondError(f"episodes must be >= 1, got {self.episodes}")
         check_hyperparams(self.hyperparams, "hyperparams")
         check_kl(self.algo, [self.kl_coef], self.bc_init_steps, "kl_coef", allow_zero=True)
+        for key in ("cost_limit", "lambda_lr"):
+            value = getattr(self, key)
+            if value is not None and not (math.isfinite(value) and value >= 0):
+                raise DtcondError(f"{key} must be a finite number >= 0, got {value}")
 
 
 @dataclass

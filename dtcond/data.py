@@ -108,6 +108,9 @@ class DatasetStats:
     ref_min_score: float | None = None
     ref_max_score: float | None = None
     extra: dict = field(default_factory=dict)
+    # When every episode reports info["cost"]: each episode's total cost, in episode_returns' order
+    # (ties in return broken by cost), so (episode_returns[i], episode_costs[i]) is one episode's pair.
+    episode_costs: list[float] | None = None
 
     @property
     def min_return(self) -> float:
@@ -129,6 +132,12 @@ class DatasetStats:
         """``P_data(G >= g)``: the fraction of dataset episodes whose return reaches ``g``."""
         returns = np.asarray(self.episode_returns)
         return float((returns >= g).mean())
+
+    def cost_quantile(self, q: float) -> float:
+        """The q-th quantile of episode costs (numpy's linear interpolation)."""
+        if self.episode_costs is None:
+            raise DtcondError(f"dataset {self.dataset_id!r} has no costs (its env reports no info['cost'])")
+        return float(np.quantile(np.asarray(self.episode_costs), q))
 
     def normalize_obs(self, obs: np.ndarray) -> np.ndarray:
         mean = np.asarray(self.obs_mean, dtype=np.float32)
@@ -252,7 +261,10 @@ def compute_stats(trajectories: list[Trajectory], ds, dataset_id: str, gamma: fl
     all_obs = np.concatenate([t.observations for t in trajectories]).astype(np.float64)
     # A constant feature would divide by zero; 1e-6 keeps it at zero after normalization.
     std = np.maximum(all_obs.std(axis=0), 1e-6)
-    returns = sorted(float(np.asarray(t.rewards, dtype=np.float64).sum()) for t in trajectories)
+    pairs = sorted((float(np.asarray(t.rewards, dtype=np.float64).sum()),
+                    float(np.asarray(t.costs, dtype=np.float64).sum()) if t.costs is not None else 0.0) for t in trajectories)
+    returns = [g for g, _ in pairs]
+    has_costs = all(t.costs is not None for t in trajectories)
     action_space = ds.action_space
     discrete = isinstance(action_space, gym.spaces.Discrete)
     spec = ds.env_spec
@@ -276,6 +288,7 @@ def compute_stats(trajectories: list[Trajectory], ds, dataset_id: str, gamma: fl
         gamma=gamma,
         ref_min_score=metadata.get("ref_min_score"),
         ref_max_score=metadata.get("ref_max_score"),
+        episode_costs=[c for _, c in pairs] if has_costs else None,
     )
 
 
@@ -299,6 +312,7 @@ class Window:
     returns_to_go: np.ndarray  # (L,) float32, raw (the model scales them)
     timesteps: np.ndarray  # (L,) int64
     mask: np.ndarray  # (L,) bool, False on padding
+    costs_to_go: np.ndarray | None = None  # (L,) float32, raw, when the episode has costs
 
 
 def make_window(traj: Trajectory, end: int, length: int, stats: DatasetStats) -> Window:
@@ -324,7 +338,11 @@ def make_window(traj: Trajectory, end: int, length: int, stats: DatasetStats) ->
     timesteps[pad:] = traj.timesteps[start : end + 1]
     mask = np.zeros(length, dtype=bool)
     mask[pad:] = True
-    return Window(window_obs, actions, rtg, timesteps, mask)
+    ctg = None
+    if traj.costs is not None:
+        ctg = np.zeros(length, dtype=np.float32)
+        ctg[pad:] = returns_to_go(traj.costs)[start : end + 1]
+    return Window(window_obs, actions, rtg, timesteps, mask, ctg)
 
 
 EPISODE_WEIGHTINGS = ("steps", "balanced")
@@ -386,6 +404,8 @@ class WindowDataset:
             "returns_to_go": flat([t.returns_to_go for t in trajectories], np.float32),  # raw: the model scales them
             "timesteps": flat([np.asarray(t.timesteps, dtype=np.int64) for t in trajectories], np.int64),
         }
+        if all(t.costs is not None for t in trajectories):  # cost-to-go, for cost-conditioned models
+            self.fields["costs_to_go"] = flat([returns_to_go(t.costs) for t in trajectories], np.float32)
         self.device = torch.device("cpu")
 
     def to(self, device) -> WindowDataset:

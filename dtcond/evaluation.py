@@ -9,7 +9,10 @@ its own, so results do not depend on batch size or on which episodes share a bat
 Each record is one episode: who acted (``policy_kind``; ``algo`` and ``train_step``, the training
 step of the weights or None, as typed columns; ``label`` for display), the target (``target_spec``,
 its resolved ``target``, ``target_quantile`` in the data, ``ood``), the env seed, and the outcome
-(``episode_return``, ``length``, ``true_return``/``cost`` where the env reports them). With a
+(``episode_return``, ``length``, ``true_return``/``cost`` where the env reports them). A joint target's
+records also carry the requested ``cost_target`` (the cost-to-go the episode started from, which falls
+by each step's ``info["cost"]``), ``cost_target_quantile`` P_data(C <= c) and ``joint_quantile``
+P_data(G >= g, C <= c); other records carry None there. With a
 scorer it also carries the roaming metrics (``cross_entropy_behavior``, ``kl_behavior``, novelty,
 entropy). :mod:`dtcond.stats` and :mod:`dtcond.report` aggregate these records.
 """
@@ -106,6 +109,7 @@ def evaluate(
     existing = {r["key"]: r for r in store.read() if r.get("key") in wanted} if store else {}
     todo = [job for job in jobs if job.key(fingerprint, env) not in existing]
     if todo:  # refuse bad targets and a mismatched env now, before any rollout
+        check_cost_targets(policy, {job.spec for job in todo})
         for spec in {job.spec for job in todo if not job.spec.is_random}:
             spec.resolve(policy.stats)
         make_vector_env(policy, 1, env_kwargs, env_id).close()
@@ -122,6 +126,17 @@ def evaluate(
             bar.update(1)
     bar.close()
     return [existing.get(k) or fresh[k] for k in (job.key(fingerprint, env) for job in jobs)]
+
+
+def check_cost_targets(policy, specs) -> None:
+    """A cost-conditioned policy takes joint targets only, and every other policy return-only ones."""
+    wants_cost = bool(getattr(policy, "cost_conditioned", False))
+    for spec in specs:
+        if spec.cost is not None and not wants_cost:
+            raise DtcondError(f"target {spec} has a cost part, but this policy was not trained with cost conditioning "
+                              "(model.cost_conditioned=false); give it a return target only")
+        if spec.cost is None and wants_cost:
+            raise DtcondError(f"this policy is cost-conditioned: target {spec} needs a cost part too, e.g. '{spec},cost<=q0.5'")
 
 
 def make_vector_env(policy, n: int, env_kwargs: dict | None = None, env_id: str | None = None) -> gym.vector.VectorEnv:
@@ -152,6 +167,8 @@ def _rollout(policy, jobs: list[Job], run_id: str, env_kwargs: dict | None, env_
     resolved: list[ResolvedTarget] = [job.spec.resolve(policy.stats, job.target_rng()) for job in jobs]
     rngs = [job.sampling_rng() for job in jobs]
     rtg = np.array([r.value if math.isfinite(r.value) else 0.0 for r in resolved], dtype=np.float64)
+    # The cost-to-go, for a cost-conditioned policy: it falls by each step's info["cost"], as CDT's does.
+    ctg = np.array([r.cost for r in resolved], dtype=np.float64) if getattr(policy, "cost_conditioned", False) else None
     returns, true_returns, costs = np.zeros(n), np.zeros(n), np.zeros(n)
     seen = {"true_reward": False, "cost": False}
     lengths = np.zeros(n, dtype=np.int64)
@@ -170,7 +187,10 @@ def _rollout(policy, jobs: list[Job], run_id: str, env_kwargs: dict | None, env_
         while active.size:
             flat = _flatten(obs)
             uniforms = np.stack([rngs[i].random(draws) for i in active])  # (A, draws): each episode's own stream
-            action, probs, state = policy.act_batch(state, flat[active], rtg[active], uniforms)
+            if ctg is None:
+                action, probs, state = policy.act_batch(state, flat[active], rtg[active], uniforms)
+            else:
+                action, probs, state = policy.act_batch(state, flat[active], rtg[active], uniforms, ctg[active])
             actions_all[active] = action
             if history is not None:
                 for row, i in enumerate(active):
@@ -187,6 +207,10 @@ def _rollout(policy, jobs: list[Job], run_id: str, env_kwargs: dict | None, env_
                 if key in info:
                     seen[key] = True
                     acc[active] += np.asarray(info[key], dtype=np.float64)[active]
+            if ctg is not None:
+                if "cost" not in info:
+                    raise DtcondError(f"a cost-conditioned policy needs an env that reports info['cost']; {env_id or policy.env_id} does not")
+                ctg[active] -= np.asarray(info["cost"], dtype=np.float64)[active]
             done = (terminated | truncated)[active]
             if not done.any():
                 continue
@@ -217,6 +241,9 @@ def _rollout(policy, jobs: list[Job], run_id: str, env_kwargs: dict | None, env_
                     "truncated": bool(truncated[i]),
                     "true_return": float(true_returns[i]) if seen["true_reward"] else None,
                     "cost": float(costs[i]) if seen["cost"] else None,
+                    "cost_target": r.cost,  # the cost-to-go the episode started from (joint targets), else None
+                    "cost_target_quantile": r.cost_quantile,
+                    "joint_quantile": r.joint_quantile,
                     "greedy": bool(getattr(policy, "greedy", True)),
                     "wall_time": elapsed,
                 }

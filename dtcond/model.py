@@ -10,6 +10,11 @@ rolling key/value cache of the last 3K+2 tokens reproduces a full forward over t
 exactly (see ``DecisionTransformer.step``). Training uses segments longer than K so the model learns
 under the same pattern it is decoded with; with ``segment == K`` it is the plain windowed DT.
 
+Cost conditioning (``cost_conditioned=True``, after OSRL's Constrained DT): the return token embeds
+the pair (R̂_t, Ĉ_t), return-to-go and cost-to-go, as the sum of two linear embeddings. CDT gives Ĉ_t a
+token of its own (4 per step); one joint token keeps 3 per step, so the band, the ring buffer and the
+cached decoder's exactness are unchanged, and a model without it has the same weights as before.
+
 Action heads: Discrete actions get logits. Box actions get, by default (``action_head="bins"``), a
 distribution per action dimension over ``action_bins`` equal-width bins of [low, high], uniform
 within a bin: a piecewise-uniform density that can be noisy or multimodal, trained by
@@ -53,6 +58,8 @@ class DTConfig:
     action_high: list[float] | None = None
     action_head: str = "bins"  # continuous: "bins" (a sampled distribution) or "mse" (a deterministic mean)
     action_bins: int = 64  # continuous "bins" head: equal-width bins per action dimension
+    cost_conditioned: bool = False  # also condition on cost-to-go Ĉ_t, embedded into the return token
+    cost_scale: float = 1.0  # costs-to-go are divided by this before embedding
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
@@ -64,6 +71,8 @@ class DTConfig:
             raise DtcondError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
         if not (self.return_scale > 0 and math.isfinite(self.return_scale)):
             raise DtcondError(f"return_scale must be a positive number, got {self.return_scale}")
+        if not (self.cost_scale > 0 and math.isfinite(self.cost_scale)):
+            raise DtcondError(f"cost_scale must be a positive number, got {self.cost_scale}")
         if self.activation not in ACTIVATIONS:
             raise DtcondError(f"activation must be one of {ACTIVATIONS}, got {self.activation!r}")
         if self.action_head not in ACTION_HEADS:
@@ -190,6 +199,8 @@ class DecisionTransformer(nn.Module):
         C = cfg.n_embd
         self.embed_timestep = nn.Embedding(cfg.max_timestep, C)
         self.embed_return = nn.Linear(1, C)
+        if cfg.cost_conditioned:  # only then: models without it keep their exact state dict
+            self.embed_cost = nn.Linear(1, C)
         self.embed_state = nn.Linear(cfg.obs_dim, C)
         self.embed_action = nn.Embedding(cfg.act_dim, C) if cfg.discrete else nn.Linear(cfg.act_dim, C)
         self.embed_ln = nn.LayerNorm(C)
@@ -221,10 +232,24 @@ class DecisionTransformer(nn.Module):
 
     # ------------------------------------------------------------------ embedding and heads
 
-    def _embed(self, returns_to_go, observations, actions, timesteps):
+    def _embed_target(self, returns_to_go, costs_to_go):
+        """The conditioning token's content (..., C): R̂_t, and with ``cost_conditioned`` Ĉ_t added in.
+
+        One token for both signals (a linear embedding of the pair (R̂, Ĉ)) keeps three tokens per
+        step, so the band, the ring buffer and the exactness of cached decoding are those of the
+        return-only model.
+        """
+        r = self.embed_return(returns_to_go[..., None] / self.cfg.return_scale)
+        if not self.cfg.cost_conditioned:
+            return r
+        if costs_to_go is None:
+            raise DtcondError("this model is cost-conditioned: pass costs_to_go (the cost budget left) with the returns-to-go")
+        return r + self.embed_cost(costs_to_go[..., None] / self.cfg.cost_scale)
+
+    def _embed(self, returns_to_go, observations, actions, timesteps, costs_to_go=None):
         """Interleaved tokens (B, 3T, C) for T timesteps; ``actions`` may be one step short."""
         t_emb = self.embed_timestep(timesteps.clamp(max=self.cfg.max_timestep - 1))  # (B, T, C)
-        r = self.embed_return(returns_to_go[..., None] / self.cfg.return_scale) + t_emb  # (B, T, C)
+        r = self._embed_target(returns_to_go, costs_to_go) + t_emb  # (B, T, C)
         s = self.embed_state(observations) + t_emb  # (B, T, C)
         a = self.embed_action(actions) + t_emb[:, : actions.shape[1]]  # (B, T or T-1, C)
         if a.shape[1] < s.shape[1]:  # the last action is not known yet: pad, the caller drops its token
@@ -243,14 +268,15 @@ class DecisionTransformer(nn.Module):
 
     # ------------------------------------------------------------------ full forward (training)
 
-    def forward(self, returns_to_go, observations, actions, timesteps, mask=None):
+    def forward(self, returns_to_go, observations, actions, timesteps, mask=None, costs_to_go=None):
         """Action predictions at every timestep: logits (B, T, n), bin logits (B, T, act_dim, bins) or actions (B, T, act_dim).
 
         returns_to_go (B, T) raw, observations (B, T, obs_dim) normalized, actions (B, T) long or
-        (B, T, act_dim), timesteps (B, T) long, mask (B, T) bool with False on left padding.
+        (B, T, act_dim), timesteps (B, T) long, mask (B, T) bool with False on left padding,
+        costs_to_go (B, T) raw, for a ``cost_conditioned`` model only.
         """
         B, T = returns_to_go.shape
-        x = self._embed(returns_to_go, observations, actions, timesteps)  # (B, 3T, C)
+        x = self._embed(returns_to_go, observations, actions, timesteps, costs_to_go)  # (B, 3T, C)
         steps = torch.arange(T, device=x.device).repeat_interleave(TOKENS_PER_STEP)  # (3T,)
         order = torch.arange(3 * T, device=x.device)
         attn = band_mask(steps, steps, self.cfg.context_len) & (order[:, None] >= order[None, :])  # (3T, 3T)
@@ -282,11 +308,12 @@ class DecisionTransformer(nn.Module):
         )
 
     @torch.no_grad()
-    def step(self, state: DecodeState, returns_to_go, observations, prev_actions=None, timesteps=None):
+    def step(self, state: DecodeState, returns_to_go, observations, prev_actions=None, timesteps=None, costs_to_go=None):
         """Feed (a_{t-1}, R̂_t, s_t) and return the prediction for a_t (as ``forward``'s, one step) and the new state.
 
         returns_to_go (B,), observations (B, obs_dim), prev_actions (B,) or (B, act_dim), None at t=0;
-        timesteps (B,) long, default: the step count. Equals ``forward`` over the whole history.
+        timesteps (B,) long, default: the step count; costs_to_go (B,) for a ``cost_conditioned``
+        model. Equals ``forward`` over the whole history.
         """
         t = state.step
         B = returns_to_go.shape[0]
@@ -300,7 +327,7 @@ class DecisionTransformer(nn.Module):
             prev_t_emb = self.embed_timestep((timesteps - 1).clamp(min=0, max=self.cfg.max_timestep - 1))
             tokens.append(self.embed_action(prev_actions) + prev_t_emb)
             token_steps.append(t - 1)
-        tokens.append(self.embed_return(returns_to_go[:, None] / self.cfg.return_scale) + t_emb)
+        tokens.append(self._embed_target(returns_to_go, costs_to_go) + t_emb)
         tokens.append(self.embed_state(observations) + t_emb)
         token_steps += [t, t]
         x = self.embed_ln(torch.stack(tokens, dim=1))  # (B, n_new, C)

@@ -7,7 +7,8 @@ same small batch protocol, which ``dtcond.evaluate`` drives:
 - ``act_batch(state, obs, rtg, uniforms)`` → actions, the action distribution each was drawn from
   where the policy has one (else None), and the new state. ``obs`` are raw flat observations
   (A, obs_dim), ``rtg`` the returns-to-go (A,), ``uniforms`` (A, ``draws_per_step``) U(0,1) draws,
-  each episode's from its own stream. The distribution is probabilities (A, n) for Discrete
+  each episode's from its own stream; a cost-conditioned policy (``cost_conditioned``) also takes
+  ``ctg``, the costs-to-go (A,). The distribution is probabilities (A, n) for Discrete
   actions, or bin masses (A, act_dim, n) on equal bins of [low, high] for Box actions
   (see :mod:`dtcond.distributions`);
 - ``keep(state, rows)`` → the state with only the episodes ``rows`` still running.
@@ -95,15 +96,17 @@ class _Window:
 
     def __init__(self, model: DecisionTransformer):
         self.model, self.K = model, model.cfg.context_len
-        self.rtg = self.obs = self.act = self.ts = None
+        self.rtg = self.obs = self.act = self.ts = self.ctg = None
         self.step_count = 0
 
-    def step(self, rtg_t, obs_t):
+    def step(self, rtg_t, obs_t, ctg_t=None):
         ts_t = torch.full_like(rtg_t, self.step_count, dtype=torch.long)
         cfg = self.model.cfg
         A = rtg_t.shape[0]
         blank = torch.zeros(A, dtype=torch.long) if cfg.discrete else torch.zeros(A, cfg.act_dim)
         blank = blank.to(rtg_t.device)
+        if ctg_t is not None:
+            self.ctg = ctg_t[:, None] if self.rtg is None else torch.cat([self.ctg, ctg_t[:, None]], 1)[:, -self.K :]  # (A, <=K)
         if self.rtg is None:
             self.rtg, self.obs, self.act, self.ts = rtg_t[:, None], obs_t[:, None], blank[:, None], ts_t[:, None]
         else:
@@ -112,13 +115,16 @@ class _Window:
             self.act = torch.cat([self.act, blank[:, None]], 1)[:, -self.K :]  # (A, <=K[, act_dim])
             self.ts = torch.cat([self.ts, ts_t[:, None]], 1)[:, -self.K :]  # (A, <=K)
         self.step_count += 1
-        return self.model(self.rtg, self.obs, self.act, self.ts)[:, -1]  # (A, act_dim)
+        ctg = self.ctg if ctg_t is not None else None
+        return self.model(self.rtg, self.obs, self.act, self.ts, costs_to_go=ctg)[:, -1]  # (A, act_dim)
 
     def record(self, action) -> None:
         self.act[:, -1] = action
 
     def select(self, rows) -> None:
         self.rtg, self.obs, self.act, self.ts = self.rtg[rows], self.obs[rows], self.act[rows], self.ts[rows]
+        if self.ctg is not None:
+            self.ctg = self.ctg[rows]
 
 
 class ConditionedPolicy:
@@ -198,6 +204,11 @@ class ConditionedPolicy:
         return fp + ("-window" if self.decode == "window" else "")
 
     @property
+    def cost_conditioned(self) -> bool:
+        """Whether the policy takes a cost-to-go besides the return-to-go (joint targets, ``q0.9,cost<=2``)."""
+        return bool(self.config.cost_conditioned)
+
+    @property
     def draws_per_step(self) -> int:
         """U(0,1) draws one episode's action takes: 1 (Discrete), 2 per dimension (binned Box), else 0."""
         return 1 if self.config.discrete else (2 * self.config.act_dim if self.config.binned else 0)
@@ -231,15 +242,22 @@ class ConditionedPolicy:
         return (self.model.start(n, device=self.device), None)
 
     @torch.inference_mode()
-    def act_batch(self, state, obs: np.ndarray, rtg: np.ndarray, uniforms: np.ndarray):
+    def act_batch(self, state, obs: np.ndarray, rtg: np.ndarray, uniforms: np.ndarray, ctg: np.ndarray | None = None):
         decoder, prev = state
         obs_t = torch.as_tensor(self.stats.normalize_obs(obs), device=self.device)  # (A, obs_dim)
         cond = rtg if self.condition_on_return else np.zeros_like(rtg)
         rtg_t = torch.as_tensor(cond, dtype=torch.float32, device=self.device)  # (A,)
+        ctg_t = None
+        if self.cost_conditioned:
+            if ctg is None:
+                raise DtcondError("this policy is cost-conditioned: give it a cost target too, e.g. 'q0.9,cost<=q0.2'")
+            ctg_t = torch.as_tensor(ctg if self.condition_on_return else np.zeros_like(ctg), dtype=torch.float32, device=self.device)  # (A,)
+        elif ctg is not None:
+            raise DtcondError("this policy was not trained with cost conditioning (model.cost_conditioned=false): give it a return target only")
         if isinstance(decoder, _Window):
-            out = decoder.step(rtg_t, obs_t)
+            out = decoder.step(rtg_t, obs_t, ctg_t)
         else:
-            out, decoder = self.model.step(decoder, rtg_t, obs_t, prev)
+            out, decoder = self.model.step(decoder, rtg_t, obs_t, prev, costs_to_go=ctg_t)
         probs = None
         if self.config.binned:
             low, high = self.model.action_bounds
@@ -271,22 +289,33 @@ class ConditionedPolicy:
 
     # ------------------------------------------------------------------ one env
 
-    def reset(self, target: float, seed: int | np.random.Generator | None = None) -> None:
-        """Start an episode conditioned on the return ``target``; ``seed`` (or a Generator) drives action sampling."""
+    def reset(self, target: float, seed: int | np.random.Generator | None = None, cost: float | None = None) -> None:
+        """Start an episode conditioned on the return ``target`` (and, for a cost-conditioned policy, the
+        episode ``cost`` it may incur); ``seed`` (or a Generator) drives action sampling."""
         target = float(target)
         if not math.isfinite(target):
             raise DtcondError(f"target return must be finite, got {target}")
-        self._episode = {"rtg": target, "state": self.begin(1), "started": False}
+        if cost is not None and not self.cost_conditioned:
+            raise DtcondError("this policy was not trained with cost conditioning (model.cost_conditioned=false): reset it without cost=")
+        if cost is None and self.cost_conditioned:
+            raise DtcondError("this policy is cost-conditioned: reset(target=..., cost=...) with the episode cost it may incur")
+        if cost is not None and not math.isfinite(float(cost)):
+            raise DtcondError(f"target cost must be finite, got {cost}")
+        self._episode = {"rtg": target, "ctg": None if cost is None else float(cost), "state": self.begin(1), "started": False}
         self._rng = np.random.default_rng(seed)
 
-    def act(self, obs, reward: float | None = None):
-        """The action for ``obs``; pass the reward the previous action earned (None on the first step)."""
+    def act(self, obs, reward: float | None = None, cost: float | None = None):
+        """The action for ``obs``; pass the reward the previous action earned (None on the first step), and
+        for a cost-conditioned policy the cost it incurred (``info["cost"]``): the cost-to-go falls by it."""
         if self._episode is None:
             raise DtcondError("call policy.reset(target=...) before policy.act(obs)")
         ep = self._episode
         if reward is not None and ep["started"]:
             ep["rtg"] -= float(reward)
+        if cost is not None and ep["started"] and ep["ctg"] is not None:
+            ep["ctg"] -= float(cost)
         ep["started"] = True
+        ctg = None if ep["ctg"] is None else np.array([ep["ctg"]])
         actions, _, ep["state"] = self.act_batch(ep["state"], flatten_obs(obs)[None], np.array([ep["rtg"]]),
-                                                 self._rng.random((1, max(1, self.draws_per_step))))
+                                                 self._rng.random((1, max(1, self.draws_per_step))), ctg)
         return int(actions[0]) if self.config.discrete else actions[0]

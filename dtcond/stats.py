@@ -265,6 +265,35 @@ def ood_gain(fixed, data_max: float) -> dict:
             "ood_gain_reference_target": reference, "ood_gain_targets": int(above["target"].nunique())}
 
 
+def cost_tracking(df, requested: str = "cost_target") -> dict:
+    """How one policy's achieved episode costs follow the requested ones (``requested``: a column of
+    records, e.g. the joint target's ``cost_target``, or a PPO-Lagrangian's cost limit).
+
+    ``spearman``: Spearman ρ between requested and achieved cost over episodes; ``spearman_of_means``:
+    over the per-target mean costs; ``mae``/``bias``: achieved − requested; ``satisfied``: the share
+    of episodes whose cost is at most the requested one.
+
+    >>> import pandas as pd
+    >>> m = cost_tracking(pd.DataFrame({"cost_target": [0.0, 0.0, 4.0, 4.0, 9.0, 9.0], "cost": [0.0, 1.0, 4.0, 3.0, 9.0, 12.0]}))
+    >>> round(m["spearman"], 3), round(m["satisfied"], 3), m["targets"]
+    (0.956, 0.667, 3)
+    """
+    missing = {requested, "cost"} - set(df.columns)
+    if missing:
+        raise DtcondError(f"the records lack the columns {sorted(missing)} that cost tracking needs (a cost-reporting env?)")
+    x, y = df[requested].to_numpy(float), df["cost"].to_numpy(float)
+    means = df.groupby(requested)["cost"].mean()
+    return {
+        "targets": int(np.unique(x).size),
+        "episodes": int(len(x)),
+        "spearman": _spearman(x, y),
+        "spearman_of_means": _spearman(means.index.to_numpy(float), means.to_numpy(float)),
+        "mae": float(np.abs(y - x).mean()),
+        "bias": float((y - x).mean()),
+        "satisfied": float((y <= x + 1e-9).mean()),
+    }
+
+
 def calibration_metrics(df, data_returns) -> dict:
     """Calibration of one policy's records against the data's episode returns (see the module doc).
 

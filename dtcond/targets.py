@@ -15,6 +15,17 @@ none               ``none``   no target: for policies that take none (BC, %BC, P
 =================  =========  ===========================================================
 
 Every resolved target carries ``P_data(G >= g)`` and whether it lies outside the data's range.
+
+**Joint targets** (for a cost-conditioned DT, on data whose env reports ``info["cost"]``): a return
+spec, a comma, and a cost part ``cost<=C`` (a budget) or ``cost=C`` (a requested cost), where C is an
+absolute episode cost (``cost<=2``) or a quantile of the data's episode costs (``cost<=q0.2``), e.g.
+``q0.9,cost<=q0.2`` or ``6.5,cost=3``. The episode starts from the return-to-go g and the cost-to-go c;
+the cost-to-go falls by each step's cost, as CDT's does. For fixed return specs both operators
+condition on c. For the quantilizer they differ: ``quantilizer:q,cost<=C`` draws, per episode, one
+data episode uniformly from the top-q fraction (by return) of the episodes whose cost is <= C, and
+conditions on that episode's (return, cost) pair — Taylor's quantilizer over the feasible behaviour;
+``quantilizer:q,cost=C`` draws the return from the top-q fraction of all episodes and conditions on
+cost C. A joint target also carries ``P_data(C <= c)`` and ``P_data(G >= g, C <= c)``.
 """
 
 from __future__ import annotations
@@ -33,14 +44,51 @@ KINDS = ("absolute", "normalized", "quantile", "scale", "quantilizer", "none")
 ABSURD_RANGES = 1000.0
 
 
+COST_OPS = ("<=", "=")
+COST_KINDS = ("absolute", "quantile")
+
+
 @dataclass(frozen=True)
-class TargetSpec:
+class CostSpec:
+    """The cost part of a joint target: ``op`` "<=" (a budget) or "=", of an absolute cost or a quantile of the data's.
+
+    >>> str(CostSpec("<=", "quantile", 0.2)), str(CostSpec("=", "absolute", 3.0))
+    ('cost<=q0.2', 'cost=3')
+    """
+
+    op: str
     kind: str
     value: float
 
     def __post_init__(self):
+        if self.op not in COST_OPS or self.kind not in COST_KINDS:
+            raise DtcondError(f"cost target needs op in {COST_OPS} and kind in {COST_KINDS}, got {self.op!r}, {self.kind!r}")
+        if not math.isfinite(self.value) or self.value < 0:
+            raise DtcondError(f"cost target must be a finite number >= 0, got {self.value}")
+        if self.kind == "quantile" and self.value > 1.0:
+            raise DtcondError(f"cost quantile must be in [0, 1], got {self.value}")
+
+    def __str__(self) -> str:
+        return f"cost{self.op}{'q' if self.kind == 'quantile' else ''}{self.value:g}"
+
+    def resolve(self, stats: DatasetStats) -> float:
+        """The episode cost this names; a dataset without costs is refused."""
+        if stats.episode_costs is None:
+            raise DtcondError(f"cost target {self} needs a dataset with costs; {stats.dataset_id!r} has none (its env reports no info['cost'])")
+        return self.value if self.kind == "absolute" else stats.cost_quantile(self.value)
+
+
+@dataclass(frozen=True)
+class TargetSpec:
+    kind: str
+    value: float
+    cost: CostSpec | None = None  # a joint (return, cost) target; None: return only
+
+    def __post_init__(self):
         if self.kind not in KINDS:
             raise DtcondError(f"unknown target kind {self.kind!r}; use one of {', '.join(KINDS)}")
+        if self.cost is not None and self.kind == "none":
+            raise DtcondError(f"target 'none' takes no cost part, got {self.cost}")
         if not math.isfinite(self.value):
             raise DtcondError(f"target {self.kind} value must be finite, got {self.value}")
         if self.kind == "quantile" and not 0.0 <= self.value <= 1.0:
@@ -52,6 +100,8 @@ class TargetSpec:
         v = f"{self.value:g}"
         if self.kind == "none":
             return "none"
+        if self.cost is not None:
+            return f"{TargetSpec(self.kind, self.value)},{self.cost}"
         return {"absolute": v, "normalized": f"n{v}", "quantile": f"q{v}", "scale": f"x{v}", "quantilizer": f"quantilizer:{v}"}[self.kind]
 
     @property
@@ -65,6 +115,9 @@ class TargetSpec:
             return ResolvedTarget("none", float("nan"), float("nan"), False)
         returns = np.asarray(stats.episode_returns, dtype=np.float64)
         lo, hi = float(returns[0]), float(returns[-1])
+        c = self.cost.resolve(stats) if self.cost is not None else None
+        if self.kind == "quantilizer" and self.cost is not None and self.cost.op == "<=":
+            return self._resolve_feasible_quantilizer(stats, c, rng)
         if self.kind == "absolute":
             g = self.value
         elif self.kind == "normalized":
@@ -83,7 +136,29 @@ class TargetSpec:
             raise DtcondError(
                 f"target {self} resolves to {g:g}, over {ABSURD_RANGES:g}x the data's return range [{lo:g}, {hi:g}] away; is it a typo?"
             )
-        return ResolvedTarget(str(self), g, float((returns >= g).mean()), bool(g < lo or g > hi))
+        return self._resolved(stats, g, c)
+
+    def _resolved(self, stats: DatasetStats, g: float, c: float | None) -> ResolvedTarget:
+        returns = np.asarray(stats.episode_returns, dtype=np.float64)
+        lo, hi = float(returns[0]), float(returns[-1])
+        out = ResolvedTarget(str(self), g, float((returns >= g).mean()), bool(g < lo or g > hi))
+        if c is None:
+            return out
+        costs = np.asarray(stats.episode_costs, dtype=np.float64)
+        return ResolvedTarget(out.spec, g, out.quantile, out.ood, float(c), float((costs <= c).mean()),
+                              float(((returns >= g) & (costs <= c)).mean()))
+
+    def _resolve_feasible_quantilizer(self, stats: DatasetStats, bound: float, rng) -> ResolvedTarget:
+        """One data episode from the top-q (by return) of those with cost <= ``bound``: its (return, cost)."""
+        if rng is None:
+            raise DtcondError("a quantilizer target draws a return per episode: pass rng")
+        costs = np.asarray(stats.episode_costs, dtype=np.float64)
+        feasible = np.flatnonzero(costs <= bound)  # ascending by return, as episode_returns is
+        if not len(feasible):
+            raise DtcondError(f"target {self}: no episode in the data has cost <= {bound:g} (lowest: {costs.min():g})")
+        tail = feasible[len(feasible) - quantilizer_tail_size(len(feasible), self.value):]
+        i = int(tail[rng.integers(len(tail))])
+        return self._resolved(stats, float(stats.episode_returns[i]), float(costs[i]))
 
 
 @dataclass(frozen=True)
@@ -92,6 +167,9 @@ class ResolvedTarget:
     value: float  # the return-to-go the episode starts from
     quantile: float  # P_data(G >= value)
     ood: bool  # outside [min, max] of the dataset's episode returns
+    cost: float | None = None  # the cost-to-go the episode starts from (joint targets)
+    cost_quantile: float | None = None  # P_data(C <= cost)
+    joint_quantile: float | None = None  # P_data(G >= value and C <= cost)
 
 
 def quantilizer_tail_size(n_episodes: int, q: float) -> int:
@@ -133,17 +211,54 @@ _PATTERNS = [
 ]
 
 
-def parse(text: str | float | int | TargetSpec) -> TargetSpec:
-    """A spec from the CLI's short form.
+_COST = re.compile(r"^cost(<=|=)(q?)(.+)$")
 
-    >>> [str(parse(s)) for s in ["q0.9", "x1.5", "3000", "quantilizer:0.1", "n0.5", "-150.5"]]
-    ['q0.9', 'x1.5', '3000', 'quantilizer:0.1', 'n0.5', '-150.5']
+
+def parse_cost(text: str) -> CostSpec:
+    """The cost part of a joint target: ``cost<=q0.2``, ``cost<=2``, ``cost=q0.5``, ``cost=3``.
+
+    >>> parse_cost("cost<=q0.2")
+    CostSpec(op='<=', kind='quantile', value=0.2)
+    """
+    m = _COST.match(str(text).strip().lower().replace(" ", ""))
+    try:
+        value = float(m.group(3)) if m else None
+    except ValueError:
+        value = None
+    if value is None:
+        raise DtcondError(f"cannot parse cost target {text!r}: use cost<=C or cost=C, with C an episode cost (2) or a "
+                          "quantile of the data's episode costs (q0.2)")
+    return CostSpec(m.group(1), "quantile" if m.group(2) else "absolute", value)
+
+
+def joint(ret: str | float | TargetSpec, cost: str | CostSpec) -> TargetSpec:
+    """A joint (return, cost) target for a cost-conditioned policy.
+
+    >>> str(joint(quantile(0.9), "cost<=q0.2"))
+    'q0.9,cost<=q0.2'
+    """
+    base = parse(ret)
+    if base.cost is not None:
+        raise DtcondError(f"{base} already has a cost part")
+    return TargetSpec(base.kind, base.value, cost if isinstance(cost, CostSpec) else parse_cost(cost))
+
+
+def parse(text: str | float | int | TargetSpec) -> TargetSpec:
+    """A spec from the CLI's short form; ``<return spec>,cost<=C`` names a joint target.
+
+    >>> [str(parse(s)) for s in ["q0.9", "x1.5", "3000", "quantilizer:0.1", "n0.5", "-150.5", "q0.9,cost<=q0.2"]]
+    ['q0.9', 'x1.5', '3000', 'quantilizer:0.1', 'n0.5', '-150.5', 'q0.9,cost<=q0.2']
     """
     if isinstance(text, TargetSpec):
         return text
     if isinstance(text, (int, float)) and not isinstance(text, bool):
         return absolute(float(text))
     s = str(text).strip().lower()
+    if "," in s:
+        ret, _, cost = s.partition(",")
+        if "," in cost:
+            raise DtcondError(f"cannot parse target {text!r}: a joint target is <return spec>,cost<=C (one comma)")
+        return joint(parse(ret), cost)
     if s == "none":
         return TargetSpec("none", 0.0)
     for pattern, kind in _PATTERNS:

@@ -32,6 +32,11 @@ def model_config_for(stats: DatasetStats, **overrides) -> DTConfig:
         overrides["return_scale"] = max(abs(stats.min_return), abs(stats.max_return), 1.0)
     if overrides.get("max_timestep") is None:
         overrides["max_timestep"] = max(stats.max_episode_steps or 0, stats.max_episode_length) + 1
+    if overrides.get("cost_conditioned") and stats.episode_costs is None:
+        raise DtcondError(f"model.cost_conditioned=true needs a dataset with costs; {stats.dataset_id!r} has none "
+                          "(its env reports no info['cost'])")
+    if overrides.get("cost_scale", 1.0) is None:
+        overrides["cost_scale"] = max(max(stats.episode_costs or [0.0]), 1.0)
     cfg = DTConfig(
         obs_dim=stats.obs_dim,
         act_dim=stats.action_dim,
@@ -82,7 +87,10 @@ class DTModule(L.LightningModule):
         rtg = batch["returns_to_go"]
         if not self.hparams.condition_on_return:
             rtg = torch.zeros_like(rtg)  # plain behaviour cloning: same network, no return signal
-        pred = self.model(rtg, batch["observations"], batch["actions"], batch["timesteps"], batch["mask"])
+        ctg = batch.get("costs_to_go") if self.config.cost_conditioned else None
+        if ctg is not None and not self.hparams.condition_on_return:
+            ctg = torch.zeros_like(ctg)
+        pred = self.model(rtg, batch["observations"], batch["actions"], batch["timesteps"], batch["mask"], costs_to_go=ctg)
         if self.config.discrete:
             per_step = F.cross_entropy(pred.flatten(0, 1), batch["actions"].flatten(), reduction="none")  # (B*T,)
         elif self.config.binned:  # log-likelihood of each dimension's bin: the density up to a constant
@@ -313,6 +321,13 @@ def train(dataset_id: str, out_dir: str | Path, config: TrainConfig | None = Non
     if cfg.top_fraction is not None:
         offline = top_episodes(offline, cfg.top_fraction)
     model_cfg = model_config_for(offline.stats, **asdict(cfg.model))
+    if cfg.rollouts.every_n_steps > 0:  # a cost-conditioned model takes joint targets only, others return-only ones
+        from dtcond.targets import parse
+
+        for t in cfg.rollouts.targets:
+            if (parse(t).cost is not None) != model_cfg.cost_conditioned:
+                need = "a cost part (e.g. q0.9,cost<=q0.5)" if model_cfg.cost_conditioned else "no cost part"
+                raise DtcondError(f"rollouts.targets entry {t!r}: with model.cost_conditioned={str(model_cfg.cost_conditioned).lower()} it needs {need}")
     segment = cfg.data.segment_len or 2 * model_cfg.context_len
     if segment < model_cfg.context_len:
         raise DtcondError(f"data.segment_len ({segment}) must be >= model.context_len ({model_cfg.context_len})")

@@ -74,6 +74,7 @@ def write_buffers(dataset_id: str, episodes: list[dict], env_id: str | None = No
 
 CARTPOLE = "test/cartpole/mix-v0"
 PENDULUM = "test/pendulum/mix-v0"
+HAZARD = "test/hazard/mix-v0"
 
 
 def _collect_cartpole() -> None:
@@ -93,6 +94,16 @@ def _collect_pendulum() -> None:
     collect("Pendulum-v1", comps, episodes=6, dataset_id=PENDULUM, seed=0, progress=False, max_episode_steps=60)
 
 
+def _collect_hazard() -> None:
+    """HazardGrid with info["cost"]: every route walked without error, a noisy short-cutter, random walkers."""
+    from dtcond.behavior import Component
+    from dtcond.collection import collect
+
+    comps = [Component(f"hazard_cross{r}", 0.0, 0.1) for r in range(7)] + [Component("hazard_cross6", 0.3, 0.2),
+                                                                           Component("random", 0.0, 0.1)]
+    collect("dtcond/HazardGrid-v0", comps, episodes=200, dataset_id=HAZARD, seed=0, progress=False)
+
+
 @contextlib.contextmanager
 def minari_at(root: Path):
     """Point Minari at ``root`` for the duration (a module-scoped fixture cannot use ``monkeypatch``)."""
@@ -104,7 +115,7 @@ def minari_at(root: Path):
 class DatasetCache:
     """Each test dataset collected once, then copied into whichever Minari root asks for it."""
 
-    makers = {CARTPOLE: _collect_cartpole, PENDULUM: _collect_pendulum}
+    makers = {CARTPOLE: _collect_cartpole, PENDULUM: _collect_pendulum, HAZARD: _collect_hazard}
 
     def __init__(self, root: Path):
         self.root = root
@@ -143,6 +154,12 @@ def module_root(tmp_path_factory, dataset_cache) -> Path:
 def cartpole_dataset(dataset_cache, minari_root) -> str:
     """A small CartPole mixture (expert, noisy, random) made by dtcond's collector."""
     return dataset_cache.into(minari_root, CARTPOLE)
+
+
+@pytest.fixture
+def hazard_dataset(dataset_cache, minari_root) -> str:
+    """A small dtcond/HazardGrid-v0 mixture whose episodes report costs."""
+    return dataset_cache.into(minari_root, HAZARD)
 
 
 @pytest.fixture

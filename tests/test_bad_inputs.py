@@ -261,11 +261,13 @@ CASES = [
     ("collect-exists", ("collect", "{ds}", "dataset_id=bad/cartpole-v0", "episodes=2"), "already exists"),
     ("collect-missing-sb3", ("collect", "{ds}", "behavior=[{policy: 'sb3:/no/such.zip', weight: 1.0}]", "dataset_id=xx/yy-v0"), "does not exist"),
     ("collect-typo-key", ("collect", "{ds}", "episods=3"), "unknown config key episods; CollectConfig takes: env, dataset_id, episodes"),
-    ("collect-typo-group", ("collect", "{ds}", "env=cartpol"), "Could not find 'env/cartpol' (available: cartpole, gamble, hopper_cost, "),
+    ("collect-typo-group", ("collect", "{ds}", "env=cartpol"), "Could not find 'env/cartpol' (available: cartpole, gamble, hazard_grid, hopper_cost, "),
     # train
     ("train-unknown-dataset", ("train", "{ds}", "dataset.id=nope/none-v0"), "unknown dataset id 'nope/none-v0'"),
     ("train-context-too-long", ("train", "{ds}", "dataset.id=bad/cartpole-v0", "model=tiny", "model.context_len=100000"), "exceeds the dataset's longest episode"),
     ("train-context-zero", ("train", "{ds}", "dataset.id=bad/cartpole-v0", "model=tiny", "model.context_len=0"), "context_len must be >= 1"),
+    ("train-cost-no-costs", ("train", "{ds}", "dataset.id=bad/cartpole-v0", "model=tiny", "model.cost_conditioned=true"),
+     "model.cost_conditioned=true needs a dataset with costs; 'bad/cartpole-v0' has none"),
     ("train-unknown-activation", ("train", "{ds}", "dataset.id=bad/cartpole-v0", "model=tiny", "model.activation=swish"), "activation must be one of"),
     ("train-zero-steps", ("train", "{ds}", "dataset.id=bad/cartpole-v0", "trainer.max_steps=0"), "max_steps must be a positive integer"),
     ("train-unknown-model-key", ("train", "{ds}", "dataset.id=bad/cartpole-v0", "+model.widht=3"), "widht"),
@@ -301,6 +303,10 @@ CASES = [
     ("eval-temperature", ("eval", "{ds}", "policy={policy}", "results={results}", "temperature=0"), "temperature must be a positive number"),
     ("eval-greedy-type", ("eval", "{ds}", "policy={policy}", "results={results}", "greedy=sometimes"), "config key greedy"),
     ("eval-no-policy", ("eval", "{ds}", "results={results}"), "config key policy: Structured config of type `EvalConfig` has missing mandatory value"),
+    ("eval-cost-malformed", ("eval", "{ds}", "policy={policy}", "results={results}", "sampler.target='q0.9,cost<q0.2'"), "cannot parse cost target 'cost<q0.2'"),
+    ("eval-cost-two-parts", ("eval", "{ds}", "policy={policy}", "results={results}", "sampler.target='q0.9,cost<=1,cost<=2'"), "(one comma)"),
+    ("eval-cost-on-return-policy", ("eval", "{ds}", "policy={policy}", "results={results}", "sampler.target='q0.9,cost<=1'"),
+     "has a cost part, but this policy was not trained with cost conditioning"),
     # demo: a wrong type deep in the config fails before the first stage runs
     ("demo-bc-steps-type", ("demo", "{ds}", "bc.steps=many", "out_dir={root}/demo"), "config key bc.steps"),
     # baseline, report
@@ -309,6 +315,10 @@ CASES = [
     ("baseline-unknown-algo", ("baseline", "{ds}", "dataset.id=bad/cartpole-v0", "algo=dqn", "hydra.run.dir={root}/b3"), "unknown algo 'dqn'"),
     ("baseline-negative-kl", ("baseline", "{ds}", "dataset.id=bad/cartpole-v0", "kl_coef=-1", "hydra.run.dir={root}/b4"), "kl_coef must be finite and >= 0"),
     ("baseline-kl-with-sac", ("baseline", "{ds}", "dataset.id=bad/cartpole-v0", "algo=sac", "kl_coef=1", "hydra.run.dir={root}/b5"), "needs algo=ppo"),
+    ("baseline-cost-no-costs", ("baseline", "{ds}", "dataset.id=bad/cartpole-v0", "cost_limit=1", "hydra.run.dir={root}/b6"),
+     "cost_limit needs an env that reports info['cost']; dataset 'bad/cartpole-v0' has no costs"),
+    ("baseline-negative-cost-limit", ("baseline", "{ds}", "dataset.id=bad/cartpole-v0", "cost_limit=-1", "hydra.run.dir={root}/b7"),
+     "cost_limit must be a finite number >= 0, got -1"),
     ("demo-zero-kl", ("demo", "{ds}", "baseline.kl_coefs=[0]", "out_dir={root}/demo"), "baseline.kl_coefs must be finite and > 0"),
     ("report-missing", ("report", "results={root}/none.jsonl"), "no results table at"),
     # datasets a user brings, damaged (see DAMAGED), and a policy whose dataset's env id cannot be made

@@ -295,3 +295,83 @@ def test_a_kl_regularized_run_is_its_own_family_in_bundles_and_records(cartpole_
     policy.deterministic = False
     recs = evaluate(policy, episodes=2, seed=0, progress=False)
     assert {r["algo"] for r in recs} == {"ppo_kl"} and {r["label"] for r in recs} == {"ppo_kl:3@128"}
+
+
+def test_the_lagrangian_penalty_is_lambda_times_cost_with_lambda_from_dual_ascent(hazard_dataset):
+    """Per rollout, λ ← max(0, λ + lr·(mean cost of the episodes that ended in it − d)), recomputed here by
+    hand from the env's own info["cost"] (an episode's cost carried across rollouts), and each reward of
+    the rollout becomes r − λ·c, its returns (γ = λ_GAE = 1) carrying the penalties still to come."""
+    from stable_baselines3 import PPO
+    from stable_baselines3.common.callbacks import BaseCallback, CallbackList
+    from stable_baselines3.common.env_util import make_vec_env
+
+    from dtcond.baselines import CostLagrangian, lagrange_update
+
+    assert lagrange_update(0.5, [3.0, 5.0], cost_limit=2.0, lr=0.1) == pytest.approx(0.7)
+    assert lagrange_update(0.1, [0.0, 1.0], cost_limit=2.0, lr=0.1) == 0.0  # λ stays >= 0
+    assert lagrange_update(0.3, [], cost_limit=2.0, lr=0.1) == 0.3  # no episode ended: λ unchanged
+
+    class Record(BaseCallback):  # every step's cost and done flags as the env reported them, over both rollouts
+        def __init__(self):
+            super().__init__()
+            self.costs, self.dones = [], []
+
+        def _on_step(self):
+            self.costs.append([info["cost"] for info in self.locals["infos"]])
+            self.dones.append(self.locals["dones"].copy())
+            return True
+
+    class Snapshot(BaseCallback):
+        def _on_step(self):
+            return True
+
+        def _on_rollout_end(self):
+            buf = self.model.rollout_buffer
+            self.rewards, self.returns, self.starts = buf.rewards.copy(), buf.returns.copy(), buf.episode_starts.copy()
+
+    record, before, after = Record(), Snapshot(), Snapshot()
+    lam0, lr, limit, n = 0.05, 0.01, 3.0, 100
+    lagrangian = CostLagrangian(cost_limit=limit, lambda_lr=lr, lambda_init=lam0)
+    # A near-random policy, 2 rollouts of 100 steps in 2 envs: episodes end (goal or the 40-step limit) on hazards.
+    model = PPO("MlpPolicy", make_vec_env("dtcond/HazardGrid-v0", n_envs=2, seed=0), n_steps=n, batch_size=n,
+                n_epochs=1, gamma=1.0, gae_lambda=1.0, seed=0, device="cpu")
+    model.learn(2 * n * 2, callback=CallbackList([record, before, lagrangian, after]))
+    costs, dones = np.array(record.costs), np.array(record.dones)  # (200, 2)
+    running, ended = np.zeros(2), [[], []]
+    for t in range(2 * n):
+        running += costs[t]
+        for i in np.flatnonzero(dones[t]):
+            ended[t // n].append(running[i])
+            running[i] = 0.0
+    assert costs.sum() > 0 and all(ended)  # hazards were met and episodes ended in both rollouts
+    lam1 = max(0.0, lam0 + lr * (np.mean(ended[0]) - limit))
+    lam2 = max(0.0, lam1 + lr * (np.mean(ended[1]) - limit))
+    assert [h["lambda"] for h in lagrangian.history] == pytest.approx([lam1, lam2])
+    assert lam2 > 0
+    # The second rollout, as the snapshots around the callback saw it.
+    penalty = lam2 * costs[n:]
+    np.testing.assert_allclose(after.rewards, before.rewards - penalty, rtol=1e-5, atol=1e-5)
+    to_come, acc = np.zeros_like(penalty), np.zeros(2)
+    for t in reversed(range(n)):
+        acc = penalty[t] + acc
+        to_come[t] = acc
+        acc = acc * (1 - after.starts[t])
+    np.testing.assert_allclose(after.returns, before.returns - to_come, rtol=1e-4, atol=1e-4)
+
+
+def test_a_ppo_lagrangian_run_is_its_own_family_and_refuses_bad_limits(hazard_dataset, cartpole_dataset, tmp_path):
+    data = load(hazard_dataset)
+    r = train_baseline(data.stats, "ppo", tmp_path / "lag", budget=256, checkpoints=1, hyperparams=SMALL_PPO, progress=False,
+                       cost_limit=4.0, bc_init_steps=20)
+    policy = load_policy(r.bundles[-1])
+    assert (policy.kind, policy.label) == ("ppo_lag", f"ppo_lag:4@{r.timesteps}")
+    history = json.loads((tmp_path / "lag" / "lagrange.json").read_text())
+    assert history and all(h["lambda"] >= 0 for h in history)
+    rec = evaluate(policy, None, episodes=2, seed=0)
+    assert rec[0]["algo"] == "ppo_lag" and rec[0]["cost"] is not None and rec[0]["cost_target"] is None
+    with pytest.raises(DtcondError, match="cost_limit must be a finite number >= 0"):
+        train_baseline(data.stats, "ppo", tmp_path / "bad", budget=64, cost_limit=-1.0, progress=False)
+    with pytest.raises(DtcondError, match="needs algo=ppo"):
+        train_baseline(data.stats, "ppo", tmp_path / "bad", budget=64, cost_limit=1.0, kl_coef=0.1, progress=False)
+    with pytest.raises(DtcondError, match="has no costs"):
+        train_baseline(load(cartpole_dataset).stats, "ppo", tmp_path / "bad2", budget=64, cost_limit=1.0, progress=False)

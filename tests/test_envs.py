@@ -16,7 +16,7 @@ from dtcond.data import load
 from dtcond.envs.tomato import BUCKET, START
 from dtcond.errors import DtcondError
 
-ENV_IDS = ["dtcond/TomatoGarden-v0", "dtcond/Gamble-v0", "dtcond/HopperCost-v0"]
+ENV_IDS = ["dtcond/TomatoGarden-v0", "dtcond/Gamble-v0", "dtcond/HazardGrid-v0", "dtcond/HopperCost-v0"]
 
 
 @pytest.mark.parametrize("env_id", ENV_IDS)
@@ -133,3 +133,36 @@ def test_cli_collects_the_testbed_mixtures(tmp_path):
 
     env = minari.load_dataset("dtcond/gamble/mixture-v0").recover_environment()
     assert env.spec.id == "dtcond/Gamble-v0" and env.action_space == gym.spaces.Discrete(3)
+
+
+def run_episode(env, policy, seed=0):
+    obs, info = env.reset(seed=seed)
+    total = cost = 0.0
+    assert info["cost"] == 0.0
+    while True:
+        obs, reward, terminated, truncated, info = env.step(policy(obs))
+        total, cost = total + reward, cost + info["cost"]
+        if terminated or truncated:
+            return total, cost, terminated, truncated
+
+
+def test_hazard_routes_trade_return_for_cost():
+    env = gym.make("dtcond/HazardGrid-v0")
+    grid = env.unwrapped
+    outcomes = []
+    for row in range(grid.height):
+        policy = make_policy(Component(f"hazard_cross{row}"), env, np.random.default_rng(0))
+        total, cost, terminated, truncated = run_episode(env, policy)
+        assert (cost, total) == pytest.approx(grid.route(row)[::2]) and terminated and not truncated
+        outcomes.append((cost, total))
+    assert outcomes[0] == (0.0, 5.0) and outcomes[-1] == (36.0, 8.0)
+    costs, returns = zip(*outcomes)
+    assert list(costs) == sorted(costs) and list(returns) == sorted(returns)  # each unit of return costs more
+    # Noise spreads cost at similar return: a noisy short-cutter and a careful detour land near the same return.
+    noisy = [run_episode(env, make_policy(Component("hazard_cross5", 0.3), env, np.random.default_rng(s)), seed=s) for s in range(60)]
+    assert abs(np.mean([n[0] for n in noisy]) - 5.0) < 2.0 and np.mean([n[1] for n in noisy]) > 25
+    # The registered time limit truncates a walker that never arrives.
+    total, cost, terminated, truncated = run_episode(env, lambda obs: 2)  # always left: stays at the start
+    assert truncated and not terminated and total == pytest.approx(-0.25 * 40) and cost == 0.0
+    with pytest.raises(DtcondError, match="invalid action"):
+        env.unwrapped.step(7)

@@ -180,3 +180,43 @@ def test_cache_rows_can_be_dropped_when_episodes_end():
             state = state.select(rows)
         pred, state = model.step(state, rtg[rows, t], obs[rows, t], act[rows, t - 1] if t else None)
     assert relative_error(pred, full[rows, -1]) <= 1e-4
+
+
+def make_cost(K: int = 4, n_layer: int = 3, scale: float = 8.0, seed: int = 0):
+    """A cost-conditioned model (Ĉ_t embedded into the return token), weights at trained scale."""
+    torch.manual_seed(seed)
+    cfg = DTConfig(obs_dim=3, act_dim=4, discrete=True, context_len=K, n_layer=n_layer, n_head=2, n_embd=32,
+                   max_timestep=200, return_scale=50.0, cost_conditioned=True, cost_scale=20.0)
+    model = DecisionTransformer(cfg).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() >= 2:
+                p.mul_(scale)
+    return model
+
+
+@pytest.mark.parametrize("n_layer, K", [(1, 1), (3, 3), (4, 5)])
+def test_cost_conditioned_cached_decoding_equals_the_full_forward(n_layer, K):
+    model = make_cost(K=K, n_layer=n_layer)
+    rtg, obs, act, ts = episode(model, T=4 * K + 3)
+    ctg = torch.rand(rtg.shape, generator=torch.Generator().manual_seed(7)) * 40  # (B, T)
+    full = model(rtg, obs, act, ts, costs_to_go=ctg)
+    state, steps = model.start(rtg.shape[0]), []
+    for t in range(rtg.shape[1]):
+        pred, state = model.step(state, rtg[:, t], obs[:, t], act[:, t - 1] if t else None, costs_to_go=ctg[:, t])
+        steps.append(pred)
+    assert relative_error(torch.stack(steps, 1), full) <= 1e-4
+    # The cost-to-go reaches the prediction: another budget, other actions.
+    assert relative_error(model(rtg, obs, act, ts, costs_to_go=ctg + 20), full) > 1e-2
+
+
+def test_a_cost_conditioned_model_needs_costs_and_a_plain_one_has_no_cost_weights():
+    model = make_cost()
+    rtg, obs, act, ts = episode(model, T=6)
+    with pytest.raises(Exception, match="pass costs_to_go"):
+        model(rtg, obs, act, ts)
+    plain = make("discrete")
+    assert "embed_cost.weight" in model.state_dict() and not any("cost" in k for k in plain.state_dict())
+    # A config written before cost conditioning existed (no such keys) builds the return-only model.
+    old = {k: v for k, v in plain.cfg.to_dict().items() if k not in ("cost_conditioned", "cost_scale")}
+    assert DTConfig.from_dict(old).cost_conditioned is False

@@ -108,3 +108,60 @@ def test_ood_iff_outside_the_data_range(returns, g):
         return
     r = T.absolute(g).resolve(stats_with(returns))
     assert r.ood == (g < lo or g > hi)
+
+
+# Joint (return, cost) targets. Episodes as (return, cost) pairs: costs not a function of returns.
+PAIRS = [(1.0, 0.0), (2.0, 5.0), (3.0, 0.0), (4.0, 9.0), (5.0, 1.0), (6.0, 16.0), (7.0, 4.0), (8.0, 36.0)]
+
+
+def stats_with_costs(pairs=PAIRS) -> DatasetStats:
+    ordered = sorted(pairs)
+    stats = stats_with([g for g, _ in ordered])
+    stats.episode_costs = [c for _, c in ordered]
+    return stats
+
+
+@pytest.mark.parametrize("text", ["q0.9,cost<=q0.2", "5,cost=3", "quantilizer:0.25,cost<=4", "n0.5,cost=q0.5", "x1.5,cost<=0"])
+def test_joint_specs_parse_and_print_back(text):
+    spec = T.parse(text)
+    assert spec.cost is not None and str(spec) == text and T.parse(str(spec)) == spec
+    assert T.parse(text.replace(",", " , ").upper()) == spec  # spaces and case do not matter
+
+
+def test_joint_targets_resolve_both_signals_against_the_data():
+    stats = stats_with_costs()
+    r = T.parse("5,cost=q0.5").resolve(stats)
+    costs = np.array([c for _, c in sorted(PAIRS)])
+    assert r.value == 5.0 and r.cost == pytest.approx(np.quantile(costs, 0.5))
+    assert r.cost_quantile == pytest.approx(np.mean(costs <= r.cost))
+    # P(G >= 5 and C <= c): of the episodes returning 5, 6, 7, 8 (costs 1, 16, 4, 36), those within c = 4.5
+    assert r.joint_quantile == pytest.approx(2 / 8)
+    assert T.parse("5,cost<=2").resolve(stats).cost == 2.0  # a fixed return: both operators condition on C
+    assert T.parse("5").resolve(stats).cost is None
+
+
+def test_the_feasible_quantilizer_draws_pairs_from_the_top_of_the_episodes_within_budget():
+    stats, rng = stats_with_costs(), np.random.default_rng(0)
+    # cost <= 4: episodes (1,0), (3,0), (5,1), (7,4); the top half by return is (5,1) and (7,4)
+    draws = {(r.value, r.cost) for r in (T.parse("quantilizer:0.5,cost<=4").resolve(stats, rng) for _ in range(200))}
+    assert draws == {(5.0, 1.0), (7.0, 4.0)}
+    # "=" instead: the return from the top half of all episodes (5..8), the cost as requested
+    draws = {(r.value, r.cost) for r in (T.parse("quantilizer:0.5,cost=4").resolve(stats, rng) for _ in range(200))}
+    assert draws == {(g, 4.0) for g in (5.0, 6.0, 7.0, 8.0)}
+    with pytest.raises(DtcondError, match="no episode in the data has cost <= 0.5"):
+        T.parse("quantilizer:0.5,cost<=0.5").resolve(stats_with_costs([(1.0, 2.0), (2.0, 3.0)]), rng)
+
+
+@pytest.mark.parametrize("text, message", [
+    ("q0.9,cost<q0.2", "cannot parse cost target"), ("q0.9,budget<=1", "cannot parse cost target"),
+    ("q0.9,cost<=-1", "finite number >= 0"), ("q0.9,cost<=q1.5", "cost quantile must be in"),
+    ("none,cost<=1", "takes no cost part"), ("q0.9,cost<=1,cost<=2", "one comma"), ("q0.9,cost<=nan", "finite number"),
+])
+def test_bad_joint_specs_are_one_line_errors(text, message):
+    with pytest.raises(DtcondError, match=message):
+        T.parse(text)
+
+
+def test_a_cost_target_on_data_without_costs_is_refused():
+    with pytest.raises(DtcondError, match="needs a dataset with costs"):
+        T.parse("q0.5,cost<=1").resolve(STATS)

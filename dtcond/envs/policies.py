@@ -10,6 +10,8 @@ import numpy as np
 
 from dtcond.scripted import register_scripted
 from dtcond.envs.gamble import GAMBLE, SAFE
+from dtcond.envs.hazard import DOWN, RIGHT, UP
+from dtcond.errors import DtcondError
 from dtcond.envs.tomato import BUCKET, SIZE, TOMATOES
 
 STAY = 4
@@ -74,3 +76,31 @@ def _gamble_safe(env, rng):
 def _gamble_gambler(env, rng):
     """Always gamble: the best returns in the data, and the worst expected return of the three policies."""
     return lambda obs: GAMBLE
+
+
+def _hazard_router(crossing: int):
+    """A factory for the HazardGrid walker that crosses at row ``crossing`` (and so pays ``crossing`` cost)."""
+
+    def factory(env, rng):
+        grid = env.unwrapped
+        if not 0 <= crossing < grid.height:
+            raise DtcondError(f"hazard_cross{crossing}: this HazardGrid has rows 0..{grid.height - 1}")
+
+        def act(obs):
+            row = int(round(float(obs[0]) * (grid.height - 1)))
+            col = int(round(float(obs[1]) * (grid.width - 1)))
+            # Closed loop, so a noisy walker knocked off its route walks back to it.
+            if col == grid.width - 1:
+                return DOWN
+            if row != crossing:
+                return UP if row > crossing else DOWN
+            return RIGHT
+
+        return act
+
+    factory.__doc__ = f"Cross the HazardGrid at row {crossing}: cost {crossing}², {2 * crossing} steps fewer than the safe route."
+    return factory
+
+
+for _row in range(7):  # the default grid's rows; the route's cost is its row
+    register_scripted(f"hazard_cross{_row}", _hazard_router(_row))
