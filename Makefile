@@ -52,6 +52,7 @@ experiments: setup
 	$(BIN)/python experiments/goodhart/run.py
 	$(BIN)/python experiments/calibration/run.py
 	$(BIN)/python experiments/cost/run.py
+	$(BIN)/python experiments/cost_tradeoff/run.py
 
 clean:
 	rm -rf outputs multirun lightning_logs .pytest_cache

@@ -51,3 +51,24 @@ def test_experiment_typo_is_one_line_and_exit_2(tmp_path):
     assert out.returncode == 2
     assert out.stderr.strip().splitlines() == ["goodhart: error: Could not override 'seedz'; see goodhart/config.yaml for the keys"]
     assert not (tmp_path / "work").exists()  # refused before any work
+
+
+@pytest.mark.slow
+def test_cost_tradeoff_experiment_runs_end_to_end(tmp_path, minari_root):
+    committed = REPO / "experiments" / "cost_tradeoff" / "results" / "summary.json"
+    before = committed.read_bytes() if committed.exists() else None
+    out = subprocess.run(
+        [sys.executable, str(REPO / "experiments" / "cost_tradeoff" / "run.py"), "seeds=[0,1]", "episodes=300", "train.steps=30",
+         "baseline.budget=1024", "baseline.bc_init_steps=50", "eval_episodes=4", "cost_targets=[0,4,16,36]",
+         "return_only_targets=[5,8]", f"work_dir={tmp_path / 'work'}", f"results_dir={tmp_path / 'results'}"],
+        cwd=tmp_path, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=600,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    summary = json.loads((tmp_path / "results" / "summary.json").read_text())
+    assert set(summary["tracking"]) == {"dt_cost", "dt_cost_high", "dt_cost_quantilizer", "ppo_lag"}
+    assert all(t["seeds"] == 2 and t["targets"] == 4 for t in summary["tracking"].values())
+    assert [r["cost_target"] for r in summary["dt_cost"]] == [0, 4, 16, 36] and [r["cost_limit"] for r in summary["ppo_lag"]] == [0, 4, 16, 36]
+    assert all(-1 <= t["spearman"] <= 1 for t in summary["tracking"].values())
+    text = (tmp_path / "results" / "summary.md").read_text()
+    assert "Spearman ρ(requested, achieved cost)" in text and (tmp_path / "results" / "cost_tracking.png").stat().st_size > 10_000
+    assert committed.read_bytes() == before if committed.exists() else before is None  # the committed results untouched
