@@ -136,7 +136,8 @@ def check_cost_targets(policy, specs) -> None:
             raise DtcondError(f"target {spec} has a cost part, but this policy was not trained with cost conditioning "
                               "(model.cost_conditioned=false); give it a return target only")
         if spec.cost is None and wants_cost:
-            raise DtcondError(f"this policy is cost-conditioned: target {spec} needs a cost part too, e.g. '{spec},cost<=q0.5'")
+            raise DtcondError(f"this policy is cost-conditioned: target {spec} needs a cost part too, e.g. '{spec},cost<=q0.5' "
+                              "(dtcond eval: sampler.cost='cost<=q0.5' adds one to every target)")
 
 
 def make_vector_env(policy, n: int, env_kwargs: dict | None = None, env_id: str | None = None) -> gym.vector.VectorEnv:

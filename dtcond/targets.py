@@ -292,7 +292,16 @@ def grid(stats: DatasetStats, n: int = 7, low: float = 0.05, high: float = 0.95,
 
 
 def from_sampler(sampler: dict, stats: DatasetStats) -> list[TargetSpec]:
-    """The target specs a sampler config names: ``target`` (one), ``targets`` (a list), or its ``name``'s set."""
+    """The target specs a sampler config names: ``target`` (one), ``targets`` (a list), or its ``name``'s set;
+    with ``cost`` (e.g. ``cost<=4``), that cost part joins every spec that has none (for cost-conditioned policies).
+    """
+    specs = _sampler_specs(sampler, stats)
+    if sampler.get("cost"):
+        specs = [s if s.cost is not None else joint(s, str(sampler["cost"])) for s in specs]
+    return specs
+
+
+def _sampler_specs(sampler: dict, stats: DatasetStats) -> list[TargetSpec]:
     if sampler.get("target") is not None:
         return [parse(sampler["target"])]
     if sampler.get("targets"):

@@ -150,3 +150,10 @@ def test_cli_eval_takes_joint_targets(cost_policy, tmp_path):
     rows = [r for r in ResultsStore(results).read() if r["policy_kind"] == "dt"]
     assert sorted({r["target_spec"] for r in rows}) == ["6,cost=4", "quantilizer:0.5,cost<=9"] and len(rows) == 4
     assert all(r["cost_target"] is not None and r["cost"] is not None for r in rows)
+    results = tmp_path / "quantilizer.jsonl"
+    out = run_cli("eval", f"policy={cost_policy.source}", f"results={results}", "episodes=1", "progress=false", "roaming=false",
+                  "sampler=quantilizer", "sampler.cost='cost<=9'", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    rows = [r for r in ResultsStore(results).read() if r["policy_kind"] == "dt"]
+    assert sorted(r["target_spec"] for r in rows) == sorted(f"quantilizer:{q},cost<=9" for q in ("0.5", "0.25", "0.1", "0.05"))
+    assert all(r["cost_target"] <= 9 for r in rows)  # qs 0.5, 0.25, 0.1, 0.05, each within the budget

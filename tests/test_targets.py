@@ -165,3 +165,14 @@ def test_bad_joint_specs_are_one_line_errors(text, message):
 def test_a_cost_target_on_data_without_costs_is_refused():
     with pytest.raises(DtcondError, match="needs a dataset with costs"):
         T.parse("q0.5,cost<=1").resolve(STATS)
+
+
+def test_a_sampler_cost_joins_every_target_without_one():
+    stats = stats_with_costs()
+    specs = T.from_sampler({"name": "quantilizer", "qs": [0.5, 0.25], "cost": "cost<=4"}, stats)
+    assert [str(s) for s in specs] == ["quantilizer:0.5,cost<=4", "quantilizer:0.25,cost<=4"]
+    specs = T.from_sampler({"targets": ["q0.5", "q0.9,cost=1"], "cost": "cost<=q0.5"}, stats)
+    assert [str(s) for s in specs] == ["q0.5,cost<=q0.5", "q0.9,cost=1"]  # a spec's own cost part stays
+    assert all(s.cost is None for s in T.from_sampler({"name": "grid", "n": 3, "cost": None}, stats))
+    with pytest.raises(DtcondError, match="cannot parse cost target"):
+        T.from_sampler({"targets": ["q0.5"], "cost": "<=4"}, stats)
