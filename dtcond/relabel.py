@@ -17,9 +17,10 @@ information about the env's randomness. Three learned parts, as in the reference
 
 Differences from the reference, for a CPU and for determinism (each is a choice, not a necessity):
 
-- small networks (``hidden`` units, default 32, no batch norm) trained for a few thousand steps on
-  batches of 16 whole episodes, instead of 512-unit batch-normed MLPs for 5 + 1 epochs of 100k
-  segments (batches of 100);
+- small networks (``hidden`` units, default 32) trained for a few thousand steps on batches of 16
+  whole episodes, instead of 512-unit MLPs for 5 + 1 epochs of 100k segments (batches of 100); batch
+  norm only in the cluster logits' head, where it matters: without it, on 200-500-step episodes
+  (CartPole, Pendulum) every step of every episode fell into one cluster, even with no adversary;
 - the action loss weighs 1, not 0.01: at 0.01 the adversary won outright here and every episode fell
   into one cluster (on Gamble: every label the same);
 - the return-to-go the return model regresses is standardized, and its learning rate decays to 0;
@@ -29,12 +30,14 @@ Differences from the reference, for a CPU and for determinism (each is a choice,
   argmax of the logits), not a fresh Gumbel sample, so a label does not depend on a draw; and the
   labels are not rounded to 0.1 (the reference rounds them).
 
-Known limitation (measured, experiments/calibration/results/relabel_check.md): on CartPole and
-Pendulum mixtures (episodes of 200-500 steps) the clustering collapses, every step of every episode
-in one cluster, also with ``adv_weight=0``; the labels are then the mixture's expected return-to-go
-given (s_t, a_t), the skill levels are gone, and the DT's calibration collapses with them. On Gamble
-(3 steps) the clusters separate the behaviours. ``info["clusters_used"]`` / ``["step_clusters_used"]``
-say which happened.
+Measured (experiments/luck, experiments/calibration/results/relabel_check.md): on Gamble the labels
+remove the luck and the DT plays safe at every top target; on deterministic data they help CartPole's
+calibration and harm Pendulum's (Spearman ρ −0.17 vs 0.81): averaging over a cluster also averages
+away differences within a skill level that conditioning could have used.
+
+``info["clusters_used"]`` / ``["step_clusters_used"]`` count the clusters the episodes' first steps
+and all their steps fell into: one means every label is the data's expected return-to-go given
+(s_t, a_t), with nothing left of the behaviours.
 
 >>> labels, info = esper_labels(data.trajectories, data.stats, EsperConfig(), seed=0)   # doctest: +SKIP
 >>> relabelled, labels = relabel(data, "esper", EsperConfig(), seed=0)                 # doctest: +SKIP
@@ -72,12 +75,13 @@ class ClusterModel(nn.Module):
         super().__init__()
         self.encode = mlp(obs_dim + act_dim, hidden, hidden)
         self.lstm = nn.LSTM(hidden, hidden, batch_first=True)
-        self.logit_head = mlp(hidden, clusters, hidden, layers=1)
+        # Batch norm (the reference's) keeps the steps' features spread out, so the clusters cannot all merge into one.
+        self.logit_head = nn.Sequential(nn.Linear(hidden, hidden), nn.BatchNorm1d(hidden), nn.ReLU(), nn.Linear(hidden, clusters))
         self.action_head = mlp(obs_dim + clusters, act_dim, hidden)
         self.return_encode = mlp(obs_dim + act_dim, hidden, hidden)
         self.return_head = mlp(clusters + hidden, 1, hidden)
 
-    def logits(self, obs: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
+    def logits(self, obs: torch.Tensor, act: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """(B, T, clusters) from front-padded (B, T, obs_dim) and (B, T, act_dim).
 
         Flipped in time, the padding comes last, so the LSTM reads each episode's real steps first
@@ -85,7 +89,10 @@ class ClusterModel(nn.Module):
         """
         x = self.encode(torch.cat([obs, act], -1).flip(1))  # (B, T, hidden), last step first
         h, _ = self.lstm(x)  # (B, T, hidden)
-        return self.logit_head(h.flip(1))  # (B, T, clusters)
+        h = h.flip(1)
+        out = h.new_zeros(*h.shape[:2], self.logit_head[-1].out_features)  # (B, T, clusters); padding stays 0
+        out[mask] = self.logit_head(h[mask])  # the batch norm sees real steps only
+        return out
 
     def predict_return(self, clusters: torch.Tensor, obs: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
         h = self.return_encode(torch.cat([obs, act], -1))  # (B, T, hidden)
@@ -189,7 +196,7 @@ def esper_labels(trajectories: list[Trajectory], stats: DatasetStats, config: Es
     for step in range(cfg.cluster_steps):
         rows = torch.randint(n, (batch,), generator=gen)
         obs, act, mask, nmask, lengths = d["obs"][rows], d["act"][rows], d["mask"][rows], next_mask[rows], d["lengths"][rows]
-        logits = model.logits(obs, act)  # (B, T, C)
+        logits = model.logits(obs, act, mask)  # (B, T, C)
         earlier = _earlier(_gumbel_softmax(logits, gen), lengths, gen)  # (B, T, C)
         pred = model.action_head(torch.cat([obs, earlier], -1))  # (B, T, act_dim)
         if stats.is_discrete:
@@ -212,9 +219,10 @@ def esper_labels(trajectories: list[Trajectory], stats: DatasetStats, config: Es
             log(f"esper clusters {step + 1}/{cfg.cluster_steps}: action loss {info['action_loss']:.3f}, dynamics "
                 f"{info.get('dynamics_loss', 0):.4f} vs baseline {info.get('baseline_dynamics_loss', 0):.4f}")
 
+    model.eval()  # batch norm from its running statistics
     with torch.no_grad():  # every step's most likely cluster, fixed from here on
-        hard = torch.cat([F.one_hot(model.logits(d["obs"][i:i + 256], d["act"][i:i + 256]).argmax(-1), cfg.clusters).float()
-                          for i in range(0, n, 256)])  # (N, T, C)
+        hard = torch.cat([F.one_hot(model.logits(d["obs"][i:i + 256], d["act"][i:i + 256], d["mask"][i:i + 256]).argmax(-1),
+                                    cfg.clusters).float() for i in range(0, n, 256)])  # (N, T, C)
     for step in range(cfg.return_steps):
         rows = torch.randint(n, (batch,), generator=gen)
         pred = model.predict_return(hard[rows], d["obs"][rows], d["act"][rows])  # (B, T)

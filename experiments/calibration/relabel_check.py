@@ -74,7 +74,9 @@ def main(cfg) -> None:
           f"then OOD), {cfg.eval_episodes} episodes per target on env seeds from {cfg.eval_seed}. Box actions: the {check.head} head. "
           f"Means ± 95% CI over seeds; in-distribution metrics as in summary.md. Machine: {machine()}; this invocation took "
           f"{time.perf_counter() - start:.0f}s (a rerun reuses finished training and episodes; the first run took about 20 min).", "", f"![calibration, plain vs relabelled]({png.name})", "", summary_markdown(summary), "",
-          "Within the plain CI: the relabelled DT's mean lies inside the plain DT's 95% interval. The difference is relabelled − plain "
+          "Within the plain CI: the relabelled DT's mean lies inside the plain DT's 95% interval; worse by more than the plain CI: it "
+          "lies outside that interval on the harmful side (a higher MAE, a bias or slope further from 0 or 1, a lower Spearman ρ "
+          "or best return). The difference is relabelled − plain "
           "with a Welch 95% t-interval over seeds. In-distribution targets are those inside the range of what each DT was "
           "trained on: the raw returns for the plain DT, the labels for dt:esper, so where the labels span less than the "
           "returns the two are scored on different subsets of the same grid (the plot shows every target).", "",
@@ -95,7 +97,8 @@ def summarize(per_seed: pd.DataFrame) -> list[dict]:
                 diff, dci = difference_ci(rel[key].astype(float), base[key].astype(float))
                 out.append({"dataset": name, "label": label, "metric": key, "plain": pm, "plain_ci95": pc, "relabelled": rm,
                             "relabelled_ci95": rc, "difference": diff, "difference_ci95": dci, "seeds": len(rel),
-                            "within_plain_ci": bool(math.isfinite(pc) and abs(rm - pm) <= pc)})
+                            "within_plain_ci": bool(math.isfinite(pc) and abs(rm - pm) <= pc),
+                            "worse_than_plain_ci": bool(math.isfinite(pc) and worse(key, rm, pm) > pc)})
     return out
 
 
@@ -107,13 +110,26 @@ def clusters_markdown(per_seed: pd.DataFrame) -> str:
     return "ESPER clusters at the episodes' first steps, of the 8 allowed: " + "; ".join(parts) + "."
 
 
+def worse(key: str, relabelled: float, plain: float) -> float:
+    """How much worse the relabelled mean is than the plain one, in the metric's units (negative: better): a higher
+    MAE, a bias or slope further from 0 / 1, a lower Spearman ρ or best return."""
+    if key == "normalized_mae":
+        return relabelled - plain
+    if key == "normalized_bias":
+        return abs(relabelled) - abs(plain)
+    if key == "slope":
+        return abs(relabelled - 1) - abs(plain - 1)
+    return plain - relabelled
+
+
 def summary_markdown(summary: list[dict]) -> str:
-    lines = ["| dataset | metric | plain DT | dt:esper | difference | relabelled within the plain CI |", "|---|---|---|---|---|---|"]
+    lines = ["| dataset | metric | plain DT | dt:esper | difference | relabelled within the plain CI | worse by more than the plain CI |",
+             "|---|---|---|---|---|---|---|"]
     for r in summary:
         digits = 1 if r["metric"] == "best_mean_return" else 3
         lines.append(f"| {r['dataset']} | {METRICS[r['metric']]} | {fmt(r['plain'], r['plain_ci95'], digits)} "
                      f"| {fmt(r['relabelled'], r['relabelled_ci95'], digits)} | {fmt(r['difference'], r['difference_ci95'], digits)} "
-                     f"| {'yes' if r['within_plain_ci'] else 'no'} |")
+                     f"| {'yes' if r['within_plain_ci'] else 'no'} | {'yes' if r['worse_than_plain_ci'] else 'no'} |")
     return "\n".join(lines)
 
 
