@@ -58,6 +58,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=1500)
     ap.add_argument("--episodes", type=int, default=20)
     ap.add_argument("--work", default="outputs/experiments/banded_vs_windowed")
+    ap.add_argument("--finished-only", action="store_true",
+                    help="summarize the (env, seed) pairs whose two runs have finished; train nothing new")
     args = ap.parse_args()
     model = dict(context_len=20, n_layer=3, n_head=1, n_embd=64, dropout=0.0)
     trainer = dict(max_steps=args.steps, enable_progress_bar=False, enable_model_summary=False, gradient_clip_val=0.25)
@@ -69,6 +71,9 @@ def main() -> None:
         ensure_dataset(env, dataset_id)
         results = HERE / "results" / f"{env}.jsonl"
         for seed in args.seeds:
+            if args.finished_only and not all((Path(args.work) / env / f"{v}_seed{seed}" / "policy" / "card.json").exists()
+                                              for v in ("windowed", "banded")):
+                continue
             for variant, segment, decode in (("windowed", 20, "window"), ("banded", 40, "cached")):
                 out = Path(args.work) / env / f"{variant}_seed{seed}"
                 start = time.perf_counter()
@@ -93,7 +98,8 @@ def main() -> None:
     (HERE / "results" / "summary.json").write_text(json.dumps(rows, indent=1))
     md = ["# Banded (cached) vs windowed (recompute) Decision Transformer", "",
           f"Same data, size (K=20, 3 layers, width 64), {args.steps} steps, lr 1e-3; grid of 7 targets p5..p95, "
-          f"{args.episodes} episodes each; seeds {args.seeds}; 2 CPU cores. Mean ± 95% t interval over seeds; "
+          f"{args.episodes} episodes each; seeds " + "; ".join(f"{e} {sorted(set(table[table['env'] == e]['seed']))}" for e in table["env"].unique())
+          + "; 2 CPU cores. Mean ± 95% t interval over seeds (none with one seed); "
           "the last column is banded − windowed paired by seed.", "",
           "| env | metric | windowed (original) | banded + cache (dtcond) | banded − windowed |", "| --- | --- | --- | --- | --- |"]
     for env, part in table.groupby("env", sort=False):

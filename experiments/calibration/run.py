@@ -57,7 +57,7 @@ def dataset_spec(name: str, spec, cfg, head: str):
     fields["data"] = {**fields["data"], **(plain(spec.get("data")) or {})}  # e.g. episode_weighting
     return ComparisonSpec(env.id, dataset_id, hopper_behavior(cfg, items, dataset_id), Path(cfg.work_dir) / name / head,
                           episodes=int(spec.episodes), env_kwargs=plain(env.kwargs) or {}, max_episode_steps=env.get("max_episode_steps"),
-                          seeds=[int(s) for s in cfg.seeds], name=f"{name}_{head}", **fields, bc=False, rl_algo=None,
+                          seeds=[int(s) for s in spec.get("seeds") or cfg.seeds], name=f"{name}_{head}", **fields, bc=False, rl_algo=None,
                           targets=[grid, *(f"n{float(x):g}" for x in cfg.normalized_ood)], eval_episodes=int(cfg.eval_episodes),
                           eval_seed=int(cfg.eval_seed), roaming=False, report=False)
 
