@@ -61,12 +61,12 @@ def plain(node):
 
 def training_fields(cfg) -> dict:
     """The :class:`~dtcond.pipeline.ComparisonSpec` training fields from an experiment's ``model`` and
-    ``train: {steps, bc_steps, batch_size, lr, warmup_steps}``."""
+    ``train: {steps, bc_steps, batch_size, lr, warmup_steps}`` (and ``accelerator``: ``gpu`` trains on CUDA)."""
     t = cfg.train
     return dict(
         model=plain(cfg.model), data=dict(batch_size=int(t.batch_size), steps_per_epoch=250, val_windows=256),
         optim=dict(lr=float(t.lr), weight_decay=1e-4, warmup_steps=int(t.warmup_steps)),
-        trainer=dict(max_steps=int(t.steps), logger=False), bc_steps=int(t.bc_steps) if t.get("bc_steps") is not None else None,
+        trainer=dict(max_steps=int(t.steps), logger=False, accelerator=str(t.get("accelerator") or "cpu")), bc_steps=int(t.bc_steps) if t.get("bc_steps") is not None else None,
     )
 
 
