@@ -186,6 +186,9 @@ def esper_labels(trajectories: list[Trajectory], stats: DatasetStats, config: Es
     # Decayed to 0: returns-to-go are noisy (that is the point), and a constant step size leaves the fit jittering around the mean.
     return_sched = torch.optim.lr_scheduler.LambdaLR(return_opt, lambda k: 1 - k / cfg.return_steps)
     batch = min(cfg.batch_size, n)
+    if batch == 1 and min(len(t) for t in trajectories) == 1:  # batch norm cannot normalize a single step
+        raise DtcondError("esper.batch_size=1 needs episodes of at least 2 steps (the cluster head's batch norm needs 2 steps "
+                          "per batch); set esper.batch_size to 2 or more")
     next_mask = d["mask"][:, :-1] & d["mask"][:, 1:]  # (N, T-1) steps with a next observation
 
     def dynamics_loss(obs, act, clusters, nmask):

@@ -60,6 +60,22 @@ def test_labels_are_a_function_of_the_seed(gamble):
     assert not all(np.array_equal(x, y) for x, y in zip(a, c))
 
 
+
+def test_one_step_episodes_with_batch_size_one_get_a_one_line_error(gamble):
+    import dataclasses
+
+    from dtcond import DtcondError
+    from dtcond.config import EsperConfig
+    from dtcond.relabel import esper_labels
+
+    data = gamble["data"]
+    first_steps = [dataclasses.replace(t, observations=t.observations[:1], actions=t.actions[:1], rewards=t.rewards[:1],
+                                       returns_to_go=t.returns_to_go[:1], timesteps=t.timesteps[:1]) for t in data.trajectories[:4]]
+    with pytest.raises(DtcondError, match="esper.batch_size=1 needs episodes of at least 2 steps"):
+        esper_labels(first_steps, data.stats, EsperConfig(batch_size=1, hidden=8, cluster_steps=2, return_steps=2), seed=0)
+    labels, _ = esper_labels(first_steps, data.stats, EsperConfig(batch_size=2, hidden=8, cluster_steps=2, return_steps=2), seed=0)
+    assert [len(a) for a in labels] == [1, 1, 1, 1]
+
 def test_relabelled_bundle_keeps_labels_and_resolves_targets_against_them(gamble, tmp_path):
     import dtcond
     from dtcond.data import load
