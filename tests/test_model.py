@@ -10,6 +10,15 @@ from dtcond.model import DecisionTransformer, DecodeState, DTConfig
 HEADS = ["discrete", "bins", "mse"]
 
 
+def scaled_weights(model, scale: float):
+    """``model`` with every weight matrix multiplied by ``scale``: trained-scale weights, where cache errors show."""
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() >= 2:
+                p.mul_(scale)
+    return model
+
+
 def make(head: str = "discrete", K: int = 5, n_layer: int = 3, seed: int = 0, scale: float = 1.0, activation: str = "gelu"):
     """A model with ``head``; ``scale`` multiplies every weight matrix, to reach trained-scale weights."""
     torch.manual_seed(seed)
@@ -18,12 +27,7 @@ def make(head: str = "discrete", K: int = 5, n_layer: int = 3, seed: int = 0, sc
                    n_head=2, n_embd=32, dropout=0.1, max_timestep=200, return_scale=50.0,
                    action_low=None if discrete else [-2.0, 0.0], action_high=None if discrete else [2.0, 1.0],
                    action_head="mse" if head == "mse" else "bins", action_bins=16, activation=activation)
-    model = DecisionTransformer(cfg).eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() >= 2:
-                p.mul_(scale)
-    return model
+    return scaled_weights(DecisionTransformer(cfg).eval(), scale)
 
 
 def episode(model, B=3, T=23, seed=1):
@@ -187,12 +191,7 @@ def make_cost(K: int = 4, n_layer: int = 3, scale: float = 8.0, seed: int = 0):
     torch.manual_seed(seed)
     cfg = DTConfig(obs_dim=3, act_dim=4, discrete=True, context_len=K, n_layer=n_layer, n_head=2, n_embd=32,
                    max_timestep=200, return_scale=50.0, cost_conditioned=True, cost_scale=20.0)
-    model = DecisionTransformer(cfg).eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() >= 2:
-                p.mul_(scale)
-    return model
+    return scaled_weights(DecisionTransformer(cfg).eval(), scale)
 
 
 @pytest.mark.parametrize("n_layer, K", [(1, 1), (3, 3), (4, 5)])
