@@ -223,8 +223,13 @@ class EsperConfig:
     cluster_lr: float = 1e-3
     dynamics_lr: float = 1e-3
     return_lr: float = 1e-3
-    adv_weight: float = 1.0  # weight of the dynamics loss the clusters maximize
+    adv_weight: float = 10.0  # weight of the dynamics loss the clusters maximize (the reference's 1): far above return_weight
     act_weight: float = 1.0  # weight of the action loss the clusters minimize (the reference's 0.01 collapsed to one cluster here)
+    # Weight of a return-to-go loss the clusters also minimize (0: the reference, whose clusters never see returns and
+    # average a deterministic env's returns away: Pendulum's first-step labels kept R² 0.34 of them, at 1 they keep 0.94).
+    # It pulls the clusters toward the outcomes, luck included, so the adversary must outweigh it: on Gamble, return_weight 1
+    # with adv_weight 1 or 3 let lucky gamblers' labels follow their winnings; 10 did not (experiments/calibration/esper_label_quality.py).
+    return_weight: float = 1.0
 
     def __post_init__(self):
         _at_least("esper", clusters=(self.clusters, 2), hidden=(self.hidden, 1), cluster_steps=(self.cluster_steps, 0),
@@ -233,7 +238,7 @@ class EsperConfig:
             value = getattr(self, key)
             if not (value > 0 and math.isfinite(value)):
                 raise DtcondError(f"esper.{key} must be a positive number, got {value}")
-        for key in ("adv_weight", "act_weight"):
+        for key in ("adv_weight", "act_weight", "return_weight"):
             value = getattr(self, key)
             if not (value >= 0 and math.isfinite(value)):
                 raise DtcondError(f"esper.{key} must be a finite number >= 0, got {value}")
