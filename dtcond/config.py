@@ -225,11 +225,8 @@ class EsperConfig:
     return_lr: float = 1e-3
     adv_weight: float = 10.0  # weight of the dynamics loss the clusters maximize (the reference's 1): far above return_weight
     act_weight: float = 1.0  # weight of the action loss the clusters minimize (the reference's 0.01 collapsed to one cluster here)
-    # Weight of a return-to-go loss the clusters also minimize (0: the reference, whose clusters never see returns and
-    # average a deterministic env's returns away: Pendulum's first-step labels kept R² 0.34 of them, at 1 they keep 0.94).
-    # It pulls the clusters toward the outcomes, luck included, so the adversary must outweigh it: on Gamble, return_weight 3
-    # with adv_weight 1 let the labels follow the luck (experiments/calibration/results/esper_label_quality.md), and on the
-    # tests' gambler-heavy set so did 1 with 3 (2 seeds of 2) and 0.5 with 5 (1 of 2); 1 with 10 did not.
+    # Weight of a return-to-go loss the clusters also minimize (0 with adv_weight 1: the reference's objective). Without it a
+    # deterministic env's returns are averaged away; with it the adversary must outweigh it (dtcond/relabel.py says by how much).
     return_weight: float = 1.0
 
     def __post_init__(self):

@@ -26,7 +26,7 @@ Differences from the reference, for a CPU and for determinism (each is a choice,
 - the clusters also minimize a return-to-go loss (``return_weight``, 1; the reference's clusters never
   see returns), against an adversary weighted 10, not 1. Clusters that describe only the behaviour
   average away whatever the behaviour's own randomness did: on a deterministic env (Pendulum under
-  Gaussian action noise) the first-step labels kept R² 0.34 of the returns, with the return loss 0.94.
+  Gaussian action noise) the first-step labels kept R² 0.34 of the returns, with the return loss 0.95.
   The return loss also pulls toward the luck, so the adversary must outweigh it: on Gamble, with
   return_weight 3 and adv_weight 1 the labels followed the luck (correlation 0.75 with it,
   experiments/calibration/results/esper_label_quality.md), and on the tests' gambler-heavy Gamble set
@@ -223,9 +223,9 @@ def esper_labels(trajectories: list[Trajectory], stats: DatasetStats, config: Es
             soft = _gumbel_softmax(logits, gen)  # (B, T, C)
             ret_loss = _masked_mean((model.predict_return(soft, obs, act) - d["rtg"][rows]).pow(2), mask)
             loss = loss + cfg.return_weight * ret_loss
-            joint_return_opt.zero_grad(set_to_none=True)
             info["cluster_return_loss"] = float(ret_loss.detach())
         cluster_opt.zero_grad(set_to_none=True)
+        joint_return_opt.zero_grad(set_to_none=True)
         loss.backward()
         cluster_opt.step()
         if cfg.return_weight > 0:
