@@ -219,3 +219,31 @@ def test_a_cost_conditioned_model_needs_costs_and_a_plain_one_has_no_cost_weight
     # A config written before cost conditioning existed (no such keys) builds the return-only model.
     old = {k: v for k, v in plain.cfg.to_dict().items() if k not in ("cost_conditioned", "cost_scale")}
     assert DTConfig.from_dict(old).cost_conditioned is False
+
+
+def test_dropout_drops_a_fraction_p_and_rescales_the_rest_as_nn_dropout_does():
+    from dtcond.model import Dropout
+
+    torch.manual_seed(0)
+    x = (torch.rand(1000, 1000) + 1.0).requires_grad_()  # no zeros of its own
+    drop = Dropout(0.1).train()
+    y = drop(x)
+    dropped = y == 0
+    assert abs(dropped.float().mean().item() - 0.1) < 0.002  # 1M draws: 5 standard errors is 0.0015
+    torch.testing.assert_close(y[~dropped], x[~dropped] / 0.9)
+    y.sum().backward()  # the gradient goes through the kept elements only, scaled alike
+    torch.testing.assert_close(x.grad, (~dropped).float() / 0.9)
+    assert drop.eval()(x) is x and Dropout(0.0).train()(x) is x
+
+
+@pytest.mark.parametrize("n_head", [1, 2])
+def test_a_layer_restricted_to_some_queries_outputs_what_the_full_layer_does_there(n_head):
+    """The last layer computes queries at state tokens only: its q/k/v weight split must match the fused one."""
+    from dtcond.model import STATE_TOKENS, Block
+
+    torch.manual_seed(0)
+    cfg = DTConfig(obs_dim=3, act_dim=2, n_head=n_head, n_embd=32, dropout=0.0)
+    block = scaled_weights(Block(cfg).eval(), 8.0)
+    x = torch.randn(4, 3 * 7, 32)
+    mask = torch.tril(torch.ones(21, 21, dtype=torch.bool))[None, None]
+    torch.testing.assert_close(block(x, mask, select=STATE_TOKENS), block(x, mask)[:, STATE_TOKENS])
