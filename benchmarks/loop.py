@@ -132,7 +132,7 @@ def fetch_table(device, batches: list[int], repeats: int) -> list[dict]:
                     rng = np.random.default_rng((0, 0, i))
                     episode, step = ds.locate(int(rng.integers(ds.pad_row)))
                     items.append(asdict(make_window(data.trajectories[episode], int(step), T, data.stats)))
-                batch = {k: torch.from_numpy(np.stack([it[k] for it in items])) for k in items[0]}
+                batch = {k: torch.from_numpy(np.stack([it[k] for it in items])) for k, v in items[0].items() if v is not None}
                 return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
 
             times = {"gather": [], "per-window": []}
