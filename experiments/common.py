@@ -59,6 +59,15 @@ def plain(node):
     return OmegaConf.to_container(node, resolve=True) if node is not None else None
 
 
+def esper_description(overrides) -> str:
+    """Every :class:`~dtcond.config.EsperConfig` field a run used (its defaults with ``overrides``), for a results header."""
+    from dataclasses import asdict
+
+    from dtcond.config import EsperConfig, merge
+
+    return ", ".join(f"{k}={v}" for k, v in asdict(merge(EsperConfig, overrides or {})).items())
+
+
 def training_fields(cfg) -> dict:
     """The :class:`~dtcond.pipeline.ComparisonSpec` training fields from an experiment's ``model`` and
     ``train: {steps, bc_steps, batch_size, lr, warmup_steps}`` (and ``accelerator``: ``gpu`` trains on CUDA)."""

@@ -27,7 +27,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
-from common import fmt, hydra_entry, machine, plain, results_dir  # noqa: E402
+from common import esper_description, fmt, hydra_entry, machine, plain, results_dir  # noqa: E402
 from run import dataset_spec, is_continuous  # noqa: E402
 
 import dtcond  # noqa: E402
@@ -69,7 +69,7 @@ def main(cfg) -> None:
     png = plot(pd.concat(curves, ignore_index=True), out / "relabel_check.png")
     md = ["# Calibration with and without ESPER relabelling (deterministic datasets)", "",
           f"DT (K={cfg.model.context_len}, {cfg.model.n_layer} layers, width {cfg.model.n_embd}), {cfg.train.steps} steps per run, "
-          f"plain and on ESPER labels (EsperConfig {plain(check.esper) or 'defaults'}); training seeds {list(cfg.seeds)}; the same "
+          f"plain and on ESPER labels (EsperConfig: {esper_description(check.esper)}); training seeds {list(cfg.seeds)}; the same "
           f"absolute targets for both ({cfg.grid.n} from the data's p{cfg.grid.low * 100:g} to p{cfg.grid.high * 100:g} return, "
           f"then OOD), {cfg.eval_episodes} episodes per target on env seeds from {cfg.eval_seed}. Box actions: the {check.head} head. "
           f"Means ± 95% CI over seeds; in-distribution metrics as in summary.md. Machine: {machine()}; this invocation took "

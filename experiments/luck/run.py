@@ -22,7 +22,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from common import (DIVERGENCE, DIVERGENCE_NOTE, MODE_COLLAPSE, MODE_COLLAPSE_NOTE, add_gap, compare, equal_kl_markdown, best_of_families,  # noqa: E402
+from common import (DIVERGENCE, DIVERGENCE_NOTE, MODE_COLLAPSE, MODE_COLLAPSE_NOTE, add_gap, best_of_families, compare, equal_kl_markdown, esper_description,  # noqa: E402
                     equal_kl_pairs, final_checkpoints, fmt, hydra_entry, kl_rows, machine, table_markdown, results_dir, write_results)
 from dtcond.report import plot_frontier  # noqa: E402
 from dtcond.stats import difference_ci  # noqa: E402
@@ -98,7 +98,7 @@ def main(cfg) -> None:
         f"DT {cfg.train.steps} steps (K={cfg.model.context_len}, {cfg.model.n_layer} layers, width {cfg.model.n_embd}); "
         f"%BC {list(cfg.pct_bc)} at {cfg.train.bc_steps} steps; PPO {cfg.baseline.budget} env steps, plain and KL-regularized toward β̂ at "
         f"β ∈ {[float(b) for b in betas]}; training seeds {list(cfg.seeds)}; "
-        + (f"DT on relabelled returns: {list(cfg.relabel)} (ESPER {dict(cfg.esper) or 'defaults'}); " if cfg.get("relabel") else "") +
+        + (f"DT on relabelled returns: {list(cfg.relabel)} (EsperConfig: {esper_description(cfg.get("esper"))}); " if cfg.get("relabel") else "") +
         f"{cfg.eval_episodes} episodes per policy and target. Means ± 95% CI over training seeds. "
         f"Machine: {machine()}; this invocation took {time.perf_counter() - start:.0f}s (a rerun on the same work_dir reuses finished training and episodes).", "",
         "![frontier](frontier.png)", "", table_markdown(table, cols), "",
