@@ -98,7 +98,7 @@ def main(cfg) -> None:
         f"DT {cfg.train.steps} steps (K={cfg.model.context_len}, {cfg.model.n_layer} layers, width {cfg.model.n_embd}); "
         f"%BC {list(cfg.pct_bc)} at {cfg.train.bc_steps} steps; PPO {cfg.baseline.budget} env steps, plain and KL-regularized toward β̂ at "
         f"β ∈ {[float(b) for b in betas]}; training seeds {list(cfg.seeds)}; "
-        + (f"DT on relabelled returns: {list(cfg.relabel)} (EsperConfig: {esper_description(cfg.get("esper"))}); " if cfg.get("relabel") else "") +
+        + (f"DT on relabelled returns: {list(cfg.relabel)} (EsperConfig: {esper_description(cfg.get('esper'))}); " if cfg.get("relabel") else "") +
         f"{cfg.eval_episodes} episodes per policy and target. Means ± 95% CI over training seeds. "
         f"Machine: {machine()}; this invocation took {time.perf_counter() - start:.0f}s (a rerun on the same work_dir reuses finished training and episodes).", "",
         "![frontier](frontier.png)", "", table_markdown(table, cols), "",
