@@ -182,7 +182,7 @@ class TrainedPolicy:
     kind: str
     bundle: Path
     fingerprint: str
-    train_seconds: float  # this call's training time (about 0 when it found the run done)
+    train_seconds: float  # wall time of every call that trained it, summed (see _timed)
 
 
 @dataclass
@@ -438,22 +438,46 @@ def _train_seed(spec: ComparisonSpec, stats, seed: int, out: Path) -> list[tuple
     runs += [(f"pct_bc{q:g}", {**bc, "top_fraction": q}) for q in spec.pct_bc]
     out_bundles = []
     for name, kwargs in runs:
-        t0 = time.perf_counter()
-        run = train(spec.dataset_id, out / name, **common, **kwargs)
+        run, seconds = _timed(out / name, lambda: train(spec.dataset_id, out / name, **common, **kwargs))
         val = f"{run.val_loss:.4f}" if run.val_loss is not None else "n/a"
-        print(f"  seed {seed} {name}: {run.global_step} steps, val/loss {val} ({time.perf_counter() - t0:.0f}s)")
-        out_bundles.append((run.bundle, time.perf_counter() - t0))
+        print(f"  seed {seed} {name}: {run.global_step} steps, val/loss {val} ({seconds:.0f}s)")
+        out_bundles.append((run.bundle, seconds))
     if spec.rl_algo:
-        t0 = time.perf_counter()
-        rl = train_baseline(stats, spec.rl_algo, out / spec.rl_algo, budget=spec.rl_budget, checkpoints=spec.rl_checkpoints,
-                            hyperparams=spec.rl_hyperparams, seed=seed, progress=spec.progress)
-        print(f"  seed {seed} {spec.rl_algo}: {rl.timesteps} env steps, {len(rl.bundles)} checkpoints ({time.perf_counter() - t0:.0f}s)")
-        out_bundles += [(b, 0.0) for b in rl.bundles[:-1]] + [(rl.bundles[-1], time.perf_counter() - t0)]
+        rl, seconds = _timed(out / spec.rl_algo, lambda: train_baseline(
+            stats, spec.rl_algo, out / spec.rl_algo, budget=spec.rl_budget, checkpoints=spec.rl_checkpoints,
+            hyperparams=spec.rl_hyperparams, seed=seed, progress=spec.progress))
+        print(f"  seed {seed} {spec.rl_algo}: {rl.timesteps} env steps, {len(rl.bundles)} checkpoints ({seconds:.0f}s)")
+        out_bundles += [(b, 0.0) for b in rl.bundles[:-1]] + [(rl.bundles[-1], seconds)]
     for beta in spec.rl_kl_coefs:
-        t0 = time.perf_counter()
-        rl = train_baseline(stats, "ppo", out / f"ppo_kl{beta:g}", budget=spec.rl_budget, checkpoints=1,
-                            hyperparams=spec.rl_hyperparams, seed=seed, progress=spec.progress, kl_coef=beta,
-                            bc_init_steps=spec.rl_bc_init_steps)
-        print(f"  seed {seed} ppo_kl β={beta:g}: {rl.timesteps} env steps ({time.perf_counter() - t0:.0f}s)")
-        out_bundles.append((rl.bundles[-1], time.perf_counter() - t0))
+        rl, seconds = _timed(out / f"ppo_kl{beta:g}", lambda: train_baseline(
+            stats, "ppo", out / f"ppo_kl{beta:g}", budget=spec.rl_budget, checkpoints=1, hyperparams=spec.rl_hyperparams,
+            seed=seed, progress=spec.progress, kl_coef=beta, bc_init_steps=spec.rl_bc_init_steps))
+        print(f"  seed {seed} ppo_kl β={beta:g}: {rl.timesteps} env steps ({seconds:.0f}s)")
+        out_bundles.append((rl.bundles[-1], seconds))
     return out_bundles
+
+
+TRAIN_SECONDS = "train_seconds.json"
+
+
+def _timed(run_dir: Path, call):
+    """``call()`` (a training call that writes ``run_dir``) and the wall seconds spent training that run dir.
+
+    Each call adds its own time to ``run_dir/train_seconds.json``, so a rerun that finds the run done
+    reports what training it took (plus the second or so of finding it done), not about 0, and a run
+    resumed after a kill sums its calls (less the killed call's time, which nothing recorded).
+    """
+    import json
+
+    from dtcond.fileio import atomic_write
+
+    record = Path(run_dir) / TRAIN_SECONDS
+    try:
+        before = float(json.loads(record.read_text())["seconds"])
+    except (OSError, ValueError, KeyError, TypeError):  # none yet (or unreadable): this call's time alone
+        before = 0.0
+    t0 = time.perf_counter()
+    result = call()
+    total = before + time.perf_counter() - t0
+    atomic_write(record, json.dumps({"seconds": total}))
+    return result, total

@@ -62,6 +62,9 @@ def test_comparison_is_per_seed_on_shared_env_seeds_and_resumes(tmp_path, capsys
     out = capsys.readouterr().out
     assert "exists, reused" in out and "0 new episodes" in out
     assert len(episodes.read()) == stored and len(again.records) == len(df)
+    # A rerun reports the training time recorded in each run dir, not the second of finding the run done.
+    took = {(p.seed, p.label): p.train_seconds for p in first.policies}
+    assert all(p.train_seconds >= took[(p.seed, p.label)] > 0 for p in again.policies)
 
     # More training steps continue the runs: new weights, whose episodes alone make the result.
     longer = run_comparison(spec(tmp_path, trainer=dict(max_steps=12, logger=False)))

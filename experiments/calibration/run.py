@@ -99,8 +99,9 @@ def main(cfg) -> None:
           f"![calibration]({png.name})", "", summary_markdown(summary), "",
           "Normalized MAE and bias: mean over episodes at in-distribution targets of |achieved − target| and of achieved − target, "
           "divided by the data's return range. OOD gain: mean achieved at the targets above the data's best minus mean achieved "
-          "at the highest in-distribution target, paired by env seed (dtcond.stats.calibration_metrics). Train s: this invocation's "
-          "training time (about 0 where a finished run was reused).", ""]
+          "at the highest in-distribution target, paired by env seed (dtcond.stats.calibration_metrics). Train s: training wall time, "
+          "summed over the calls that trained each run (recorded in its run folder; a run trained before that record existed "
+          "reports only the second of finding it done).", ""]
     curves_csv = results_dir(cfg, HERE) / "curves.csv"
     curves.round(3).to_csv(curves_csv, index=False)
     write_results(results_dir(cfg, HERE), "\n".join(md), {"per_seed": rows, "summary": summary.to_dict(orient="records")}, per_seed)
