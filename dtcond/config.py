@@ -96,6 +96,10 @@ class ModelConfig:
     cost_conditioned: bool = False  # also condition on cost-to-go (joint targets like q0.9,cost<=q0.2); needs a dataset with costs
     cost_scale: Optional[float] = None  # costs-to-go are divided by it; None: the largest episode cost (at least 1)
 
+    def __post_init__(self):
+        if not 0.0 <= self.dropout < 1.0:
+            raise DtcondError(f"model.dropout must be in [0, 1), got {self.dropout}")
+
 
 @dataclass
 class DataConfig:

@@ -463,15 +463,16 @@ TRAIN_SECONDS = "train_seconds.json"
 def _timed(run_dir: Path, call):
     """``call()`` (a training call that writes ``run_dir``) and the wall seconds spent training that run dir.
 
-    Each call adds its own time to ``run_dir/train_seconds.json``, so a rerun that finds the run done
-    reports what training it took (plus the second or so of finding it done), not about 0, and a run
-    resumed after a kill sums its calls (less the killed call's time, which nothing recorded).
+    Each call adds its own time to ``run_dir/checkpoints/train_seconds.json``, so a rerun that finds the
+    run done reports what training it took (plus the second or so of finding it done), not about 0, and
+    a run resumed after a kill sums its calls (less the killed call's time, which nothing recorded).
+    The record lives with the checkpoints it describes: remove them and training starts again at 0 s.
     """
     import json
 
     from dtcond.fileio import atomic_write
 
-    record = Path(run_dir) / TRAIN_SECONDS
+    record = Path(run_dir) / "checkpoints" / TRAIN_SECONDS
     try:
         before = float(json.loads(record.read_text())["seconds"])
     except (OSError, ValueError, KeyError, TypeError):  # none yet (or unreadable): this call's time alone
@@ -479,5 +480,6 @@ def _timed(run_dir: Path, call):
     t0 = time.perf_counter()
     result = call()
     total = before + time.perf_counter() - t0
+    record.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(record, json.dumps({"seconds": total}))
     return result, total

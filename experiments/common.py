@@ -65,7 +65,7 @@ def esper_description(overrides) -> str:
 
     from dtcond.config import EsperConfig, merge
 
-    return ", ".join(f"{k}={v}" for k, v in asdict(merge(EsperConfig, overrides or {})).items())
+    return ", ".join(f"{k}={v}" for k, v in asdict(merge(EsperConfig, overrides)).items())
 
 
 def training_fields(cfg) -> dict:

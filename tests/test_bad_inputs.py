@@ -268,6 +268,7 @@ CASES = [
     ("train-context-zero", ("train", "{ds}", "dataset.id=bad/cartpole-v0", "model=tiny", "model.context_len=0"), "context_len must be >= 1"),
     ("train-cost-no-costs", ("train", "{ds}", "dataset.id=bad/cartpole-v0", "model=tiny", "model.cost_conditioned=true"),
      "model.cost_conditioned=true needs a dataset with costs; 'bad/cartpole-v0' has none"),
+    ("train-dropout-one", ("train", "{ds}", "dataset.id=bad/cartpole-v0", "model=tiny", "model.dropout=1.0"), "model.dropout must be in [0, 1)"),
     ("train-unknown-activation", ("train", "{ds}", "dataset.id=bad/cartpole-v0", "model=tiny", "model.activation=swish"), "activation must be one of"),
     ("train-zero-steps", ("train", "{ds}", "dataset.id=bad/cartpole-v0", "trainer.max_steps=0"), "max_steps must be a positive integer"),
     ("train-unknown-model-key", ("train", "{ds}", "dataset.id=bad/cartpole-v0", "+model.widht=3"), "widht"),

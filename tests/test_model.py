@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from dtcond.errors import DtcondError
 from dtcond.model import DecisionTransformer, DecodeState, DTConfig
 
 HEADS = ["discrete", "bins", "mse"]
@@ -234,6 +235,27 @@ def test_dropout_drops_a_fraction_p_and_rescales_the_rest_as_nn_dropout_does():
     y.sum().backward()  # the gradient goes through the kept elements only, scaled alike
     torch.testing.assert_close(x.grad, (~dropped).float() / 0.9)
     assert drop.eval()(x) is x and Dropout(0.0).train()(x) is x
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # bf16 inputs: the rate is still p (bf16 uniforms give 0.1015)
+        rates = [(drop.train()(torch.ones(1000, 1000, dtype=torch.bfloat16)) == 0).float().mean().item() for _ in range(4)]
+    assert abs(sum(rates) / 4 - 0.1) < 0.001  # 4M draws: 0.001 is 6.7 standard errors; 0.1015 is 10
+    with pytest.raises(DtcondError, match=r"dropout must be in \[0, 1\)"):
+        Dropout(1.0)
+
+
+def test_attention_keeps_the_fused_qkv_layout_that_saved_weights_have():
+    """q, k, v are the thirds of the fused projection, each split into heads: the layout bundles were written with."""
+    from einops import rearrange
+
+    from dtcond.model import CausalSelfAttention
+
+    torch.manual_seed(0)
+    cfg = DTConfig(obs_dim=3, act_dim=2, n_head=4, n_embd=32, dropout=0.0)
+    attn = scaled_weights(CausalSelfAttention(cfg).eval(), 8.0)
+    x = torch.randn(2, 9, 32)
+    mask = torch.tril(torch.ones(9, 9, dtype=torch.bool))
+    q, k, v = rearrange(attn.qkv(x), "b t (three h d) -> three b h t d", three=3, h=4)
+    y = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    torch.testing.assert_close(attn(x, mask), attn.proj(rearrange(y, "b h t d -> b t (h d)")))
 
 
 @pytest.mark.parametrize("n_head", [1, 2])

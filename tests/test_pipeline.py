@@ -62,7 +62,8 @@ def test_comparison_is_per_seed_on_shared_env_seeds_and_resumes(tmp_path, capsys
     out = capsys.readouterr().out
     assert "exists, reused" in out and "0 new episodes" in out
     assert len(episodes.read()) == stored and len(again.records) == len(df)
-    # A rerun reports the training time recorded in each run dir, not the second of finding the run done.
+    # A rerun reports the training time recorded with each run's checkpoints, not the second of finding the run done.
+    assert len(list((tmp_path / "work").rglob("checkpoints/train_seconds.json"))) == 4  # 2 seeds x (DT, %BC)
     took = {(p.seed, p.label): p.train_seconds for p in first.policies}
     assert all(p.train_seconds >= took[(p.seed, p.label)] > 0 for p in again.policies)
 
