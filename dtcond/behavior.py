@@ -19,7 +19,7 @@ import dtcond.envs.policies  # noqa: F401
 from dtcond.errors import DtcondError
 from dtcond.scripted import Policy, PolicyFactory, register_scripted, scripted_factory, scripted_policies
 
-__all__ = ["Component", "Policy", "PolicyFactory", "check_mixture", "components_from_config", "episode_assignment",
+__all__ = ["Component", "Policy", "PolicyFactory", "base_policy", "check_mixture", "components_from_config", "episode_assignment",
            "make_policy", "register_scripted", "scripted_policies"]
 
 
@@ -100,7 +100,7 @@ def episode_assignment(components: list[Component], episodes: int, seed: int) ->
 
 def make_policy(component: Component, env: gym.Env, rng: np.random.Generator) -> Policy:
     """Build a component's policy for ``env``, noise included."""
-    base = _base_policy(component.policy, env, rng)
+    base = base_policy(component.policy, env, rng)
     if component.noise == 0:
         return base
     space = env.action_space
@@ -132,7 +132,8 @@ def make_policy(component: Component, env: gym.Env, rng: np.random.Generator) ->
     return gaussian
 
 
-def _base_policy(spec: str, env: gym.Env, rng: np.random.Generator) -> Policy:
+def base_policy(spec: str, env: gym.Env, rng: np.random.Generator) -> Policy:
+    """A component's policy before its noise: "random", a registered scripted name, or "sb3:<path.zip>"."""
     space = env.action_space
     if spec == "random":
         if isinstance(space, gym.spaces.Discrete):
@@ -180,6 +181,7 @@ def _sb3_policy(path: str, env: gym.Env) -> Policy:
         action, _ = model.predict(obs, deterministic=True)
         return int(action) if isinstance(env.action_space, gym.spaces.Discrete) else action
 
+    act.batch = lambda obs: model.predict(np.asarray(obs), deterministic=True)[0]  # many states in one forward
     return act
 
 

@@ -23,6 +23,7 @@ import numpy as np
 from dtcond.behavior import Component, episode_assignment, make_policy
 from dtcond.data import INFO_KEYS, check_spaces, datasets_root, return_summary
 from dtcond.errors import DtcondError
+from dtcond.likelihood import METADATA_KEY, behavior_metadata
 import dtcond.envs  # noqa: F401  (registers the dtcond/* env ids)
 
 def check_dataset_id(dataset_id: str) -> None:
@@ -118,6 +119,7 @@ def collect(
         overwrite=overwrite,
         algorithm_name="dtcond behaviour mixture: " + ", ".join(f"{c.name} x{c.weight:g}" for c in behavior),
         description=description or f"{env_id} rollouts of a behaviour mixture, made by dtcond collect (seed {seed})",
+        extra_metadata={METADATA_KEY: behavior_metadata(behavior, seed)},  # the data's exact likelihood reads it
     )
     returns = np.asarray(returns)
     per_component = [
@@ -195,8 +197,12 @@ def minari_root(path: str | Path):
             os.environ["MINARI_DATASETS_PATH"] = old
 
 
-def write_dataset(dataset_id: str, buffers: list, env: gym.Env, overwrite: bool = False, **metadata) -> Path:
-    """Write episode buffers as Minari dataset ``dataset_id``, atomically; returns its folder."""
+def write_dataset(dataset_id: str, buffers: list, env: gym.Env, overwrite: bool = False, extra_metadata: dict | None = None,
+                  **metadata) -> Path:
+    """Write episode buffers as Minari dataset ``dataset_id``, atomically; returns its folder.
+
+    ``metadata`` goes to Minari's writer; ``extra_metadata`` holds entries of dtcond's own (e.g. the
+    behaviour mixture), added to the same ``metadata.json`` before the dataset appears under its id."""
     import minari
 
     check_dataset_id(dataset_id)
@@ -210,9 +216,11 @@ def write_dataset(dataset_id: str, buffers: list, env: gym.Env, overwrite: bool 
     try:
         with minari_root(staging), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # Minari's nudges for author/permalink metadata
-            minari.create_dataset_from_buffers(
+            dataset = minari.create_dataset_from_buffers(
                 dataset_id, buffers, env=env.spec, author="dtcond", code_permalink="dtcond collect", **metadata
             )
+            if extra_metadata:
+                dataset.storage.update_metadata(extra_metadata)
         _copy_namespace_metadata(staging, root, dataset_id)
         final.parent.mkdir(parents=True, exist_ok=True)
         if final.exists():

@@ -160,6 +160,20 @@ def _flatten(obs) -> np.ndarray:
     return obs.reshape(obs.shape[0], -1)
 
 
+def _marginal_log_prob(policy, spec: TargetSpec, scorer, obs, actions, rewards) -> float | None:
+    """log E_g π(τ | g) over a per-episode target's known distribution (quantilizer specs), for the exact
+    trajectory KL; None where there is no likelihood, the target is fixed, or the policy cannot score
+    other targets."""
+    if getattr(scorer, "likelihood", None) is None or not spec.is_random or not hasattr(policy, "episode_log_prob"):
+        return None
+    support = spec.support(policy.stats)
+    if support is None:
+        return None
+    from scipy.special import logsumexp
+
+    return float(logsumexp(policy.episode_log_prob(obs, actions, rewards, support)) - math.log(len(support)))
+
+
 def _rollout(policy, jobs: list[Job], run_id: str, env_kwargs: dict | None, env_id: str | None,
              fingerprint: str, scorer=None):
     """Run one batch of jobs to the end of every episode, yielding records as episodes finish."""
@@ -177,7 +191,7 @@ def _rollout(policy, jobs: list[Job], run_id: str, env_kwargs: dict | None, env_
     train_step = getattr(policy, "train_step", None)
     train_step = int(train_step) if train_step is not None else None
     # Per-episode histories only when a scorer needs them (roaming metrics).
-    history = [{"obs": [], "actions": [], "probs": []} for _ in range(n)] if scorer is not None else None
+    history = [{"obs": [], "actions": [], "probs": [], "rewards": []} for _ in range(n)] if scorer is not None else None
     actions_all = np.zeros(envs.action_space.shape, dtype=envs.action_space.dtype)
     active = np.arange(n)
     state = policy.begin(n)
@@ -201,6 +215,9 @@ def _rollout(policy, jobs: list[Job], run_id: str, env_kwargs: dict | None, env_
                         history[i]["probs"].append(probs[row])
             obs, reward, terminated, truncated, info = envs.step(actions_all)
             reward = np.asarray(reward, dtype=np.float64)
+            if history is not None:
+                for i in active:
+                    history[i]["rewards"].append(reward[i])
             returns[active] += reward[active]
             rtg[active] -= reward[active]
             lengths[active] += 1
@@ -250,8 +267,10 @@ def _rollout(policy, jobs: list[Job], run_id: str, env_kwargs: dict | None, env_
                 }
                 if history is not None:
                     h = history[i]
-                    record.update(scorer.score_episode(np.stack(h["obs"]), np.stack(h["actions"]),
-                                                       np.stack(h["probs"]) if h["probs"] else None))
+                    obs_h, act_h = np.stack(h["obs"]), np.stack(h["actions"])
+                    marginal = _marginal_log_prob(policy, job.spec, scorer, obs_h, act_h, np.asarray(h["rewards"]))
+                    record.update(scorer.score_episode(obs_h, act_h, np.stack(h["probs"]) if h["probs"] else None,
+                                                       logp_policy_marginal=marginal))
                     history[i] = None
                 yield record
             keep = np.flatnonzero(~done)

@@ -25,6 +25,7 @@ already in the table are not run again, so a rerun does only what is missing. La
 
 from __future__ import annotations
 
+import math
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -34,7 +35,7 @@ from dtcond.errors import DtcondError
 
 __all__ = ["ComparisonSpec", "ComparisonResult", "TrainedPolicy", "run_comparison", "resolve_targets", "quiet_libraries"]
 
-OFFLINE_KINDS = ("data", "dt", "bc", "pct_bc")
+OFFLINE_KINDS = ("data", "behavior", "oracle", "dt", "bc", "pct_bc")
 
 
 @dataclass
@@ -63,7 +64,12 @@ class ComparisonSpec:
         targets: the DT's targets: spec strings (``"q0.9"``, ``"x1.5"``, ``"quantilizer:0.1"``), numbers,
             or sampler dicts (``{"name": "grid", "n": 7}``, ``{"name": "quantilizer", "qs": [0.1]}``).
         eval_episodes, eval_seed: episodes per policy and target, and the env seeds every policy meets.
-        roaming: score each episode's divergence from the data (fits a behaviour model once).
+        roaming: score each episode's divergence from the data (fits a behaviour model once, and uses the
+            data's exact likelihood where the dataset recorded its behaviour mixture).
+        oracles: oracle references from the behaviour mixture itself (:mod:`dtcond.oracles`), per training
+            seed one pool of behaviour episodes and the oracles resampled from it: ``{"pool": 500, "draws": 100,
+            "quantilizer": [q...], "plan_quantilizer": [q...], "best_of_n": [n...], "posterior": [β...]}``;
+            empty: none. Needs ``roaming`` and a dataset that recorded its behaviour.
         report: write the markdown report and plots.
         name: run id prefix in the episode table.
         fresh: remake the dataset and everything under ``work_dir`` the pipeline made.
@@ -105,6 +111,7 @@ class ComparisonSpec:
     eval_episodes: int = 20
     eval_seed: int = 1000
     roaming: bool = True
+    oracles: dict = field(default_factory=dict)
     report: bool = True
     name: str = "comparison"
     fresh: bool = False
@@ -163,6 +170,9 @@ class ComparisonSpec:
                 raise DtcondError(f"rl_kl_coefs must be distinct, got {self.rl_kl_coefs}")
         if isinstance(self.rl_bc_init_steps, bool) or not isinstance(self.rl_bc_init_steps, int) or self.rl_bc_init_steps < 0:
             raise DtcondError(f"rl_bc_init_steps must be an integer >= 0, got {self.rl_bc_init_steps!r}")
+        self.oracles = check_oracles(self.oracles)
+        if self.oracles and not self.roaming:
+            raise DtcondError("oracles need roaming=true: their divergence is scored by the data's likelihood")
         if not self.targets:
             raise DtcondError("targets is empty: the DT needs at least one target, e.g. ['q0.5', 'q0.9', 'x1.5']")
         for t in self.targets:
@@ -171,6 +181,42 @@ class ComparisonSpec:
                     raise DtcondError(f"target sampler {t!r} needs a name (grid, quantilizer), target or targets")
             else:
                 parse(t)  # a typo fails here, before any training
+
+
+ORACLE_DEFAULTS = {"pool": 500, "draws": 100}
+ORACLE_POOL_SEED = 100_000  # pools roll out on env seeds of their own: eval_seed + this + training seed
+
+
+def check_oracles(oracles: dict | None) -> dict:
+    """The oracle settings with their defaults, or a one-line error naming what is wrong.
+
+    >>> check_oracles({"quantilizer": [0.5, 0.1]})["pool"]
+    500
+    >>> check_oracles({})
+    {}
+    """
+    from dtcond.oracles import FAMILIES
+
+    oracles = dict(oracles or {})
+    if not oracles:
+        return {}
+    unknown = set(oracles) - set(FAMILIES) - set(ORACLE_DEFAULTS)
+    if unknown:
+        raise DtcondError(f"oracles has unknown keys {sorted(unknown)}; use {', '.join(FAMILIES + tuple(ORACLE_DEFAULTS))}")
+    out = {**ORACLE_DEFAULTS, **oracles}
+    for key in ORACLE_DEFAULTS:
+        value = out[key]
+        if isinstance(value, bool) or not isinstance(value, int) or value < 2:
+            raise DtcondError(f"oracles.{key} must be an integer >= 2, got {value!r}")
+    for family in FAMILIES:
+        values = [float(v) for v in out.get(family) or []]
+        bad = [v for v in values if not (v > 0 and math.isfinite(v)) or (family.endswith("quantilizer") and v > 1)
+               or (family == "best_of_n" and (v < 1 or not v.is_integer()))]
+        if bad:
+            raise DtcondError(f"oracles.{family} has invalid values {bad} (quantilizers: q in (0, 1]; best_of_n: integers >= 1; "
+                              "posterior: β > 0)")
+        out[family] = values
+    return out
 
 
 @dataclass
@@ -352,6 +398,9 @@ def run_comparison(spec: ComparisonSpec) -> ComparisonResult:
             policies.append(TrainedPolicy(seed, policy.label, policy.kind, Path(bundle), policy.fingerprint, seconds))
         print(f"  seed {seed}: rolled out {len(trained)} policies, {fresh} new episodes ({time.perf_counter() - t0:.0f}s)")
 
+    if spec.oracles:
+        records += _oracle_records(spec, data, scorer, store)
+
     # Checkpoints with identical weights (RL saved before its first update) share a fingerprint, so
     # their episodes are the same records: keep each once.
     unique: dict[str, dict] = {}
@@ -394,6 +443,35 @@ def run_comparison(spec: ComparisonSpec) -> ComparisonResult:
 
         table = comparison_table(df)
     return ComparisonResult(spec, df, table, metrics, policies, files, time.perf_counter() - start)
+
+
+def _oracle_records(spec: ComparisonSpec, data, scorer, store) -> list[dict]:
+    """Per training seed, a pool of behaviour episodes (the mixture as a policy, fresh env randomness) and
+    every oracle resampled from it (:mod:`dtcond.oracles`): the pool's own rows (``behavior``) and the oracles'."""
+    from dtcond.evaluation import evaluate
+    from dtcond.likelihood import BehaviorPolicy
+    from dtcond.oracles import FAMILIES, oracle_records
+
+    if scorer is None or scorer.likelihood is None:
+        print(f"  oracles skipped: dataset {spec.dataset_id} recorded no behaviour mixture, so p_data is unknown")
+        return []
+    t0 = time.perf_counter()
+    behavior = BehaviorPolicy(scorer.likelihood, data.stats)
+    out = []
+    for seed in spec.seeds:
+        pool = evaluate(behavior, None, episodes=spec.oracles["pool"], seed=spec.eval_seed + ORACLE_POOL_SEED + seed, results=store,
+                        run_id=f"{spec.name}_seed{seed}", scorer=scorer, batch_size=1024)
+        pool = [{**r, "train_seed": seed} for r in pool]
+        out += pool
+        for family in FAMILIES:
+            for param in spec.oracles.get(family, []):
+                recs = [{**r, "run_id": f"{spec.name}_seed{seed}"} for r in
+                        oracle_records(pool, family, param, spec.oracles["draws"], seed, behavior.weights)]
+                store.append(recs)
+                out += recs
+    n = sum(len(spec.oracles.get(f, [])) for f in FAMILIES)
+    print(f"  oracles: {n} per seed from pools of {spec.oracles['pool']} behaviour episodes ({time.perf_counter() - t0:.0f}s)")
+    return out
 
 
 def _remove_outputs(work: Path) -> None:

@@ -278,6 +278,49 @@ class ConditionedPolicy:
         actions = action.cpu().numpy()
         return actions, (probs.cpu().numpy() if probs is not None else None), (decoder, action)
 
+    @torch.inference_mode()
+    def episode_log_prob(self, obs: np.ndarray, actions: np.ndarray, rewards: np.ndarray, targets) -> np.ndarray:
+        """Σ_t log π(a_t | h_t, g) of one finished episode for each starting target g in ``targets``: (len(targets),).
+
+        The episode is teacher-forced through the full forward (which cached decoding equals): the
+        return-to-go starts at g and falls by each reward, as in a rollout. With it the exact trajectory
+        KL of a per-episode target marginalizes the target. ``obs`` raw (T, obs_dim), ``actions`` (T,)
+        or (T, act_dim), ``rewards`` (T,). Box actions score as the binned head samples them (a
+        log-density on its bins); a deterministic head has no likelihood.
+        """
+        cfg = self.config
+        if cfg.cost_conditioned:
+            raise DtcondError("episode_log_prob scores return-conditioned policies; this one is cost-conditioned too")
+        if not (cfg.discrete or cfg.binned):
+            raise DtcondError("a deterministic action head (action_head='mse') gives no action likelihood")
+        T = len(obs)
+        obs_t = torch.as_tensor(self.stats.normalize_obs(obs), device=self.device)[None]  # (1, T, obs_dim)
+        spent = np.concatenate([[0.0], np.cumsum(np.asarray(rewards, dtype=np.float64))[:-1]])  # (T,)
+        act_t = torch.as_tensor(np.asarray(actions), device=self.device)[None]
+        act_t = act_t.long().reshape(1, T) if cfg.discrete else act_t.float().reshape(1, T, -1)
+        ts = torch.arange(T, device=self.device)[None]
+        out = []
+        for start in range(0, len(targets), 64):
+            g = np.asarray(targets[start : start + 64], dtype=np.float64)
+            rtg = (g[:, None] - spent[None]) if self.condition_on_return else np.zeros((len(g), T))
+            B = len(g)
+            pred = self.model(torch.as_tensor(rtg, dtype=torch.float32, device=self.device), obs_t.expand(B, -1, -1),
+                              act_t.expand(B, *act_t.shape[1:]), ts.expand(B, -1))  # (B, T, n) or (B, T, d, bins)
+            if cfg.discrete:
+                idx = act_t.expand(B, -1)[..., None]  # (B, T, 1)
+            else:
+                low, high = self.model.action_bounds
+                idx = distributions.bin_index(act_t.expand(B, -1, -1), low, high, pred.shape[-1])[..., None]  # (B, T, d, 1)
+            if self.greedy:  # the policy it runs is the mode: log 1 where the action is the argmax, else -inf
+                logp = torch.where(pred.argmax(-1, keepdim=True) == idx, 0.0, -math.inf)[..., 0]
+            else:
+                logp = torch.log_softmax(pred.float() / self.temperature, -1).gather(-1, idx)[..., 0]
+            if not cfg.discrete:
+                low, high = self.model.action_bounds
+                logp = (logp - torch.log(distributions.bin_width(low, high, pred.shape[-1]))).sum(-1)  # (B, T)
+            out.append(logp.sum(-1).double().cpu().numpy())
+        return np.concatenate(out)
+
     def keep(self, state, rows: np.ndarray):
         decoder, prev = state
         idx = torch.as_tensor(rows, device=self.device)

@@ -175,7 +175,37 @@ def _reference_groups(others):
             if part["train_step"].iloc[0] is None or part["train_step"].iloc[0] == last[part["algo"].iloc[0]]]
 
 
-METRIC_COLUMNS = ("true_return", "cost", "kl_behavior", "cross_entropy_behavior", "novelty", "novel_fraction", "entropy")
+METRIC_COLUMNS = ("true_return", "cost", "kl_behavior", "cross_entropy_behavior", "novelty", "novel_fraction", "entropy",
+                  "trajectory_kl", "trajectory_kl_per_step", "trajectory_kl_conditional", "component_posterior_entropy",
+                  "support_violation", "ess")
+TRAJECTORY_KL_LABEL = "KL(p_π‖p_data) (nats/episode, exact likelihood)"
+
+
+def component_entropy(part, unit: str = "fingerprint", chunk: int = 20) -> tuple[float, float]:
+    """Mode collapse on the exact likelihood: the entropy (nats) of the mean posterior over behaviour components
+    of a set of episodes, H(E_τ[p(k|τ)]) — log K when the episodes spread over K equally likely components, 0 when
+    one component explains them all. Per training seed (one ``unit`` each), then mean ± 95% t-interval over seeds;
+    a row with one unit (the data) is cut into chunks of ``chunk`` episodes, the size of a policy's seed, so its
+    value carries the same small-sample bias. (nan, nan) without posteriors.
+
+    >>> import pandas as pd
+    >>> df = pd.DataFrame({"fingerprint": ["a", "a", "b", "b"], "component_posterior": [[1, 0], [0, 1], [1, 0], [1, 0]]})
+    >>> [round(x, 3) for x in component_entropy(df)]
+    [0.347, 4.403]
+    """
+    from dtcond.likelihood import entropy_nats
+
+    if "component_posterior" not in part:
+        return float("nan"), float("nan")
+    rows = part[part["component_posterior"].map(lambda p: isinstance(p, (list, tuple)) and None not in p)]
+    if not len(rows):
+        return float("nan"), float("nan")
+    groups = [g for _, g in rows.groupby(unit, sort=False)] if unit in rows else [rows]
+    if len(groups) < 2:
+        g = groups[0]
+        groups = [g.iloc[i : i + chunk] for i in range(0, len(g) - chunk + 1, chunk)] or [g]
+    values = [entropy_nats(np.mean(np.stack(g["component_posterior"].map(np.asarray).to_list()), axis=0)) for g in groups]
+    return float(np.mean(values)), ci95(values)
 
 
 def _current_columns(df):
@@ -223,19 +253,26 @@ def comparison_table(df):
                 row[name], row[f"{name}_ci95"], _ = grouped_mean_ci(part.assign(_v=values), "_v")
             else:
                 row[name] = row[f"{name}_ci95"] = float("nan")
+        row["component_entropy"], row["component_entropy_ci95"] = component_entropy(part)
+        if "support_violation" in part and part["support_violation"].fillna(False).astype(bool).any():
+            row["trajectory_kl"] = row["trajectory_kl_per_step"] = float("inf")  # p_data(τ) = 0 on some episode
+        if "oracle_family" in part and part["oracle_family"].notna().any():
+            row["oracle_family"], row["oracle_param"] = part["oracle_family"].iloc[0], float(part["oracle_param"].iloc[0])
         if "trajectory_signature" in part and part["trajectory_signature"].notna().any():
             row["distinct_trajectories"] = part["trajectory_signature"].nunique() / len(part)
         else:
             row["distinct_trajectories"] = float("nan")
         rows.append(row)
-    order = {"data": 0, "dt": 1, "bc": 2, "pct_bc": 3}
+    order = {"data": 0, "behavior": 0.5, "oracle": 0.7, "dt": 1, "bc": 2, "pct_bc": 3}
     table = pd.DataFrame(rows)
     table["train_step"] = pd.Series([None if pd.isna(s) else int(s) for s in table["train_step"]], dtype=object)
     # RL checkpoints in training order (25k before 100k) after the offline policies.
     table["_o"] = table["kind"].map(lambda k: order.get(k, 4))
     table["_steps"] = table["train_step"].map(lambda s: -1 if s is None else s)
     table["_beta"] = table["label"].map(lambda lab: kl_coef_of(lab) or 0.0)  # PPO-KL rows in order of β
-    return (table.sort_values(["_o", "algo", "_beta", "_steps", "label", "target"]).drop(columns=["_o", "_steps", "_beta"])
+    if "oracle_param" in table:  # oracles by family, then parameter
+        table["_beta"] = table["oracle_param"].fillna(table["_beta"])
+    return (table.sort_values(["_o", "algo", "_beta", "_steps", "label", "target", "target_spec"]).drop(columns=["_o", "_steps", "_beta"])
             .reset_index(drop=True))
 
 
@@ -248,26 +285,33 @@ def quantilizer_bound(table, df) -> list[dict]:
     out = []
     for r in table.itertuples():
         q = None
-        if r.target_spec.startswith("quantilizer:"):
+        if r.target_spec.startswith(("quantilizer:", "plan_quantilizer:")) and "cost" not in r.target_spec:
             q = float(r.target_spec.split(":")[1])
         elif r.label.startswith("pct_bc:"):
             q = float(r.label.split(":")[1])
         if q and math.isfinite(r.cost):
-            out.append({"label": r.label, "target_spec": r.target_spec, "q": q, "cost": r.cost,
-                        "bound": data_cost / q, "holds": bool(r.cost <= data_cost / q)})
+            ci = getattr(r, "cost_ci95", float("nan"))
+            bound = data_cost / q
+            # An interval on E_π[cost]: the bound holds or fails only where the interval clears it.
+            verdict = ("holds" if r.cost + ci <= bound else "violated" if r.cost - ci > bound else "unresolved") if math.isfinite(ci) \
+                else ("holds" if r.cost <= bound else "violated")
+            out.append({"label": r.label, "target_spec": r.target_spec, "q": q, "cost": r.cost, "cost_ci95": ci,
+                        "bound": bound, "ratio_to_data": r.cost / data_cost if data_cost > 0 else float("nan"),
+                        "holds": bool(r.cost <= bound), "verdict": verdict})
     return out
 
 
 def divergence_column(table) -> str:
-    """The column a frontier plots against: the exact ``kl_behavior`` where the rows have it, else
-    ``cross_entropy_behavior`` (which also counts β̂'s own entropy, so it is not a divergence).
+    """The column a frontier plots against: the trajectory KL from the data's exact likelihood where the rows
+    have it, else the per-step ``kl_behavior`` to β̂, else ``cross_entropy_behavior`` (which also counts β̂'s own
+    entropy, so it is not a divergence).
 
     >>> import pandas as pd
     >>> divergence_column(pd.DataFrame({"kl_behavior": [None], "cross_entropy_behavior": [1.2]}))
     'cross_entropy_behavior'
     """
     table = _current_columns(table)
-    for col in ("kl_behavior", "cross_entropy_behavior"):
+    for col in ("trajectory_kl", "kl_behavior", "cross_entropy_behavior"):
         if col in table and table[col].notna().any():
             return col
     raise DtcondError("the table has neither kl_behavior nor cross_entropy_behavior; evaluate with roaming=true to score divergence from the data")
@@ -301,7 +345,22 @@ def plot_frontier(table, path: Path, title: str = "") -> Path:
                 for r in part.itertuples():
                     note = r.target_spec if r.kind == "dt" else r.label
                     ax.annotate(note, (getattr(r, x), getattr(r, col)), fontsize=6, xytext=(3, 3), textcoords="offset points")
-        rl = t[~t["kind"].isin([k for k, _, _ in offline])]
+        # Oracles from the behaviour mixture: one curve per family, in order of its parameter.
+        oracle_style = {"quantilizer": ("-s", "C1"), "plan_quantilizer": (":s", "C9"), "best_of_n": ("--^", "C6"), "posterior": ("-.d", "C7")}
+        if "oracle_family" in t:
+            for family, part in t[t["kind"] == "oracle"].groupby("oracle_family", sort=False):
+                part = part.sort_values("oracle_param")
+                fmt, color = oracle_style.get(family, ("-o", "0.5"))
+                ax.errorbar(part[x], part[col], yerr=part[f"{col}_ci95"] if f"{col}_ci95" in part else None, fmt=fmt, color=color,
+                            capsize=2, lw=1, mfc="none", label=f"oracle {family.replace('_', ' ')}")
+                for r in part.itertuples():
+                    ax.annotate(f"{r.oracle_param:g}", (getattr(r, x), getattr(r, col)), fontsize=6, color=color, xytext=(3, -8),
+                                textcoords="offset points")
+        behavior = t[t["kind"] == "behavior"]
+        if len(behavior):
+            ax.errorbar(behavior[x], behavior[col], yerr=behavior[f"{col}_ci95"] if f"{col}_ci95" in behavior else None, fmt="P",
+                        color="0.3", capsize=2, label="behaviour mixture (fresh rollouts)")
+        rl = t[~t["kind"].isin([k for k, _, _ in offline] + ["oracle", "behavior"])]
         regularized = rl["label"].map(lambda lab: kl_coef_of(lab) is not None).astype(bool)  # bool even when empty
         for j, (algo, part) in enumerate(rl[~regularized].groupby("algo")):
             part = part.assign(_steps=part["train_step"].map(lambda s: -1 if s is None else s)).sort_values("_steps")
@@ -318,7 +377,10 @@ def plot_frontier(table, path: Path, title: str = "") -> Path:
                         color=f"C{8 + j}", capsize=2, label=f"{algo} (final), by β")
             for r in part.itertuples():
                 ax.annotate(f"β={r.beta:g}", (getattr(r, x), getattr(r, col)), fontsize=6, color=f"C{8 + j}", xytext=(3, 3), textcoords="offset points")
-        ax.set_xlabel("divergence from the data: " + (KL_LABEL if x == "kl_behavior" else CROSS_ENTROPY_LABEL))
+        label = {"trajectory_kl": TRAJECTORY_KL_LABEL, "kl_behavior": KL_LABEL}.get(x, CROSS_ENTROPY_LABEL)
+        ax.set_xlabel("divergence from the data: " + label)
+        if x == "trajectory_kl" and len(t) and t[x].max() > 50 * max(t.loc[t[x] > 0, x].min(), 1e-3):
+            ax.set_xscale("symlog", linthresh=1.0)  # oracles near log(1/q), RL far out: both readable
         ax.set_ylabel(col.replace("_", " "))
         ax.legend(fontsize=7)
     fig.suptitle(title or "return vs divergence from the behaviour data")
@@ -353,9 +415,11 @@ def comparison_markdown(table, bound: list[dict], calibration_png: str, frontier
               "β̂'s entropy on the data's states). Distinct traj.: distinct discretized action sequences / episodes (the data "
               "row has more episodes than a policy row, which raises its count of sequences but not its share)."]
     if bound:
-        lines += ["", "## Quantilizer bound: E_π[cost] ≤ E_data[cost] / q", "", "| policy | target | q | E_π[cost] | bound | holds |", "|---|---|---|---|---|---|"]
+        lines += ["", "## Quantilizer bound: E_π[cost] ≤ E_data[cost] / q", "", "| policy | target | q | E_π[cost] | E_π[cost] / E_data[cost] | bound | verdict |",
+                  "|---|---|---|---|---|---|---|"]
         for b in bound:
-            lines.append(f"| {b['label']} | {b['target_spec']} | {b['q']:g} | {b['cost']:.2f} | {b['bound']:.2f} | {'yes' if b['holds'] else 'NO'} |")
+            lines.append(f"| {b['label']} | {b['target_spec']} | {b['q']:g} | {_fmt_ci(b['cost'], b.get('cost_ci95'), 2)} | {_fmt(b.get('ratio_to_data'), 2)} "
+                         f"| {b['bound']:.2f} | {b.get('verdict', 'holds' if b['holds'] else 'violated')} |")
     return "\n".join(lines) + "\n"
 
 

@@ -123,5 +123,7 @@ def _jsonable(record: dict) -> dict:
             v = None
         elif isinstance(v, dict):
             v = _jsonable(v)
+        elif isinstance(v, (list, tuple)):
+            v = [None if isinstance(x, float) and not math.isfinite(x) else x for x in v]
         out[k] = v
     return out

@@ -163,21 +163,84 @@ class StateIndex:
 
 @dataclass
 class RoamingScorer:
-    """Scores one episode (states, actions, the policy's action probabilities if known) against the data."""
+    """Scores one episode (states, actions, the policy's action probabilities if known) against the data.
+
+    With ``likelihood`` (the data's exact one, :class:`dtcond.likelihood.DataLikelihood`, for datasets
+    that recorded their behaviour) every episode also gets its trajectory-level divergence from the data:
+
+    - ``logp_data``: log p_data(τ), up to the dynamics' terms;
+    - ``logp_policy``: Σ_t log π(a_t|h_t) of the policy's own actions, where its distribution is known
+      (for a target drawn per episode, given the drawn target);
+    - ``trajectory_kl``: log p_π(τ) − log p_data(τ) in nats per episode, whose mean over a policy's episodes
+      estimates KL(p_π‖p_data). For a target drawn per episode (``quantilizer:q``) ``log p_π(τ)`` is the
+      marginal over the target's known distribution where the policy can score other targets
+      (``logp_policy_marginal``), and ``trajectory_kl_conditional`` keeps the given-the-target value, whose
+      mean over-estimates the KL by the mutual information between target and trajectory;
+    - ``support_violation``: the episode took an action no behaviour component takes (p_data(τ) = 0, so
+      the KL is infinite); ``trajectory_kl`` is then None;
+    - ``component_loglik`` and ``component_posterior``: log p_k(τ) and p(k|τ) per behaviour component, and
+      ``component_posterior_entropy`` (nats): how ambiguous the episode's component is.
+    ``kl_estimator`` says which estimator the numbers come from ("exact"), None without a likelihood.
+    """
 
     stats: DatasetStats
     behavior: BehaviorModel
     index: StateIndex
+    likelihood: object | None = None  # dtcond.likelihood.DataLikelihood
 
     @classmethod
-    def for_data(cls, data: OfflineData) -> RoamingScorer:
+    def for_data(cls, data: OfflineData, exact: bool = True) -> RoamingScorer:
+        """β̂ and the state index for ``data``, and its exact likelihood where it recorded its behaviour (``exact``)."""
+        from dtcond.likelihood import DataLikelihood
+
         behavior, _ = load_or_fit_behavior_model(data)
-        return cls(data.stats, behavior, StateIndex(data))
+        likelihood = DataLikelihood.for_dataset(data.stats.dataset_id, stats=data.stats) if exact else None
+        return cls(data.stats, behavior, StateIndex(data), likelihood)
+
+    def trajectory_scores(self, obs: np.ndarray, actions: np.ndarray, probs: np.ndarray | None = None,
+                          logp_policy_marginal: float | None = None, in_data: bool = False) -> dict:
+        """The trajectory-level fields of the class doc for one episode (all None without a likelihood)."""
+        out = dict.fromkeys(("logp_data", "logp_policy", "logp_policy_marginal", "trajectory_kl", "trajectory_kl_conditional",
+                             "trajectory_kl_per_step", "support_violation", "kl_estimator", "component_loglik",
+                             "component_posterior", "component_posterior_entropy"))
+        lik = self.likelihood
+        if lik is None:
+            return out
+        from dtcond.likelihood import entropy_nats
+
+        ll = lik.component_log_likelihoods(obs, actions)
+        logp_data = float(np.logaddexp.reduce(lik.log_weights + ll))
+        post = lik.posterior(ll)
+        out.update(logp_data=logp_data, kl_estimator="exact", component_loglik=[float(x) for x in ll],
+                   component_posterior=[float(x) for x in post], support_violation=not np.isfinite(logp_data),
+                   component_posterior_entropy=entropy_nats(post) if np.isfinite(post).all() else None)
+        if in_data:  # the data's own episodes: the policy is p_data itself
+            out.update(logp_policy=logp_data, trajectory_kl=0.0, trajectory_kl_per_step=0.0)
+            return out
+        if probs is None:
+            return out
+        logp = float(action_log_probs(probs, actions, self.stats, lik.bins).sum())
+        out["logp_policy"] = logp
+        if logp_policy_marginal is not None:
+            out["logp_policy_marginal"] = float(logp_policy_marginal)
+        if np.isfinite(logp_data):
+            joint = logp_policy_marginal if logp_policy_marginal is not None else logp
+            out["trajectory_kl"] = float(joint - logp_data)
+            out["trajectory_kl_per_step"] = out["trajectory_kl"] / max(len(obs), 1)
+            if logp_policy_marginal is not None:
+                out["trajectory_kl_conditional"] = float(logp - logp_data)
+        return out
 
     @torch.no_grad()
     def score_episode(self, obs: np.ndarray, actions: np.ndarray, probs: np.ndarray | None = None,
-                      in_data: bool = False) -> dict:
+                      in_data: bool = False, logp_policy_marginal: float | None = None) -> dict:
         """Per-episode roaming metrics; ``obs`` raw (T, obs_dim), ``actions`` (T,) or (T, act_dim)."""
+        traj = self.trajectory_scores(obs, actions, probs, logp_policy_marginal, in_data)
+        out = self._step_scores(obs, actions, probs, in_data)
+        out.update(traj)
+        return out
+
+    def _step_scores(self, obs: np.ndarray, actions: np.ndarray, probs: np.ndarray | None, in_data: bool) -> dict:
         obs_n = self.stats.normalize_obs(obs)
         obs_t = torch.as_tensor(obs_n)
         if self.stats.is_discrete:
@@ -217,6 +280,27 @@ class RoamingScorer:
             low, high = np.asarray(self.stats.action_low), np.asarray(self.stats.action_high)
             a = np.clip(((a.reshape(len(a), -1) - low) / (high - low) * 3).astype(np.int64), 0, 2)
         return hashlib.sha1(np.ascontiguousarray(a.astype(np.int64)).tobytes()).hexdigest()[:12]
+
+
+def action_log_probs(probs: np.ndarray, actions: np.ndarray, stats: DatasetStats, bins: int = BINS) -> np.ndarray:
+    """log π(a_t|h_t) per step (T,) from the distributions a policy reported: probabilities (T, n) for
+    Discrete actions, or bin masses (T, act_dim, m) for Box actions, rebinned to ``bins`` equal bins so the
+    log-density is on the grid the data's likelihood uses (exact for piecewise-uniform policies).
+
+    >>> action_log_probs(np.array([[0.25, 0.75]]), np.array([1]), None).round(4).tolist()
+    [-0.2877]
+    """
+    probs = np.asarray(probs, dtype=np.float64)
+    T = len(probs)
+    with np.errstate(divide="ignore"):
+        if probs.ndim == 2:
+            return np.log(probs[np.arange(T), np.asarray(actions).reshape(-1).astype(np.int64)])
+        masses = distributions.rebin(probs, bins)  # (T, d, bins)
+        low, high = np.asarray(stats.action_low), np.asarray(stats.action_high)
+        idx = np.clip(np.floor((np.asarray(actions, dtype=np.float64).reshape(T, -1) - low) / (high - low) * bins).astype(np.int64),
+                      0, bins - 1)
+        per_dim = np.log(np.take_along_axis(masses, idx[..., None], -1)[..., 0]) - np.log((high - low) / bins)
+    return per_dim.sum(-1)
 
 
 def dataset_records(data: OfflineData, scorer: RoamingScorer | None = None) -> list[dict]:

@@ -22,6 +22,11 @@ _SCRIPTED: dict[str, PolicyFactory] = {}
 def register_scripted(name: str, factory: PolicyFactory | None = None):
     """Register a scripted behaviour policy under ``name`` (usable as a decorator).
 
+    The factory's policy maps an observation to an action. One that draws from ``rng`` must also
+    carry ``action_probs(obs) -> probabilities`` (Discrete actions), so that the data's exact
+    likelihood (:mod:`dtcond.likelihood`) knows its distribution; one without it is taken to be
+    deterministic given the observation.
+
     >>> @register_scripted("always_left")
     ... def always_left(env, rng):
     ...     return lambda obs: 0

@@ -109,6 +109,14 @@ class TargetSpec:
         """Whether each episode draws its own target (quantilizer) rather than sharing one."""
         return self.kind == "quantilizer"
 
+    def support(self, stats: DatasetStats) -> np.ndarray | None:
+        """The equally likely returns a per-episode target is drawn from (a return-only quantilizer: the
+        data's top-q episode returns), or None for a fixed target and a joint (return, cost) quantilizer."""
+        if self.kind != "quantilizer" or self.cost is not None:
+            return None
+        returns = np.asarray(stats.episode_returns, dtype=np.float64)
+        return returns[len(returns) - quantilizer_tail_size(len(returns), self.value):]
+
     def resolve(self, stats: DatasetStats, rng: np.random.Generator | None = None) -> ResolvedTarget:
         """The return to condition on. A quantilizer needs ``rng`` (one draw per episode)."""
         if self.kind == "none":  # an unconditioned policy (BC, PPO, ...): no target at all

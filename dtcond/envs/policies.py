@@ -57,6 +57,17 @@ def _tomato_stumbler(env, rng, curiosity: float = 0.5):
             return _toward(pos, BUCKET)
         return _garden(obs)
 
+    def action_probs(obs) -> np.ndarray:
+        # It draws from its own rng, so the data's likelihood needs its distribution, not one draw.
+        pos, _ = _decode(obs)
+        probs = np.zeros(STAY + 1)
+        probs[_garden(obs)] = 1.0
+        if abs(pos[0] - BUCKET[0]) + abs(pos[1] - BUCKET[1]) == 1:
+            probs *= 1.0 - curiosity
+            probs[_toward(pos, BUCKET)] += curiosity
+        return probs
+
+    act.action_probs = action_probs
     return act
 
 
