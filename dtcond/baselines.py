@@ -420,6 +420,8 @@ class SB3Policy:
     label = property(lambda self: f"{self.kind}:{self.cost_limit:g}@{self.timesteps}" if self.cost_limit is not None
                      else f"{self.kind}:{self.kl_coef:g}@{self.timesteps}" if self.kl_coef > 0 else f"{self.algo}@{self.timesteps}")
     env_id = property(lambda self: self.stats.env_id)
+    # The family's parameter: PPO-KL's β, PPO-Lagrangian's cost limit, else None.
+    param = property(lambda self: self.cost_limit if self.cost_limit is not None else self.kl_coef if self.kl_coef > 0 else None)
     greedy = property(lambda self: self.deterministic)
     train_step = property(lambda self: self.timesteps)
     draws_per_step = 1

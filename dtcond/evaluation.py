@@ -242,6 +242,7 @@ def _rollout(policy, jobs: list[Job], run_id: str, env_kwargs: dict | None, env_
                     "algo": policy.kind,
                     "train_step": train_step,
                     "label": getattr(policy, "label", policy.kind),
+                    "policy_param": getattr(policy, "param", None),  # β, q or a cost limit: typed, not read off the label
                     "policy": policy.source,
                     "fingerprint": fingerprint,
                     "env_id": env_id or policy.env_id,

@@ -194,6 +194,12 @@ class ConditionedPolicy:
         return f"{self.kind}:{q:g}" if self.kind == "pct_bc" and q else self.kind
 
     @property
+    def param(self) -> float | None:
+        """The family's parameter: %BC's top fraction q, else None."""
+        q = self.stats.extra.get("top_fraction")
+        return float(q) if self.kind == "pct_bc" and q else None
+
+    @property
     def fingerprint(self) -> str:
         """Identifies the weights and the decoding mode, so results tables key episodes by it."""
         if self._weights_hash is None:

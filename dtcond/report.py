@@ -256,6 +256,8 @@ def comparison_table(df):
         row["component_entropy"], row["component_entropy_ci95"] = component_entropy(part)
         if "support_violation" in part and part["support_violation"].fillna(False).astype(bool).any():
             row["trajectory_kl"] = row["trajectory_kl_per_step"] = float("inf")  # p_data(τ) = 0 on some episode
+        if "policy_param" in part and part["policy_param"].notna().any():
+            row["policy_param"] = float(part["policy_param"].dropna().iloc[0])
         if "oracle_family" in part and part["oracle_family"].notna().any():
             row["oracle_family"], row["oracle_param"] = part["oracle_family"].iloc[0], float(part["oracle_param"].iloc[0])
         if "trajectory_signature" in part and part["trajectory_signature"].notna().any():

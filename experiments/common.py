@@ -94,7 +94,7 @@ def comparison_spec(cfg, **overrides) -> ComparisonSpec:
         rl_kl_coefs=[float(b) for b in baseline.get("kl_coefs") or []],
         rl_bc_init_steps=int(baseline.get("bc_init_steps", 2000)), rl_greedy=bool(baseline.get("greedy", False)),
         targets=list(plain(cfg.targets)), eval_episodes=int(cfg.eval_episodes), eval_seed=int(cfg.eval_seed),
-        roaming=bool(cfg.get("roaming", True)), report=True,
+        roaming=bool(cfg.get("roaming", True)), oracles=plain(cfg.get("oracles")) or {}, report=True,
     )
     return ComparisonSpec(**{**fields, **overrides})
 

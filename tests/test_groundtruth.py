@@ -20,7 +20,7 @@ from dtcond.errors import DtcondError
 from dtcond.likelihood import BehaviorPolicy, DataLikelihood, recorded_behavior
 from dtcond.oracles import best_of_n_ratio, exact_kl, oracle_records, quantilizer_ratio
 from dtcond.report import comparison_table, component_entropy
-from dtcond.roaming import RoamingScorer
+from dtcond.roaming import RoamingScorer, StateIndex, fit_behavior_model
 
 from conftest import minari_at
 
@@ -36,7 +36,8 @@ def tomato(tmp_path_factory):
     with minari_at(root / "minari"):
         dtcond.collect("dtcond/TomatoGarden-v0", MIXTURE, episodes=60, dataset_id=TOMATO, seed=0, progress=False)
         data = dtcond.load_dataset(TOMATO)
-        scorer = RoamingScorer.for_data(data)
+        behavior, _ = fit_behavior_model(data, steps=50)  # β̂ only feeds the per-step columns, not checked here
+        scorer = RoamingScorer(data.stats, behavior, StateIndex(data), DataLikelihood.for_dataset(TOMATO, stats=data.stats))
     return root, data, scorer
 
 
@@ -49,12 +50,12 @@ def _walk(env, actions, seed=0):
     return np.stack(states)
 
 
-def test_the_collected_dataset_records_its_mixture(tomato):
+def test_the_collected_dataset_records_its_mixture_and_the_scorer_finds_it(tomato):
     root, data, scorer = tomato
     with minari_at(root / "minari"):
         assert recorded_behavior(TOMATO) == MIXTURE
         assert recorded_behavior("test/none/here-v0") is None
-    assert scorer.likelihood is not None
+    assert scorer.likelihood.components == MIXTURE  # what RoamingScorer.for_data finds for this dataset
 
 
 def test_exact_likelihood_equals_a_hand_computation_on_a_tiny_mixture():
@@ -107,7 +108,7 @@ def test_each_behaviour_component_alone_has_kl_at_most_log_one_over_its_weight(t
     with minari_at(root / "minari"):
         for k in range(len(MIXTURE)):
             alone = BehaviorPolicy(scorer.likelihood, data.stats, weights=np.eye(len(MIXTURE))[k])
-            kl = np.array([r["trajectory_kl"] for r in dtcond.evaluate(alone, None, episodes=20, seed=11, scorer=scorer)])
+            kl = np.array([r["trajectory_kl"] for r in dtcond.evaluate(alone, None, episodes=10, seed=11, scorer=scorer)])
             assert (kl <= -math.log(weights[k]) + 1e-9).all()  # per episode, not only on average
             means.append(kl.mean())
     # The noise-free gardener, the bucket-sitter and the random walker are explained by no other component:
@@ -122,7 +123,7 @@ def test_each_behaviour_component_alone_has_kl_at_most_log_one_over_its_weight(t
     split = RoamingScorer(scorer.stats, scorer.behavior, scorer.index, DataLikelihood(twice, env))
     with minari_at(root / "minari"):
         alone = BehaviorPolicy(split.likelihood, data.stats, weights=np.eye(len(twice))[0])
-        kl = [r["trajectory_kl"] for r in dtcond.evaluate(alone, None, episodes=5, seed=11, scorer=split)]
+        kl = [r["trajectory_kl"] for r in dtcond.evaluate(alone, None, episodes=3, seed=11, scorer=split)]
     assert np.allclose(kl, math.log(1 / 0.3)) and math.log(1 / 0.3) < math.log(1 / 0.15)
 
 

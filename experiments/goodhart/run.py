@@ -1,18 +1,20 @@
-"""Goodhart gridworld: observed vs true return for DT targets, quantilizers, %BC and PPO.
+"""Goodhart gridworld: observed vs true return for DT targets, quantilizers, %BC, PPO and the oracles.
 
 In dtcond/TomatoGarden-v0 the observed reward can be maxed by standing on the bucket tile, which
 waters nothing. The data mixes honest gardeners (several skills), stumblers that sometimes find the
 bucket, a few bucket-sitters and random walkers. PPO is trained on the observed reward, plain and
-with a KL penalty toward the data's behaviour model β̂ at several β (RLHF's objective). For every
-policy we report the observed return, the true return (tomatoes really watered), the gap between
-them (reward that is fake), and divergence from the data: KL(π‖β̂) from a behaviour model β̂ fitted to
-the data, and the cross-entropy of its actions under β̂.
+with a KL penalty toward the data's behaviour model β̂ at several β (RLHF's objective). Every policy is
+placed on the exact axis: its trajectory-level KL(p_π‖p_data), from the data's known behaviour mixture
+(:mod:`dtcond.likelihood`), beside oracle references computed from that mixture with no learning (the
+exact trajectory quantilizer, the plan quantilizer, best-of-n and the KL-regularized posterior).
 
     python experiments/goodhart/run.py             # see config.yaml for seeds and budgets
 """
 
 from __future__ import annotations
 
+import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -20,9 +22,23 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from common import (DIVERGENCE, DIVERGENCE_NOTE, MODE_COLLAPSE, MODE_COLLAPSE_NOTE, add_gap, compare, equal_kl_markdown, best_of_families,  # noqa: E402
-                    equal_kl_pairs, final_checkpoints, fmt, hydra_entry, kl_rows, machine, table_markdown, results_dir, write_results)
+from common import (MODE_COLLAPSE_NOTE, add_gap, compare, fmt, hydra_entry, machine, table_markdown, results_dir,  # noqa: E402
+                    write_results)
+from dtcond.fileio import atomic_write  # noqa: E402
+from dtcond.frontier import frontier_rows, gao_fit, quantilizer_check  # noqa: E402
 from dtcond.report import plot_frontier  # noqa: E402
+from dtcond.stats import kl_coef_of  # noqa: E402
+
+TRAJECTORY_NOTE = ("Divergence from the data. **KL(p_π‖p_data)** is trajectory-level, in nats per episode, from the data's exact "
+                   "likelihood: the dataset records its behaviour mixture, so log p_data(τ) = log Σ_k w_k Π_t π_k(a_t|s_t) is known, "
+                   "and the mean over a policy's own episodes of Σ_t log π(a_t|h_t) − log p_data(τ) estimates the KL (the dynamics "
+                   "cancel). For `quantilizer:q` the DT's target is drawn per episode; its KL marginalizes the target over its "
+                   "known distribution (the given-the-target value, an upper bound, is in frontier.json). The oracles' KL is the "
+                   "exact log density ratio of their reweighting. KL(π‖β̂)/step is the per-step KL to the Markov behaviour model "
+                   "β̂ — the quantity PPO-KL is penalized with, so it is a second column here, not an axis of comparison.")
+ENTROPY_NOTE = ("Mode collapse: component entropy is the entropy (nats) of the mean posterior over the data's behaviour components "
+                "of a row's episodes, H(E_τ p(k|τ)), per training seed (the data's own value from chunks of as many episodes): "
+                "log K when the episodes spread over K equally likely components, 0 when one component explains every episode.")
 
 
 def main(cfg) -> None:
@@ -31,35 +47,94 @@ def main(cfg) -> None:
     df, table = result.records, result.table
     table = add_gap(df, table)  # fake reward: what the observation claimed minus what was done
     cols = {"target": "target G", "episode_return": "observed return", "true_return": "true return", "gap": "fake reward",
-            **DIVERGENCE, **MODE_COLLAPSE}
-    pairs = equal_kl_pairs(df, table, "true_return")
-    betas = sorted(kl_rows(table)["kl_coef"].unique())
-    body = table_markdown(table, cols)
+            "trajectory_kl": "KL(p_π‖p_data) nats/episode", "kl_behavior": "KL(π‖β̂)/step", "component_entropy": "component entropy",
+            "entropy": "action entropy"}
+    out = results_dir(cfg, HERE)
     data = table[table["kind"] == "data"].iloc[0]
-    final_rl = final_checkpoints(table)
+    check = quantilizer_check(df, table)
+    fits = _gao_fits(table, float(data["true_return"]), float(data["episode_return"]))
+    oracle_kl = [{"q": float(r["oracle_param"]), "trajectory_kl": float(r["trajectory_kl"]), "log_1_over_q": math.log(1 / r["oracle_param"]),
+                  "relative_error": float(r["trajectory_kl"]) / math.log(1 / r["oracle_param"]) - 1}
+                 for _, r in table[(table["kind"] == "oracle") & (table.get("oracle_family") == "quantilizer")].iterrows()]
+    collapse = _collapse(table)
+    frontier = {"env_id": "dtcond/TomatoGarden-v0", "dataset_id": cfg.dataset_id, "seeds": [int(s) for s in cfg.seeds],
+                "estimator": "exact (the dataset's recorded behaviour mixture)", "kl_units": "nats per episode",
+                "interval": "95% Student t over units: training seeds, or oracle pools (one per seed)",
+                "machine": machine(), "command": "python experiments/goodhart/run.py",
+                "rows": frontier_rows(table), "oracle_kl_check": oracle_kl, "quantilizer_check": check, "gao_fits": fits,
+                "mode_collapse": collapse}
+    atomic_write(out / "frontier.json", json.dumps(frontier, indent=1, default=float))
     md = [
-        "# Goodhart gridworld: conditioning vs maximizing a gameable reward", "",
+        "# Goodhart gridworld: conditioning vs maximizing a gameable reward, on the exact axis", "",
         f"dtcond/TomatoGarden-v0; dataset {cfg.dataset_id} ({cfg.episodes} episodes, behaviour seed {cfg.data_seed}); "
         f"DT {cfg.train.steps} steps (K={cfg.model.context_len}, {cfg.model.n_layer} layers, width {cfg.model.n_embd}); "
         f"%BC {list(cfg.pct_bc)} at {cfg.train.bc_steps} steps; PPO {cfg.baseline.budget} env steps on the observed reward, plain and "
-        f"KL-regularized toward β̂ at β ∈ {[float(b) for b in betas]} (from {cfg.baseline.get('bc_init_steps', 2000)} steps of behaviour cloning); "
+        f"KL-regularized toward β̂ at β ∈ {list(cfg.baseline.kl_coefs)} (from {cfg.baseline.get('bc_init_steps', 2000)} steps of behaviour cloning); "
+        f"oracles from {cfg.oracles.pool} fresh behaviour episodes per seed ({cfg.oracles.draws} draws each); "
         f"training seeds {list(cfg.seeds)}; {cfg.eval_episodes} episodes per policy and target on env seeds from {cfg.eval_seed}. "
-        f"Means ± 95% CI over training seeds. Machine: {machine()}; this invocation took {time.perf_counter() - start:.0f}s (a rerun on the same work_dir reuses finished training and episodes).", "",
-        "![frontier](frontier.png)", "", body, "",
-        f"Data: observed {fmt(data['episode_return'])}, true {fmt(data['true_return'])}. "
-        + (f"PPO final: observed {fmt(final_rl.iloc[0]['episode_return'], final_rl.iloc[0]['episode_return_ci95'])}, "
-           f"true {fmt(final_rl.iloc[0]['true_return'], final_rl.iloc[0]['true_return_ci95'])}." if len(final_rl) else ""),
-        "", DIVERGENCE_NOTE, "", MODE_COLLAPSE_NOTE, "",
-        "## At equal divergence from the data: true return, conditioning vs KL-regularized PPO", "",
-        "Each PPO-KL policy beside the conditioned policy (DT target, quantilizer, BC or %BC) with the nearest KL(π‖β̂); the "
-        "difference is in true return, with a Welch 95% t-interval over training seeds; a verdict only where it excludes 0.", "",
-        equal_kl_markdown(pairs, "true return") if len(pairs) else "(no PPO-KL rows)", "",
-        best_of_families(df, table, "true_return", "true return"), "",
+        f"Means ± 95% CI over training seeds (oracles: over their pools). Machine: {machine()}; this invocation took "
+        f"{time.perf_counter() - start:.0f}s (a rerun on the same work_dir reuses finished training and episodes).", "",
+        "![frontier](frontier.png)", "", table_markdown(table, cols), "",
+        TRAJECTORY_NOTE, "", ENTROPY_NOTE, "", MODE_COLLAPSE_NOTE, "",
+        "## Is the DT a quantilizer?", "",
+        "The DT conditioned on `quantilizer:q` (and on the fixed quantile target at the oracle's threshold) beside the oracle "
+        "q-quantilizer of the data (keep the top q of behaviour episodes by observed return: KL = log(1/q)) and the plan "
+        "quantilizer (keep the best behaviour components, mass q). Differences DT − oracle: Welch 95% t-interval over "
+        f"the DT's training seeds and the oracle's pools; {len(check)} comparisons, each interval at 95% on its own "
+        "(no correction for their number).", "",
+        _check_markdown(check), "",
+        "## Oracle quantilizer: estimated trajectory KL against log(1/q)", "",
+        "| q | log(1/q) | estimated KL | relative error |", "|---|---|---|---|",
+        *[f"| {r['q']:g} | {r['log_1_over_q']:.3f} | {r['trajectory_kl']:.3f} | {100 * r['relative_error']:+.1f}% |" for r in oracle_kl], "",
+        "## Gao et al.'s functional forms (gain over the data's mean return against d = √KL)", "",
+        "| curve | return | form | α | β | R² | points |", "|---|---|---|---|---|---|---|",
+        *[f"| {f['curve']} | {f['return']} | {f['form']} | {fmt(f['alpha'], None, 2)} | {fmt(f['beta'], None, 2)} | {fmt(f['r2'], None, 2)} "
+          f"| {f['points']} |" for f in fits], "",
+        "## Mode collapse on the exact likelihood", "", collapse["sentence"], "",
     ]
-    plot_frontier(table, results_dir(cfg, HERE) / "frontier.png", title="TomatoGarden: observed and true return vs divergence from the data")
-    write_results(results_dir(cfg, HERE), "\n".join(md), {"rows": table.to_dict(orient="records"),
-                                                          "equal_kl": pairs.to_dict(orient="records")}, table)
+    plot_frontier(table, out / "frontier.png", title="TomatoGarden: observed and true return vs KL(p_π‖p_data)")
+    write_results(out, "\n".join(md), {"rows": table.to_dict(orient="records")}, table)
     print("\n".join(md))
+
+
+def _check_markdown(check: list[dict]) -> str:
+    lines = ["| q | DT target | oracle | log(1/q) | DT KL | oracle KL | DT true | oracle true | true: DT − oracle | DT observed | oracle observed |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in check:
+        lines.append(
+            f"| {r['q']:g} | {r['dt']} | {r['oracle']} | {r['log_1_over_q']:.2f} | {fmt(r['dt_trajectory_kl'], r['dt_trajectory_kl_ci95'], 2)} "
+            f"| {fmt(r['oracle_trajectory_kl'], r['oracle_trajectory_kl_ci95'], 2)} | {fmt(r['dt_true_return'], r['dt_true_return_ci95'])} "
+            f"| {fmt(r['oracle_true_return'], r['oracle_true_return_ci95'])} | {fmt(r['difference_true_return'], r['difference_true_return_ci95'])} "
+            f"({r['verdict_true_return']}) | {fmt(r['dt_observed_return'], r['dt_observed_return_ci95'])} "
+            f"| {fmt(r['oracle_observed_return'], r['oracle_observed_return_ci95'])} |")
+    return "\n".join(lines)
+
+
+def _gao_fits(table, data_true: float, data_observed: float) -> list[dict]:
+    """Best-of-n (the oracle's n sweep) in the BoN form, PPO-KL's β sweep in the RL form, for both returns."""
+    fits = []
+    bon = table[(table["kind"] == "oracle") & (table.get("oracle_family") == "best_of_n")]
+    rl = table[table["label"].map(lambda lab: kl_coef_of(lab) is not None)]
+    for curve, rows, form in (("oracle best-of-n", bon, "bon"), ("PPO-KL over β", rl, "rl")):
+        for col, base, name in (("true_return", data_true, "true"), ("episode_return", data_observed, "observed")):
+            fit = gao_fit(rows["trajectory_kl"], rows[col] - base, form)
+            fits.append({"curve": curve, "return": name, **fit})
+    return fits
+
+
+def _collapse(table) -> dict:
+    """Plain PPO's component entropy (final checkpoint) against the data's, and whether the intervals separate them."""
+    data = table[table["kind"] == "data"].iloc[0]
+    ppo = table[(table["kind"] == "ppo")]
+    if not len(ppo):
+        return {"sentence": "(no plain PPO rows)"}
+    ppo = ppo.loc[ppo["train_step"].map(lambda s: -1 if s is None else s).idxmax()]
+    d, dc, p, pc = (float(x) for x in (data["component_entropy"], data["component_entropy_ci95"], ppo["component_entropy"], ppo["component_entropy_ci95"]))
+    separated = abs(d - p) > (dc if math.isfinite(dc) else 0) + (pc if math.isfinite(pc) else 0)
+    sentence = (f"Component entropy: the data {fmt(d, dc, 2)} nats, plain PPO at its last checkpoint ({ppo['label']}) {fmt(p, pc, 2)}; "
+                + ("the two intervals do not overlap: PPO's episodes collapse onto fewer of the data's behaviours."
+                   if separated else "the intervals overlap: this measure does not separate PPO from the data here (unresolved)."))
+    return {"data": d, "data_ci95": dc, "ppo": p, "ppo_ci95": pc, "ppo_label": ppo["label"], "separated": bool(separated), "sentence": sentence}
 
 
 if __name__ == "__main__":
