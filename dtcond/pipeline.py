@@ -263,9 +263,9 @@ class ComparisonResult:
 
         t = self.table
         extra = [c for c in ("true_return", "cost") if c in t and t[c].notna().any()]
-        div = [c for c in ("kl_behavior", "cross_entropy_behavior", "entropy", "distinct_trajectories") if c in t and t[c].notna().any()]
-        heads = {"true_return": "true return", "cost": "cost", "kl_behavior": "KL(π‖β̂)", "cross_entropy_behavior": "H(π,β̂)",
-                 "entropy": "entropy", "distinct_trajectories": "distinct"}
+        div = [c for c in ("trajectory_kl", "kl_behavior", "cross_entropy_behavior", "entropy", "component_entropy") if c in t and t[c].notna().any()]
+        heads = {"true_return": "true return", "cost": "cost", "trajectory_kl": "KL(p_π‖p_data)", "kl_behavior": "KL(π‖β̂)",
+                 "cross_entropy_behavior": "H(π,β̂)", "entropy": "entropy", "component_entropy": "comp. H"}
         ret_head = "observed return" if "true_return" in extra else "return"  # the reward the policy saw
         lines = [f"  {'policy':>18} {'target':>16} {'seeds':>5} {ret_head:>18}" + "".join(f" {heads[c]:>10}" for c in extra + div)]
 
@@ -295,7 +295,9 @@ class ComparisonResult:
                     return None
                 r = rows.loc[rows["true_return"].idxmax()]
                 name = r["label"] if r["target_spec"] == "none" else f"{r['label']} {r['target_spec']}"
-                return f"{name} {r['true_return']:.1f} (observed {r['episode_return']:.1f}, KL {r.get('kl_behavior', float('nan')):.2f})"
+                kl = f"KL(p_π‖p_data) {r['trajectory_kl']:.1f}" if math.isfinite(r.get("trajectory_kl", float("nan"))) else \
+                    f"KL(π‖β̂) {r.get('kl_behavior', float('nan')):.2f}"
+                return f"{name} {r['true_return']:.1f} (observed {r['episode_return']:.1f}, {kl})"
 
             kinds = t["kind"]
             parts = [("conditioned (DT, BC, %BC)", best(t[kinds.isin(["dt", "pct_bc", "bc"])])),
@@ -446,31 +448,15 @@ def run_comparison(spec: ComparisonSpec) -> ComparisonResult:
 
 
 def _oracle_records(spec: ComparisonSpec, data, scorer, store) -> list[dict]:
-    """Per training seed, a pool of behaviour episodes (the mixture as a policy, fresh env randomness) and
-    every oracle resampled from it (:mod:`dtcond.oracles`): the pool's own rows (``behavior``) and the oracles'."""
-    from dtcond.evaluation import evaluate
-    from dtcond.likelihood import BehaviorPolicy
-    from dtcond.oracles import FAMILIES, oracle_records
+    from dtcond.oracles import run_oracles
 
     if scorer is None or scorer.likelihood is None:
         print(f"  oracles skipped: dataset {spec.dataset_id} recorded no behaviour mixture, so p_data is unknown")
         return []
     t0 = time.perf_counter()
-    behavior = BehaviorPolicy(scorer.likelihood, data.stats)
-    out = []
-    for seed in spec.seeds:
-        pool = evaluate(behavior, None, episodes=spec.oracles["pool"], seed=spec.eval_seed + ORACLE_POOL_SEED + seed, results=store,
-                        run_id=f"{spec.name}_seed{seed}", scorer=scorer, batch_size=1024)
-        pool = [{**r, "train_seed": seed} for r in pool]
-        out += pool
-        for family in FAMILIES:
-            for param in spec.oracles.get(family, []):
-                recs = [{**r, "run_id": f"{spec.name}_seed{seed}"} for r in
-                        oracle_records(pool, family, param, spec.oracles["draws"], seed, behavior.weights)]
-                store.append(recs)
-                out += recs
-    n = sum(len(spec.oracles.get(f, [])) for f in FAMILIES)
-    print(f"  oracles: {n} per seed from pools of {spec.oracles['pool']} behaviour episodes ({time.perf_counter() - t0:.0f}s)")
+    out = run_oracles(data, scorer, spec.oracles, spec.seeds, pool_seed=spec.eval_seed + ORACLE_POOL_SEED, store=store, name=spec.name)
+    print(f"  oracles: {len({r['target_spec'] for r in out if r['policy_kind'] == 'oracle'})} per seed from pools of "
+          f"{spec.oracles['pool']} behaviour episodes ({time.perf_counter() - t0:.0f}s)")
     return out
 
 

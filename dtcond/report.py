@@ -191,7 +191,7 @@ def component_entropy(part, unit: str = "fingerprint", chunk: int = 20) -> tuple
     >>> import pandas as pd
     >>> df = pd.DataFrame({"fingerprint": ["a", "a", "b", "b"], "component_posterior": [[1, 0], [0, 1], [1, 0], [1, 0]]})
     >>> [round(x, 3) for x in component_entropy(df)]
-    [0.347, 4.403]
+    [0.347, 4.404]
     """
     from dtcond.likelihood import entropy_nats
 
