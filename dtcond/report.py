@@ -272,10 +272,11 @@ def comparison_table(df):
     table["_o"] = table["kind"].map(lambda k: order.get(k, 4))
     table["_steps"] = table["train_step"].map(lambda s: -1 if s is None else s)
     table["_beta"] = table["label"].map(lambda lab: kl_coef_of(lab) or 0.0)  # PPO-KL rows in order of β
+    table["_family"] = table["oracle_family"].fillna("") if "oracle_family" in table else ""
     if "oracle_param" in table:  # oracles by family, then parameter
         table["_beta"] = table["oracle_param"].fillna(table["_beta"])
-    return (table.sort_values(["_o", "algo", "_beta", "_steps", "label", "target", "target_spec"]).drop(columns=["_o", "_steps", "_beta"])
-            .reset_index(drop=True))
+    return (table.sort_values(["_o", "algo", "_family", "_beta", "_steps", "label", "target", "target_spec"])
+            .drop(columns=["_o", "_steps", "_beta", "_family"]).reset_index(drop=True))
 
 
 def quantilizer_bound(table, df) -> list[dict]:

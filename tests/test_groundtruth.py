@@ -222,3 +222,23 @@ def test_the_plan_quantilizer_keeps_the_best_components_and_its_kl_uses_the_like
     recs = oracle_records(pool, "plan_quantilizer", 0.25, draws=200, seed=0, component_weights=[0.25, 0.75])
     assert all(r["episode_return"] >= 10 for r in recs)
     assert np.mean([r["trajectory_kl"] for r in recs]) == pytest.approx(math.log(4), rel=1e-6)
+
+
+def test_the_quantilizer_check_compares_the_dt_with_the_oracle_over_units_and_calls_overlap_unresolved():
+    from dtcond.frontier import frontier_rows, quantilizer_check
+
+    rows = []
+    for unit, (dt_true, oracle_true) in enumerate([(10.0, 40.0), (12.0, 41.0), (11.0, 39.0)]):
+        for label, spec, true, kl in (("dt", "quantilizer:0.25", dt_true, 5.0 + unit), ("oracle", "quantilizer:0.25", oracle_true, 1.38),
+                                      ("dt", "q0.75", oracle_true + (unit - 1) * 30, 3.0)):
+            rows += [{"label": label, "policy_kind": label, "target_spec": spec, "fingerprint": f"{label}{unit}", "episode_return": true,
+                      "true_return": true, "trajectory_kl": kl, "target": None,
+                      **({"oracle_family": "quantilizer", "oracle_param": 0.25} if label == "oracle" else {})}] * 2
+    df = pd.DataFrame(rows)
+    table = comparison_table(df)
+    check = {r["dt"]: r for r in quantilizer_check(df, table, qs=[0.25])}
+    assert check["quantilizer:0.25"]["difference_true_return"] == pytest.approx(-29.0)
+    assert check["quantilizer:0.25"]["verdict_true_return"] == "oracle higher"
+    assert check["q0.75"]["verdict_true_return"] == "unresolved"  # same mean, seeds spread ±30
+    fam = {(r["family"], r["param"]) for r in frontier_rows(table)}
+    assert fam == {("dt", "quantilizer:0.25"), ("dt", "q0.75"), ("oracle_quantilizer", 0.25)}
