@@ -45,7 +45,7 @@ def local_dataset_ids() -> list[str]:
 class Trajectory:
     """One episode, aligned: ``observations[t]`` is the state in which ``actions[t]`` was taken."""
 
-    observations: np.ndarray  # (T, obs_dim) float32
+    observations: np.ndarray  # (T, obs_dim) float32, or (T, C, H, W) uint8 frames (dtcond.observations)
     actions: np.ndarray  # (T, act_dim) float32, or (T,) int64 for Discrete
     rewards: np.ndarray  # (T,) float32
     returns_to_go: np.ndarray  # (T,) float32, rtg[t] = sum_{k>=t} gamma^(k-t) r_k
@@ -111,6 +111,13 @@ class DatasetStats:
     # When every episode reports info["cost"]: each episode's total cost, in episode_returns' order
     # (ties in return broken by cost), so (episode_returns[i], episode_costs[i]) is one episode's pair.
     episode_costs: list[float] | None = None
+    # The env Minari recorded (EnvSpec JSON: entry point, kwargs, wrapper stack) and its eval env, if any:
+    # the policy rebuilds them without the dataset (dtcond.recorded). None in stats written before them.
+    env_spec: str | None = None
+    eval_env_spec: str | None = None
+    # How raw observations become model inputs (dtcond.observations.ObsCodec.to_dict): the space, and the
+    # vocabulary of Text entries. None in stats written before it: Boxes (or a Dict of Boxes) flattened.
+    obs_codec: dict | None = None
 
     @property
     def min_return(self) -> float:
@@ -123,6 +130,28 @@ class DatasetStats:
     @property
     def is_discrete(self) -> bool:
         return self.action_kind == "discrete"
+
+    @property
+    def codec(self):
+        """The :class:`~dtcond.observations.ObsCodec` that encodes this dataset's observations."""
+        if "_codec" not in self.__dict__:
+            from dtcond.observations import ObsCodec
+
+            self.__dict__["_codec"] = ObsCodec.from_dict(self.obs_codec) if self.obs_codec else ObsCodec.legacy(self.obs_dim)
+        return self.__dict__["_codec"]
+
+    @property
+    def has_reference_scores(self) -> bool:
+        return self.ref_min_score is not None and self.ref_max_score is not None and self.ref_max_score != self.ref_min_score
+
+    def normalized_score(self, episode_return: float) -> float | None:
+        """``(G - ref_min) / (ref_max - ref_min)``, Minari's ``get_normalized_score`` (D4RL's; tables show it x100).
+
+        None when the dataset has no reference scores.
+        """
+        if not self.has_reference_scores:
+            return None
+        return float((episode_return - self.ref_min_score) / (self.ref_max_score - self.ref_min_score))
 
     def return_quantile(self, q: float) -> float:
         """The q-th quantile of episode returns (numpy's linear interpolation)."""
@@ -140,6 +169,9 @@ class DatasetStats:
         return float(np.quantile(np.asarray(self.episode_costs), q))
 
     def normalize_obs(self, obs: np.ndarray) -> np.ndarray:
+        """Encoded observations standardized by the data's mean and std; image frames stay uint8 (the model scales them)."""
+        if self.codec.kind == "image":
+            return np.asarray(obs, dtype=np.uint8)
         mean = np.asarray(self.obs_mean, dtype=np.float32)
         std = np.asarray(self.obs_std, dtype=np.float32)
         return ((np.asarray(obs, dtype=np.float32) - mean) / std).astype(np.float32)
@@ -170,29 +202,11 @@ class OfflineData:
         return len(self.trajectories)
 
 
-def _flatten_observations(space: gym.Space, observations) -> np.ndarray:
-    """(T+1, obs_dim) float32 from a Box or a Dict of Boxes; anything else is refused."""
-    if isinstance(space, gym.spaces.Box):
-        obs = np.asarray(observations)
-        return obs.reshape(obs.shape[0], -1).astype(np.float32)
-    if isinstance(space, gym.spaces.Dict) and all(isinstance(s, gym.spaces.Box) for s in space.spaces.values()):
-        parts = [np.asarray(observations[k]) for k in space.spaces]
-        return np.concatenate([p.reshape(p.shape[0], -1) for p in parts], axis=1).astype(np.float32)
-    raise DtcondError(
-        f"unsupported observation space {space}: dtcond handles Box observations or a Dict of Boxes (flattened)"
-    )
-
-
 def check_spaces(observation_space: gym.Space, action_space: gym.Space) -> None:
     """Raise a one-line :class:`DtcondError` unless dtcond can model these spaces."""
-    if isinstance(observation_space, gym.spaces.Dict):
-        bad = [k for k, s in observation_space.spaces.items() if not isinstance(s, gym.spaces.Box)]
-        if bad:
-            raise DtcondError(f"unsupported observation space: Dict entries {bad} are not Box; only Box entries can be flattened")
-    elif not isinstance(observation_space, gym.spaces.Box):
-        raise DtcondError(
-            f"unsupported observation space {type(observation_space).__name__}: dtcond handles Box observations or a Dict of Boxes"
-        )
+    from dtcond.observations import check_observation_space
+
+    check_observation_space(observation_space)
     if isinstance(action_space, gym.spaces.Box):
         if len(action_space.shape) != 1:
             raise DtcondError(f"unsupported action space {action_space}: Box actions must be 1-D")
@@ -200,6 +214,19 @@ def check_spaces(observation_space: gym.Space, action_space: gym.Space) -> None:
             raise DtcondError(f"unsupported action space {action_space}: Box actions need finite bounds")
     elif not isinstance(action_space, gym.spaces.Discrete):
         raise DtcondError(f"unsupported action space {type(action_space).__name__}: dtcond handles Box or Discrete actions")
+
+
+def observation_codec(ds):
+    """The :class:`~dtcond.observations.ObsCodec` for a Minari dataset; Text entries' vocabularies are read from it first."""
+    from dtcond.observations import ObsCodec, leaves, text_values
+
+    space = ds.observation_space
+    texts: dict[str, set] = {}
+    if any(isinstance(leaf, gym.spaces.Text) for _, leaf in leaves(space)):
+        for episode in ds.iterate_episodes():
+            for key, values in text_values(space, episode.observations).items():
+                texts.setdefault(key, set()).update(values)
+    return ObsCodec.from_space(space, texts)
 
 
 def _load_minari(dataset_id: str):
@@ -223,10 +250,11 @@ def load(dataset_id: str, gamma: float = 1.0) -> OfflineData:
 
     ds = _load_minari(dataset_id)
     discrete = isinstance(ds.action_space, gym.spaces.Discrete)
+    codec = observation_codec(ds)
 
     trajectories = []
     for episode in checked_episodes(ds, dataset_id):  # lengths, shapes, NaN/inf and spaces checked
-        obs = _flatten_observations(ds.observation_space, episode.observations)
+        obs = codec.encode(episode.observations)  # (T+1, obs_dim) float32, or (T+1, C, H, W) uint8 frames
         rewards = np.asarray(episode.rewards, dtype=np.float64)
         if discrete:
             actions = np.asarray(episode.actions).reshape(-1).astype(np.int64)
@@ -254,13 +282,18 @@ def load(dataset_id: str, gamma: float = 1.0) -> OfflineData:
     if not trajectories:
         raise DtcondError(f"dataset {dataset_id!r} is empty: it has no episodes with at least one step")
 
-    return OfflineData(trajectories, compute_stats(trajectories, ds, dataset_id, gamma))
+    return OfflineData(trajectories, compute_stats(trajectories, ds, dataset_id, gamma, codec))
 
 
-def compute_stats(trajectories: list[Trajectory], ds, dataset_id: str, gamma: float) -> DatasetStats:
-    all_obs = np.concatenate([t.observations for t in trajectories]).astype(np.float64)
-    # A constant feature would divide by zero; 1e-6 keeps it at zero after normalization.
-    std = np.maximum(all_obs.std(axis=0), 1e-6)
+def compute_stats(trajectories: list[Trajectory], ds, dataset_id: str, gamma: float, codec=None) -> DatasetStats:
+    if codec is None:
+        codec = observation_codec(ds)
+    if codec.kind == "image":  # frames are scaled inside the model: no per-pixel statistics
+        mean, std = [], []
+    else:
+        all_obs = np.concatenate([t.observations for t in trajectories]).astype(np.float64)
+        # A constant feature would divide by zero; 1e-6 keeps it at zero after normalization.
+        mean, std = all_obs.mean(axis=0), np.maximum(all_obs.std(axis=0), 1e-6)
     pairs = sorted((float(np.asarray(t.rewards, dtype=np.float64).sum()),
                     float(np.asarray(t.costs, dtype=np.float64).sum()) if t.costs is not None else 0.0) for t in trajectories)
     returns = [g for g, _ in pairs]
@@ -274,22 +307,39 @@ def compute_stats(trajectories: list[Trajectory], ds, dataset_id: str, gamma: fl
         env_id=spec.id if spec is not None else None,
         env_kwargs=dict(spec.kwargs) if spec is not None else {},
         max_episode_steps=spec.max_episode_steps if spec is not None else None,
-        obs_dim=int(all_obs.shape[1]),
+        obs_dim=int(codec.dim),
         action_kind="discrete" if discrete else "continuous",
         action_dim=int(action_space.n) if discrete else int(action_space.shape[0]),
         action_low=None if discrete else [float(x) for x in action_space.low],
         action_high=None if discrete else [float(x) for x in action_space.high],
-        obs_mean=[float(x) for x in all_obs.mean(axis=0)],
+        obs_mean=[float(x) for x in mean],
         obs_std=[float(x) for x in std],
         episode_returns=returns,
         max_episode_length=max(len(t) for t in trajectories),
         num_episodes=len(trajectories),
         num_steps=int(sum(len(t) for t in trajectories)),
         gamma=gamma,
-        ref_min_score=metadata.get("ref_min_score"),
-        ref_max_score=metadata.get("ref_max_score"),
+        ref_min_score=_float_or_none(metadata.get("ref_min_score")),
+        ref_max_score=_float_or_none(metadata.get("ref_max_score")),
         episode_costs=[c for _, c in pairs] if has_costs else None,
+        env_spec=_spec_json(spec),
+        obs_codec=codec.to_dict(),
+        eval_env_spec=_spec_json(getattr(ds, "_eval_env_spec", None)),
     )
+
+
+def _float_or_none(x) -> float | None:
+    return None if x is None else float(x)
+
+
+def _spec_json(spec) -> str | None:
+    """An EnvSpec as Gymnasium's JSON, or None (no spec, or kwargs that are not JSON: the id is then used)."""
+    if spec is None:
+        return None
+    try:
+        return spec.to_json()
+    except (ValueError, TypeError, gym.error.Error):
+        return None
 
 
 def return_summary(returns) -> dict[str, float]:
@@ -325,7 +375,7 @@ def make_window(traj: Trajectory, end: int, length: int, stats: DatasetStats) ->
     n = end + 1 - start
     pad = length - n
     obs = stats.normalize_obs(traj.observations[start : end + 1])
-    window_obs = np.zeros((length, obs.shape[1]), dtype=np.float32)
+    window_obs = np.zeros((length, *obs.shape[1:]), dtype=obs.dtype)
     window_obs[pad:] = obs
     if traj.actions.ndim == 1:
         actions = np.zeros(length, dtype=np.int64)
@@ -399,7 +449,7 @@ class WindowDataset:
             return torch.from_numpy(stacked)
 
         self.fields = {
-            "observations": flat([stats.normalize_obs(t.observations) for t in trajectories], np.float32),
+            "observations": flat([stats.normalize_obs(t.observations) for t in trajectories], stats.codec.dtype),
             "actions": flat([t.actions for t in trajectories], trajectories[0].actions.dtype),
             "returns_to_go": flat([t.returns_to_go for t in trajectories], np.float32),  # raw: the model scales them
             "timesteps": flat([np.asarray(t.timesteps, dtype=np.int64) for t in trajectories], np.int64),
