@@ -164,8 +164,9 @@ def eval_command(cfg) -> None:
     print(f"{policy.label} {policy.fingerprint} on {policy.env_id}: {len(records)} episodes -> {store.path}")
     for r in table.itertuples():
         flag = " OOD" if r.ood else ""
+        score = getattr(r, "normalized_score_mean", None)  # where the dataset has reference scores
         print(f"  {r.target_spec:>18} target {r.target:9.1f} (P_data {r.target_quantile:4.2f}{flag:4}) "
-              f"achieved {r.return_mean:9.1f} +- {r.return_ci95:6.1f}")
+              f"achieved {r.return_mean:9.1f} +- {r.return_ci95:6.1f}" + (f"  normalized score {100 * score:6.1f}" if score == score and score is not None else ""))
     if cfg.report:
         report = write_report(store.path)
         for out in report["outputs"].values():

@@ -116,7 +116,7 @@ class ObsCodec:
         layout = image_layout(space)
         if layout is not None:
             shape = space.shape
-            chw = {"HW": (1, *shape), "HWC": (shape[2], shape[0], shape[1]), "CHW": tuple(shape)}[layout]
+            chw = (1, *shape) if layout == "HW" else (shape[2], shape[0], shape[1]) if layout == "HWC" else tuple(shape)
             return cls(serialize_space(space), "image", int(np.prod(chw)), [int(x) for x in chw], layout)
         vocab, dim = {}, 0
         for path, leaf in leaves(space):
@@ -187,8 +187,16 @@ class ObsCodec:
                 parts.append(values.reshape(len(values), -1).astype(np.float32))
             else:  # Discrete, MultiDiscrete, MultiBinary: one-hot / 0-1, as gymnasium.spaces.flatten writes them
                 values = np.asarray(values)
-                flat = gym.spaces.flatten(gym.vector.utils.batch_space(leaf, len(values)), values.astype(leaf.dtype))
-                parts.append(np.asarray(flat, dtype=np.float32).reshape(len(values), -1))
+                n = len(values)
+                if isinstance(leaf, Discrete):  # a batch of Discrete is a MultiDiscrete: one flatten for all rows
+                    batch = gym.vector.utils.batch_space(leaf, n)
+                elif isinstance(leaf, MultiDiscrete):  # (batch_space makes it a Box, which flatten would not one-hot)
+                    batch = MultiDiscrete(np.tile(leaf.nvec, (n,) + (1,) * leaf.nvec.ndim),
+                                          start=np.tile(leaf.start, (n,) + (1,) * leaf.start.ndim))
+                else:
+                    batch = gym.vector.utils.batch_space(leaf, n)
+                flat = gym.spaces.flatten(batch, values.astype(leaf.dtype))
+                parts.append(np.asarray(flat, dtype=np.float32).reshape(n, -1))
         return np.concatenate(parts, axis=1) if len(parts) > 1 else parts[0]
 
     def encode_one(self, obs) -> np.ndarray:

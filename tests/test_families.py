@@ -1,0 +1,184 @@
+"""Datasets from Minari's other families: structured and image observations, the recorded env, normalized scores.
+
+Each dataset is written by Minari's own writer (``create_dataset_from_buffers``) from episodes rolled
+out in the real env, with the env recorded as Minari records it (its spec, wrapper stack included).
+"""
+
+from __future__ import annotations
+
+import json
+import string
+
+import gymnasium as gym
+import numpy as np
+import pytest
+
+from conftest import run_cli
+from dtcond.checkpoints import load_policy
+from dtcond.errors import DtcondError
+from dtcond.evaluation import evaluate
+from dtcond.observations import ObsCodec
+from dtcond.training import train
+
+TINY = dict(context_len=4, n_layer=1, n_head=1, n_embd=16, dropout=0.0)
+QUIET = dict(enable_progress_bar=False, enable_model_summary=False, logger=False)
+FAST = dict(model=TINY, data=dict(batch_size=8, steps_per_epoch=4, val_windows=8), trainer=dict(max_steps=4, **QUIET))
+
+
+def _stack(items):
+    """Per-step observations (dicts, tuples, strings or arrays) → one episode's, as Minari stores them."""
+    first = items[0]
+    if isinstance(first, dict):
+        return {k: _stack([x[k] for x in items]) for k in first}
+    if isinstance(first, tuple):
+        return tuple(_stack([x[i] for x in items]) for i in range(len(first)))
+    if isinstance(first, str):
+        return list(items)
+    return np.stack([np.asarray(x) for x in items])
+
+
+def record(dataset_id: str, env: gym.Env, episodes: int, seed: int = 0, **kwargs):
+    """Random-action episodes of ``env`` written through Minari's writer, the env's spec recorded with them."""
+    import minari
+    from minari.data_collector.episode_buffer import EpisodeBuffer
+
+    env.action_space.seed(seed)
+    buffers = []
+    for i in range(episodes):
+        obs, _ = env.reset(seed=seed + i)
+        observations, actions, rewards, terms, truncs = [obs], [], [], [], []
+        while True:
+            action = env.action_space.sample()
+            obs, reward, term, trunc, _ = env.step(action)
+            observations.append(obs)
+            actions.append(action)
+            rewards.append(float(reward))
+            terms.append(bool(term))
+            truncs.append(bool(trunc))
+            if term or trunc:
+                break
+        buffers.append(EpisodeBuffer(id=i, seed=seed + i, observations=_stack(observations), actions=np.stack(actions),
+                                     rewards=rewards, terminations=terms, truncations=truncs, infos={}))
+    return minari.create_dataset_from_buffers(dataset_id, buffers, env=env, **kwargs)
+
+
+# ------------------------------------------------------------------ the codec
+
+
+def test_codec_encodes_nested_spaces_as_gymnasium_flattens_them():
+    space = gym.spaces.Dict(
+        pos=gym.spaces.Box(-1, 1, (2, 2), np.float32),
+        parts=gym.spaces.Tuple([gym.spaces.Discrete(3, start=1), gym.spaces.MultiDiscrete([2, 4]), gym.spaces.MultiBinary(3)]),
+    )
+    space.seed(0)
+    samples = [space.sample() for _ in range(5)]
+    codec = ObsCodec.from_space(space)
+    encoded = codec.encode(_stack(samples))  # one batch of 5
+    # In the space as Minari stores it (Dict keys sorted), which is what the codec reads the data in.
+    reference = np.stack([gym.spaces.flatten(codec.observation_space, s) for s in samples]).astype(np.float32)
+    assert encoded.shape == (5, gym.spaces.flatdim(space)) and np.array_equal(encoded, reference)
+
+
+def test_codec_gives_each_mission_its_own_id_and_unseen_ones_a_slot_of_their_own():
+    space = gym.spaces.Dict(direction=gym.spaces.Discrete(4), mission=gym.spaces.Text(40, charset=string.ascii_lowercase + " "))
+    codec = ObsCodec.from_space(space, {"mission": ["go to the goal", "open the door", "go to the goal"]})
+    back = ObsCodec.from_dict(json.loads(json.dumps(codec.to_dict())))  # as a policy card carries it
+    out = back.encode({"direction": np.array([0, 3, 1]), "mission": ["open the door", "go to the goal", "pick up the key"]})
+    assert codec.vocab == {"mission": ["go to the goal", "open the door"]} and out.shape == (3, 4 + 3)
+    assert out[:, 4:].argmax(1).tolist() == [1, 0, 2]  # 2: a mission the data never had
+    assert back.encode_one({"direction": 2, "mission": "go to the goal"}).tolist() == [0, 0, 1, 0, 1, 0, 0]
+
+
+def test_image_boxes_stay_uint8_in_channel_first_layout():
+    for shape, chw in [((84, 84), (1, 84, 84)), ((64, 48, 3), (3, 64, 48)), ((4, 84, 84), (4, 84, 84))]:
+        codec = ObsCodec.from_space(gym.spaces.Box(0, 255, shape, np.uint8))
+        frames = np.random.default_rng(0).integers(0, 256, (2, *shape), dtype=np.uint8)
+        out = codec.encode(frames)
+        assert codec.kind == "image" and out.dtype == np.uint8 and out.shape == (2, *chw)
+        assert np.array_equal(out[1, 0], frames[1] if len(shape) == 2 else (frames[1, ..., 0] if shape[-1] == 3 else frames[1, 0]))
+    assert ObsCodec.from_space(gym.spaces.Box(0, 255, (7, 7, 3), np.uint8)).kind == "vector"  # MiniGrid's 7x7 view
+
+
+# ------------------------------------------------------------------ the recorded env
+
+
+def test_a_missing_package_is_named_with_what_to_install(cartpole_dataset):
+    from dtcond.data import load
+    from dtcond.recorded import make_env
+
+    stats = load(cartpole_dataset).stats
+    spec = json.loads(stats.env_spec)
+    missing = type(stats).from_dict({**stats.to_dict(), "env_spec": json.dumps({**spec, "entry_point": "ale_py_missing.env:AtariEnv"})})
+    with pytest.raises(DtcondError, match=r"needs the Python package 'ale_py_missing' \(pip install ale-py-missing\)"):
+        make_env(missing)
+    with pytest.raises(DtcondError, match="cannot make env 'NoSuchEnv-v0'"):
+        make_env(stats, env_id="NoSuchEnv-v0")
+
+
+def test_acrobot_with_reference_scores_reports_normalized_scores(minari_root, tmp_path):
+    import minari
+
+    from dtcond.report import write_report
+    from dtcond.targets import parse
+
+    ds = record("test/acrobot/random-v0", gym.make("Acrobot-v1", max_episode_steps=30), episodes=6,
+                ref_min_score=-30.0, ref_max_score=-10.0)
+    policy = load_policy(train("test/acrobot/random-v0", tmp_path / "run", **FAST).bundle)
+    assert parse("score50").resolve(policy.stats).value == pytest.approx(-20.0)
+    records = evaluate(policy, ["score50", "q0.5"], episodes=2, seed=0, results=tmp_path / "results.jsonl")
+    returns = np.array([r["episode_return"] for r in records])
+    assert all(r["length"] <= 30 for r in records)  # the recorded TimeLimit, not Acrobot's default 500
+    assert np.allclose([r["normalized_score"] for r in records], minari.get_normalized_score(ds, returns))
+    md = open(write_report(tmp_path / "results.jsonl")["outputs"]["test/acrobot/random-v0"]["markdown"]).read()
+    assert "normalized score (×100)" in md
+
+
+def test_normalized_score_targets_need_reference_scores(cartpole_dataset):
+    from dtcond.data import load
+    from dtcond.targets import parse
+
+    with pytest.raises(DtcondError, match="has no reference scores"):
+        parse("score90").resolve(load(cartpole_dataset).stats)
+
+
+def test_minigrid_with_a_text_mission_trains_and_acts_in_its_recorded_env_without_the_dataset(minari_root, tmp_path):
+    import shutil
+
+    pytest.importorskip("minigrid")
+    import minigrid
+
+    gym.register_envs(minigrid)
+    env = gym.make("MiniGrid-Empty-8x8-v0", max_episode_steps=12)
+    # MiniGrid's MissionSpace has no Minari serializer: the catalogue's datasets declare the mission a Text.
+    space = gym.spaces.Dict(direction=gym.spaces.Discrete(4), image=env.observation_space["image"],
+                            mission=gym.spaces.Text(max_length=200, charset=string.printable))
+    record("test/minigrid/empty-v0", env, episodes=4, observation_space=space)
+    bundle = train("test/minigrid/empty-v0", tmp_path / "run", **FAST).bundle
+    shutil.rmtree(minari_root)  # the bundle alone: codec, vocabulary and env spec travel in its card
+    policy = load_policy(bundle)
+    assert policy.stats.codec.vocab == {"mission": ["get to the green goal square"]}
+    assert policy.stats.obs_dim == 4 + 7 * 7 * 3 + 2
+    records = evaluate(policy, ["q0.5"], episodes=2, seed=0)
+    assert [r["length"] <= 12 for r in records] == [True, True]
+    env = policy.make_env()
+    obs, _ = env.reset(seed=0)
+    policy.reset(target=0.5, seed=0)
+    assert env.action_space.contains(policy.act(obs))
+
+
+def test_point_maze_trains_and_evaluates_in_its_recorded_env_from_the_cli(minari_root, tmp_path):
+    pytest.importorskip("gymnasium_robotics")
+    import gymnasium_robotics
+
+    gym.register_envs(gymnasium_robotics)
+    record("test/pointmaze/umaze-v0", gym.make("PointMaze_UMaze-v3", max_episode_steps=15), episodes=3)
+    # Fresh processes that never register gymnasium-robotics: the recorded spec's entry point imports it.
+    out = run_cli("train", "model=tiny", "dataset.id=test/pointmaze/umaze-v0", "data.batch_size=8", "data.steps_per_epoch=4",
+                  "trainer.max_steps=4", "trainer.enable_progress_bar=false", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    results = tmp_path / "results.jsonl"
+    out = run_cli("eval", f"policy={tmp_path}/hydra/policy", f"results={results}", "episodes=1", "progress=false",
+                  "report=false", "roaming=false", "sampler.target=q0.5", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    rows = [json.loads(line) for line in results.read_text().splitlines()]
+    assert [(r["env_id"], r["length"]) for r in rows] == [("PointMaze_UMaze-v3", 15)]
