@@ -37,8 +37,16 @@ def model_config_for(stats: DatasetStats, **overrides) -> DTConfig:
                           "(its env reports no info['cost'])")
     if overrides.get("cost_scale", 1.0) is None:
         overrides["cost_scale"] = max(max(stats.episode_costs or [0.0]), 1.0)
+    codec = stats.codec
+    image = codec.image_shape if codec.kind == "image" else None
+    if overrides.get("encoder", "auto") == "auto":  # the Nature-DQN convs need frames of at least 36x36
+        overrides["encoder"] = "cnn" if image is not None and min(image[1:]) >= 36 else "mlp"
+    elif overrides["encoder"] == "cnn" and image is None:
+        raise DtcondError(f"model.encoder=cnn needs image observations (uint8 frames of at least 36x36); dataset "
+                          f"{stats.dataset_id!r} has {codec.kind} observations of size {codec.dim}: use model.encoder=mlp or auto")
     cfg = DTConfig(
         obs_dim=stats.obs_dim,
+        obs_shape=image,
         act_dim=stats.action_dim,
         discrete=stats.is_discrete,
         action_low=stats.action_low,

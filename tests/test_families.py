@@ -182,3 +182,57 @@ def test_point_maze_trains_and_evaluates_in_its_recorded_env_from_the_cli(minari
     assert out.returncode == 0, out.stderr
     rows = [json.loads(line) for line in results.read_text().splitlines()]
     assert [(r["env_id"], r["length"]) for r in rows] == [("PointMaze_UMaze-v3", 15)]
+
+
+# ------------------------------------------------------------------ images
+
+
+def test_atari_frames_train_through_the_conv_encoder_as_uint8_and_evaluate_in_the_recorded_wrappers(minari_root, tmp_path):
+    pytest.importorskip("ale_py")
+    pytest.importorskip("cv2")
+    import ale_py
+    import torch
+
+    from dtcond.data import WindowDataset, load
+
+    gym.register_envs(ale_py)
+    env = gym.wrappers.AtariPreprocessing(gym.make("ALE/Pong-v5", frameskip=1, max_episode_steps=64), frame_skip=4,
+                                          screen_size=84, grayscale_obs=True)
+    record("test/pong/random-v0", env, episodes=2, ref_min_score=-21.0, ref_max_score=21.0)
+    data = load("test/pong/random-v0")
+    windows = WindowDataset(data.trajectories, data.stats, length=4, epoch_size=8, batch_size=8)
+    assert data.trajectories[0].observations.dtype == np.uint8 and windows[0]["observations"].dtype == torch.uint8
+    assert windows[0]["observations"].shape == (8, 4, 1, 84, 84)
+    policy = load_policy(train("test/pong/random-v0", tmp_path / "run", **FAST).bundle)
+    assert (policy.config.encoder, policy.config.obs_shape) == ("cnn", [1, 84, 84])
+    records = evaluate(policy, ["q0.5"], episodes=1, seed=0)
+    # AtariPreprocessing from the recorded spec: 84x84 frames, 4 frames a step, so 64 frames are 16 steps.
+    assert records[0]["length"] <= 16 and records[0]["normalized_score"] is not None
+
+
+def test_model_encoder_is_configurable_and_cnn_refuses_vector_observations(cartpole_dataset, tmp_path):
+    with pytest.raises(DtcondError, match="model.encoder=cnn needs image observations"):
+        train(cartpole_dataset, tmp_path / "x", model={**TINY, "encoder": "cnn"}, trainer=dict(max_steps=1, **QUIET))
+    with pytest.raises(DtcondError, match="model.encoder must be auto, mlp or cnn"):
+        train(cartpole_dataset, tmp_path / "y", model={**TINY, "encoder": "resnet"}, trainer=dict(max_steps=1, **QUIET))
+
+
+def test_a_bundle_written_before_codecs_and_encoders_loads_and_acts_the_same(cartpole_dataset, tmp_path):
+    bundle = train(cartpole_dataset, tmp_path / "run", model=TINY, data=FAST["data"], trainer=dict(max_steps=2, **QUIET)).bundle
+    card = json.loads((bundle / "card.json").read_text())
+    for key in ("encoder", "obs_shape"):
+        del card["model"][key]
+    for key in ("obs_codec", "env_spec", "eval_env_spec"):
+        del card["stats"][key]
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "card.json").write_text(json.dumps(card))
+    (old / "model.safetensors").write_bytes((bundle / "model.safetensors").read_bytes())
+    new_policy, old_policy = load_policy(bundle), load_policy(old)
+    assert old_policy.stats.codec.observation_space is None  # the legacy flattening
+    obs, _ = old_policy.make_env().reset(seed=0)
+    actions = []
+    for policy in (new_policy, old_policy):
+        policy.reset(target=100.0, seed=0)
+        actions.append([policy.act(obs) for _ in range(3)])
+    assert actions[0] == actions[1]
