@@ -41,6 +41,72 @@ def local_dataset_ids() -> list[str]:
     return sorted(ids)
 
 
+class FrameStore:
+    """A dataset's encoded image observations in one contiguous file, so they need not fit in memory.
+
+    :func:`load` appends each episode's frames as it reads it (one episode in memory at a time);
+    trajectories then hold read-only ``np.memmap`` views of their rows, and
+    :class:`WindowDataset` reads a batch's windows with ``os.pread`` (:meth:`read`), so the process
+    holds the rows of a batch, not the file: the kernel's page cache is the cache. The file lives
+    under ``$DTCOND_CACHE/frames`` (``~/.cache/dtcond``) and is unlinked as soon as it is open, so
+    nothing is left behind by a run that stops, however it stops; DataLoader workers share it by
+    fork (Linux's default), which keeps the open file.
+
+    >>> store = FrameStore((1, 84, 84), np.uint8)                    # doctest: +SKIP
+    >>> first = store.append(frames); store.finish()                 # doctest: +SKIP
+    >>> store.read(first, 20).shape                                  # doctest: +SKIP
+    (20, 1, 84, 84)
+    """
+
+    def __init__(self, row_shape, dtype, folder: str | os.PathLike | None = None):
+        import tempfile
+
+        from dtcond.roaming import cache_dir
+
+        folder = Path(folder) if folder is not None else cache_dir() / "frames"
+        folder.mkdir(parents=True, exist_ok=True)
+        self.row_shape, self.dtype = tuple(int(x) for x in row_shape), np.dtype(dtype)
+        self.row_bytes = int(np.prod(self.row_shape)) * self.dtype.itemsize
+        fd, path = tempfile.mkstemp(prefix="frames-", suffix=".bin", dir=folder)
+        os.unlink(path)  # the open file is ours alone; the disk space is freed when the process ends
+        self._file = os.fdopen(fd, "w+b", buffering=0)
+        self.rows = 0
+        self._map = None
+
+    def append(self, frames: np.ndarray) -> int:
+        """Write ``frames`` (n, *row_shape) at the end; the row the first of them landed on."""
+        frames = np.ascontiguousarray(frames, dtype=self.dtype)
+        if frames.shape[1:] != self.row_shape:
+            raise DtcondError(f"frames of shape {frames.shape[1:]} for a store of {self.row_shape}")
+        start = self.rows
+        self._file.write(memoryview(frames).cast("B"))
+        self.rows += len(frames)
+        return start
+
+    def finish(self) -> FrameStore:
+        self._file.flush()
+        if self.rows:
+            self._map = np.memmap(self._file, dtype=self.dtype, mode="r", shape=(self.rows, *self.row_shape))
+        return self
+
+    def view(self, start: int, n: int) -> np.ndarray:
+        """Rows ``start:start+n`` as a read-only memmap view (read from disk only where touched)."""
+        return self._map[start : start + n]
+
+    def read(self, start: int, n: int, out: np.ndarray | None = None) -> np.ndarray:
+        """Rows ``start:start+n`` read into memory (``out`` when given) with one ``os.pread``."""
+        out = np.empty((n, *self.row_shape), self.dtype) if out is None else out
+        if n:
+            got = os.preadv(self._file.fileno(), [memoryview(out).cast("B")], start * self.row_bytes)
+            if got != n * self.row_bytes:
+                raise DtcondError(f"frame store: read {got} of {n * self.row_bytes} bytes; the cache disk failed")
+        return out
+
+    def __getstate__(self):
+        raise DtcondError("a dataset of image frames lives in an open file that cannot be pickled: DataLoader workers "
+                          "must be forked (Linux's default start method), or set data.num_workers=0")
+
+
 @dataclass
 class Trajectory:
     """One episode, aligned: ``observations[t]`` is the state in which ``actions[t]`` was taken."""
@@ -54,6 +120,7 @@ class Trajectory:
     truncated: bool
     true_rewards: np.ndarray | None = None  # (T,) when the env reports info["true_reward"]
     costs: np.ndarray | None = None  # (T,) when the env reports info["cost"]
+    frames: tuple[FrameStore, int] | None = None  # image observations: (the store, first row), observations a view of it
 
     def __len__(self) -> int:
         return len(self.rewards)
@@ -251,6 +318,7 @@ def load(dataset_id: str, gamma: float = 1.0) -> OfflineData:
     ds = _load_minari(dataset_id)
     discrete = isinstance(ds.action_space, gym.spaces.Discrete)
     codec = observation_codec(ds)
+    store = FrameStore(codec.image_shape, np.uint8) if codec.kind == "image" else None  # frames go to disk as they are read
 
     trajectories = []
     for episode in checked_episodes(ds, dataset_id):  # lengths, shapes, NaN/inf and spaces checked
@@ -266,9 +334,13 @@ def load(dataset_id: str, gamma: float = 1.0) -> OfflineData:
                 values = np.asarray(episode.infos[key], dtype=np.float32).reshape(-1)
                 extras[key] = values[1:] if len(values) == len(episode) + 1 else values[: len(episode)]
         T = len(episode)
+        frames = None
+        if store is not None:
+            frames = (store, store.append(obs[:-1]))
+            obs = None  # this episode's frames are on disk now; a view replaces them below
         trajectories.append(
             Trajectory(
-                observations=obs[:-1],
+                observations=obs[:-1] if obs is not None else None,
                 actions=actions,
                 rewards=rewards.astype(np.float32),
                 returns_to_go=returns_to_go(rewards, gamma),
@@ -277,8 +349,13 @@ def load(dataset_id: str, gamma: float = 1.0) -> OfflineData:
                 truncated=bool(episode.truncations[-1]),
                 true_rewards=extras.get("true_reward"),
                 costs=extras.get("cost"),
+                frames=frames,
             )
         )
+    if store is not None:
+        store.finish()
+        for t in trajectories:
+            t.observations = store.view(t.frames[1], len(t))
     if not trajectories:
         raise DtcondError(f"dataset {dataset_id!r} is empty: it has no episodes with at least one step")
 
@@ -448,8 +525,14 @@ class WindowDataset:
             stacked = np.concatenate([*parts, np.zeros((1, *parts[0].shape[1:]), dtype)]).astype(dtype, copy=False)
             return torch.from_numpy(stacked)
 
-        self.fields = {
+        stores = {id(t.frames[0]) for t in trajectories if t.frames is not None}
+        # Image frames in a FrameStore stay on disk: each batch reads its windows (see gather).
+        self.frames = trajectories[0].frames[0] if len(stores) == 1 and all(t.frames for t in trajectories) else None
+        self._frame_rows = np.array([t.frames[1] for t in trajectories], dtype=np.int64) if self.frames else None
+        self.fields = {} if self.frames else {
             "observations": flat([stats.normalize_obs(t.observations) for t in trajectories], stats.codec.dtype),
+        }
+        self.fields |= {
             "actions": flat([t.actions for t in trajectories], trajectories[0].actions.dtype),
             "returns_to_go": flat([t.returns_to_go for t in trajectories], np.float32),  # raw: the model scales them
             "timesteps": flat([np.asarray(t.timesteps, dtype=np.int64) for t in trajectories], np.int64),
@@ -501,8 +584,15 @@ class WindowDataset:
         start = self._offsets[np.asarray(episodes)]  # (B,) first flat row of each episode
         rows = (start + np.asarray(ends))[:, None] + np.arange(1 - self.length, 1)  # (B, L)
         rows = np.where(rows >= start[:, None], rows, self.pad_row)  # before the episode: the zero row
+        if self.frames is not None:  # frames on disk: one read per window, of its rows inside the episode
+            frames = np.zeros((*rows.shape, *self.frames.row_shape), self.frames.dtype)  # (B, L, C, H, W)
+            first = self._frame_rows[np.asarray(episodes)] + np.maximum(np.asarray(ends) + 1 - self.length, 0)
+            for b, n in enumerate(np.minimum(np.asarray(ends) + 1, self.length)):
+                self.frames.read(int(first[b]), int(n), out=frames[b, self.length - n :])
         rows = torch.from_numpy(rows).to(self.device, non_blocking=True)
         batch = {k: v[rows] for k, v in self.fields.items()}  # one gather per field
+        if self.frames is not None:
+            batch["observations"] = torch.from_numpy(frames).to(self.device, non_blocking=True)
         batch["mask"] = rows != self.pad_row
         return batch
 

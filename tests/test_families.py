@@ -193,7 +193,7 @@ def test_atari_frames_train_through_the_conv_encoder_as_uint8_and_evaluate_in_th
     import ale_py
     import torch
 
-    from dtcond.data import WindowDataset, load
+    from dtcond.data import WindowDataset, load, make_window
 
     gym.register_envs(ale_py)
     env = gym.wrappers.AtariPreprocessing(gym.make("ALE/Pong-v5", frameskip=1, max_episode_steps=64), frame_skip=4,
@@ -203,6 +203,12 @@ def test_atari_frames_train_through_the_conv_encoder_as_uint8_and_evaluate_in_th
     windows = WindowDataset(data.trajectories, data.stats, length=4, epoch_size=8, batch_size=8)
     assert data.trajectories[0].observations.dtype == np.uint8 and windows[0]["observations"].dtype == torch.uint8
     assert windows[0]["observations"].shape == (8, 4, 1, 84, 84)
+    # Frames are read from the on-disk store per window, and equal the windows cut one by one.
+    assert windows.frames is not None and "observations" not in windows.fields
+    traj = data.trajectories[1]
+    for end in (1, len(traj) - 1):
+        got = windows.gather([1], [end])["observations"][0].numpy()
+        assert np.array_equal(got, make_window(traj, end, 4, data.stats).observations)
     policy = load_policy(train("test/pong/random-v0", tmp_path / "run", **FAST).bundle)
     assert (policy.config.encoder, policy.config.obs_shape) == ("cnn", [1, 84, 84])
     records = evaluate(policy, ["q0.5"], episodes=1, seed=0)
