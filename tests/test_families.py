@@ -133,12 +133,24 @@ def test_acrobot_with_reference_scores_reports_normalized_scores(minari_root, tm
     assert "normalized score (×100)" in md
 
 
-def test_normalized_score_targets_need_reference_scores(cartpole_dataset):
+def test_normalized_score_targets_need_reference_scores(minari_root):
+    from conftest import rng_episode, write_buffers
     from dtcond.data import load
     from dtcond.targets import parse
 
+    box = gym.spaces.Box(-1, 1, (1,), np.float32)
+    write_buffers("test/noref-v0", [rng_episode(5, seed=i) for i in range(2)],
+                  observation_space=gym.spaces.Box(-np.inf, np.inf, (3,), np.float32), action_space=box)
     with pytest.raises(DtcondError, match="has no reference scores"):
-        parse("score90").resolve(load(cartpole_dataset).stats)
+        parse("score90").resolve(load("test/noref-v0").stats)
+
+
+def test_collected_mixtures_record_reference_scores_from_their_random_and_noiseless_expert_episodes(cartpole_dataset):
+    from dtcond.data import load
+
+    stats = load(cartpole_dataset).stats  # CartPole: a noiseless balancer, a noisy one and a random policy
+    assert stats.ref_min_score < 100 < stats.ref_max_score  # random falls in tens of steps; the balancer lasts
+    assert stats.normalized_score(stats.ref_max_score) == 1.0
 
 
 def test_minigrid_with_a_text_mission_trains_and_acts_in_its_recorded_env_without_the_dataset(minari_root, tmp_path):
