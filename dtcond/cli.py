@@ -103,6 +103,9 @@ def _scorer(dataset_id: str, enabled: bool, store=None, data_rows: bool = False)
         data = load(dataset_id)
     except DtcondError as exc:
         raise DtcondError(f"roaming metrics need the policy's dataset ({exc}); pass roaming=false to skip them") from None
+    if data.stats.codec.kind == "image":  # the behaviour model and the novelty tree work on vectors, not frames
+        print(f"roaming metrics skipped: {dataset_id!r} has image observations")
+        return None
     scorer = RoamingScorer.for_data(data)
     if store is not None and data_rows:
         store.append(dataset_records(data, scorer))

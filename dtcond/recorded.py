@@ -66,12 +66,14 @@ def make_env(stats, env_id: str | None = None, evaluation: bool = True, **kwargs
     >>> make_env(stats, env_id="ALE/Pong-v5")           # doctest: +SKIP
     DtcondError: cannot make env 'ALE/Pong-v5' ...: it needs the Python package 'ale_py' (pip install ale-py ...)
     """
-    spec = recorded_spec(stats)
+    spec = recorded_spec(stats, evaluation)
     target = env_id or stats.env_id
     use_spec = spec is not None and (env_id is None or env_id in (stats.env_id, spec.id))
     source = f", which dataset {stats.dataset_id!r} recorded" if target == stats.env_id else ""
     if not use_spec and target is None:
         raise DtcondError(f"dataset {stats.dataset_id!r} recorded no env; give one with env_id=...")
+    if use_spec:  # the callers' defaults are the collecting env's kwargs: the eval env's own spec keeps its values
+        kwargs = {k: v for k, v in kwargs.items() if k not in stats.env_kwargs or stats.env_kwargs[k] != v}
     try:
         if use_spec:
             return gym.make(spec, **kwargs)

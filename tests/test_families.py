@@ -115,6 +115,27 @@ def test_a_missing_package_is_named_with_what_to_install(cartpole_dataset):
         make_env(stats, env_id="NoSuchEnv-v0")
 
 
+def test_evaluation_uses_the_datasets_eval_env_where_it_has_one(minari_root):
+    from dtcond.data import load
+    from dtcond.evaluation import make_vector_env
+    from dtcond.policy import ConditionedPolicy
+    from dtcond.recorded import make_env
+
+    record("test/pendulum/eval-env-v0", gym.make("Pendulum-v1", g=9.81, max_episode_steps=40), episodes=2,
+           eval_env=gym.make("Pendulum-v1", g=5.0, max_episode_steps=7))
+    stats = load("test/pendulum/eval-env-v0").stats
+    collecting, evaluating = make_env(stats, evaluation=False), make_env(stats, **stats.env_kwargs)
+    assert (collecting.unwrapped.g, collecting.spec.max_episode_steps) == (9.81, 40)
+    assert (evaluating.unwrapped.g, evaluating.spec.max_episode_steps) == (5.0, 7)
+    assert make_env(stats, g=3.0).unwrapped.g == 3.0  # a kwarg of the caller's own still applies
+    from dtcond.model import DecisionTransformer
+    from dtcond.training import model_config_for
+
+    policy = ConditionedPolicy(DecisionTransformer(model_config_for(stats, **TINY)), stats)
+    envs = make_vector_env(policy, 2)
+    assert envs.envs[0].unwrapped.g == 5.0
+
+
 def test_acrobot_with_reference_scores_reports_normalized_scores(minari_root, tmp_path):
     import minari
 
@@ -226,6 +247,9 @@ def test_atari_frames_train_through_the_conv_encoder_as_uint8_and_evaluate_in_th
     records = evaluate(policy, ["q0.5"], episodes=1, seed=0)
     # AtariPreprocessing from the recorded spec: 84x84 frames, 4 frames a step, so 64 frames are 16 steps.
     assert records[0]["length"] <= 16 and records[0]["normalized_score"] is not None
+    from dtcond.cli import _scorer
+
+    assert _scorer("test/pong/random-v0", enabled=True) is None  # `dtcond eval` skips roaming metrics on frames
 
 
 def test_model_encoder_is_configurable_and_cnn_refuses_vector_observations(cartpole_dataset, tmp_path):
