@@ -97,13 +97,13 @@ def _scorer(dataset_id: str, enabled: bool, store=None, data_rows: bool = False)
     if not enabled:
         return None
     from dtcond.data import load
-    from dtcond.roaming import RoamingScorer, dataset_records
+    from dtcond.roaming import RoamingScorer, applies_to, dataset_records
 
     try:
         data = load(dataset_id)
     except DtcondError as exc:
         raise DtcondError(f"roaming metrics need the policy's dataset ({exc}); pass roaming=false to skip them") from None
-    if data.stats.codec.kind == "image":  # the behaviour model and the novelty tree work on vectors, not frames
+    if not applies_to(data.stats):
         print(f"roaming metrics skipped: {dataset_id!r} has image observations")
         return None
     scorer = RoamingScorer.for_data(data)

@@ -238,7 +238,8 @@ class DatasetStats:
     def normalize_obs(self, obs: np.ndarray) -> np.ndarray:
         """Encoded observations standardized by the data's mean and std; image frames stay uint8 (the model scales them)."""
         if self.codec.kind == "image":
-            return np.asarray(obs, dtype=np.uint8)
+            obs = np.asarray(obs, dtype=np.uint8)
+            return obs if obs.flags.writeable else obs.copy()  # a memmap view is read-only; torch wants its own
         mean = np.asarray(self.obs_mean, dtype=np.float32)
         std = np.asarray(self.obs_std, dtype=np.float32)
         return ((np.asarray(obs, dtype=np.float32) - mean) / std).astype(np.float32)
@@ -498,7 +499,7 @@ class WindowDataset:
     """
 
     def __init__(self, trajectories: list[Trajectory], stats: DatasetStats, length: int, epoch_size: int, seed: int = 0,
-                 episode_weighting: str = "steps", batch_size: int = 64):
+                 episode_weighting: str = "steps", batch_size: int = 64, frame_stack: int = 1):
         import torch
 
         if episode_weighting not in EPISODE_WEIGHTINGS:
@@ -529,6 +530,10 @@ class WindowDataset:
         # Image frames in a FrameStore stay on disk: each batch reads its windows (see gather).
         self.frames = trajectories[0].frames[0] if len(stores) == 1 and all(t.frames for t in trajectories) else None
         self._frame_rows = np.array([t.frames[1] for t in trajectories], dtype=np.int64) if self.frames else None
+        if frame_stack < 1 or (frame_stack > 1 and self.frames is None):
+            raise DtcondError(f"frame_stack must be >= 1, and > 1 only for image observations; got {frame_stack} for "
+                              f"{stats.codec.kind} observations")
+        self.frame_stack = frame_stack
         self.fields = {} if self.frames else {
             "observations": flat([stats.normalize_obs(t.observations) for t in trajectories], stats.codec.dtype),
         }
@@ -585,16 +590,28 @@ class WindowDataset:
         rows = (start + np.asarray(ends))[:, None] + np.arange(1 - self.length, 1)  # (B, L)
         rows = np.where(rows >= start[:, None], rows, self.pad_row)  # before the episode: the zero row
         if self.frames is not None:  # frames on disk: one read per window, of its rows inside the episode
-            frames = np.zeros((*rows.shape, *self.frames.row_shape), self.frames.dtype)  # (B, L, C, H, W)
-            first = self._frame_rows[np.asarray(episodes)] + np.maximum(np.asarray(ends) + 1 - self.length, 0)
-            for b, n in enumerate(np.minimum(np.asarray(ends) + 1, self.length)):
-                self.frames.read(int(first[b]), int(n), out=frames[b, self.length - n :])
+            frames = self._read_frames(np.asarray(episodes), np.asarray(ends))
         rows = torch.from_numpy(rows).to(self.device, non_blocking=True)
         batch = {k: v[rows] for k, v in self.fields.items()}  # one gather per field
         if self.frames is not None:
             batch["observations"] = torch.from_numpy(frames).to(self.device, non_blocking=True)
         batch["mask"] = rows != self.pad_row
         return batch
+
+    def _read_frames(self, episodes: np.ndarray, ends: np.ndarray) -> np.ndarray:
+        """(B, L, k*C, H, W) uint8: each window's frames, each step stacked with the k-1 frames before it
+        (oldest first; zeros before the episode's first frame), left-padded with zeros as the other fields."""
+        k, (C, H, W) = self.frame_stack, self.frames.row_shape
+        out = np.zeros((len(episodes), self.length, k * C, H, W), self.frames.dtype)
+        for b, (episode, end) in enumerate(zip(episodes, ends)):
+            n = int(min(end + 1, self.length))  # steps of the episode in this window
+            start = int(end + 1 - n)  # its first step
+            earlier = min(k - 1, start)  # frames before it that the first step's stack needs
+            buf = np.zeros((k - 1 + n, C, H, W), self.frames.dtype)
+            self.frames.read(int(self._frame_rows[episode]) + start - earlier, n + earlier, out=buf[k - 1 - earlier :])
+            stacks = np.lib.stride_tricks.sliding_window_view(buf, k, axis=0)  # (n, C, H, W, k)
+            out[b, self.length - n :] = np.moveaxis(stacks, -1, 1).reshape(n, k * C, H, W)
+        return out
 
     def __getitem__(self, index: int) -> dict:
         return self.gather(*self.draw(index))

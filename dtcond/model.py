@@ -63,6 +63,7 @@ class DTConfig:
     cost_scale: float = 1.0  # costs-to-go are divided by this before embedding
     encoder: str = "mlp"  # the state embedding: "mlp" (a linear layer) or "cnn" (the DT paper's Atari convs, for uint8 frames)
     obs_shape: list[int] | None = None  # (C, H, W) of uint8 frames, scaled to [0, 1] inside the model; None: float vectors
+    frame_stack: int = 1  # frames per state: each state is its frame and the k-1 before it, stacked on channels (k*C, H, W)
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
@@ -86,6 +87,8 @@ class DTConfig:
             raise DtcondError(f"encoder must be one of {ENCODERS}, got {self.encoder!r}")
         if self.obs_shape is not None and (len(self.obs_shape) != 3 or math.prod(self.obs_shape) != self.obs_dim):
             raise DtcondError(f"obs_shape must be (C, H, W) with C*H*W == obs_dim ({self.obs_dim}), got {self.obs_shape}")
+        if self.frame_stack < 1 or (self.frame_stack > 1 and self.obs_shape is None):
+            raise DtcondError(f"frame_stack must be >= 1, and > 1 only for image observations, got {self.frame_stack}")
         if self.encoder == "cnn" and self.obs_shape is None:
             raise DtcondError("encoder 'cnn' needs image observations (uint8 frames, obs_shape (C, H, W)); use encoder 'mlp'")
         if self.action_bins < 2:
@@ -280,7 +283,8 @@ class DecisionTransformer(nn.Module):
         self.embed_return = nn.Linear(1, C)
         if cfg.cost_conditioned:  # only then: models without it keep their exact state dict
             self.embed_cost = nn.Linear(1, C)
-        self.embed_state = ConvEncoder(cfg.obs_shape, C) if cfg.encoder == "cnn" else nn.Linear(cfg.obs_dim, C)
+        stacked = None if cfg.obs_shape is None else [cfg.frame_stack * cfg.obs_shape[0], *cfg.obs_shape[1:]]  # (k*C, H, W)
+        self.embed_state = ConvEncoder(stacked, C) if cfg.encoder == "cnn" else nn.Linear(cfg.obs_dim * cfg.frame_stack, C)
         self.embed_action = nn.Embedding(cfg.act_dim, C) if cfg.discrete else nn.Linear(cfg.act_dim, C)
         self.embed_ln = nn.LayerNorm(C)
         self.drop = Dropout(cfg.dropout)

@@ -237,14 +237,25 @@ class ConditionedPolicy:
     # ------------------------------------------------------------------ batch protocol
 
     def begin(self, n: int):
+        # (decoder, previous actions, the last k-1 frames of each episode when the model stacks frames)
         if self.decode == "window":
-            return (_Window(self.model), None)
-        return (self.model.start(n, device=self.device), None)
+            return (_Window(self.model), None, None)
+        return (self.model.start(n, device=self.device), None, None)
+
+    def _stack_frames(self, frames: torch.Tensor, history: torch.Tensor | None):
+        """(A, k*C, H, W): each episode's frame after its k-1 previous ones (zeros before its first), and the new history."""
+        k = self.config.frame_stack
+        if history is None:
+            history = frames.new_zeros((frames.shape[0], k - 1, *frames.shape[1:]))  # (A, k-1, C, H, W)
+        stack = torch.cat([history, frames[:, None]], dim=1)  # (A, k, C, H, W), oldest first
+        return stack.flatten(1, 2), stack[:, 1:]
 
     @torch.inference_mode()
     def act_batch(self, state, obs: np.ndarray, rtg: np.ndarray, uniforms: np.ndarray, ctg: np.ndarray | None = None):
-        decoder, prev = state
-        obs_t = torch.as_tensor(self.stats.normalize_obs(obs), device=self.device)  # (A, obs_dim)
+        decoder, prev, history = state
+        obs_t = torch.as_tensor(self.stats.normalize_obs(obs), device=self.device)  # (A, obs_dim), or (A, C, H, W) uint8 frames
+        if self.config.frame_stack > 1:
+            obs_t, history = self._stack_frames(obs_t, history)
         cond = rtg if self.condition_on_return else np.zeros_like(rtg)
         rtg_t = torch.as_tensor(cond, dtype=torch.float32, device=self.device)  # (A,)
         ctg_t = None
@@ -276,16 +287,16 @@ class ConditionedPolicy:
         if isinstance(decoder, _Window):
             decoder.record(action)
         actions = action.cpu().numpy()
-        return actions, (probs.cpu().numpy() if probs is not None else None), (decoder, action)
+        return actions, (probs.cpu().numpy() if probs is not None else None), (decoder, action, history)
 
     def keep(self, state, rows: np.ndarray):
-        decoder, prev = state
+        decoder, prev, history = state
         idx = torch.as_tensor(rows, device=self.device)
         if isinstance(decoder, _Window):
             decoder.select(idx)
         else:
             decoder = decoder.select(idx)
-        return (decoder, prev[idx] if prev is not None else None)
+        return (decoder, prev[idx] if prev is not None else None, history[idx] if history is not None else None)
 
     # ------------------------------------------------------------------ one env
 

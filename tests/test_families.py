@@ -247,9 +247,9 @@ def test_atari_frames_train_through_the_conv_encoder_as_uint8_and_evaluate_in_th
     records = evaluate(policy, ["q0.5"], episodes=1, seed=0)
     # AtariPreprocessing from the recorded spec: 84x84 frames, 4 frames a step, so 64 frames are 16 steps.
     assert records[0]["length"] <= 16 and records[0]["normalized_score"] is not None
-    from dtcond.cli import _scorer
+    from dtcond.roaming import applies_to
 
-    assert _scorer("test/pong/random-v0", enabled=True) is None  # `dtcond eval` skips roaming metrics on frames
+    assert not applies_to(policy.stats)  # `dtcond eval` skips roaming metrics on frames
 
 
 def test_model_encoder_is_configurable_and_cnn_refuses_vector_observations(cartpole_dataset, tmp_path):
@@ -278,3 +278,43 @@ def test_a_bundle_written_before_codecs_and_encoders_loads_and_acts_the_same(car
         policy.reset(target=100.0, seed=0)
         actions.append([policy.act(obs) for _ in range(3)])
     assert actions[0] == actions[1]
+
+
+def test_frame_stacking_stacks_each_step_with_the_frames_before_it_in_training_and_acting(minari_root, tmp_path):
+    import torch
+
+    from conftest import rng_episode, write_buffers
+    from dtcond.data import WindowDataset, load
+
+    rng = np.random.default_rng(0)
+    frames = gym.spaces.Box(0, 255, (36, 36), np.uint8)
+    episodes = [{"observations": rng.integers(0, 256, (T + 1, 36, 36), dtype=np.uint8), "actions": rng.integers(3, size=T),
+                 "rewards": rng.normal(size=T)} for T in (9, 12)]
+    write_buffers("test/frames/stack-v0", episodes, observation_space=frames, action_space=gym.spaces.Discrete(3))
+    data = load("test/frames/stack-v0")
+    windows = WindowDataset(data.trajectories, data.stats, length=5, epoch_size=4, batch_size=4, frame_stack=3)
+    obs = data.trajectories[1].observations  # (12, 1, 36, 36)
+
+    def stacked(t):  # frames t-2, t-1, t on channels, zeros before the episode's first frame
+        return np.concatenate([obs[s] if s >= 0 else np.zeros_like(obs[0]) for s in (t - 2, t - 1, t)])
+
+    for end in (1, 3, 11):
+        got = windows.gather([1], [end])["observations"][0].numpy()  # (5, 3, 36, 36)
+        n = min(end + 1, 5)
+        assert np.array_equal(got[5 - n :], np.stack([stacked(t) for t in range(end + 1 - n, end + 1)]))
+        assert not got[: 5 - n].any()
+    # Acting: the policy stacks the frames it is shown as the windows did, so cached decoding equals the full forward.
+    policy = load_policy(train("test/frames/stack-v0", tmp_path / "run", **{**FAST, "model": {**TINY, "frame_stack": 3}}).bundle)
+    assert (policy.config.encoder, policy.config.frame_stack) == ("cnn", 3)
+    state, actions = policy.begin(1), []
+    for t in range(5):
+        action, probs, state = policy.act_batch(state, obs[t][None], np.array([1.0]), np.array([[0.5]]))
+        actions.append(int(action[0]))
+    with torch.no_grad():
+        logits = policy.model(torch.ones(1, 5), windows.gather([1], [4])["observations"], torch.tensor([actions]),
+                              torch.arange(5)[None])[0, -1]
+    assert np.allclose(probs[0], torch.softmax(logits, -1).numpy(), atol=1e-5)
+    write_buffers("test/vector-v0", [rng_episode(6, seed=i) for i in range(2)],
+                  observation_space=gym.spaces.Box(-np.inf, np.inf, (3,), np.float32), action_space=gym.spaces.Box(-1, 1, (1,), np.float32))
+    with pytest.raises(DtcondError, match="model.frame_stack=2 stacks image frames"):
+        train("test/vector-v0", tmp_path / "x", model={**TINY, "frame_stack": 2}, trainer=dict(max_steps=1, **QUIET))
