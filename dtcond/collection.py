@@ -90,10 +90,9 @@ def collect(
     if final.exists() and not overwrite:
         raise DtcondError(f"dataset {dataset_id!r} already exists at {final}; pass overwrite=true or choose another id")
     assignment = episode_assignment(behavior, episodes, seed)  # validates weights and count
-    try:
-        env = gym.make(env_id, max_episode_steps=max_episode_steps, **(env_kwargs or {}))
-    except gym.error.Error as exc:
-        raise DtcondError(f"cannot make env {env_id!r}: {exc}") from exc
+    from dtcond.recorded import make
+
+    env = make(env_id, max_episode_steps=max_episode_steps, **(env_kwargs or {}))  # ALE/MiniGrid/maze ids register their package
     check_spaces(env.observation_space, env.action_space)
 
     start = time.perf_counter()

@@ -74,19 +74,30 @@ def make_env(stats, env_id: str | None = None, evaluation: bool = True, **kwargs
         raise DtcondError(f"dataset {stats.dataset_id!r} recorded no env; give one with env_id=...")
     if use_spec:  # the callers' defaults are the collecting env's kwargs: the eval env's own spec keeps its values
         kwargs = {k: v for k, v in kwargs.items() if k not in stats.env_kwargs or stats.env_kwargs[k] != v}
+    return make(spec if use_spec else target, source, **kwargs)
+
+
+def make(env: str | EnvSpec, source: str = "", **kwargs) -> gym.Env:
+    """``gym.make(env)`` for an id or a recorded spec, with one-line errors; a bare id of a catalogue family
+    (``ALE/...``, ``MiniGrid-...``, ``PointMaze...``) imports its package first, which registers it.
+
+    >>> make("ALE/Pong-v5").spec.entry_point   # doctest: +SKIP
+    'ale_py.env:AtariEnv'
+    """
+    name = env.id if isinstance(env, EnvSpec) else env
     try:
-        if use_spec:
-            return gym.make(spec, **kwargs)
+        if isinstance(env, EnvSpec):
+            return gym.make(env, **kwargs)
         try:
-            return gym.make(target, **kwargs)
+            return gym.make(env, **kwargs)
         except gym.error.UnregisteredEnv:  # NameNotFound, NamespaceNotFound: its package may not be imported yet
-            _register_family(target)
-            return gym.make(target, **kwargs)
+            _register_family(env)
+            return gym.make(env, **kwargs)
     except ModuleNotFoundError as exc:
         module = exc.name or str(exc)
-        raise DtcondError(f"cannot make env {target!r}{source}: it needs the Python package {module!r} "
+        raise DtcondError(f"cannot make env {name!r}{source}: it needs the Python package {module!r} "
                           f"({install_hint(module)})") from None
     except (gym.error.Error, ImportError, TypeError, AttributeError) as exc:
         reason = " ".join(str(exc).split()) or type(exc).__name__
-        raise DtcondError(f"cannot make env {target!r}{source} ({reason}); install or register that env, "
+        raise DtcondError(f"cannot make env {name!r}{source} ({reason}); install or register that env, "
                           "or evaluate on a compatible one with env_id=...") from None

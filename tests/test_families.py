@@ -318,3 +318,24 @@ def test_frame_stacking_stacks_each_step_with_the_frames_before_it_in_training_a
                   observation_space=gym.spaces.Box(-np.inf, np.inf, (3,), np.float32), action_space=gym.spaces.Box(-1, 1, (1,), np.float32))
     with pytest.raises(DtcondError, match="model.frame_stack=2 stacks image frames"):
         train("test/vector-v0", tmp_path / "x", model={**TINY, "frame_stack": 2}, trainer=dict(max_steps=1, **QUIET))
+
+
+def test_a_bare_catalogue_id_registers_its_package(minari_root):
+    import importlib.util
+    import subprocess
+    import sys
+
+    if importlib.util.find_spec("ale_py") is None:
+        pytest.skip("ale-py is not installed")
+    # A fresh process that never imported ale_py, where Gymnasium alone says "Namespace ALE not found".
+    code = "from dtcond.recorded import make; print(make('ALE/Pong-v5').spec.entry_point)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip().endswith("ale_py.env:AtariEnv"), out.stderr
+    from dtcond.behavior import Component
+    from dtcond.collection import collect
+    from dtcond.data import load
+
+    collect("ALE/Pong-v5", [Component("random")], episodes=1, dataset_id="test/pong/collected-v0", progress=False,
+            max_episode_steps=30)
+    stats = load("test/pong/collected-v0").stats
+    assert stats.env_spec is not None and stats.codec.kind == "image" and stats.max_episode_length <= 30
