@@ -18,7 +18,7 @@ $(BIN)/dtcond: pyproject.toml
 	  echo "no CUDA: installing torch's CPU wheel ($(TORCH_SPEC) $(TORCH_PIP_ARGS))"; \
 	  $(BIN)/pip install "$(TORCH_SPEC)" $(TORCH_PIP_ARGS); \
 	fi
-	$(BIN)/pip install -e ".[dev]"
+	$(BIN)/pip install -e ".[dev,families]"
 	@touch $@
 
 setup: $(BIN)/dtcond

@@ -152,7 +152,9 @@ def train_baseline(
 
     out_dir = Path(out_dir)
     ckpt_dir = out_dir / "checkpoints"
-    env = make_vec_env(stats.env_id, n_envs=n_envs, seed=seed, env_kwargs=stats.env_kwargs)
+    from dtcond.recorded import make_env
+
+    env = make_vec_env(lambda: make_env(stats, evaluation=False), n_envs=n_envs, seed=seed)  # the env the dataset recorded
     from dtcond.policy import check_env_spaces
 
     check_env_spaces(env, stats)
@@ -440,7 +442,9 @@ class SB3Policy:
         check_env_spaces(env, self.stats)
 
     def make_env(self, **kwargs) -> gym.Env:
-        env = gym.make(self.stats.env_id, **{**self.stats.env_kwargs, **kwargs})
+        from dtcond.recorded import make_env
+
+        env = make_env(self.stats, **{**self.stats.env_kwargs, **kwargs})
         self.check_env(env)
         return env
 
@@ -501,7 +505,9 @@ def load_sb3_bundle(folder: Path) -> SB3Policy:
 
     card = json.loads((folder / "card.json").read_text())
     stats = DatasetStats.from_dict(card["stats"])
-    env = gym.make(stats.env_id, **stats.env_kwargs)
+    from dtcond.recorded import make_env
+
+    env = make_env(stats)
     cls = {"ppo": ActorCriticPolicy, "sac": SACPolicy}.get(card.get("algo"))
     if cls is None:
         raise DtcondError(f"{folder}: unknown baseline algo {card.get('algo')!r}")

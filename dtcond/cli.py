@@ -97,12 +97,15 @@ def _scorer(dataset_id: str, enabled: bool, store=None, data_rows: bool = False)
     if not enabled:
         return None
     from dtcond.data import load
-    from dtcond.roaming import RoamingScorer, dataset_records
+    from dtcond.roaming import RoamingScorer, applies_to, dataset_records
 
     try:
         data = load(dataset_id)
     except DtcondError as exc:
         raise DtcondError(f"roaming metrics need the policy's dataset ({exc}); pass roaming=false to skip them") from None
+    if not applies_to(data.stats):
+        print(f"roaming metrics skipped: {dataset_id!r} has image observations")
+        return None
     scorer = RoamingScorer.for_data(data)
     if store is not None and data_rows:
         store.append(dataset_records(data, scorer))
@@ -164,8 +167,9 @@ def eval_command(cfg) -> None:
     print(f"{policy.label} {policy.fingerprint} on {policy.env_id}: {len(records)} episodes -> {store.path}")
     for r in table.itertuples():
         flag = " OOD" if r.ood else ""
+        score = getattr(r, "normalized_score_mean", None)  # where the dataset has reference scores
         print(f"  {r.target_spec:>18} target {r.target:9.1f} (P_data {r.target_quantile:4.2f}{flag:4}) "
-              f"achieved {r.return_mean:9.1f} +- {r.return_ci95:6.1f}")
+              f"achieved {r.return_mean:9.1f} +- {r.return_ci95:6.1f}" + (f"  normalized score {100 * score:6.1f}" if score == score and score is not None else ""))
     if cfg.report:
         report = write_report(store.path)
         for out in report["outputs"].values():

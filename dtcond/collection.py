@@ -91,10 +91,9 @@ def collect(
     if final.exists() and not overwrite:
         raise DtcondError(f"dataset {dataset_id!r} already exists at {final}; pass overwrite=true or choose another id")
     assignment = episode_assignment(behavior, episodes, seed)  # validates weights and count
-    try:
-        env = gym.make(env_id, max_episode_steps=max_episode_steps, **(env_kwargs or {}))
-    except gym.error.Error as exc:
-        raise DtcondError(f"cannot make env {env_id!r}: {exc}") from exc
+    from dtcond.recorded import make
+
+    env = make(env_id, max_episode_steps=max_episode_steps, **(env_kwargs or {}))  # ALE/MiniGrid/maze ids register their package
     check_spaces(env.observation_space, env.action_space)
 
     start = time.perf_counter()
@@ -117,6 +116,7 @@ def collect(
         buffers,
         env,
         overwrite=overwrite,
+        **reference_scores(behavior, assignment, np.asarray(returns)),
         algorithm_name="dtcond behaviour mixture: " + ", ".join(f"{c.name} x{c.weight:g}" for c in behavior),
         description=description or f"{env_id} rollouts of a behaviour mixture, made by dtcond collect (seed {seed})",
         extra_metadata={METADATA_KEY: behavior_metadata(behavior, seed)},  # the data's exact likelihood reads it
@@ -136,6 +136,28 @@ def collect(
         per_component=per_component,
         seconds=time.perf_counter() - start,
     )
+
+
+def reference_scores(behavior: list[Component], assignment: np.ndarray, returns: np.ndarray) -> dict:
+    """Minari's ``ref_min_score``/``ref_max_score`` from the mixture's own episodes, where both references played.
+
+    As D4RL defines them: the random reference is the mean return of the episodes the ``random``
+    component played; the expert reference the best mean return among the components that play a
+    scripted or trained policy without noise. Either missing (or no better than random): no scores.
+
+    >>> reference_scores([Component("random"), Component("cartpole_balance")], np.array([0, 1, 1]), np.array([20.0, 500.0, 480.0]))
+    {'ref_min_score': 20.0, 'ref_max_score': 490.0}
+    """
+    def mean_of(k):
+        played = assignment == k
+        return float(returns[played].mean()) if played.any() else None
+
+    random = [mean_of(k) for k, c in enumerate(behavior) if c.policy == "random"]
+    experts = [mean_of(k) for k, c in enumerate(behavior) if c.policy != "random" and c.noise == 0]
+    random, experts = [r for r in random if r is not None], [e for e in experts if e is not None]
+    if not random or not experts or max(experts) <= float(np.mean(random)):
+        return {}
+    return {"ref_min_score": float(np.mean(random)), "ref_max_score": max(experts)}
 
 
 def _rollout(env: gym.Env, policy, episode_seed: int, episode_id: int, component: int):

@@ -95,10 +95,15 @@ class ModelConfig:
     action_bins: int = 64  # "bins" head: equal-width bins per action dimension
     cost_conditioned: bool = False  # also condition on cost-to-go (joint targets like q0.9,cost<=q0.2); needs a dataset with costs
     cost_scale: Optional[float] = None  # costs-to-go are divided by it; None: the largest episode cost (at least 1)
+    encoder: str = "auto"  # state embedding: auto (cnn for uint8 image frames of at least 36x36, else mlp), mlp or cnn
+    frame_stack: int = 1  # image observations: each state stacks its frame with the k-1 before it (the DT paper's Atari: 4)
 
     def __post_init__(self):
         if not 0.0 <= self.dropout < 1.0:
             raise DtcondError(f"model.dropout must be in [0, 1), got {self.dropout}")
+        if self.encoder not in ("auto", "mlp", "cnn"):
+            raise DtcondError(f"model.encoder must be auto, mlp or cnn, got {self.encoder!r}")
+        _at_least("model", frame_stack=(self.frame_stack, 1))
 
 
 @dataclass

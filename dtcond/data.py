@@ -41,11 +41,77 @@ def local_dataset_ids() -> list[str]:
     return sorted(ids)
 
 
+class FrameStore:
+    """A dataset's encoded image observations in one contiguous file, so they need not fit in memory.
+
+    :func:`load` appends each episode's frames as it reads it (one episode in memory at a time);
+    trajectories then hold read-only ``np.memmap`` views of their rows, and
+    :class:`WindowDataset` reads a batch's windows with ``os.pread`` (:meth:`read`), so the process
+    holds the rows of a batch, not the file: the kernel's page cache is the cache. The file lives
+    under ``$DTCOND_CACHE/frames`` (``~/.cache/dtcond``) and is unlinked as soon as it is open, so
+    nothing is left behind by a run that stops, however it stops; DataLoader workers share it by
+    fork (Linux's default), which keeps the open file.
+
+    >>> store = FrameStore((1, 84, 84), np.uint8)                    # doctest: +SKIP
+    >>> first = store.append(frames); store.finish()                 # doctest: +SKIP
+    >>> store.read(first, 20).shape                                  # doctest: +SKIP
+    (20, 1, 84, 84)
+    """
+
+    def __init__(self, row_shape, dtype, folder: str | os.PathLike | None = None):
+        import tempfile
+
+        from dtcond.roaming import cache_dir
+
+        folder = Path(folder) if folder is not None else cache_dir() / "frames"
+        folder.mkdir(parents=True, exist_ok=True)
+        self.row_shape, self.dtype = tuple(int(x) for x in row_shape), np.dtype(dtype)
+        self.row_bytes = int(np.prod(self.row_shape)) * self.dtype.itemsize
+        fd, path = tempfile.mkstemp(prefix="frames-", suffix=".bin", dir=folder)
+        os.unlink(path)  # the open file is ours alone; the disk space is freed when the process ends
+        self._file = os.fdopen(fd, "w+b", buffering=0)
+        self.rows = 0
+        self._map = None
+
+    def append(self, frames: np.ndarray) -> int:
+        """Write ``frames`` (n, *row_shape) at the end; the row the first of them landed on."""
+        frames = np.ascontiguousarray(frames, dtype=self.dtype)
+        if frames.shape[1:] != self.row_shape:
+            raise DtcondError(f"frames of shape {frames.shape[1:]} for a store of {self.row_shape}")
+        start = self.rows
+        self._file.write(memoryview(frames).cast("B"))
+        self.rows += len(frames)
+        return start
+
+    def finish(self) -> FrameStore:
+        self._file.flush()
+        if self.rows:
+            self._map = np.memmap(self._file, dtype=self.dtype, mode="r", shape=(self.rows, *self.row_shape))
+        return self
+
+    def view(self, start: int, n: int) -> np.ndarray:
+        """Rows ``start:start+n`` as a read-only memmap view (read from disk only where touched)."""
+        return self._map[start : start + n]
+
+    def read(self, start: int, n: int, out: np.ndarray | None = None) -> np.ndarray:
+        """Rows ``start:start+n`` read into memory (``out`` when given) with one ``os.pread``."""
+        out = np.empty((n, *self.row_shape), self.dtype) if out is None else out
+        if n:
+            got = os.preadv(self._file.fileno(), [memoryview(out).cast("B")], start * self.row_bytes)
+            if got != n * self.row_bytes:
+                raise DtcondError(f"frame store: read {got} of {n * self.row_bytes} bytes; the cache disk failed")
+        return out
+
+    def __getstate__(self):
+        raise DtcondError("a dataset of image frames lives in an open file that cannot be pickled: DataLoader workers "
+                          "must be forked (Linux's default start method), or set data.num_workers=0")
+
+
 @dataclass
 class Trajectory:
     """One episode, aligned: ``observations[t]`` is the state in which ``actions[t]`` was taken."""
 
-    observations: np.ndarray  # (T, obs_dim) float32
+    observations: np.ndarray  # (T, obs_dim) float32, or (T, C, H, W) uint8 frames (dtcond.observations)
     actions: np.ndarray  # (T, act_dim) float32, or (T,) int64 for Discrete
     rewards: np.ndarray  # (T,) float32
     returns_to_go: np.ndarray  # (T,) float32, rtg[t] = sum_{k>=t} gamma^(k-t) r_k
@@ -54,6 +120,7 @@ class Trajectory:
     truncated: bool
     true_rewards: np.ndarray | None = None  # (T,) when the env reports info["true_reward"]
     costs: np.ndarray | None = None  # (T,) when the env reports info["cost"]
+    frames: tuple[FrameStore, int] | None = None  # image observations: (the store, first row), observations a view of it
 
     def __len__(self) -> int:
         return len(self.rewards)
@@ -111,6 +178,13 @@ class DatasetStats:
     # When every episode reports info["cost"]: each episode's total cost, in episode_returns' order
     # (ties in return broken by cost), so (episode_returns[i], episode_costs[i]) is one episode's pair.
     episode_costs: list[float] | None = None
+    # The env Minari recorded (EnvSpec JSON: entry point, kwargs, wrapper stack) and its eval env, if any:
+    # the policy rebuilds them without the dataset (dtcond.recorded). None in stats written before them.
+    env_spec: str | None = None
+    eval_env_spec: str | None = None
+    # How raw observations become model inputs (dtcond.observations.ObsCodec.to_dict): the space, and the
+    # vocabulary of Text entries. None in stats written before it: Boxes (or a Dict of Boxes) flattened.
+    obs_codec: dict | None = None
 
     @property
     def min_return(self) -> float:
@@ -123,6 +197,28 @@ class DatasetStats:
     @property
     def is_discrete(self) -> bool:
         return self.action_kind == "discrete"
+
+    @property
+    def codec(self):
+        """The :class:`~dtcond.observations.ObsCodec` that encodes this dataset's observations."""
+        if "_codec" not in self.__dict__:
+            from dtcond.observations import ObsCodec
+
+            self.__dict__["_codec"] = ObsCodec.from_dict(self.obs_codec) if self.obs_codec else ObsCodec.legacy(self.obs_dim)
+        return self.__dict__["_codec"]
+
+    @property
+    def has_reference_scores(self) -> bool:
+        return self.ref_min_score is not None and self.ref_max_score is not None and self.ref_max_score != self.ref_min_score
+
+    def normalized_score(self, episode_return: float) -> float | None:
+        """``(G - ref_min) / (ref_max - ref_min)``, Minari's ``get_normalized_score`` (D4RL's; tables show it x100).
+
+        None when the dataset has no reference scores.
+        """
+        if not self.has_reference_scores:
+            return None
+        return float((episode_return - self.ref_min_score) / (self.ref_max_score - self.ref_min_score))
 
     def return_quantile(self, q: float) -> float:
         """The q-th quantile of episode returns (numpy's linear interpolation)."""
@@ -140,6 +236,10 @@ class DatasetStats:
         return float(np.quantile(np.asarray(self.episode_costs), q))
 
     def normalize_obs(self, obs: np.ndarray) -> np.ndarray:
+        """Encoded observations standardized by the data's mean and std; image frames stay uint8 (the model scales them)."""
+        if self.codec.kind == "image":
+            obs = np.asarray(obs, dtype=np.uint8)
+            return obs if obs.flags.writeable else obs.copy()  # a memmap view is read-only; torch wants its own
         mean = np.asarray(self.obs_mean, dtype=np.float32)
         std = np.asarray(self.obs_std, dtype=np.float32)
         return ((np.asarray(obs, dtype=np.float32) - mean) / std).astype(np.float32)
@@ -170,29 +270,11 @@ class OfflineData:
         return len(self.trajectories)
 
 
-def _flatten_observations(space: gym.Space, observations) -> np.ndarray:
-    """(T+1, obs_dim) float32 from a Box or a Dict of Boxes; anything else is refused."""
-    if isinstance(space, gym.spaces.Box):
-        obs = np.asarray(observations)
-        return obs.reshape(obs.shape[0], -1).astype(np.float32)
-    if isinstance(space, gym.spaces.Dict) and all(isinstance(s, gym.spaces.Box) for s in space.spaces.values()):
-        parts = [np.asarray(observations[k]) for k in space.spaces]
-        return np.concatenate([p.reshape(p.shape[0], -1) for p in parts], axis=1).astype(np.float32)
-    raise DtcondError(
-        f"unsupported observation space {space}: dtcond handles Box observations or a Dict of Boxes (flattened)"
-    )
-
-
 def check_spaces(observation_space: gym.Space, action_space: gym.Space) -> None:
     """Raise a one-line :class:`DtcondError` unless dtcond can model these spaces."""
-    if isinstance(observation_space, gym.spaces.Dict):
-        bad = [k for k, s in observation_space.spaces.items() if not isinstance(s, gym.spaces.Box)]
-        if bad:
-            raise DtcondError(f"unsupported observation space: Dict entries {bad} are not Box; only Box entries can be flattened")
-    elif not isinstance(observation_space, gym.spaces.Box):
-        raise DtcondError(
-            f"unsupported observation space {type(observation_space).__name__}: dtcond handles Box observations or a Dict of Boxes"
-        )
+    from dtcond.observations import check_observation_space
+
+    check_observation_space(observation_space)
     if isinstance(action_space, gym.spaces.Box):
         if len(action_space.shape) != 1:
             raise DtcondError(f"unsupported action space {action_space}: Box actions must be 1-D")
@@ -200,6 +282,19 @@ def check_spaces(observation_space: gym.Space, action_space: gym.Space) -> None:
             raise DtcondError(f"unsupported action space {action_space}: Box actions need finite bounds")
     elif not isinstance(action_space, gym.spaces.Discrete):
         raise DtcondError(f"unsupported action space {type(action_space).__name__}: dtcond handles Box or Discrete actions")
+
+
+def observation_codec(ds):
+    """The :class:`~dtcond.observations.ObsCodec` for a Minari dataset; Text entries' vocabularies are read from it first."""
+    from dtcond.observations import ObsCodec, leaves, text_values
+
+    space = ds.observation_space
+    texts: dict[str, set] = {}
+    if any(isinstance(leaf, gym.spaces.Text) for _, leaf in leaves(space)):
+        for episode in ds.iterate_episodes():
+            for key, values in text_values(space, episode.observations).items():
+                texts.setdefault(key, set()).update(values)
+    return ObsCodec.from_space(space, texts)
 
 
 def _load_minari(dataset_id: str):
@@ -223,10 +318,12 @@ def load(dataset_id: str, gamma: float = 1.0) -> OfflineData:
 
     ds = _load_minari(dataset_id)
     discrete = isinstance(ds.action_space, gym.spaces.Discrete)
+    codec = observation_codec(ds)
+    store = FrameStore(codec.image_shape, np.uint8) if codec.kind == "image" else None  # frames go to disk as they are read
 
     trajectories = []
     for episode in checked_episodes(ds, dataset_id):  # lengths, shapes, NaN/inf and spaces checked
-        obs = _flatten_observations(ds.observation_space, episode.observations)
+        obs = codec.encode(episode.observations)  # (T+1, obs_dim) float32, or (T+1, C, H, W) uint8 frames
         rewards = np.asarray(episode.rewards, dtype=np.float64)
         if discrete:
             actions = np.asarray(episode.actions).reshape(-1).astype(np.int64)
@@ -238,9 +335,13 @@ def load(dataset_id: str, gamma: float = 1.0) -> OfflineData:
                 values = np.asarray(episode.infos[key], dtype=np.float32).reshape(-1)
                 extras[key] = values[1:] if len(values) == len(episode) + 1 else values[: len(episode)]
         T = len(episode)
+        frames = None
+        if store is not None:
+            frames = (store, store.append(obs[:-1]))
+            obs = None  # this episode's frames are on disk now; a view replaces them below
         trajectories.append(
             Trajectory(
-                observations=obs[:-1],
+                observations=obs[:-1] if obs is not None else None,
                 actions=actions,
                 rewards=rewards.astype(np.float32),
                 returns_to_go=returns_to_go(rewards, gamma),
@@ -249,18 +350,28 @@ def load(dataset_id: str, gamma: float = 1.0) -> OfflineData:
                 truncated=bool(episode.truncations[-1]),
                 true_rewards=extras.get("true_reward"),
                 costs=extras.get("cost"),
+                frames=frames,
             )
         )
+    if store is not None:
+        store.finish()
+        for t in trajectories:
+            t.observations = store.view(t.frames[1], len(t))
     if not trajectories:
         raise DtcondError(f"dataset {dataset_id!r} is empty: it has no episodes with at least one step")
 
-    return OfflineData(trajectories, compute_stats(trajectories, ds, dataset_id, gamma))
+    return OfflineData(trajectories, compute_stats(trajectories, ds, dataset_id, gamma, codec))
 
 
-def compute_stats(trajectories: list[Trajectory], ds, dataset_id: str, gamma: float) -> DatasetStats:
-    all_obs = np.concatenate([t.observations for t in trajectories]).astype(np.float64)
-    # A constant feature would divide by zero; 1e-6 keeps it at zero after normalization.
-    std = np.maximum(all_obs.std(axis=0), 1e-6)
+def compute_stats(trajectories: list[Trajectory], ds, dataset_id: str, gamma: float, codec=None) -> DatasetStats:
+    if codec is None:
+        codec = observation_codec(ds)
+    if codec.kind == "image":  # frames are scaled inside the model: no per-pixel statistics
+        mean, std = [], []
+    else:
+        all_obs = np.concatenate([t.observations for t in trajectories]).astype(np.float64)
+        # A constant feature would divide by zero; 1e-6 keeps it at zero after normalization.
+        mean, std = all_obs.mean(axis=0), np.maximum(all_obs.std(axis=0), 1e-6)
     pairs = sorted((float(np.asarray(t.rewards, dtype=np.float64).sum()),
                     float(np.asarray(t.costs, dtype=np.float64).sum()) if t.costs is not None else 0.0) for t in trajectories)
     returns = [g for g, _ in pairs]
@@ -274,22 +385,39 @@ def compute_stats(trajectories: list[Trajectory], ds, dataset_id: str, gamma: fl
         env_id=spec.id if spec is not None else None,
         env_kwargs=dict(spec.kwargs) if spec is not None else {},
         max_episode_steps=spec.max_episode_steps if spec is not None else None,
-        obs_dim=int(all_obs.shape[1]),
+        obs_dim=int(codec.dim),
         action_kind="discrete" if discrete else "continuous",
         action_dim=int(action_space.n) if discrete else int(action_space.shape[0]),
         action_low=None if discrete else [float(x) for x in action_space.low],
         action_high=None if discrete else [float(x) for x in action_space.high],
-        obs_mean=[float(x) for x in all_obs.mean(axis=0)],
+        obs_mean=[float(x) for x in mean],
         obs_std=[float(x) for x in std],
         episode_returns=returns,
         max_episode_length=max(len(t) for t in trajectories),
         num_episodes=len(trajectories),
         num_steps=int(sum(len(t) for t in trajectories)),
         gamma=gamma,
-        ref_min_score=metadata.get("ref_min_score"),
-        ref_max_score=metadata.get("ref_max_score"),
+        ref_min_score=_float_or_none(metadata.get("ref_min_score")),
+        ref_max_score=_float_or_none(metadata.get("ref_max_score")),
         episode_costs=[c for _, c in pairs] if has_costs else None,
+        env_spec=_spec_json(spec),
+        obs_codec=codec.to_dict(),
+        eval_env_spec=_spec_json(getattr(ds, "_eval_env_spec", None)),
     )
+
+
+def _float_or_none(x) -> float | None:
+    return None if x is None else float(x)
+
+
+def _spec_json(spec) -> str | None:
+    """An EnvSpec as Gymnasium's JSON, or None (no spec, or kwargs that are not JSON: the id is then used)."""
+    if spec is None:
+        return None
+    try:
+        return spec.to_json()
+    except (ValueError, TypeError, gym.error.Error):
+        return None
 
 
 def return_summary(returns) -> dict[str, float]:
@@ -325,7 +453,7 @@ def make_window(traj: Trajectory, end: int, length: int, stats: DatasetStats) ->
     n = end + 1 - start
     pad = length - n
     obs = stats.normalize_obs(traj.observations[start : end + 1])
-    window_obs = np.zeros((length, obs.shape[1]), dtype=np.float32)
+    window_obs = np.zeros((length, *obs.shape[1:]), dtype=obs.dtype)
     window_obs[pad:] = obs
     if traj.actions.ndim == 1:
         actions = np.zeros(length, dtype=np.int64)
@@ -371,7 +499,7 @@ class WindowDataset:
     """
 
     def __init__(self, trajectories: list[Trajectory], stats: DatasetStats, length: int, epoch_size: int, seed: int = 0,
-                 episode_weighting: str = "steps", batch_size: int = 64):
+                 episode_weighting: str = "steps", batch_size: int = 64, frame_stack: int = 1):
         import torch
 
         if episode_weighting not in EPISODE_WEIGHTINGS:
@@ -398,8 +526,18 @@ class WindowDataset:
             stacked = np.concatenate([*parts, np.zeros((1, *parts[0].shape[1:]), dtype)]).astype(dtype, copy=False)
             return torch.from_numpy(stacked)
 
-        self.fields = {
-            "observations": flat([stats.normalize_obs(t.observations) for t in trajectories], np.float32),
+        stores = {id(t.frames[0]) for t in trajectories if t.frames is not None}
+        # Image frames in a FrameStore stay on disk: each batch reads its windows (see gather).
+        self.frames = trajectories[0].frames[0] if len(stores) == 1 and all(t.frames for t in trajectories) else None
+        self._frame_rows = np.array([t.frames[1] for t in trajectories], dtype=np.int64) if self.frames else None
+        if frame_stack < 1 or (frame_stack > 1 and self.frames is None):
+            raise DtcondError(f"frame_stack must be >= 1, and > 1 only for image observations; got {frame_stack} for "
+                              f"{stats.codec.kind} observations")
+        self.frame_stack = frame_stack
+        self.fields = {} if self.frames else {
+            "observations": flat([stats.normalize_obs(t.observations) for t in trajectories], stats.codec.dtype),
+        }
+        self.fields |= {
             "actions": flat([t.actions for t in trajectories], trajectories[0].actions.dtype),
             "returns_to_go": flat([t.returns_to_go for t in trajectories], np.float32),  # raw: the model scales them
             "timesteps": flat([np.asarray(t.timesteps, dtype=np.int64) for t in trajectories], np.int64),
@@ -451,10 +589,29 @@ class WindowDataset:
         start = self._offsets[np.asarray(episodes)]  # (B,) first flat row of each episode
         rows = (start + np.asarray(ends))[:, None] + np.arange(1 - self.length, 1)  # (B, L)
         rows = np.where(rows >= start[:, None], rows, self.pad_row)  # before the episode: the zero row
+        if self.frames is not None:  # frames on disk: one read per window, of its rows inside the episode
+            frames = self._read_frames(np.asarray(episodes), np.asarray(ends))
         rows = torch.from_numpy(rows).to(self.device, non_blocking=True)
         batch = {k: v[rows] for k, v in self.fields.items()}  # one gather per field
+        if self.frames is not None:
+            batch["observations"] = torch.from_numpy(frames).to(self.device, non_blocking=True)
         batch["mask"] = rows != self.pad_row
         return batch
+
+    def _read_frames(self, episodes: np.ndarray, ends: np.ndarray) -> np.ndarray:
+        """(B, L, k*C, H, W) uint8: each window's frames, each step stacked with the k-1 frames before it
+        (oldest first; zeros before the episode's first frame), left-padded with zeros as the other fields."""
+        k, (C, H, W) = self.frame_stack, self.frames.row_shape
+        out = np.zeros((len(episodes), self.length, k * C, H, W), self.frames.dtype)
+        for b, (episode, end) in enumerate(zip(episodes, ends)):
+            n = int(min(end + 1, self.length))  # steps of the episode in this window
+            start = int(end + 1 - n)  # its first step
+            earlier = min(k - 1, start)  # frames before it that the first step's stack needs
+            buf = np.zeros((k - 1 + n, C, H, W), self.frames.dtype)
+            self.frames.read(int(self._frame_rows[episode]) + start - earlier, n + earlier, out=buf[k - 1 - earlier :])
+            stacks = np.lib.stride_tricks.sliding_window_view(buf, k, axis=0)  # (n, C, H, W, k)
+            out[b, self.length - n :] = np.moveaxis(stacks, -1, 1).reshape(n, k * C, H, W)
+        return out
 
     def __getitem__(self, index: int) -> dict:
         return self.gather(*self.draw(index))

@@ -39,6 +39,7 @@ class WindowDataModule(L.LightningDataModule):
         on_device: bool = _DATA.on_device,
         seed: int = 0,
         data: OfflineData | None = None,
+        frame_stack: int = 1,
     ):
         super().__init__()
         self.dataset_id = dataset_id
@@ -52,6 +53,7 @@ class WindowDataModule(L.LightningDataModule):
         self.on_device = on_device
         self.seed = seed
         self.data = data
+        self.frame_stack = frame_stack  # image observations: frames per state (the model's frame_stack)
         self.train_set: WindowDataset | None = None
         self.val_set: WindowDataset | None = None
 
@@ -63,12 +65,12 @@ class WindowDataModule(L.LightningDataModule):
             train_idx, val_idx = split_by_episode(len(trajs), self.val_fraction, self.seed)
             self.train_set = WindowDataset(
                 [trajs[i] for i in train_idx], stats, self.window_len, self.steps_per_epoch * self.batch_size, self.seed,
-                self.episode_weighting, self.batch_size,
+                self.episode_weighting, self.batch_size, self.frame_stack,
             )
             if len(val_idx):
                 # A fixed set of windows (seed+1, epoch 0), so val loss is comparable across epochs.
                 self.val_set = WindowDataset([trajs[i] for i in val_idx], stats, self.window_len, self.val_windows,
-                                             self.seed + 1, batch_size=self.batch_size)
+                                             self.seed + 1, batch_size=self.batch_size, frame_stack=self.frame_stack)
         device = self.device
         if self.on_device and device.type == "cuda":
             if self.num_workers:

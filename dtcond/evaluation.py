@@ -153,13 +153,6 @@ def make_vector_env(policy, n: int, env_kwargs: dict | None = None, env_id: str 
     return envs
 
 
-def _flatten(obs) -> np.ndarray:
-    if isinstance(obs, dict):
-        return np.concatenate([np.asarray(v, dtype=np.float32).reshape(len(v), -1) for v in obs.values()], axis=1)
-    obs = np.asarray(obs, dtype=np.float32)
-    return obs.reshape(obs.shape[0], -1)
-
-
 def _marginal_log_prob(policy, spec: TargetSpec, scorer, obs, actions, rewards) -> float | None:
     """log E_g π(τ | g) over a per-episode target's known distribution (quantilizer specs), for the exact
     trajectory KL; None where there is no likelihood, the target is fixed, or the policy cannot score
@@ -200,7 +193,7 @@ def _rollout(policy, jobs: list[Job], run_id: str, env_kwargs: dict | None, env_
     obs, _ = envs.reset(seed=[job.env_seed for job in jobs])
     try:
         while active.size:
-            flat = _flatten(obs)
+            flat = policy.stats.codec.encode(obs)  # (n, obs_dim) float32, or (n, C, H, W) uint8 frames
             uniforms = np.stack([rngs[i].random(draws) for i in active])  # (A, draws): each episode's own stream
             if ctg is None:
                 action, probs, state = policy.act_batch(state, flat[active], rtg[active], uniforms)
@@ -255,6 +248,7 @@ def _rollout(policy, jobs: list[Job], run_id: str, env_kwargs: dict | None, env_
                     "episode": job.episode,
                     "env_seed": job.env_seed,
                     "episode_return": float(returns[i]),
+                    "normalized_score": policy.stats.normalized_score(float(returns[i])),  # None without reference scores
                     "length": int(lengths[i]),
                     "terminated": bool(terminated[i]),
                     "truncated": bool(truncated[i]),

@@ -37,6 +37,7 @@ from dtcond.errors import DtcondError
 TOKENS_PER_STEP = 3  # return-to-go, state, action
 ACTION_HEADS = ("bins", "mse")
 ACTIVATIONS = ("gelu", "relu")
+ENCODERS = ("mlp", "cnn")
 STATE_TOKENS = slice(1, None, TOKENS_PER_STEP)  # positions of s_t in the interleaved sequence
 LAST = slice(-1, None)
 
@@ -60,6 +61,9 @@ class DTConfig:
     action_bins: int = 64  # continuous "bins" head: equal-width bins per action dimension
     cost_conditioned: bool = False  # also condition on cost-to-go Ĉ_t, embedded into the return token
     cost_scale: float = 1.0  # costs-to-go are divided by this before embedding
+    encoder: str = "mlp"  # the state embedding: "mlp" (a linear layer) or "cnn" (the DT paper's Atari convs, for uint8 frames)
+    obs_shape: list[int] | None = None  # (C, H, W) of uint8 frames, scaled to [0, 1] inside the model; None: float vectors
+    frame_stack: int = 1  # frames per state: each state is its frame and the k-1 before it, stacked on channels (k*C, H, W)
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
@@ -79,6 +83,14 @@ class DTConfig:
             raise DtcondError(f"activation must be one of {ACTIVATIONS}, got {self.activation!r}")
         if self.action_head not in ACTION_HEADS:
             raise DtcondError(f"action_head must be one of {ACTION_HEADS}, got {self.action_head!r}")
+        if self.encoder not in ENCODERS:
+            raise DtcondError(f"encoder must be one of {ENCODERS}, got {self.encoder!r}")
+        if self.obs_shape is not None and (len(self.obs_shape) != 3 or math.prod(self.obs_shape) != self.obs_dim):
+            raise DtcondError(f"obs_shape must be (C, H, W) with C*H*W == obs_dim ({self.obs_dim}), got {self.obs_shape}")
+        if self.frame_stack < 1 or (self.frame_stack > 1 and self.obs_shape is None):
+            raise DtcondError(f"frame_stack must be >= 1, and > 1 only for image observations, got {self.frame_stack}")
+        if self.encoder == "cnn" and self.obs_shape is None:
+            raise DtcondError("encoder 'cnn' needs image observations (uint8 frames, obs_shape (C, H, W)); use encoder 'mlp'")
         if self.action_bins < 2:
             raise DtcondError(f"action_bins must be >= 2, got {self.action_bins}")
         if not self.discrete:
@@ -207,6 +219,39 @@ class Block(nn.Module):
         return x + self.mlp(self.ln_2(x))
 
 
+class ConvEncoder(nn.Module):
+    """The DT paper's Atari state encoder (Nature DQN): convs 32×8×8/4, 64×4×4/2, 64×3×3/1, then a linear layer and tanh.
+
+    Takes uint8 frames (..., C, H, W) and scales them to [0, 1] here, so frames stay uint8 in memory
+    and on the device until this point.
+
+    >>> ConvEncoder((4, 84, 84), 128)(torch.zeros(2, 5, 4, 84, 84, dtype=torch.uint8)).shape
+    torch.Size([2, 5, 128])
+    """
+
+    def __init__(self, shape, n_embd: int):
+        super().__init__()
+        C, H, W = shape
+        self.convs = nn.Sequential(
+            nn.Conv2d(C, 32, 8, stride=4), nn.ReLU(),
+            nn.Conv2d(32, 64, 4, stride=2), nn.ReLU(),
+            nn.Conv2d(64, 64, 3, stride=1), nn.ReLU(),
+            nn.Flatten(),
+        )
+        h, w = H, W
+        for k, st in ((8, 4), (4, 2), (3, 1)):
+            h, w = (h - k) // st + 1, (w - k) // st + 1
+        if h < 1 or w < 1:
+            raise DtcondError(f"frames of {H}x{W} are too small for the conv encoder (it needs at least 36x36); "
+                              "use model.encoder=mlp")
+        self.proj = nn.Linear(64 * h * w, n_embd)
+
+    def forward(self, frames):
+        lead = frames.shape[:-3]
+        x = frames.reshape(-1, *frames.shape[-3:]).float().div_(255.0)  # (N, C, H, W) in [0, 1]
+        return torch.tanh(self.proj(self.convs(x))).reshape(*lead, -1)  # (..., n_embd)
+
+
 @dataclass
 class DecodeState:
     """Per-layer key/value ring buffers holding the last 3K+2 tokens, and which token sits in each slot.
@@ -238,7 +283,8 @@ class DecisionTransformer(nn.Module):
         self.embed_return = nn.Linear(1, C)
         if cfg.cost_conditioned:  # only then: models without it keep their exact state dict
             self.embed_cost = nn.Linear(1, C)
-        self.embed_state = nn.Linear(cfg.obs_dim, C)
+        stacked = None if cfg.obs_shape is None else [cfg.frame_stack * cfg.obs_shape[0], *cfg.obs_shape[1:]]  # (k*C, H, W)
+        self.embed_state = ConvEncoder(stacked, C) if cfg.encoder == "cnn" else nn.Linear(cfg.obs_dim * cfg.frame_stack, C)
         self.embed_action = nn.Embedding(cfg.act_dim, C) if cfg.discrete else nn.Linear(cfg.act_dim, C)
         self.embed_ln = nn.LayerNorm(C)
         self.drop = Dropout(cfg.dropout)
@@ -283,11 +329,19 @@ class DecisionTransformer(nn.Module):
             raise DtcondError("this model is cost-conditioned: pass costs_to_go (the cost budget left) with the returns-to-go")
         return r + self.embed_cost(costs_to_go[..., None] / self.cfg.cost_scale)
 
+    def _embed_obs(self, observations):
+        """State embeddings (..., C) of float vectors (..., obs_dim), or of uint8 frames (..., C, H, W)."""
+        if self.cfg.encoder == "cnn":
+            return self.embed_state(observations)
+        if self.cfg.obs_shape is not None:  # frames through the linear embedding: flattened and scaled here
+            observations = observations.flatten(-3).float() / 255.0
+        return self.embed_state(observations)
+
     def _embed(self, returns_to_go, observations, actions, timesteps, costs_to_go=None):
         """Interleaved tokens (B, 3T, C) for T timesteps; ``actions`` may be one step short."""
         t_emb = self.embed_timestep(timesteps.clamp(max=self.cfg.max_timestep - 1))  # (B, T, C)
         r = self._embed_target(returns_to_go, costs_to_go) + t_emb  # (B, T, C)
-        s = self.embed_state(observations) + t_emb  # (B, T, C)
+        s = self._embed_obs(observations) + t_emb  # (B, T, C)
         a = self.embed_action(actions) + t_emb[:, : actions.shape[1]]  # (B, T or T-1, C)
         if a.shape[1] < s.shape[1]:  # the last action is not known yet: pad, the caller drops its token
             a = F.pad(a, (0, 0, 0, s.shape[1] - a.shape[1]))
@@ -336,7 +390,7 @@ class DecisionTransformer(nn.Module):
         # A step writes a_{t-1}, R̂_t and s_t before attending, and a_{t-1} still attends back to
         # R̂_{t-K} and s_{t-K}: the band's 3K tokens plus the two new ones must all fit.
         nh, hd, S = self.cfg.n_head, self.cfg.n_embd // self.cfg.n_head, TOKENS_PER_STEP * self.cfg.context_len + 2
-        dtype = self.embed_state.weight.dtype
+        dtype = self.embed_timestep.weight.dtype
         return DecodeState(
             [torch.zeros(batch_size, nh, S, hd, device=device, dtype=dtype) for _ in range(self.cfg.n_layer)],
             [torch.zeros(batch_size, nh, S, hd, device=device, dtype=dtype) for _ in range(self.cfg.n_layer)],
@@ -365,7 +419,7 @@ class DecisionTransformer(nn.Module):
             tokens.append(self.embed_action(prev_actions) + prev_t_emb)
             token_steps.append(t - 1)
         tokens.append(self._embed_target(returns_to_go, costs_to_go) + t_emb)
-        tokens.append(self.embed_state(observations) + t_emb)
+        tokens.append(self._embed_obs(observations) + t_emb)
         token_steps += [t, t]
         x = self.embed_ln(torch.stack(tokens, dim=1))  # (B, n_new, C)
         n_new, S = len(token_steps), state.slot_steps.shape[0]

@@ -55,12 +55,21 @@ def check_env_spaces(env, stats: DatasetStats) -> None:
     """Refuse an env (single or vector) whose spaces differ from the ones in ``stats``."""
     obs_space = getattr(env, "single_observation_space", env.observation_space)
     act_space = getattr(env, "single_action_space", env.action_space)
-    check_spaces(obs_space, act_space)
-    if isinstance(obs_space, gym.spaces.Dict):
-        obs_dim = sum(int(np.prod(s.shape)) for s in obs_space.spaces.values())
-    else:
-        obs_dim = int(np.prod(obs_space.shape))
+    codec = stats.codec
     discrete = isinstance(act_space, gym.spaces.Discrete)
+    if codec.observation_space is None:  # stats written before codecs: Boxes, or a Dict of Boxes
+        check_spaces(obs_space, act_space)
+        if isinstance(obs_space, gym.spaces.Dict):
+            obs_dim = sum(int(np.prod(s.shape)) for s in obs_space.spaces.values())
+        else:
+            obs_dim = int(np.prod(obs_space.shape))
+    else:
+        check_spaces(codec.observation_space, act_space)
+        try:
+            codec.check_space(obs_space)
+        except DtcondError as exc:
+            raise DtcondError(f"env spaces {obs_space} / {act_space} do not match the policy's: {exc}") from None
+        obs_dim = codec.dim
     act_dim = int(act_space.n) if discrete else int(act_space.shape[0])
     if (obs_dim, discrete, act_dim) != (stats.obs_dim, stats.is_discrete, stats.action_dim):
         raise DtcondError(
@@ -69,26 +78,17 @@ def check_env_spaces(env, stats: DatasetStats) -> None:
         )
 
 
-def make_recorded_env(env_id: str, stats: DatasetStats, **kwargs) -> gym.Env:
-    """``gym.make(env_id)``; an env that cannot be made (unregistered, its package missing, bad kwargs) is one line.
+def make_recorded_env(env_id: str | None, stats: DatasetStats, **kwargs) -> gym.Env:
+    """The env ``stats`` recorded (its Minari env spec, wrappers included), or ``gym.make(env_id)`` for another id.
+
+    An env that cannot be made (a missing package, unregistered, bad kwargs) is one line; see :mod:`dtcond.recorded`.
 
     >>> make_recorded_env("NoSuchEnv-v0", stats)   # doctest: +SKIP
     DtcondError: cannot make env 'NoSuchEnv-v0' ...
     """
-    try:
-        return gym.make(env_id, **kwargs)
-    except (gym.error.Error, ImportError, TypeError) as exc:
-        reason = " ".join(str(exc).split()) or type(exc).__name__
-        source = f", which dataset {stats.dataset_id!r} recorded" if env_id == stats.env_id else ""
-        raise DtcondError(f"cannot make env {env_id!r}{source} ({reason}); install or register that env, "
-                          "or evaluate on a compatible one with env_id=...") from None
+    from dtcond.recorded import make_env
 
-
-def flatten_obs(obs) -> np.ndarray:
-    """(obs_dim,) float32 from a Box observation or a Dict of Boxes (in the space's key order)."""
-    if isinstance(obs, dict):
-        return np.concatenate([np.asarray(v, dtype=np.float32).reshape(-1) for v in obs.values()])
-    return np.asarray(obs, dtype=np.float32).reshape(-1)
+    return make_env(stats, env_id, **kwargs)
 
 
 class _Window:
@@ -243,14 +243,25 @@ class ConditionedPolicy:
     # ------------------------------------------------------------------ batch protocol
 
     def begin(self, n: int):
+        # (decoder, previous actions, the last k-1 frames of each episode when the model stacks frames)
         if self.decode == "window":
-            return (_Window(self.model), None)
-        return (self.model.start(n, device=self.device), None)
+            return (_Window(self.model), None, None)
+        return (self.model.start(n, device=self.device), None, None)
+
+    def _stack_frames(self, frames: torch.Tensor, history: torch.Tensor | None):
+        """(A, k*C, H, W): each episode's frame after its k-1 previous ones (zeros before its first), and the new history."""
+        k = self.config.frame_stack
+        if history is None:
+            history = frames.new_zeros((frames.shape[0], k - 1, *frames.shape[1:]))  # (A, k-1, C, H, W)
+        stack = torch.cat([history, frames[:, None]], dim=1)  # (A, k, C, H, W), oldest first
+        return stack.flatten(1, 2), stack[:, 1:]
 
     @torch.inference_mode()
     def act_batch(self, state, obs: np.ndarray, rtg: np.ndarray, uniforms: np.ndarray, ctg: np.ndarray | None = None):
-        decoder, prev = state
-        obs_t = torch.as_tensor(self.stats.normalize_obs(obs), device=self.device)  # (A, obs_dim)
+        decoder, prev, history = state
+        obs_t = torch.as_tensor(self.stats.normalize_obs(obs), device=self.device)  # (A, obs_dim), or (A, C, H, W) uint8 frames
+        if self.config.frame_stack > 1:
+            obs_t, history = self._stack_frames(obs_t, history)
         cond = rtg if self.condition_on_return else np.zeros_like(rtg)
         rtg_t = torch.as_tensor(cond, dtype=torch.float32, device=self.device)  # (A,)
         ctg_t = None
@@ -282,7 +293,7 @@ class ConditionedPolicy:
         if isinstance(decoder, _Window):
             decoder.record(action)
         actions = action.cpu().numpy()
-        return actions, (probs.cpu().numpy() if probs is not None else None), (decoder, action)
+        return actions, (probs.cpu().numpy() if probs is not None else None), (decoder, action, history)
 
     @torch.inference_mode()
     def episode_log_prob(self, obs: np.ndarray, actions: np.ndarray, rewards: np.ndarray, targets) -> np.ndarray:
@@ -328,13 +339,13 @@ class ConditionedPolicy:
         return np.concatenate(out)
 
     def keep(self, state, rows: np.ndarray):
-        decoder, prev = state
+        decoder, prev, history = state
         idx = torch.as_tensor(rows, device=self.device)
         if isinstance(decoder, _Window):
             decoder.select(idx)
         else:
             decoder = decoder.select(idx)
-        return (decoder, prev[idx] if prev is not None else None)
+        return (decoder, prev[idx] if prev is not None else None, history[idx] if history is not None else None)
 
     # ------------------------------------------------------------------ one env
 
@@ -365,6 +376,6 @@ class ConditionedPolicy:
             ep["ctg"] -= float(cost)
         ep["started"] = True
         ctg = None if ep["ctg"] is None else np.array([ep["ctg"]])
-        actions, _, ep["state"] = self.act_batch(ep["state"], flatten_obs(obs)[None], np.array([ep["rtg"]]),
+        actions, _, ep["state"] = self.act_batch(ep["state"], self.stats.codec.encode_one(obs)[None], np.array([ep["rtg"]]),
                                                  self._rng.random((1, max(1, self.draws_per_step))), ctg)
         return int(actions[0]) if self.config.discrete else actions[0]

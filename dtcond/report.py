@@ -64,7 +64,7 @@ def per_target_table(df):
             "mae": float(np.abs(ret - tgt).mean()),
             "bias": float((ret - tgt).mean()),
         }
-        for col in ("true_return", "cost"):
+        for col in ("true_return", "cost", "normalized_score"):
             if col in part and part[col].notna().any():
                 row[f"{col}_mean"] = float(part[col].astype(float).mean())
         rows.append(row)
@@ -128,12 +128,14 @@ def _fmt_ci(v, ci, digits=1) -> str:
 def markdown_summary(table, metrics: dict[str, dict], plot_name: str) -> str:
     """The calibration report: per-target achieved returns, then each policy's calibration metrics."""
     lines = ["# Calibration report", "", f"![calibration]({plot_name})", ""]
-    lines += ["| policy | target | P_data(G ≥ target) | OOD | episodes | achieved (mean ± 95% CI) | MAE | bias |",
-              "|---|---|---|---|---|---|---|---|"]
+    scored = "normalized_score_mean" in table  # the dataset has reference scores: show the normalized score x100
+    lines += ["| policy | target | P_data(G ≥ target) | OOD | episodes | achieved (mean ± 95% CI) | MAE | bias |"
+              + (" normalized score (×100) |" if scored else ""), "|---|---|---|---|---|---|---|---|" + ("---|" if scored else "")]
     for r in table.itertuples():
         lines.append(
             f"| {r.policy_kind} {r.fingerprint} | {r.target_spec} ({_fmt(r.target)}) | {_fmt(r.target_quantile, 2)} | {'yes' if r.ood else ''} "
             f"| {r.episodes} | {_fmt(r.return_mean)} ± {_fmt(r.return_ci95)} | {_fmt(r.mae)} | {_fmt(r.bias)} |"
+            + (f" {_fmt(100 * r.normalized_score_mean if r.normalized_score_mean == r.normalized_score_mean else None)} |" if scored else "")
         )
     lines += ["", "| policy | split | targets | episodes | MAE | bias | normalized MAE | normalized bias | slope | R² | Spearman ρ |",
               "|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -175,7 +177,7 @@ def _reference_groups(others):
             if part["train_step"].iloc[0] is None or part["train_step"].iloc[0] == last[part["algo"].iloc[0]]]
 
 
-METRIC_COLUMNS = ("true_return", "cost", "kl_behavior", "cross_entropy_behavior", "novelty", "novel_fraction", "entropy",
+METRIC_COLUMNS = ("true_return", "cost", "normalized_score", "kl_behavior", "cross_entropy_behavior", "novelty", "novel_fraction", "entropy",
                   "trajectory_kl", "trajectory_kl_per_step", "trajectory_kl_conditional", "component_posterior_entropy",
                   "support_violation", "ess")
 TRAJECTORY_KL_LABEL = "KL(p_π‖p_data) (nats/episode, exact likelihood)"
@@ -399,12 +401,15 @@ def comparison_markdown(table, bound: list[dict], calibration_png: str, frontier
     lines = ["# Conditioning vs maximizing: comparison", "", f"![calibration]({calibration_png})", ""]
     if frontier_png:
         lines += [f"![frontier]({frontier_png})", ""]
-    lines += ["| policy | target | seeds | episodes | return | true return | cost | MAE vs target | bias vs target | KL(π‖β̂) "
+    scored = "normalized_score" in table and table["normalized_score"].notna().any()
+    lines += ["| policy | target | seeds | episodes | return | " + ("normalized score (×100) | " if scored else "")
+              + "true return | cost | MAE vs target | bias vs target | KL(π‖β̂) "
               "| cross-entropy H(π,β̂) | novelty | novel steps | entropy | distinct traj. |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+              "|---|---|---|---|---|" + ("---|" if scored else "") + "---|---|---|---|---|---|---|---|---|---|"]
     for _, r in table.iterrows():
+        score = f"{_fmt_ci(100 * r['normalized_score'], 100 * r['normalized_score_ci95'])} | " if scored else ""
         lines.append(
-            f"| {r['label']} | {r['target_spec']} | {r['seeds']} | {r['episodes']} | {cell(r, 'episode_return')} | {cell(r, 'true_return')} "
+            f"| {r['label']} | {r['target_spec']} | {r['seeds']} | {r['episodes']} | {cell(r, 'episode_return')} | {score}{cell(r, 'true_return')} "
             f"| {cell(r, 'cost')} | {cell(r, 'mae')} | {cell(r, 'bias')} | {cell(r, 'kl_behavior', 2)} | {cell(r, 'cross_entropy_behavior', 2)} "
             f"| {cell(r, 'novelty', 3)} | {cell(r, 'novel_fraction', 2)} | {cell(r, 'entropy', 2)} | {_fmt(r['distinct_trajectories'], 2)} |"
         )

@@ -46,6 +46,12 @@ def cache_dir() -> Path:
     return Path(os.environ.get("DTCOND_CACHE") or Path.home() / ".cache" / "dtcond")
 
 
+def applies_to(stats) -> bool:
+    """Whether roaming metrics apply to a dataset: vector observations. The behaviour model and the
+    novelty tree work on vectors; image frames are skipped (``dtcond eval`` says so)."""
+    return stats.codec.kind != "image"
+
+
 class BehaviorModel(nn.Module):
     """β̂(a|s): logits over actions (Discrete), or over ``bins`` equal bins per dimension (Box)."""
 

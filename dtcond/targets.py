@@ -5,6 +5,9 @@ spec               string     resolves to
 =================  =========  ===========================================================
 absolute(g)        ``300``    the return g
 normalized(x)      ``n0.5``   min + x·(max − min) of the dataset's episode returns
+score(s)           ``score90``  a normalized score in the dataset's reference-score units
+                              (Minari/D4RL, x100): ref_min + s/100·(ref_max − ref_min);
+                              only for datasets with ``ref_min_score``/``ref_max_score``
 quantile(q)        ``q0.9``   the q-th quantile of the dataset's episode returns
 scale(m)           ``x1.5``   best + (m − 1)·|best|: m × best for a positive best return,
                               and m > 1 always asks for more than the best (OOD)
@@ -39,7 +42,7 @@ import numpy as np
 from dtcond.data import DatasetStats
 from dtcond.errors import DtcondError
 
-KINDS = ("absolute", "normalized", "quantile", "scale", "quantilizer", "none")
+KINDS = ("absolute", "normalized", "score", "quantile", "scale", "quantilizer", "none")
 # Beyond this many dataset return ranges past the data, a target is a typo, not an experiment.
 ABSURD_RANGES = 1000.0
 
@@ -102,7 +105,7 @@ class TargetSpec:
             return "none"
         if self.cost is not None:
             return f"{TargetSpec(self.kind, self.value)},{self.cost}"
-        return {"absolute": v, "normalized": f"n{v}", "quantile": f"q{v}", "scale": f"x{v}", "quantilizer": f"quantilizer:{v}"}[self.kind]
+        return {"absolute": v, "normalized": f"n{v}", "score": f"score{v}", "quantile": f"q{v}", "scale": f"x{v}", "quantilizer": f"quantilizer:{v}"}[self.kind]
 
     @property
     def is_random(self) -> bool:
@@ -130,6 +133,11 @@ class TargetSpec:
             g = self.value
         elif self.kind == "normalized":
             g = lo + self.value * (hi - lo)
+        elif self.kind == "score":
+            if not stats.has_reference_scores:
+                raise DtcondError(f"target {self} is a normalized score, but dataset {stats.dataset_id!r} has no reference "
+                                  "scores (ref_min_score/ref_max_score); use n<x> (0 = its worst return, 1 = its best)")
+            g = stats.ref_min_score + self.value / 100.0 * (stats.ref_max_score - stats.ref_min_score)
         elif self.kind == "quantile":
             g = float(np.quantile(returns, self.value))
         elif self.kind == "scale":
@@ -195,6 +203,11 @@ def normalized(x: float) -> TargetSpec:
     return TargetSpec("normalized", float(x))
 
 
+def score(s: float) -> TargetSpec:
+    """A normalized score x100 (Minari's ``get_normalized_score`` x100): 0 = ref_min_score, 100 = ref_max_score."""
+    return TargetSpec("score", float(s))
+
+
 def quantile(q: float) -> TargetSpec:
     """The q-th quantile of the dataset's episode returns, q in [0, 1]."""
     return TargetSpec("quantile", float(q))
@@ -215,6 +228,7 @@ _PATTERNS = [
     (re.compile(r"^(?:quantile[:=]|q)(.+)$"), "quantile"),
     (re.compile(r"^(?:scale[:=]|x)(.+)$"), "scale"),
     (re.compile(r"^(?:normalized[:=]|n)(.+)$"), "normalized"),
+    (re.compile(r"^score[:=]?(.+)$"), "score"),
     (re.compile(r"^(?:absolute[:=]|abs[:=])?(.+)$"), "absolute"),
 ]
 
@@ -254,8 +268,8 @@ def joint(ret: str | float | TargetSpec, cost: str | CostSpec) -> TargetSpec:
 def parse(text: str | float | int | TargetSpec) -> TargetSpec:
     """A spec from the CLI's short form; ``<return spec>,cost<=C`` names a joint target.
 
-    >>> [str(parse(s)) for s in ["q0.9", "x1.5", "3000", "quantilizer:0.1", "n0.5", "-150.5", "q0.9,cost<=q0.2"]]
-    ['q0.9', 'x1.5', '3000', 'quantilizer:0.1', 'n0.5', '-150.5', 'q0.9,cost<=q0.2']
+    >>> [str(parse(s)) for s in ["q0.9", "x1.5", "3000", "quantilizer:0.1", "n0.5", "score90", "-150.5", "q0.9,cost<=q0.2"]]
+    ['q0.9', 'x1.5', '3000', 'quantilizer:0.1', 'n0.5', 'score90', '-150.5', 'q0.9,cost<=q0.2']
     """
     if isinstance(text, TargetSpec):
         return text
@@ -279,7 +293,7 @@ def parse(text: str | float | int | TargetSpec) -> TargetSpec:
             return TargetSpec(kind, value)
     raise DtcondError(
         f"cannot parse target {text!r}: use a return (300), q<quantile> (q0.9), x<multiple of best> (x1.5), "
-        "n<normalized> (n0.5) or quantilizer:<q> (quantilizer:0.1)"
+        "n<normalized> (n0.5), score<normalized score x100> (score90) or quantilizer:<q> (quantilizer:0.1)"
     )
 
 

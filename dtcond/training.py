@@ -37,8 +37,19 @@ def model_config_for(stats: DatasetStats, **overrides) -> DTConfig:
                           "(its env reports no info['cost'])")
     if overrides.get("cost_scale", 1.0) is None:
         overrides["cost_scale"] = max(max(stats.episode_costs or [0.0]), 1.0)
+    codec = stats.codec
+    image = codec.image_shape if codec.kind == "image" else None
+    if overrides.get("encoder", "auto") == "auto":  # the Nature-DQN convs need frames of at least 36x36
+        overrides["encoder"] = "cnn" if image is not None and min(image[1:]) >= 36 else "mlp"
+    if overrides.get("frame_stack", 1) > 1 and image is None:
+        raise DtcondError(f"model.frame_stack={overrides['frame_stack']} stacks image frames; dataset {stats.dataset_id!r} "
+                          f"has {codec.kind} observations: use model.frame_stack=1")
+    if overrides["encoder"] == "cnn" and image is None:
+        raise DtcondError(f"model.encoder=cnn needs image observations (uint8 frames of at least 36x36); dataset "
+                          f"{stats.dataset_id!r} has {codec.kind} observations of size {codec.dim}: use model.encoder=mlp or auto")
     cfg = DTConfig(
         obs_dim=stats.obs_dim,
+        obs_shape=image,
         act_dim=stats.action_dim,
         discrete=stats.is_discrete,
         action_low=stats.action_low,
@@ -332,7 +343,7 @@ def train(dataset_id: str, out_dir: str | Path, config: TrainConfig | None = Non
     if segment < model_cfg.context_len:
         raise DtcondError(f"data.segment_len ({segment}) must be >= model.context_len ({model_cfg.context_len})")
     data = {k: v for k, v in asdict(cfg.data).items() if k != "segment_len"}
-    dm = WindowDataModule(dataset_id, window_len=segment, seed=cfg.seed, data=offline, **data)
+    dm = WindowDataModule(dataset_id, window_len=segment, seed=cfg.seed, data=offline, frame_stack=model_cfg.frame_stack, **data)
     o = cfg.optim
     module = DTModule(model_cfg.to_dict(), offline.stats.to_dict(), lr=o.lr, weight_decay=o.weight_decay,
                       warmup_steps=o.warmup_steps, betas=tuple(o.betas),

@@ -25,7 +25,8 @@ import numpy as np
 
 from dtcond.errors import DtcondError
 
-SUPPORTED = "dtcond reads Box observations (or a Dict of Boxes, flattened) with Box (1-D, finite bounds) or Discrete actions"
+SUPPORTED = ("dtcond reads observations of Box, Discrete, MultiDiscrete, MultiBinary and Text spaces, nested in Dict and "
+             "Tuple, with Box (1-D, finite bounds) or Discrete actions")
 
 # What Minari's metadata.json must hold for dtcond to read a dataset.
 REQUIRED_METADATA = ("dataset_id", "data_format", "total_episodes", "total_steps", "minari_version")
@@ -200,13 +201,20 @@ def check_episode(episode, observation_space: gym.Space, action_space: gym.Space
 
 def _length(values, space: gym.Space | None, name: str, where: str) -> int:
     """Leading (time) length of an episode field; a Dict space's entries must all share it."""
-    if isinstance(space, gym.spaces.Dict):
-        if not isinstance(values, dict) or not values:
-            raise DtcondError(f"{where}: {name} are not a dict of arrays, as the space {space} declares")
-        lengths = {k: len(np.asarray(v)) for k, v in values.items()}
+    if isinstance(space, (gym.spaces.Dict, gym.spaces.Tuple)):
+        kind = "dict" if isinstance(space, gym.spaces.Dict) else "tuple"
+        if not isinstance(values, dict if kind == "dict" else (tuple, list)) or not values:
+            raise DtcondError(f"{where}: {name} are not a {kind} of arrays, as the space {space} declares")
+        subs = space.spaces.items() if kind == "dict" else enumerate(space.spaces)
+        try:
+            lengths = {k: _length(values[k], sub, name, where) for k, sub in subs}
+        except (KeyError, IndexError):
+            raise DtcondError(f"{where}: {name} lack entries the space {space} declares") from None
         if len(set(lengths.values())) > 1:
             raise DtcondError(f"{where}: the {name} entries differ in length ({lengths}); they must agree")
         return next(iter(lengths.values()))
+    if isinstance(space, gym.spaces.Text):
+        return len(values)
     values = np.asarray(values)
     if values.ndim == 0:
         raise DtcondError(f"{where}: {name} are a single value, not one per step")
@@ -220,6 +228,17 @@ def _check_values(values, space: gym.Space, name: str, where: str) -> None:
             raise DtcondError(f"{where}: {name} have entries {sorted(values)} but the space declares {sorted(space.spaces)}")
         for key, sub in space.spaces.items():
             _check_values(values[key], sub, f"{name}[{key!r}]", where)
+        return
+    if isinstance(space, gym.spaces.Tuple):
+        if len(values) != len(space.spaces):
+            raise DtcondError(f"{where}: {name} have {len(values)} entries but the space declares {len(space.spaces)}")
+        for i, sub in enumerate(space.spaces):
+            _check_values(values[i], sub, f"{name}[{i}]", where)
+        return
+    if isinstance(space, gym.spaces.Text):  # strings: Gymnasium's contains on each (length, characters)
+        for step, text in enumerate(values):
+            if not isinstance(text, str) or not space.contains(text):
+                raise DtcondError(f"{where}: {name} at step {step} ({text!r}) is outside the declared space {space}")
         return
     values = np.asarray(values)
     if values.shape[1:] != space.shape:
@@ -244,10 +263,15 @@ def _check_values(values, space: gym.Space, name: str, where: str) -> None:
 
 
 def _inside(space: gym.Space, values: np.ndarray) -> np.ndarray:
-    """(T,) bool: whether each step's value lies in ``space`` (a Box or Discrete, the only leaves dtcond reads)."""
+    """(T,) bool: whether each step's value lies in ``space`` (a Box, Discrete, MultiDiscrete or MultiBinary)."""
     flat = values.reshape(len(values), -1)
     if isinstance(space, gym.spaces.Discrete):
         ok = np.issubdtype(values.dtype, np.integer) & (flat >= space.start) & (flat < space.start + space.n)
+    elif isinstance(space, gym.spaces.MultiDiscrete):
+        start, n = space.start.reshape(-1), space.nvec.reshape(-1)
+        ok = np.issubdtype(values.dtype, np.integer) & (flat >= start) & (flat < start + n)
+    elif isinstance(space, gym.spaces.MultiBinary):
+        ok = (flat == 0) | (flat == 1)
     else:
         ok = np.can_cast(values.dtype, space.dtype) & (flat >= space.low.reshape(-1)) & (flat <= space.high.reshape(-1))
     return ok.all(axis=1)

@@ -207,32 +207,45 @@ DAMAGED = {
     "inf-rewards": (written(setitem("rewards", 7, np.inf)), f"{EP} has NaN/inf rewards (first at step 7)"),
     "nan-actions": (written(setitem("actions", (0, 0), np.nan)), f"{EP} has NaN/inf actions (first at step 0)"),
     "dict-entries-disagree": (written(replace("observations", lambda o: {**o, "b": o["b"][:-1]}), obs_space=DICT, eps=lambda: dict_obs(episodes())), "the observations entries differ in length ({'a': 9, 'b': 8})"),
-    "text-space": (written(obs_space=gym.spaces.Text(5), eps=text_episodes), "'{id}': unsupported observation space Text: dtcond handles Box observations or a Dict of Boxes"),
-    "graph-space": (damaged(graph_space), "'{id}': unsupported observation space Graph; dtcond reads Box observations (or a Dict of Boxes, flattened) with Box"),
-    "nested-tuple-space": (written(obs_space=NESTED, eps=nested_episodes), "'{id}': unsupported observation space Tuple: dtcond handles Box observations or a Dict of Boxes"),
+    "graph-space": (damaged(graph_space), "'{id}': unsupported observation space Graph; dtcond reads observations of Box, Discrete, MultiDiscrete, MultiBinary and Text spaces, nested in Dict and Tuple"),
     "multidiscrete-actions": (written(act_space=gym.spaces.MultiDiscrete([2, 3]), eps=lambda: [dict(ep, actions=np.zeros((8, 2), np.int64)) for ep in episodes()]), "unsupported action space MultiDiscrete: dtcond handles Box or Discrete actions"),
 }
 
 # The damages the CLI runs too (each costs a `dtcond train` start); the library test takes all of them.
 CLI_DAMAGED = ("hdf5-zeroed-4k", "hdf5-truncated", "metadata-missing", "obs-count-short", "obs-outside-space", "obs-shape",
                "action-outside-space", "action-shape", "zero-length-episode", "nan-observations", "inf-rewards",
-               "text-space", "graph-space", "nested-tuple-space")
+               "graph-space")
 
 VANISHED = "vanished/CartPole-v0"
 
 
 def train_on_a_vanished_env(root: Path) -> Path:
-    """A policy trained on a dataset whose env id no longer exists (its package gone): training must not need it."""
+    """A policy trained on a dataset whose env's package is gone: training must not need it.
+
+    The env lives in a module of its own (``vanished_envs``), importable only while the dataset is
+    collected, as a package later uninstalled.
+    """
+    import importlib
+    import sys
+
     from dtcond.behavior import Component
     from dtcond.collection import collect
     from dtcond.training import train
 
-    gym.register(VANISHED, entry_point="gymnasium.envs.classic_control.cartpole:CartPoleEnv", max_episode_steps=50)
+    pkg = root / "vanished-pkg"
+    pkg.mkdir()
+    (pkg / "vanished_envs.py").write_text("from gymnasium.envs.classic_control.cartpole import CartPoleEnv  # noqa: F401\n")
+    sys.path.insert(0, str(pkg))
+    gym.register(VANISHED, entry_point="vanished_envs:CartPoleEnv", max_episode_steps=50)
     try:
         collect(VANISHED, [Component("cartpole_balance", 0.5, 0.5), Component("random", weight=0.5)], 8, "gone/cartpole-v0",
                 progress=False)
     finally:
         gym.registry.pop(VANISHED)
+        sys.path.remove(str(pkg))
+        sys.modules.pop("vanished_envs", None)
+        (pkg / "vanished_envs.py").unlink()
+        importlib.invalidate_caches()
     with pytest.raises(gym.error.Error):
         gym.spec(VANISHED)  # gone for training, as on a machine without the env's package
     run = train("gone/cartpole-v0", root / "gone-run", model=dict(context_len=4, n_layer=1, n_head=1, n_embd=8, dropout=0.0),
@@ -326,7 +339,7 @@ CASES = [
     *[(f"data-{name}", ("train", "{ds}", f"dataset.id=dmg/{name}-v0", "model=tiny"), DAMAGED[name][1].replace("{id}", f"dmg/{name}-v0"))
       for name in CLI_DAMAGED],
     ("eval-env-vanished", ("eval", "{ds}", "policy={gone}", "results={results}"),
-     "cannot make env 'vanished/CartPole-v0', which dataset 'gone/cartpole-v0' recorded (Namespace vanished not found"),
+     "cannot make env 'vanished/CartPole-v0', which dataset 'gone/cartpole-v0' recorded: it needs the Python package 'vanished_envs' (pip install vanished-envs)"),
 ]
 
 
@@ -381,7 +394,8 @@ def test_damaged_dataset_is_one_dtcond_error_from_the_library(world, monkeypatch
 
 
 def test_well_formed_variants_still_load(minari_root):
-    """What the checks must not refuse: a Dict of Boxes, float64 data for a float32 Box, Discrete actions stored as whole floats."""
+    """What the checks must not refuse: a Dict of Boxes, float64 data for a float32 Box, Discrete actions stored as whole floats,
+    a Text and a nested Tuple observation space."""
     from dtcond.data import load
 
     write_buffers("ok/dict-v0", dict_obs(episodes()), observation_space=DICT, action_space=BOX1)
@@ -396,6 +410,10 @@ def test_well_formed_variants_still_load(minari_root):
         ep["actions"] = ep["actions"].astype(np.float64)
     write_buffers("ok/float-actions-v0", eps, observation_space=BOX3, action_space=gym.spaces.Discrete(3))
     assert load("ok/float-actions-v0").trajectories[0].actions.dtype == np.int64
+    write_buffers("ok/text-v0", text_episodes(), observation_space=gym.spaces.Text(5), action_space=BOX1)
+    assert load("ok/text-v0").stats.codec.vocab == {"": ["abc"]} and load("ok/text-v0").stats.obs_dim == 2
+    write_buffers("ok/nested-tuple-v0", nested_episodes(), observation_space=NESTED, action_space=BOX1)
+    assert load("ok/nested-tuple-v0").stats.obs_dim == 2 + 3 + 3
 
 
 def test_a_dataset_whose_env_cannot_be_made_still_trains_and_only_acting_refuses(world):
@@ -405,5 +423,5 @@ def test_a_dataset_whose_env_cannot_be_made_still_trains_and_only_acting_refuses
     assert policy.env_id == VANISHED and policy.train_step == 5
     with pytest.raises(dtcond.DtcondError, match="cannot make env 'vanished/CartPole-v0', which dataset 'gone/cartpole-v0' recorded"):
         policy.make_env()
-    with pytest.raises(dtcond.DtcondError, match="install or register that env"):
+    with pytest.raises(dtcond.DtcondError, match=r"needs the Python package 'vanished_envs' \(pip install vanished-envs\)"):
         dtcond.evaluate(policy, ["q0.5"], episodes=1)

@@ -248,9 +248,10 @@ def test_empty_dataset_is_refused(minari_root):
 @pytest.mark.parametrize(
     "obs_space, act_space, message",
     [
-        (gym.spaces.Discrete(4), BOX1, "unsupported observation space Discrete"),
+        (gym.spaces.Sequence(BOX3), BOX1, "unsupported observation space Sequence: dtcond handles Box .* Text, nested in Dict and Tuple"),
         (BOX3, gym.spaces.MultiDiscrete([2, 2]), "unsupported action space MultiDiscrete"),
-        (gym.spaces.Dict({"t": gym.spaces.Discrete(3)}), BOX1, "Dict entries \\['t'\\] are not Box"),
+        (gym.spaces.Dict({"t": gym.spaces.Tuple([gym.spaces.Discrete(3), gym.spaces.Sequence(BOX3)])}), BOX1,
+         "unsupported observation space Sequence at t/1"),
     ],
 )
 def test_unsupported_spaces_are_refused(minari_root, obs_space, act_space, message):
