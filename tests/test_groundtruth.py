@@ -115,7 +115,7 @@ def test_each_behaviour_component_alone_has_kl_at_most_log_one_over_its_weight(t
     # KL at the bound. The noisy gardener and the stumbler play alike away from the bucket: both below it.
     bound = -np.log(weights)
     assert np.all(np.array(means)[[0, 3, 4]] > 0.99 * bound[[0, 3, 4]]), means
-    assert np.all(np.array(means)[[1, 2]] < 0.95 * bound[[1, 2]]), means
+    assert np.all(np.array(means)[[1, 2]] < bound[[1, 2]] - 0.02), means
     # Where two components' trajectories coincide (the same policy listed twice) neither reaches its own
     # bound: each has KL log(1/(w_a + w_b)), which a likelihood that ignored the mixture would miss.
     env = gym.make("dtcond/TomatoGarden-v0")
