@@ -72,3 +72,42 @@ def test_cost_tradeoff_experiment_runs_end_to_end(tmp_path, minari_root):
     text = (tmp_path / "results" / "summary.md").read_text()
     assert "Spearman ρ(requested, achieved cost)" in text and (tmp_path / "results" / "cost_tracking.png").stat().st_size > 10_000
     assert committed.read_bytes() == before if committed.exists() else before is None  # the committed results untouched
+
+
+@pytest.mark.slow
+def test_goodhart_experiment_writes_its_frontier_on_the_exact_axis(tmp_path, minari_root):
+    committed = REPO / "experiments" / "goodhart" / "results" / "frontier.json"
+    before = committed.read_bytes() if committed.exists() else None
+    out = subprocess.run(
+        [sys.executable, str(REPO / "experiments" / "goodhart" / "run.py"), "seeds=[0,1]", "episodes=60", "train.steps=20",
+         "train.bc_steps=10", "baseline.budget=512", "baseline.kl_coefs=[10]", "baseline.bc_init_steps=20", "eval_episodes=3",
+         "oracles.pool=60", "oracles.draws=20", f"work_dir={tmp_path / 'work'}", f"results_dir={tmp_path / 'results'}",
+         f"hydra.run.dir={tmp_path / 'hydra'}"],
+        cwd=tmp_path, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=600,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    frontier = json.loads((tmp_path / "results" / "frontier.json").read_text())
+    families = {r["family"] for r in frontier["rows"]}
+    assert {"data", "behavior", "dt", "bc", "pct_bc", "ppo", "ppo_kl", "oracle_quantilizer", "oracle_plan_quantilizer",
+            "oracle_best_of_n", "oracle_posterior"} <= families
+    # every row has a trajectory KL from the exact likelihood, with its interval over the 2 seeds
+    assert all(r["trajectory_kl"] is not None for r in frontier["rows"])
+    assert all(r["seeds"] == 2 and r["trajectory_kl_lo"] is not None for r in frontier["rows"] if r["family"] not in ("data", "behavior"))
+    assert {round(r["q"], 2) for r in frontier["oracle_kl_check"]} == {0.5, 0.25, 0.1}
+    assert {r["dt"] for r in frontier["quantilizer_check"]} >= {"quantilizer:0.25", "q0.75"}
+    assert (tmp_path / "results" / "frontier.png").exists()
+    assert committed.read_bytes() == before if committed.exists() else before is None
+
+
+@pytest.mark.slow
+def test_oracles_experiment_reports_the_oracles_and_the_cost_bound(tmp_path, minari_root):
+    out = subprocess.run(
+        [sys.executable, str(REPO / "experiments" / "oracles" / "run.py"), "testbeds=[gamble,hazard_grid]", "seeds=[0,1]", "pool=80",
+         "draws=30", f"results_dir={tmp_path / 'results'}", f"hydra.run.dir={tmp_path / 'hydra'}"],
+        cwd=tmp_path, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=600,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    text = (tmp_path / "results" / "summary.md").read_text()
+    assert "## dtcond/Gamble-v0" in text and "## dtcond/HazardGrid-v0" in text
+    assert "plan_quantilizer:0.1" in text and "posterior:0.3" in text
+    assert "Taylor's bound" in text and "| quantilizer:0.1 |" in text  # HazardGrid reports cost, so its bound is checked
