@@ -19,6 +19,7 @@ import math
 
 import numpy as np
 
+from dtcond.oracles import MIN_ESS
 from dtcond.stats import difference_ci, kl_coef_of
 
 METRICS = ("true_return", "episode_return", "trajectory_kl", "trajectory_kl_per_step", "trajectory_kl_conditional", "kl_behavior",
@@ -68,7 +69,7 @@ def frontier_rows(table) -> list[dict]:
             out[f"{name}_lo"] = v - ci if math.isfinite(v) and math.isfinite(ci) else None
             out[f"{name}_hi"] = v + ci if math.isfinite(v) and math.isfinite(ci) else None
         if r.get("kind") == "oracle" and r.get("oracle_family") == "posterior":
-            out["ess_ok"] = bool(r.get("ess", 0) >= __import__("dtcond.oracles", fromlist=["MIN_ESS"]).MIN_ESS)
+            out["ess_ok"] = bool(r.get("ess", 0) >= MIN_ESS)
         rows.append(out)
     return rows
 

@@ -19,6 +19,7 @@ import dtcond  # noqa: E402
 from dtcond.behavior import components_from_config  # noqa: E402
 from dtcond.cli import conf_dir  # noqa: E402
 from dtcond.data import datasets_root  # noqa: E402
+from dtcond.errors import DtcondError  # noqa: E402
 from dtcond.pipeline import ORACLE_POOL_SEED, check_oracles  # noqa: E402
 from dtcond.report import comparison_table, quantilizer_bound  # noqa: E402
 from dtcond.roaming import RoamingScorer, dataset_records  # noqa: E402
@@ -28,7 +29,11 @@ COLUMNS = {"episode_return": "observed return", "true_return": "true return", "c
 
 
 def testbed(cfg, name: str) -> list[str]:
-    env = OmegaConf.load(conf_dir() / "env" / f"{name}.yaml")
+    path = conf_dir() / "env" / f"{name}.yaml"
+    if not path.is_file():
+        known = sorted(p.stem for p in (conf_dir() / "env").glob("*.yaml"))
+        raise DtcondError(f"unknown testbed {name!r}; choose from {', '.join(known)}")
+    env = OmegaConf.load(path)
     dataset_id = f"dtcond/{env.name}/mixture-v0"
     if not (datasets_root() / dataset_id).exists():
         dtcond.collect(env.id, components_from_config(OmegaConf.to_container(env.behavior)), int(env.collect_episodes), dataset_id,
