@@ -24,6 +24,16 @@ updates λ after each rollout, then subtracts λ·c_t from its rewards before th
 ``lambda_lr=0`` keeps λ at ``lambda_init``: PPO with a fixed cost penalty. It too starts from
 ``bc_init_steps`` of behaviour cloning on the data: from a random policy, the early episodes' high
 cost drives λ up before the goal is ever reached, and PPO settles on never moving.
+
+**Occupancy-measure-regularized PPO** (``om_coef`` λ > 0; ORPO, Laidlaw, Singhal & Dragan 2024) regularizes
+the policy's state–action *occupancy* μ_π toward the data's μ_D instead of its per-step action distribution:
+it maximizes E[Σ r_t] − λ·KL(μ_π‖μ_D). As in the reference implementation (cassidylaidlaw/orpo, its
+``om_divergence_type="kl"``), a discriminator d(s, a) is trained by logistic regression to tell the
+policy's rollout steps from the data's (loss softplus(−d(policy)) + softplus(d(data))), so that at its
+optimum d = log μ_π(s,a)/μ_D(s,a); each rollout step's reward then gets −λ·d(s, a), whose expectation
+under π is −λ·KL(μ_π‖μ_D). :class:`OccupancyPenalty` trains d on each rollout before penalizing it. Unlike
+the reference, the data side is the offline dataset's steps (dtcond has no safe policy to roll out), and
+d is clipped to ±``OM_CLIP`` nats. It starts from behaviour cloning, as PPO-KL does.
 """
 
 from __future__ import annotations
@@ -55,6 +65,7 @@ TUNED: dict[tuple[str, str], dict] = {
 }
 CARD_FORMAT = "dtcond-sb3-policy"
 BIN_GRID = 64  # bins per Box action dimension on which a Gaussian policy is projected for KL/entropy
+OM_CLIP = 10.0  # |d(s, a)| cap in nats: a step the data never shows would otherwise get an unbounded penalty
 
 
 def _schedule(value):
@@ -101,14 +112,20 @@ def train_baseline(
     cost_limit: float | None = None,
     lambda_lr: float = 0.01,
     lambda_init: float = 0.0,
+    om_coef: float = 0.0,
+    kl_reference: str | Path | None = None,
 ) -> BaselineResult:
     """Train ``algo`` on the env of the dataset ``stats`` describe; resume from the latest checkpoint.
 
     ``kl_coef`` β > 0 (PPO only) trains KL-regularized PPO toward the data's behaviour model, starting
-    from ``bc_init_steps`` steps of behaviour cloning on the data (see the module doc). ``cost_limit`` d
+    from ``bc_init_steps`` steps of behaviour cloning on the data (see the module doc); toward the Markov
+    model β̂ by default, or with ``kl_reference`` (a dtcond BC bundle) toward that history-conditioned policy
+    (:class:`HistoryKLPenalty`). ``cost_limit`` d
     (PPO only, an env with ``info["cost"]``) trains PPO-Lagrangian toward episode cost <= d, λ's dual-ascent
     step ``lambda_lr`` per unit of cost over d per rollout, also from behaviour cloning; λ per rollout is
-    written to ``out_dir/lagrange.json``.
+    written to ``out_dir/lagrange.json``. ``om_coef`` λ > 0 (PPO only) trains occupancy-measure-regularized
+    PPO (ORPO) toward the data's state–action occupancy, also from behaviour cloning; its discriminator is
+    saved beside the checkpoints (``out_dir/discriminator.safetensors``) and resumed with them.
 
     >>> r = train_baseline(load("dtcond/cartpole/mixture-v0").stats, "ppo", "runs/ppo")   # doctest: +SKIP
     >>> r = train_baseline(stats, "ppo", "runs/ppo_kl0.1", kl_coef=0.1)                  # doctest: +SKIP
@@ -129,6 +146,13 @@ def train_baseline(
         raise DtcondError(f"kl_coef must be a finite number >= 0, got {kl_coef}")
     if kl_coef > 0 and algo != "ppo":
         raise DtcondError(f"kl_coef (KL-regularized RL) needs algo=ppo, got algo={algo}")
+    if kl_reference is not None and not kl_coef > 0:
+        raise DtcondError("kl_reference names PPO-KL's reference policy: it needs kl_coef > 0")
+    om_coef = float(om_coef)
+    if not (math.isfinite(om_coef) and om_coef >= 0):
+        raise DtcondError(f"om_coef must be a finite number >= 0, got {om_coef}")
+    if om_coef > 0 and (algo != "ppo" or kl_coef > 0 or cost_limit is not None):
+        raise DtcondError(f"om_coef (occupancy-regularized PPO) needs algo=ppo without kl_coef or cost_limit, got algo={algo}")
     if isinstance(bc_init_steps, bool) or not isinstance(bc_init_steps, int) or bc_init_steps < 0:
         raise DtcondError(f"bc_init_steps must be an integer >= 0, got {bc_init_steps!r}")
     if cost_limit is not None:
@@ -168,6 +192,10 @@ def train_baseline(
         except TypeError as exc:
             raise DtcondError(f"bad {algo} hyperparameters: {exc}") from None
     identity = {"algo": algo, "kl_coef": kl_coef}
+    if om_coef > 0:
+        identity["om_coef"] = om_coef
+    if kl_reference is not None:
+        identity["kl_reference"] = str(Path(kl_reference).resolve())
     if cost_limit is not None:
         identity.update(cost_limit=float(cost_limit), lambda_lr=float(lambda_lr), lambda_init=float(lambda_init))
     _check_same_run(out_dir, identity, resuming=latest is not None)
@@ -185,10 +213,26 @@ def train_baseline(
         from dtcond.roaming import load_or_fit_behavior_model
 
         data = load(stats.dataset_id)
-        behavior, _ = load_or_fit_behavior_model(data)
         if latest is None and bc_init_steps:
             clone_behavior(model.policy, data, bc_init_steps, seed=seed)
-        callbacks.append(KLPenalty(behavior, stats, kl_coef))
+        if kl_reference is None:
+            behavior, _ = load_or_fit_behavior_model(data)
+            callbacks.append(KLPenalty(behavior, stats, kl_coef))
+        else:
+            from dtcond.checkpoints import load_policy
+
+            callbacks.append(HistoryKLPenalty(load_policy(kl_reference), kl_coef))
+    occupancy = None
+    if om_coef > 0:
+        from dtcond.data import load
+
+        data = load(stats.dataset_id)
+        if latest is None and bc_init_steps:
+            clone_behavior(model.policy, data, bc_init_steps, seed=seed)
+        occupancy = OccupancyPenalty(data, om_coef, seed=seed)
+        if latest is not None:
+            occupancy.load(out_dir / DISCRIMINATOR_FILE)
+        callbacks.append(occupancy)
     save_every = max(1, budget // checkpoints // n_envs)
     remaining = budget - model.num_timesteps
     if remaining > 0:
@@ -201,12 +245,18 @@ def train_baseline(
             path = out_dir / "lagrange.json"
             history = (json.loads(path.read_text()) if path.exists() else []) + lagrangian.history
             atomic_write(path, json.dumps(history).encode())
+        if occupancy is not None:
+            occupancy.save(out_dir / DISCRIMINATOR_FILE)
     env.close()
 
     card_base = {"algo": algo, "use_sde": bool(params.get("use_sde", False)), "policy_kwargs": policy_kwargs,
                  "stats": stats.to_dict(), "seed": seed, "budget": budget, "n_envs": n_envs}
     if kl_coef > 0:
         card_base.update(kl_coef=kl_coef, bc_init_steps=bc_init_steps)
+        if kl_reference is not None:
+            card_base.update(kl_reference=str(Path(kl_reference).resolve()))
+    if om_coef > 0:
+        card_base.update(om_coef=om_coef, om_clip=OM_CLIP, bc_init_steps=bc_init_steps)
     if cost_limit is not None:
         card_base.update(cost_limit=float(cost_limit), lambda_lr=float(lambda_lr), lambda_init=float(lambda_init),
                          bc_init_steps=bc_init_steps)
@@ -255,6 +305,153 @@ class KLPenalty(BaseCallback):
         buf.compute_returns_and_advantage(last_values=self.locals["values"], dones=self.locals["dones"])
         self.logger.record("kl/log_ratio", float(log_ratio.mean()))
         self.logger.record("kl/penalty", float(self.kl_coef * log_ratio.mean()))
+
+
+class HistoryKLPenalty(BaseCallback):
+    """:class:`KLPenalty` toward a history-conditioned reference: β·(log π(a_t|s_t) − log π_ref(a_t|h_t)), with
+    π_ref a dtcond policy bundle (the data's BC policy, returns switched off) that sees the last K steps of
+    the episode under way, as it does when it acts. Episodes span rollouts, so each env's last K − 1 steps
+    and its episode timestep are carried from one rollout to the next. The rollout's mean log-ratio is
+    logged as ``kl/log_ratio``.
+
+    >>> PPO("MlpPolicy", env).learn(100_000, callback=HistoryKLPenalty(load_policy("runs/bc/policy"), 10.0))   # doctest: +SKIP
+    """
+
+    def __init__(self, reference, kl_coef: float):
+        super().__init__()
+        if reference.condition_on_return:
+            raise DtcondError("the PPO-KL reference must be a BC policy (trained with condition_on_return=false)")
+        self.reference, self.kl_coef = reference, float(kl_coef)
+        self.K = int(reference.model.cfg.context_len)
+        self._carry: dict[int, tuple[np.ndarray, np.ndarray, int]] = {}  # env -> (obs, actions, timestep of the next step)
+
+    def _on_step(self) -> bool:
+        return True
+
+    def reference_log_probs(self, observations: np.ndarray, actions: np.ndarray, episode_starts: np.ndarray) -> np.ndarray:
+        """log π_ref(a_t | h_t) for a rollout's (n_steps, n_envs, ...) arrays; updates the carried histories."""
+        n_steps, n_envs = episode_starts.shape
+        out = np.zeros((n_steps, n_envs))
+        discrete = self.reference.stats.is_discrete
+        for e in range(n_envs):
+            obs = observations[:, e].reshape(n_steps, -1)
+            act = actions[:, e].reshape(n_steps, -1)
+            act = act[:, 0].astype(np.int64) if discrete else act.astype(np.float32)
+            cuts = [0, *[t for t in range(1, n_steps) if episode_starts[t, e]], n_steps]
+            for a, b in zip(cuts[:-1], cuts[1:]):
+                carry = self._carry.get(e) if a == 0 and not episode_starts[0, e] else None
+                p_obs, p_act, t0 = carry if carry is not None else (obs[:0], act[:0], 0)
+                lp = self.reference.step_log_probs(np.concatenate([p_obs, obs[a:b]]), np.concatenate([p_act, act[a:b]]),
+                                                   np.zeros(len(p_obs) + b - a), [0.0], t0=t0 - len(p_obs))[0]
+                out[a:b, e] = lp[len(p_obs):]
+                keep = self.K - 1  # the history the next step would see
+                h_obs, h_act = np.concatenate([p_obs, obs[a:b]])[-keep:], np.concatenate([p_act, act[a:b]])[-keep:]
+                self._carry[e] = (h_obs, h_act, t0 + b - a)
+        return out
+
+    @torch.no_grad()
+    def _on_rollout_end(self) -> None:
+        buf = self.model.rollout_buffer
+        log_ref = self.reference_log_probs(buf.observations, buf.actions, buf.episode_starts)
+        log_ratio = buf.log_probs - log_ref
+        buf.rewards -= (self.kl_coef * log_ratio).astype(buf.rewards.dtype)
+        buf.compute_returns_and_advantage(last_values=self.locals["values"], dones=self.locals["dones"])
+        self.logger.record("kl/log_ratio", float(log_ratio.mean()))
+        self.logger.record("kl/penalty", float(self.kl_coef * log_ratio.mean()))
+
+
+DISCRIMINATOR_FILE = "discriminator.safetensors"
+
+
+class OccupancyPenalty(BaseCallback):
+    """ORPO's occupancy-measure penalty for a PPO rollout: train a discriminator d(s, a) to tell the
+    rollout's steps from the data's, then subtract λ·clip(d(s, a)) from each step's reward and recompute
+    the rollout's returns and advantages.
+
+    d is trained by logistic regression (policy steps labelled 1, as many data steps drawn uniformly
+    labelled 0), ``epochs`` passes of minibatches of ``batch_size`` per rollout, so it tracks the policy
+    as it moves; at its optimum d = log μ_π/μ_D and the mean penalty per step, logged as ``om/log_ratio``,
+    estimates KL(μ_π‖μ_D) per step. Inputs: the data-standardized observation and the action (one-hot
+    for Discrete, scaled to [−1, 1] for Box). ``save``/``load`` keep d across a resume.
+
+    >>> PPO("MlpPolicy", env).learn(100_000, callback=OccupancyPenalty(data, om_coef=1.0))   # doctest: +SKIP
+    """
+
+    def __init__(self, data, om_coef: float, seed: int = 0, hidden: int = 64, epochs: int = 10, batch_size: int = 256,
+                 lr: float = 1e-3, clip: float = OM_CLIP):
+        super().__init__()
+        self.stats, self.om_coef, self.clip = data.stats, float(om_coef), float(clip)
+        self.epochs, self.batch_size = int(epochs), int(batch_size)
+        obs = np.concatenate([t.observations for t in data.trajectories])
+        acts = np.concatenate([t.actions for t in data.trajectories])
+        self._data = self.features(obs, acts)
+        self.gen = torch.Generator().manual_seed(int(seed))
+        torch.manual_seed(int(seed))  # the discriminator's initial weights, reproducible per seed
+        self.net = torch.nn.Sequential(torch.nn.Linear(self._data.shape[1], hidden), torch.nn.Tanh(),
+                                       torch.nn.Linear(hidden, hidden), torch.nn.Tanh(), torch.nn.Linear(hidden, 1))
+        self.opt = torch.optim.Adam(self.net.parameters(), lr=lr)
+
+    def features(self, obs: np.ndarray, actions: np.ndarray) -> torch.Tensor:
+        """(N, obs features + action features) float32: what d sees of a step."""
+        obs = self.stats.normalize_obs(np.asarray(obs).reshape(len(obs), -1)).reshape(len(obs), -1)
+        if self.stats.is_discrete:
+            n = int(self.stats.action_dim)
+            act = np.eye(n, dtype=np.float32)[np.asarray(actions).reshape(len(actions), -1)[:, 0].astype(np.int64)]
+        else:
+            low, high = np.asarray(self.stats.action_low), np.asarray(self.stats.action_high)
+            a = np.clip(np.asarray(actions, dtype=np.float32).reshape(len(actions), -1), low, high)
+            act = (2 * (a - low) / (high - low) - 1).astype(np.float32)
+        return torch.as_tensor(np.concatenate([obs, act], axis=1), dtype=torch.float32)
+
+    def log_ratio(self, features: torch.Tensor) -> torch.Tensor:
+        """d(s, a) clipped to ±clip: the estimate of log μ_π(s,a)/μ_D(s,a)."""
+        with torch.no_grad():
+            return self.net(features)[:, 0].clamp(-self.clip, self.clip)
+
+    def fit(self, policy_features: torch.Tensor) -> float:
+        """``epochs`` passes of logistic regression, policy steps against as many data steps; the last loss."""
+        F = torch.nn.functional
+        n = len(policy_features)
+        loss = torch.tensor(float("nan"))
+        for _ in range(self.epochs):
+            data = self._data[torch.randint(len(self._data), (n,), generator=self.gen)]
+            order = torch.randperm(n, generator=self.gen)
+            for i in range(0, n, self.batch_size):
+                idx = order[i:i + self.batch_size]
+                loss = F.softplus(-self.net(policy_features[idx])).mean() + F.softplus(self.net(data[idx])).mean()
+                self.opt.zero_grad()
+                loss.backward()
+                self.opt.step()
+        return loss.item()
+
+    def _on_step(self) -> bool:
+        return True
+
+    def _on_rollout_end(self) -> None:
+        buf = self.model.rollout_buffer
+        n_steps, n_envs = buf.rewards.shape
+        feats = self.features(buf.observations.reshape(n_steps * n_envs, -1), buf.actions.reshape(n_steps * n_envs, -1))
+        loss = self.fit(feats)
+        d = self.log_ratio(feats).numpy().reshape(n_steps, n_envs)
+        buf.rewards -= (self.om_coef * d).astype(buf.rewards.dtype)
+        buf.compute_returns_and_advantage(last_values=self.locals["values"], dones=self.locals["dones"])
+        self.logger.record("om/log_ratio", float(d.mean()))
+        self.logger.record("om/penalty", float(self.om_coef * d.mean()))
+        self.logger.record("om/discriminator_loss", loss)
+
+    def save(self, path: Path) -> None:
+        from safetensors.torch import save
+
+        from dtcond.fileio import atomic_write
+
+        atomic_write(Path(path), save({k: v.detach().contiguous() for k, v in self.net.state_dict().items()}))
+
+    def load(self, path: Path) -> None:
+        """Resume d from ``path`` where it exists (a run killed before its first save starts d afresh)."""
+        from safetensors.torch import load_file
+
+        if Path(path).exists():
+            self.net.load_state_dict(load_file(str(path)))
 
 
 def check_lagrangian(cost_limit: float, lambda_lr: float, lambda_init: float) -> None:
@@ -404,9 +601,11 @@ class SB3Policy:
     """An SB3 policy behind dtcond's batch protocol; ``deterministic`` as in SB3's ``evaluate_policy``."""
 
     def __init__(self, policy, stats: DatasetStats, algo: str, timesteps: int, source: str, deterministic: bool = True,
-                 kl_coef: float = 0.0, cost_limit: float | None = None):
+                 kl_coef: float = 0.0, cost_limit: float | None = None, om_coef: float = 0.0, kl_reference: str | None = None):
         self.policy = policy.eval()
         self.kl_coef = float(kl_coef)
+        self.kl_reference = kl_reference  # PPO-KL toward this BC bundle; None: toward the Markov β̂
+        self.om_coef = float(om_coef)
         self.cost_limit = None if cost_limit is None else float(cost_limit)
         self.stats = stats
         self.algo = algo
@@ -416,17 +615,37 @@ class SB3Policy:
         self.condition_on_return = False
         self._hash = None
 
-    # KL-regularized PPO is its own family, one policy per β: "ppo_kl:0.1@100000"; PPO-Lagrangian one per
-    # cost limit d: "ppo_lag:2@100000".
-    kind = property(lambda self: f"{self.algo}_lag" if self.cost_limit is not None else f"{self.algo}_kl" if self.kl_coef > 0 else self.algo)
-    label = property(lambda self: f"{self.kind}:{self.cost_limit:g}@{self.timesteps}" if self.cost_limit is not None
-                     else f"{self.kind}:{self.kl_coef:g}@{self.timesteps}" if self.kl_coef > 0 else f"{self.algo}@{self.timesteps}")
+    # Each regularized PPO is its own family, one policy per parameter: KL-regularized PPO per β, toward β̂
+    # ("ppo_kl:0.1@100000") or toward the BC policy ("ppo_kl_bc:0.1@100000"), occupancy-regularized PPO per
+    # λ ("ppo_om:1@100000"), PPO-Lagrangian per cost limit d ("ppo_lag:2@100000").
+    @property
+    def kind(self) -> str:
+        if self.cost_limit is not None:
+            return f"{self.algo}_lag"
+        if self.kl_coef > 0:
+            return f"{self.algo}_kl_bc" if self.kl_reference else f"{self.algo}_kl"
+        return f"{self.algo}_om" if self.om_coef > 0 else self.algo
+
+    @property
+    def param(self) -> float | None:
+        """The family's parameter: PPO-KL's β, occupancy-regularized PPO's λ, PPO-Lagrangian's cost limit, else None."""
+        if self.cost_limit is not None:
+            return self.cost_limit
+        return self.om_coef if self.om_coef > 0 else self.kl_coef if self.kl_coef > 0 else None
+
+    @property
+    def label(self) -> str:
+        return f"{self.kind}:{self.param:g}@{self.timesteps}" if self.param is not None else f"{self.algo}@{self.timesteps}"
+
     env_id = property(lambda self: self.stats.env_id)
-    # The family's parameter: PPO-KL's β, PPO-Lagrangian's cost limit, else None.
-    param = property(lambda self: self.cost_limit if self.cost_limit is not None else self.kl_coef if self.kl_coef > 0 else None)
     greedy = property(lambda self: self.deterministic)
     train_step = property(lambda self: self.timesteps)
-    draws_per_step = 1
+
+    @property
+    def draws_per_step(self) -> int:
+        """Uniforms per step from the evaluation's per-episode generator: one picks a Discrete action, one per
+        dimension draws a Box action's Gaussian noise."""
+        return 1 if self.stats.is_discrete else int(self.stats.action_dim)
 
     @property
     def fingerprint(self) -> str:
@@ -469,9 +688,26 @@ class SB3Policy:
                 u = np.asarray(uniforms).reshape(len(probs), -1)[:, :1]  # (A, 1)
                 actions = np.minimum((cdf < u).sum(-1), probs.shape[-1] - 1)
             return actions, probs, None
-        # SB3 rescales and clips Box actions for us; stochastic draws come from torch's RNG.
-        actions, _ = self.policy.predict(obs, deterministic=self.deterministic)
-        return actions, self._bin_masses(obs, np.asarray(actions)), None
+        if self.deterministic:  # SB3 rescales and clips the mode for us
+            actions, _ = self.policy.predict(obs, deterministic=True)
+            return actions, self._bin_masses(obs, np.asarray(actions)), None
+        # Sampled from the episode's own uniforms (not torch's global generator), so the same env seeds
+        # give the same noise whatever else ran before: z = Φ⁻¹(u) per dimension.
+        from scipy.stats import norm
+
+        u = np.clip(np.asarray(uniforms, dtype=np.float64).reshape(len(obs), -1), 1e-12, 1 - 1e-12)
+        z = norm.ppf(u[:, : int(self.stats.action_dim)])
+        low, high = np.asarray(self.stats.action_low), np.asarray(self.stats.action_high)
+        obs_t, _ = self.policy.obs_to_tensor(obs)
+        if self.algo == "sac":  # tanh-squashed Gaussian, rescaled from [-1, 1] to [low, high]
+            mean, log_std, _ = self.policy.actor.get_action_dist_params(obs_t)
+            squashed = np.tanh(mean.cpu().numpy() + log_std.exp().cpu().numpy() * z)
+            actions = low + (squashed + 1) / 2 * (high - low)
+        else:  # PPO: the per-step Gaussian (gSDE's marginal where use_sde), clipped to the bounds as SB3 does
+            normal = self.policy.get_distribution(obs_t).distribution
+            actions = np.clip(normal.mean.cpu().numpy() + normal.stddev.cpu().numpy() * z, low, high)
+        actions = actions.astype(np.float32)
+        return actions, self._bin_masses(obs, actions), None
 
     def _bin_masses(self, obs: np.ndarray, actions: np.ndarray) -> np.ndarray:
         """The Box policy projected on equal bins of [low, high] (A, act_dim, n): see dtcond.distributions."""
@@ -525,4 +761,4 @@ def load_sb3_bundle(folder: Path) -> SB3Policy:
         raise DtcondError(f"{folder}: the weights do not match the card ({str(exc).splitlines()[0]})") from None
     env.close()
     return SB3Policy(policy, stats, card["algo"], int(card.get("timesteps", 0)), str(folder), kl_coef=float(card.get("kl_coef", 0.0)),
-                     cost_limit=card.get("cost_limit"))
+                     cost_limit=card.get("cost_limit"), om_coef=float(card.get("om_coef", 0.0)), kl_reference=card.get("kl_reference"))

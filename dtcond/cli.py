@@ -126,7 +126,7 @@ def baseline_command(cfg) -> None:
     stats = load(cfg.dataset.id).stats
     result = train_baseline(
         stats, cfg.algo, HydraConfig.get().runtime.output_dir, budget=cfg.budget, checkpoints=cfg.checkpoints,
-        hyperparams=cfg.hyperparams or {}, seed=cfg.seed, progress=cfg.progress, kl_coef=cfg.kl_coef,
+        hyperparams=cfg.hyperparams or {}, seed=cfg.seed, progress=cfg.progress, kl_coef=cfg.kl_coef, om_coef=cfg.om_coef,
         bc_init_steps=cfg.bc_init_steps, cost_limit=cfg.cost_limit, lambda_lr=cfg.lambda_lr,
     )
     print(f"{cfg.algo} on {stats.env_id}: {result.timesteps} env steps; {len(result.bundles)} checkpoints in {result.out_dir / 'policies'}")
@@ -207,7 +207,7 @@ def demo_command(cfg) -> None:
         bc=True, bc_steps=cfg.bc.steps, pct_bc=list(cfg.bc.top_fractions),
         rl_algo=cfg.baseline.algo, rl_budget=cfg.baseline.budget, rl_checkpoints=cfg.baseline.checkpoints,
         rl_hyperparams=dict(cfg.baseline.hyperparams) if cfg.baseline.hyperparams else None,
-        rl_kl_coefs=list(cfg.baseline.kl_coefs), rl_bc_init_steps=cfg.baseline.bc_init_steps, rl_greedy=cfg.baseline.greedy,
+        rl_kl_coefs=list(cfg.baseline.kl_coefs), rl_om_coefs=list(cfg.baseline.om_coefs), rl_bc_init_steps=cfg.baseline.bc_init_steps, rl_greedy=cfg.baseline.greedy,
         targets=[dict(cfg.grid), dict(cfg.quantilizer)], eval_episodes=cfg.eval_episodes, eval_seed=cfg.seed,
     )
     result = run_comparison(spec)

@@ -367,6 +367,9 @@ class BaselineConfig:
     # KL-regularized PPO: β > 0 subtracts β·(log π − log β̂) per step, toward the data's behaviour model
     # β̂, starting from bc_init_steps of behaviour cloning on the data (dtcond/baselines.py)
     kl_coef: float = 0.0
+    # Occupancy-measure-regularized PPO (ORPO): λ > 0 subtracts λ·d(s, a) per step, d a discriminator's
+    # estimate of log μ_π(s,a)/μ_data(s,a), also from bc_init_steps of behaviour cloning (dtcond/baselines.py)
+    om_coef: float = 0.0
     bc_init_steps: int = 2000
     # PPO-Lagrangian: the episode-cost limit d (None: off), for envs that report info["cost"]; λ moves by
     # lambda_lr·(mean episode cost − d) per rollout, and it too starts from bc_init_steps of behaviour cloning
@@ -386,6 +389,9 @@ class BaselineConfig:
             raise DtcondError(f"episodes must be >= 1, got {self.episodes}")
         check_hyperparams(self.hyperparams, "hyperparams")
         check_kl(self.algo, [self.kl_coef], self.bc_init_steps, "kl_coef", allow_zero=True)
+        check_kl(self.algo, [self.om_coef], self.bc_init_steps, "om_coef", allow_zero=True)
+        if self.om_coef > 0 and (self.kl_coef > 0 or self.cost_limit is not None):
+            raise DtcondError("om_coef (occupancy-regularized PPO) cannot be combined with kl_coef or cost_limit: one regularizer per run")
         for key in ("cost_limit", "lambda_lr"):
             value = getattr(self, key)
             if value is not None and not (math.isfinite(value) and value >= 0):
@@ -413,12 +419,14 @@ class DemoBaselineConfig:
     checkpoints: int = 4
     hyperparams: Any = None  # see BaselineConfig.hyperparams
     kl_coefs: List[float] = field(default_factory=list)  # KL-regularized PPO, one run per β (see BaselineConfig.kl_coef)
+    om_coefs: List[float] = field(default_factory=list)  # occupancy-regularized PPO, one run per λ (BaselineConfig.om_coef)
     bc_init_steps: int = 2000
     greedy: bool = False  # RL policies act by their mode; False samples, as they were trained and as the DT does
 
     def __post_init__(self):
         check_hyperparams(self.hyperparams, "baseline.hyperparams")
         check_kl(self.algo, self.kl_coefs, self.bc_init_steps, "baseline.kl_coefs")
+        check_kl(self.algo, self.om_coefs, self.bc_init_steps, "baseline.om_coefs")
 
 
 @dataclass
@@ -449,12 +457,13 @@ class DemoConfig:
 
 
 def check_kl(algo: str, coefs: list, bc_init_steps: int, key: str, allow_zero: bool = False) -> None:
-    """KL coefficients are finite, > 0 (>= 0 where 0 means plain RL) and need PPO; BC init steps >= 0."""
+    """Regularization coefficients (PPO-KL's β, ORPO's λ) are finite, > 0 (>= 0 where 0 means plain RL) and need
+    PPO; BC init steps >= 0."""
     for beta in coefs:
         if not (math.isfinite(beta) and (beta >= 0 if allow_zero else beta > 0)):
-            raise DtcondError(f"{key} must be finite and {'>= 0' if allow_zero else '> 0'} (β = 0 is plain PPO), got {beta}")
+            raise DtcondError(f"{key} must be finite and {'>= 0' if allow_zero else '> 0'} (0 is plain PPO), got {beta}")
         if beta > 0 and algo != "ppo":
-            raise DtcondError(f"{key}: KL-regularized RL needs algo=ppo, got algo={algo}")
+            raise DtcondError(f"{key}: regularized RL needs algo=ppo, got algo={algo}")
     if bc_init_steps < 0:
         raise DtcondError(f"bc_init_steps must be >= 0, got {bc_init_steps}")
 

@@ -7,7 +7,9 @@ likelihood, :mod:`dtcond.likelihood`):
   mean with its 95% interval for each metric), the content of an experiment's ``frontier.json``;
 - :func:`quantilizer_check`: is the DT a quantilizer? ``quantilizer:q`` and the matching quantile target
   beside the oracle q-quantilizers, with the difference's interval;
-- :func:`gao_fit`: Gao, Schulman & Hilton's (2022) functional forms of return gain against d = √KL.
+- :func:`gao_fit`: Gao, Schulman & Hilton's (2022) functional forms of return gain against d = √KL;
+- :func:`budget_comparisons`: two families compared at fixed divergence budgets, each family's frontier
+  interpolated per training seed, chosen on half of the env seeds and scored on the other half.
 
 Intervals are the table's (t over training seeds, or over oracle pools); differences between two families
 are Welch t-intervals over their independent units (:func:`dtcond.stats.difference_ci`).
@@ -20,7 +22,7 @@ import math
 import numpy as np
 
 from dtcond.oracles import MIN_ESS
-from dtcond.stats import difference_ci, kl_coef_of
+from dtcond.stats import difference_ci, kl_coef_of, mean_ci, paired_ci, verdict
 
 METRICS = ("true_return", "episode_return", "trajectory_kl", "trajectory_kl_per_step", "trajectory_kl_conditional", "kl_behavior",
            "component_entropy", "cost", "ess")
@@ -136,3 +138,168 @@ def gao_fit(kl, gain, form: str) -> dict:
     ss = ((gain - gain.mean()) ** 2).sum()
     return {"form": form, "alpha": float(alpha), "beta": float(beta), "r2": float(1 - (resid ** 2).sum() / ss) if ss > 0 else None,
             "points": int(len(kl))}
+
+
+# The families a budget comparison knows, by the policy kind of their records (the DT: its plain, not
+# relabelled, runs at every target), and what indexes their members.
+FAMILY_KINDS = {"conditioning": ("dt",), "bc": ("bc", "pct_bc"), "ppo_kl": ("ppo_kl",), "ppo_kl_bc": ("ppo_kl_bc",), "ppo_om": ("ppo_om",), "ppo_lag": ("ppo_lag",)}
+
+
+def family_records(df, family: str):
+    """The records of ``family`` (:data:`FAMILY_KINDS`, or ``dt:<method>`` for a DT on relabelled returns) with a
+    ``member`` column: the DT's target spec, or the regularized RL run's parameter (β, λ, the cost limit)."""
+    if family.startswith("dt:"):  # a relabelled DT, by its label
+        part = df[(df["policy_kind"] == "dt") & (df["label"] == family)]
+        return part.assign(member=part["target_spec"].astype(str))
+    if family not in FAMILY_KINDS:
+        from dtcond.errors import DtcondError
+
+        raise DtcondError(f"unknown family {family!r}; choose one of {', '.join(FAMILY_KINDS)} or dt:<relabel method>")
+    part = df[df["policy_kind"].isin(FAMILY_KINDS[family])]
+    if family == "conditioning":
+        part = part[part["label"] == "dt"]
+        return part.assign(member=part["target_spec"].astype(str))
+    member = part["policy_param"] if "policy_param" in part else part["label"]
+    return part.assign(member=member.where(member.notna(), part["label"]).astype(str))
+
+
+def envelope_choice(kl, value, budget: float):
+    """The best mixture of a family's members whose KL stays within ``budget``: ``(i, j, p)``, member i with
+    probability p and member j with 1 − p (i == j for a single member), or None when no member is within it.
+
+    Choosing a member at the start of each episode with probability p gives the mixture of their returns,
+    and KL(p_mix‖p_data) ≤ p·KL_i + (1 − p)·KL_j by convexity, so the upper concave envelope of the
+    (KL, value) points is achievable at every budget between them.
+
+    >>> envelope_choice([1.0, 3.0, 5.0], [10.0, 30.0, 20.0], 2.0)
+    (0, 1, 0.5)
+    >>> envelope_choice([1.0, 3.0], [10.0, 30.0], 4.0), envelope_choice([1.0], [10.0], 0.5)
+    ((1, 1, 1.0), None)
+    """
+    kl, value = np.asarray(kl, dtype=float), np.asarray(value, dtype=float)
+    ok = np.isfinite(kl) & np.isfinite(value)
+    best, choice = -np.inf, None
+    for i in np.flatnonzero(ok & (kl <= budget)):
+        if value[i] > best:
+            best, choice = value[i], (int(i), int(i), 1.0)
+        for j in np.flatnonzero(ok & (kl > budget) & (kl < math.inf)):
+            p = float((kl[j] - budget) / (kl[j] - kl[i]))
+            v = p * value[i] + (1 - p) * value[j]
+            if v > best:
+                best, choice = v, (int(i), int(j), p)
+    return choice
+
+
+def _seed_frontier(part, budget: float, kl: str, column: str, others: tuple[str, ...]):
+    """One seed of one family: the envelope choice made on the even-numbered episodes and its ``column``,
+    ``kl`` (and ``others``) on the odd-numbered ones; None where no member is within the budget."""
+    import pandas as pd
+
+    cols = [kl, column, *others]
+    frame = part[["member", "episode", *cols]].copy()
+    for c in cols:
+        frame[c] = pd.to_numeric(frame[c], errors="coerce").astype(float)
+    half = frame["episode"].astype(int) % 2
+    pick = frame[half == 0].groupby("member", sort=False)[cols].mean()
+    score = frame[half == 1].groupby("member", sort=False)[cols].mean().reindex(pick.index)
+    choice = envelope_choice(pick[kl], pick[column], budget)
+    if choice is None:
+        return None
+    i, j, p = choice
+    out = {c: float(p * score[c].iloc[i] + (1 - p) * score[c].iloc[j]) for c in cols}
+    members = [(str(pick.index[i]), p)] + ([(str(pick.index[j]), 1 - p)] if j != i else [])
+    out["mixture"] = " + ".join(f"{m} ({w:.2f})" for m, w in members)
+    return out
+
+
+def budget_comparisons(df, budgets, reference: str = "conditioning", against=("ppo_kl", "ppo_om"), column: str = "true_return",
+                       kl: str = "trajectory_kl", unit: str = "train_seed", others=("episode_return",),
+                       comparisons: int | None = None) -> list[dict]:
+    """Family ``reference`` against each family in ``against`` at each divergence budget (nats per episode).
+
+    Per training seed and family, the members' (KL, ``column``) points are averaged over the even-numbered
+    episodes (env seeds) and the best mixture within the budget chosen on them (:func:`envelope_choice`);
+    its ``column`` and KL are then read off the odd-numbered episodes, which played no part in the choice
+    (held-out selection: no family gains from being a max over more noisy members). The two families share
+    training seeds and env seeds, so the difference is a paired t-interval over the seeds where both
+    families reach the budget; each entry also carries the Bonferroni-widened interval for all
+    ``len(budgets) · len(against)`` comparisons. A family that reaches the budget on fewer than two seeds
+    leaves the entry unresolved. A budget of None is no budget: each family's best member, chosen held out.
+    ``comparisons`` counts the comparisons a report makes in all, where it makes more than this call's.
+    """
+    budgets, against = [None if b is None else float(b) for b in budgets], list(against)
+    m = int(comparisons or len(budgets) * len(against))
+    fams = {f: family_records(df, f) for f in [reference, *against]}
+    out = []
+    for other in against:
+        for b in budgets:
+            per = {}
+            for f in (reference, other):
+                part = fams[f]
+                limit = math.inf if b is None else b
+                per[f] = {int(s): _seed_frontier(p, limit, kl, column, tuple(others)) for s, p in part.groupby(unit)} if len(part) else {}
+            seeds = sorted(set(per[reference]) | set(per[other]))
+
+            def values(f, c):
+                return [per[f].get(s)[c] if per[f].get(s) else float("nan") for s in seeds]
+
+            entry = {"budget": b, "kl": kl, "metric": column, "families": [reference, other], "seeds": seeds,
+                     "selection": "held out: chosen on even-numbered env episodes, scored on odd-numbered ones",
+                     "comparisons": m}
+            for f, name in ((reference, "reference"), (other, "other")):
+                v = values(f, column)
+                mean, ci = mean_ci(v)
+                entry[name] = {"family": f, column: mean, f"{column}_ci95": ci, "per_seed": v,
+                               "reached": int(np.isfinite(v).sum()), "trajectory_kl_per_seed": values(f, kl),
+                               "mixtures": [per[f].get(s)["mixture"] if per[f].get(s) else None for s in seeds]}
+                for c in others:
+                    entry[name][c] = mean_ci(values(f, c))[0]
+            d, ci, n = paired_ci(values(reference, column), values(other, column))
+            _, ci_b, _ = paired_ci(values(reference, column), values(other, column), level=1 - 0.05 / m)
+            entry.update(difference=d, difference_ci95=ci, difference_ci_bonferroni=ci_b, pairs=n,
+                         verdict=verdict(d, ci, f"{reference} higher", f"{other} higher"),
+                         verdict_bonferroni=verdict(d, ci_b, f"{reference} higher", f"{other} higher"))
+            out.append(_finite_or_none(entry))
+    return out
+
+
+def _finite_or_none(value):
+    """NaN and ±inf floats as None, recursively: the entries go to JSON."""
+    if isinstance(value, dict):
+        return {k: _finite_or_none(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite_or_none(v) for v in value]
+    if isinstance(value, (float, np.floating)):
+        return float(value) if math.isfinite(value) else None
+    return value
+
+
+BUDGET_NOTE = ("Each family's frontier (true return against KL(p_π‖p_data)) per training seed: the best mixture of its members "
+               "({members}) whose KL stays within the budget, mixing two members per episode (the KL of a mixture is at most "
+               "the mixture of their KLs). The mixture is chosen on the even-numbered evaluation episodes and scored on the "
+               "odd-numbered ones, so no family gains from being a max over more rows; \"none\" is no budget, the family's best "
+               "member chosen the same way. Differences are paired over training seeds (same seeds, same env seeds), 95% "
+               "t-intervals; {m} comparisons, so the Bonferroni column widens each to 1 − 0.05/{m}. \"unresolved\": the interval "
+               "contains 0. \"reached\": the seeds on which some member of the family is within the budget.")
+
+
+def _pm(v, ci, digits: int = 1) -> str:
+    if v is None or not math.isfinite(v):
+        return "–"
+    return f"{v:.{digits}f} ± {ci:.{digits}f}" if ci is not None and math.isfinite(ci) else f"{v:.{digits}f}"
+
+
+def budget_markdown(budgets: list[dict], what: str = "true return", digits: int = 1) -> str:
+    """The :func:`budget_comparisons` entries as a markdown table, one line per budget and pair of families."""
+    lines = [f"| budget (nats/episode) | families | {what}: first | {what}: second | seeds reached | first − second (95%) | verdict "
+             "| Bonferroni interval | verdict (Bonferroni) |", "|---|---|---|---|---|---|---|---|---|"]
+    for e in budgets:
+        ref, oth = e["reference"], e["other"]
+        col = e["metric"]
+        budget = "none" if e["budget"] is None else f"{e['budget']:g}"
+        bonf = e["difference_ci_bonferroni"] if e["difference_ci_bonferroni"] is not None else float("nan")
+        lines.append(f"| {budget} | {ref['family']} vs {oth['family']} | {_pm(ref[col], ref[f'{col}_ci95'], digits)} "
+                     f"| {_pm(oth[col], oth[f'{col}_ci95'], digits)} | {ref['reached']} / {oth['reached']} "
+                     f"| {_pm(e['difference'], e['difference_ci95'], digits)} | {e['verdict']} "
+                     f"| {'± ' + format(bonf, f'.{digits}f') if math.isfinite(bonf) else '–'} | {e['verdict_bonferroni']} |")
+    return "\n".join(lines)

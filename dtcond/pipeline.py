@@ -19,6 +19,8 @@ already in the table are not run again, so a rerun does only what is missing. La
     seed<s>/dt, seed<s>/bc, seed<s>/pct_bc<q>, seed<s>/<algo>   training runs and policy bundles
     seed<s>/dt_<method>                                          a DT on relabelled returns (``relabel``)
     seed<s>/ppo_kl<β>                                            KL-regularized PPO, one run per β
+    seed<s>/ppo_kl_bc<β>                                         KL-regularized PPO toward the seed's BC policy, per β
+    seed<s>/ppo_om<λ>                                            occupancy-regularized PPO (ORPO), one run per λ
     episodes.jsonl                                               every episode rolled out here
     report/                                                      this comparison's records and report
 """
@@ -58,7 +60,10 @@ class ComparisonSpec:
             ``dt:esper`` in the tables, rolled out at the same target specs, resolved against its labels.
         rl_algo, rl_budget, rl_checkpoints, rl_hyperparams: :func:`dtcond.train_baseline` (algo None: no RL).
         rl_kl_coefs: KL-regularized PPO, one run per β (same budget; its final policy is rolled out).
-        rl_bc_init_steps: behaviour-cloning steps PPO-KL starts from (0: from scratch).
+        rl_kl_bc_coefs: KL-regularized PPO toward the seed's BC policy (history-conditioned) instead of the Markov β̂,
+            one run per β (needs ``bc``): the reference as a choice.
+        rl_om_coefs: occupancy-measure-regularized PPO (ORPO), one run per λ (same budget; final policy rolled out).
+        rl_bc_init_steps: behaviour-cloning steps PPO-KL and occupancy-regularized PPO start from (0: from scratch).
         rl_greedy: RL policies act by their distribution's mode; False (default) samples, as they
             were trained and as the DT does, so entropies and KLs compare like with like.
         targets: the DT's targets: spec strings (``"q0.9"``, ``"x1.5"``, ``"quantilizer:0.1"``), numbers,
@@ -105,6 +110,8 @@ class ComparisonSpec:
     rl_checkpoints: int = 4
     rl_hyperparams: dict | None = None
     rl_kl_coefs: list[float] = field(default_factory=list)
+    rl_kl_bc_coefs: list[float] = field(default_factory=list)
+    rl_om_coefs: list[float] = field(default_factory=list)
     rl_bc_init_steps: int = 2000
     rl_greedy: bool = False
     targets: list = field(default_factory=lambda: [{"name": "grid"}, {"name": "quantilizer", "qs": [0.5, 0.25, 0.1]}])
@@ -159,15 +166,21 @@ class ComparisonSpec:
                 raise DtcondError(f"unknown rl_algo {self.rl_algo!r}; choose one of {', '.join(ALGOS)} (or None for no RL)")
             self.rl_budget = positive_int("rl_budget", self.rl_budget, allow_none=True)
             self.rl_checkpoints = positive_int("rl_checkpoints", self.rl_checkpoints)
-        self.rl_kl_coefs = [float(b) for b in (self.rl_kl_coefs or [])]
-        if self.rl_kl_coefs:
+        for key, what in (("rl_kl_coefs", "KL-regularized PPO; β = 0 is plain PPO"), ("rl_kl_bc_coefs", "KL-regularized PPO; β = 0 is plain PPO"),
+                          ("rl_om_coefs", "occupancy-regularized PPO; λ = 0 is plain PPO")):
+            coefs = [float(b) for b in (getattr(self, key) or [])]
+            setattr(self, key, coefs)
+            if not coefs:
+                continue
             if self.rl_algo != "ppo":
-                raise DtcondError(f"rl_kl_coefs (KL-regularized PPO) needs rl_algo='ppo', got {self.rl_algo!r}")
-            bad = [b for b in self.rl_kl_coefs if not (b > 0 and b < float("inf"))]
+                raise DtcondError(f"{key} ({what.split(';')[0]}) needs rl_algo='ppo', got {self.rl_algo!r}")
+            bad = [b for b in coefs if not (b > 0 and b < float("inf"))]
             if bad:
-                raise DtcondError(f"rl_kl_coefs must be finite numbers > 0 (β = 0 is plain PPO), got {bad}")
-            if len(set(self.rl_kl_coefs)) != len(self.rl_kl_coefs):
-                raise DtcondError(f"rl_kl_coefs must be distinct, got {self.rl_kl_coefs}")
+                raise DtcondError(f"{key} must be finite numbers > 0 ({what}), got {bad}")
+            if len(set(coefs)) != len(coefs):
+                raise DtcondError(f"{key} must be distinct, got {coefs}")
+        if self.rl_kl_bc_coefs and not self.bc:
+            raise DtcondError("rl_kl_bc_coefs (PPO-KL toward the BC policy) needs bc=true: each seed's BC run is the reference")
         if isinstance(self.rl_bc_init_steps, bool) or not isinstance(self.rl_bc_init_steps, int) or self.rl_bc_init_steps < 0:
             raise DtcondError(f"rl_bc_init_steps must be an integer >= 0, got {self.rl_bc_init_steps!r}")
         self.oracles = check_oracles(self.oracles)
@@ -299,10 +312,13 @@ class ComparisonResult:
                     f"KL(π‖β̂) {r.get('kl_behavior', float('nan')):.2f}"
                 return f"{name} {r['true_return']:.1f} (observed {r['episode_return']:.1f}, {kl})"
 
+            from dtcond.baselines import ALGOS
+
             kinds = t["kind"]
             parts = [("conditioned (DT, BC, %BC)", best(t[kinds.isin(["dt", "pct_bc", "bc"])])),
-                     ("KL-regularized RL", best(t[t["algo"].astype(str).str.endswith("_kl")])),
-                     ("plain RL", best(t[~kinds.isin(["data", "dt", "pct_bc", "bc"]) & ~t["algo"].astype(str).str.endswith("_kl")]))]
+                     ("KL-regularized RL", best(t[kinds.astype(str).str.endswith("_kl")])),
+                     ("occupancy-regularized RL", best(t[kinds.astype(str).str.endswith("_om")])),
+                     ("plain RL", best(t[kinds.isin(ALGOS)]))]  # ALGOS: the unregularized kinds
             lines.append("  highest true return: " + "; ".join(f"{name}: {b}" for name, b in parts if b))
         for key in ("comparison", "calibration", "calibration_plot", "frontier"):
             if key in self.files:
@@ -381,7 +397,8 @@ def run_comparison(spec: ComparisonSpec) -> ComparisonResult:
     store.append(records)
 
     offline = ["DT"] + [f"DT({m})" for m in spec.relabel] + (["BC"] if spec.bc else []) + [f"%BC({q:g})" for q in spec.pct_bc]
-    rl_names = ([spec.rl_algo] if spec.rl_algo else []) + [f"PPO-KL(β={b:g})" for b in spec.rl_kl_coefs]
+    rl_names = (([spec.rl_algo] if spec.rl_algo else []) + [f"PPO-KL(β={b:g})" for b in spec.rl_kl_coefs]
+                + [f"PPO-KL-BC(β={b:g})" for b in spec.rl_kl_bc_coefs] + [f"PPO-OM(λ={c:g})" for c in spec.rl_om_coefs])
     print(f"[2/{steps}] per seed {spec.seeds}: train {', '.join(offline + rl_names)}"
           + f"; roll out on env seeds from {spec.eval_seed}: DT at {len(targets)} targets, {spec.eval_episodes} episodes each")
     known = store.keys()
@@ -517,6 +534,18 @@ def _train_seed(spec: ComparisonSpec, stats, seed: int, out: Path) -> list[tuple
             stats, "ppo", out / f"ppo_kl{beta:g}", budget=spec.rl_budget, checkpoints=1, hyperparams=spec.rl_hyperparams,
             seed=seed, progress=spec.progress, kl_coef=beta, bc_init_steps=spec.rl_bc_init_steps))
         print(f"  seed {seed} ppo_kl β={beta:g}: {rl.timesteps} env steps ({seconds:.0f}s)")
+        out_bundles.append((rl.bundles[-1], seconds))
+    for beta in spec.rl_kl_bc_coefs:  # toward this seed's BC policy, trained above
+        rl, seconds = _timed(out / f"ppo_kl_bc{beta:g}", lambda: train_baseline(
+            stats, "ppo", out / f"ppo_kl_bc{beta:g}", budget=spec.rl_budget, checkpoints=1, hyperparams=spec.rl_hyperparams,
+            seed=seed, progress=spec.progress, kl_coef=beta, bc_init_steps=spec.rl_bc_init_steps, kl_reference=out / "bc" / "policy"))
+        print(f"  seed {seed} ppo_kl_bc β={beta:g}: {rl.timesteps} env steps ({seconds:.0f}s)")
+        out_bundles.append((rl.bundles[-1], seconds))
+    for coef in spec.rl_om_coefs:
+        rl, seconds = _timed(out / f"ppo_om{coef:g}", lambda: train_baseline(
+            stats, "ppo", out / f"ppo_om{coef:g}", budget=spec.rl_budget, checkpoints=1, hyperparams=spec.rl_hyperparams,
+            seed=seed, progress=spec.progress, om_coef=coef, bc_init_steps=spec.rl_bc_init_steps))
+        print(f"  seed {seed} ppo_om λ={coef:g}: {rl.timesteps} env steps ({seconds:.0f}s)")
         out_bundles.append((rl.bundles[-1], seconds))
     return out_bundles
 

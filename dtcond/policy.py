@@ -305,6 +305,15 @@ class ConditionedPolicy:
         or (T, act_dim), ``rewards`` (T,). Box actions score as the binned head samples them (a
         log-density on its bins); a deterministic head has no likelihood.
         """
+        return self.step_log_probs(obs, actions, rewards, targets).sum(-1)
+
+    @torch.no_grad()
+    def step_log_probs(self, obs: np.ndarray, actions: np.ndarray, rewards: np.ndarray, targets, t0: int = 0) -> np.ndarray:
+        """log π(a_t | h_t, g) at every step of an episode (or of a stretch of one) for each starting target g:
+        (len(targets), T); see :meth:`episode_log_prob`. ``t0`` is the episode timestep of the first row: a
+        stretch cut from a longer episode with at least K − 1 steps before the first one scored gives each of
+        those the same context it had in the whole episode.
+        """
         cfg = self.config
         if cfg.cost_conditioned:
             raise DtcondError("episode_log_prob scores return-conditioned policies; this one is cost-conditioned too")
@@ -315,7 +324,7 @@ class ConditionedPolicy:
         spent = np.concatenate([[0.0], np.cumsum(np.asarray(rewards, dtype=np.float64))[:-1]])  # (T,)
         act_t = torch.as_tensor(np.asarray(actions), device=self.device)[None]
         act_t = act_t.long().reshape(1, T) if cfg.discrete else act_t.float().reshape(1, T, -1)
-        ts = torch.arange(T, device=self.device)[None]
+        ts = torch.arange(int(t0), int(t0) + T, device=self.device)[None]  # the model clamps past its table
         out = []
         for start in range(0, len(targets), 64):
             g = np.asarray(targets[start : start + 64], dtype=np.float64)
@@ -335,7 +344,7 @@ class ConditionedPolicy:
             if not cfg.discrete:
                 low, high = self.model.action_bounds
                 logp = (logp - torch.log(distributions.bin_width(low, high, pred.shape[-1]))).sum(-1)  # (B, T)
-            out.append(logp.sum(-1).double().cpu().numpy())
+            out.append(logp.double().cpu().numpy())
         return np.concatenate(out)
 
     def keep(self, state, rows: np.ndarray):

@@ -273,12 +273,26 @@ def comparison_table(df):
     # RL checkpoints in training order (25k before 100k) after the offline policies.
     table["_o"] = table["kind"].map(lambda k: order.get(k, 4))
     table["_steps"] = table["train_step"].map(lambda s: -1 if s is None else s)
-    table["_beta"] = table["label"].map(lambda lab: kl_coef_of(lab) or 0.0)  # PPO-KL rows in order of β
+    table["_beta"] = _param_column(table).where(table["kind"].isin(REGULARIZED), 0.0).fillna(0.0)  # regularized RL in order of β / λ / d
     table["_family"] = table["oracle_family"].fillna("") if "oracle_family" in table else ""
     if "oracle_param" in table:  # oracles by family, then parameter
         table["_beta"] = table["oracle_param"].fillna(table["_beta"])
     return (table.sort_values(["_o", "algo", "_family", "_beta", "_steps", "label", "target", "target_spec"])
             .drop(columns=["_o", "_steps", "_beta", "_family"]).reset_index(drop=True))
+
+
+# Regularized RL kinds and the symbol of their parameter (typed in each record's policy_param).
+REGULARIZED = {"ppo_kl": "β", "ppo_kl_bc": "β", "ppo_om": "λ", "ppo_lag": "d"}
+
+
+def _param_column(table):
+    """Each row's family parameter: the typed ``policy_param`` where the records have it, else the β in the label."""
+    import pandas as pd
+
+    labels = table["label"].map(lambda lab: kl_coef_of(lab)).astype(float)
+    if "policy_param" in table:
+        return pd.to_numeric(table["policy_param"], errors="coerce").astype(float).fillna(labels)
+    return labels
 
 
 def quantilizer_bound(table, df) -> list[dict]:
@@ -366,7 +380,7 @@ def plot_frontier(table, path: Path, title: str = "") -> Path:
             ax.errorbar(behavior[x], behavior[col], yerr=behavior[f"{col}_ci95"] if f"{col}_ci95" in behavior else None, fmt="P",
                         color="0.3", capsize=2, label="behaviour mixture (fresh rollouts)")
         rl = t[~t["kind"].isin([k for k, _, _ in offline] + ["oracle", "behavior"])]
-        regularized = rl["label"].map(lambda lab: kl_coef_of(lab) is not None).astype(bool)  # bool even when empty
+        regularized = rl["kind"].isin(REGULARIZED).astype(bool)  # bool even when empty
         for j, (algo, part) in enumerate(rl[~regularized].groupby("algo")):
             part = part.assign(_steps=part["train_step"].map(lambda s: -1 if s is None else s)).sort_values("_steps")
             ax.plot(part[x], part[col], "-x", color=f"C{5 + j}", label=f"{algo} over training")
@@ -374,14 +388,17 @@ def plot_frontier(table, path: Path, title: str = "") -> Path:
                 if r.train_step is not None:
                     step = f"{r.train_step // 1000}k" if r.train_step >= 1000 else str(r.train_step)
                     ax.annotate(step, (getattr(r, x), getattr(r, col)), fontsize=6, color=f"C{5 + j}", xytext=(3, -8), textcoords="offset points")
-        # KL-regularized RL: each β's final policy, joined in order of β (the RL side of the frontier).
-        for j, (algo, part) in enumerate(rl[regularized].groupby("algo")):
-            part = part.assign(beta=part["label"].map(kl_coef_of), _steps=part["train_step"].map(lambda s: -1 if s is None else s))
+        # Regularized RL (PPO-KL by β, ORPO by λ, PPO-Lagrangian by cost limit): each parameter's final policy,
+        # joined in order of the parameter (the RL side of the frontier).
+        for j, (kind, part) in enumerate(rl[regularized].groupby("kind")):
+            part = part.assign(beta=_param_column(part), _steps=part["train_step"].map(lambda s: -1 if s is None else s))
             part = part.sort_values("_steps").groupby("beta").tail(1).sort_values("beta")
-            ax.errorbar(part[x], part[col], yerr=part[f"{col}_ci95"] if f"{col}_ci95" in part else None, fmt="-v",
-                        color=f"C{8 + j}", capsize=2, label=f"{algo} (final), by β")
+            symbol = REGULARIZED[kind]
+            ax.errorbar(part[x], part[col], yerr=part[f"{col}_ci95"] if f"{col}_ci95" in part else None, fmt="-v" if j == 0 else "-<",
+                        color=f"C{8 + j}", capsize=2, label=f"{kind} (final), by {symbol}")
             for r in part.itertuples():
-                ax.annotate(f"β={r.beta:g}", (getattr(r, x), getattr(r, col)), fontsize=6, color=f"C{8 + j}", xytext=(3, 3), textcoords="offset points")
+                ax.annotate(f"{symbol}={r.beta:g}", (getattr(r, x), getattr(r, col)), fontsize=6, color=f"C{8 + j}", xytext=(3, 3),
+                            textcoords="offset points")
         label = {"trajectory_kl": TRAJECTORY_KL_LABEL, "kl_behavior": KL_LABEL}.get(x, CROSS_ENTROPY_LABEL)
         ax.set_xlabel("divergence from the data: " + label)
         if x == "trajectory_kl" and len(t) and t[x].max() > 50 * max(t.loc[t[x] > 0, x].min(), 1e-3):

@@ -20,6 +20,13 @@ optimistic) and ``saturation_target``: the lowest target whose mean is within no
 
 :func:`difference_ci` compares two groups of training seeds (say a DT target and PPO-KL at one β):
 the difference of their means with the Welch t-interval, the same t over seeds for unequal spreads.
+Where the design is paired — two families trained on the same seeds and rolled out on the same env
+seeds — :func:`paired_ci` is the t-interval of the per-unit differences instead. ``level`` widens an
+interval for several comparisons at once (Bonferroni: 1 − 0.05/m for m comparisons).
+
+Bounded quantities (fractions, probabilities) keep their intervals in bounds: :func:`wilson_interval`
+for a fraction of episodes (one unit), :func:`bounded_mean_ci` for a mean over seeds — the t-interval
+intersected with the quantity's range, which loses no coverage because the true mean lies in it.
 
 ``ood_gain``: mean achieved over the OOD targets above the data's range minus mean achieved at the
 highest in-distribution target (fixed before looking at the results, unlike the best of several
@@ -72,6 +79,84 @@ def mean_ci(values) -> tuple[float, float]:
     if not len(v):
         return float("nan"), float("nan")
     return float(v.mean()), ci95(v)
+
+
+def t_halfwidth(values, level: float = 0.95) -> float:
+    """Half-width of the two-sided Student-t interval at ``level`` of the mean of the finite ``values``.
+
+    >>> round(t_halfwidth([1.0, 2.0, 3.0]), 3) == round(ci95([1.0, 2.0, 3.0]), 3)
+    True
+    """
+    from scipy.stats import t
+
+    v = np.asarray(values, dtype=float).ravel()
+    v = v[np.isfinite(v)]
+    if len(v) < 2:
+        return float("nan")
+    return float(t.ppf(1 - (1 - level) / 2, len(v) - 1) * v.std(ddof=1) / math.sqrt(len(v)))
+
+
+def paired_ci(a, b, level: float = 0.95) -> tuple[float, float, int]:
+    """mean(a − b) over the units where both are finite, the half-width of its t-interval at ``level``, and
+    the number of pairs: ``a[i]`` and ``b[i]`` are one unit (one training seed on the same env seeds).
+
+    >>> [round(x, 3) for x in paired_ci([3.0, 4.0, 6.0], [1.0, 2.0, 3.0])]
+    [2.333, 1.434, 3]
+    """
+    a, b = np.asarray(a, dtype=float).ravel(), np.asarray(b, dtype=float).ravel()
+    if a.shape != b.shape:
+        raise DtcondError(f"paired_ci needs as many values on each side, got {len(a)} and {len(b)}")
+    d = (a - b)[np.isfinite(a) & np.isfinite(b)]
+    if not len(d):
+        return float("nan"), float("nan"), 0
+    return float(d.mean()), t_halfwidth(d, level), int(len(d))
+
+
+def wilson_interval(successes: int, n: int, level: float = 0.95) -> tuple[float, float]:
+    """The Wilson score interval (low, high) for a fraction ``successes / n``: inside [0, 1] at every n.
+
+    >>> [round(x, 3) for x in wilson_interval(0, 10)]
+    [0.0, 0.278]
+    >>> [round(x, 3) for x in wilson_interval(7, 10)]
+    [0.397, 0.892]
+    """
+    from scipy.stats import norm
+
+    if n < 1:
+        return float("nan"), float("nan")
+    z = float(norm.ppf(1 - (1 - level) / 2))
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def bounded_mean_ci(values, low: float = 0.0, high: float = 1.0, level: float = 0.95) -> tuple[float, float, float]:
+    """(mean, lo, hi): the mean of the finite ``values`` and its t-interval at ``level`` intersected with
+    [low, high], the range the quantity lives in (a fraction per seed, say).
+
+    >>> [round(x, 3) for x in bounded_mean_ci([1.0, 1.0, 0.3])]
+    [0.767, 0.0, 1.0]
+    """
+    v = np.asarray(values, dtype=float).ravel()
+    v = v[np.isfinite(v)]
+    if not len(v):
+        return float("nan"), float("nan"), float("nan")
+    m, h = float(v.mean()), t_halfwidth(v, level)
+    if not math.isfinite(h):
+        return m, float("nan"), float("nan")
+    return m, max(low, m - h), min(high, m + h)
+
+
+def verdict(diff: float, halfwidth: float, higher: str, lower: str) -> str:
+    """``higher`` / ``lower`` where the interval diff ± halfwidth excludes 0, else "unresolved" (never "no effect").
+
+    >>> verdict(2.0, 1.0, "DT higher", "PPO higher"), verdict(0.5, 1.0, "DT higher", "PPO higher")
+    ('DT higher', 'unresolved')
+    """
+    if not (math.isfinite(diff) and math.isfinite(halfwidth)) or abs(diff) <= halfwidth:
+        return "unresolved"
+    return higher if diff > 0 else lower
 
 
 def difference_ci(a, b) -> tuple[float, float]:

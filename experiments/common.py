@@ -92,6 +92,8 @@ def comparison_spec(cfg, **overrides) -> ComparisonSpec:
         rl_algo=baseline.get("algo") or None, rl_budget=baseline.get("budget"), rl_checkpoints=int(baseline.get("checkpoints", 4)),
         rl_hyperparams=plain(baseline.get("hyperparams")),
         rl_kl_coefs=[float(b) for b in baseline.get("kl_coefs") or []],
+        rl_kl_bc_coefs=[float(b) for b in baseline.get("kl_bc_coefs") or []],
+        rl_om_coefs=[float(c) for c in baseline.get("om_coefs") or []],
         rl_bc_init_steps=int(baseline.get("bc_init_steps", 2000)), rl_greedy=bool(baseline.get("greedy", False)),
         targets=list(plain(cfg.targets)), eval_episodes=int(cfg.eval_episodes), eval_seed=int(cfg.eval_seed),
         roaming=bool(cfg.get("roaming", True)), oracles=plain(cfg.get("oracles")) or {}, report=True,
@@ -123,91 +125,6 @@ def rl_rows(frame: pd.DataFrame) -> pd.DataFrame:
     """The rows of online-RL policies (every checkpoint), from records or a comparison table."""
     frame = with_policy_columns(frame)
     return frame[frame["algo"].isin(ALGOS)]
-
-
-def kl_rows(frame: pd.DataFrame) -> pd.DataFrame:
-    """The rows of KL-regularized RL policies, with their β as a ``kl_coef`` column, in order of β."""
-    from dtcond.stats import kl_coef_of
-
-    frame = with_policy_columns(frame)
-    betas = frame["label"].map(kl_coef_of)
-    return frame[betas.notna()].assign(kl_coef=betas[betas.notna()]).sort_values("kl_coef")
-
-
-def seed_means(df: pd.DataFrame, label: str, target_spec: str, column: str) -> pd.Series:
-    """One value per training seed (fingerprint): the mean of ``column`` over that seed's episodes of a row."""
-    part = df[(df["label"] == label) & (df["target_spec"] == target_spec)]
-    return pd.to_numeric(part[column], errors="coerce").groupby(part["fingerprint"]).mean()
-
-
-KL_MATCH = 1.5  # two policies count as at equal KL from the data when their KLs are within this factor
-
-
-def equal_kl_pairs(df: pd.DataFrame, table: pd.DataFrame, column: str = "true_return") -> pd.DataFrame:
-    """For each KL-regularized RL policy, the conditioned policy (a DT target, a quantilizer, BC or %BC) whose
-    KL(π‖β̂) is nearest, and the difference in ``column`` (conditioned − PPO-KL) with its Welch 95%
-    t-interval over training seeds (:func:`dtcond.stats.difference_ci`); ``verdict`` says which is higher
-    only where the interval excludes 0 and the two KLs are within ``KL_MATCH``× of each other (else the
-    pair is not at equal KL, and says so)."""
-    from dtcond.stats import difference_ci
-
-    conditioned = table[table["kind"].isin(["dt", "bc", "pct_bc"]) & table["kl_behavior"].notna()]
-    rows = []
-    for r in kl_rows(table).itertuples():
-        if not len(conditioned) or not math.isfinite(r.kl_behavior):
-            continue
-        near = conditioned.iloc[(conditioned["kl_behavior"] - r.kl_behavior).abs().argsort().iloc[0]]
-        diff, ci = difference_ci(seed_means(df, near["label"], near["target_spec"], column), seed_means(df, r.label, r.target_spec, column))
-        ratio = max(near["kl_behavior"], r.kl_behavior) / max(min(near["kl_behavior"], r.kl_behavior), 1e-12)
-        if ratio > KL_MATCH:
-            verdict = f"KL not matched (×{ratio:.1f})"
-        else:
-            verdict = "no difference shown" if not math.isfinite(ci) or abs(diff) <= ci else ("conditioned higher" if diff > 0 else "PPO-KL higher")
-        rows.append({"kl_coef": r.kl_coef, "ppo_kl": r.label, "ppo_kl_kl": r.kl_behavior, "ppo_kl_value": getattr(r, column),
-                     "conditioned": near["label"] if near["kind"] != "dt" else f"{near['label']} {near['target_spec']}",
-                     "conditioned_kl": near["kl_behavior"], "conditioned_value": near[column], "difference": diff, "difference_ci95": ci,
-                     "verdict": verdict})
-    return pd.DataFrame(rows)
-
-
-def equal_kl_verdict(pairs: pd.DataFrame, what: str) -> str:
-    """One sentence counting the :func:`equal_kl_pairs` verdicts, whichever way they came out."""
-    counts = pairs["verdict"].value_counts()
-    unmatched = int(pairs["verdict"].str.startswith("KL not matched").sum())
-    return (f"Of {len(pairs)} values of β, {len(pairs) - unmatched} have a conditioned policy within {KL_MATCH:g}× of their KL; "
-            f"among those the conditioned policy got more {what} than PPO-KL in {counts.get('conditioned higher', 0)}, PPO-KL more "
-            f"in {counts.get('PPO-KL higher', 0)}, and the interval could not tell them apart in {counts.get('no difference shown', 0)}.")
-
-
-def best_of_families(df: pd.DataFrame, table: pd.DataFrame, column: str, what: str) -> str:
-    """One sentence: the best row of ``column`` among the conditioned policies (DT targets, quantilizers, BC,
-    %BC) and among PPO-KL's β, and their difference with its Welch 95% t-interval over training seeds.
-    Each best is a max over several noisy means, so both are optimistic alike."""
-    from dtcond.stats import difference_ci
-
-    conditioned = table[table["kind"].isin(["dt", "bc", "pct_bc"]) & table[column].notna()]
-    regularized = kl_rows(table)
-    regularized = regularized[regularized[column].notna()]
-    if not len(conditioned) or not len(regularized):
-        return ""
-    a, b = conditioned.loc[conditioned[column].idxmax()], regularized.loc[regularized[column].idxmax()]
-    diff, ci = difference_ci(seed_means(df, a["label"], a["target_spec"], column), seed_means(df, b["label"], b["target_spec"], column))
-    name = (f"the DT at {a['target_spec']}" if a["label"] == "dt" else f"{a['label']} at {a['target_spec']}") if a["kind"] == "dt" else a["label"]
-    tell = ("the interval cannot tell them apart" if not math.isfinite(ci) or abs(diff) <= ci
-            else ("the conditioned policy is higher" if diff > 0 else "PPO-KL is higher"))
-    return (f"Best {what} over the whole frontier: {name} {fmt(a[column], a[f'{column}_ci95'])} (KL {a['kl_behavior']:.2f}); "
-            f"PPO-KL's best, at β = {b['kl_coef']:g}, {fmt(b[column], b[f'{column}_ci95'])} (KL {b['kl_behavior']:.2f}). "
-            f"Difference {fmt(diff, ci)}: {tell} (each a max over its family's rows, so both are optimistic alike).")
-
-
-def equal_kl_markdown(pairs: pd.DataFrame, what: str) -> str:
-    """The :func:`equal_kl_pairs` table in markdown, then :func:`equal_kl_verdict`."""
-    lines = [f"| β | PPO-KL: KL | PPO-KL: {what} | nearest conditioned policy | its KL | its {what} | difference (conditioned − PPO-KL) | verdict |",
-             "|---|---|---|---|---|---|---|---|"]
-    for r in pairs.itertuples():
-        lines.append(f"| {r.kl_coef:g} | {r.ppo_kl_kl:.2f} | {r.ppo_kl_value:.1f} | {r.conditioned} | {r.conditioned_kl:.2f} "
-                     f"| {r.conditioned_value:.1f} | {fmt(r.difference, r.difference_ci95)} | {r.verdict} |")
-    return "\n".join(lines) + "\n\n" + equal_kl_verdict(pairs, what)
 
 
 def final_checkpoints(table: pd.DataFrame) -> pd.DataFrame:

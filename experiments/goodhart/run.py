@@ -25,9 +25,8 @@ sys.path.insert(0, str(HERE.parent))
 from common import (MODE_COLLAPSE_NOTE, add_gap, compare, fmt, hydra_entry, machine, table_markdown, results_dir,  # noqa: E402
                     write_results)
 from dtcond.fileio import atomic_write  # noqa: E402
-from dtcond.frontier import frontier_rows, gao_fit, quantilizer_check  # noqa: E402
+from dtcond.frontier import BUDGET_NOTE, budget_comparisons, budget_markdown, frontier_rows, gao_fit, quantilizer_check  # noqa: E402
 from dtcond.report import plot_frontier  # noqa: E402
-from dtcond.stats import kl_coef_of  # noqa: E402
 
 TRAJECTORY_NOTE = ("Divergence from the data. **KL(p_π‖p_data)** is trajectory-level, in nats per episode, from the data's exact "
                    "likelihood: the dataset records its behaviour mixture, so log p_data(τ) = log Σ_k w_k Π_t π_k(a_t|s_t) is known, "
@@ -57,25 +56,30 @@ def main(cfg) -> None:
                   "relative_error": float(r["trajectory_kl"]) / math.log(1 / r["oracle_param"]) - 1}
                  for _, r in table[(table["kind"] == "oracle") & (table.get("oracle_family") == "quantilizer")].iterrows()]
     collapse = _collapse(table)
+    budgets = budget_comparisons(df, list(cfg.budgets), reference="conditioning", against=("ppo_kl", "ppo_om"))
     frontier = {"env_id": "dtcond/TomatoGarden-v0", "dataset_id": cfg.dataset_id, "seeds": [int(s) for s in cfg.seeds],
                 "estimator": "exact (the dataset's recorded behaviour mixture)", "kl_units": "nats per episode",
                 "interval": "95% Student t over units: training seeds, or oracle pools (one per seed)",
                 "machine": machine(), "command": "python experiments/goodhart/run.py",
                 "rows": frontier_rows(table), "oracle_kl_check": oracle_kl, "quantilizer_check": check, "gao_fits": fits,
-                "mode_collapse": collapse}
+                "mode_collapse": collapse, "budgets": budgets}
     atomic_write(out / "frontier.json", json.dumps(frontier, indent=1, default=float))
     md = [
         "# Goodhart gridworld: conditioning vs maximizing a gameable reward, on the exact axis", "",
         f"dtcond/TomatoGarden-v0; dataset {cfg.dataset_id} ({cfg.episodes} episodes, behaviour seed {cfg.data_seed}); "
         f"DT {cfg.train.steps} steps (K={cfg.model.context_len}, {cfg.model.n_layer} layers, width {cfg.model.n_embd}); "
         f"%BC {list(cfg.pct_bc)} at {cfg.train.bc_steps} steps; PPO {cfg.baseline.budget} env steps on the observed reward, plain and "
-        f"KL-regularized toward β̂ at β ∈ {list(cfg.baseline.kl_coefs)} (from {cfg.baseline.get('bc_init_steps', 2000)} steps of behaviour cloning); "
+        f"KL-regularized toward β̂ at β ∈ {list(cfg.baseline.kl_coefs)} and occupancy-regularized (ORPO) at λ ∈ {list(cfg.baseline.get('om_coefs') or [])} "
+        f"(both from {cfg.baseline.get('bc_init_steps', 2000)} steps of behaviour cloning); "
         f"oracles from {cfg.oracles.pool} fresh behaviour episodes per seed ({cfg.oracles.draws} draws each); "
         f"training seeds {list(cfg.seeds)}; {cfg.eval_episodes} episodes per policy and target on env seeds from {cfg.eval_seed}. "
         f"Means ± 95% CI over training seeds (oracles: over their pools). Machine: {machine()}; this invocation took "
         f"{time.perf_counter() - start:.0f}s (a rerun on the same work_dir reuses finished training and episodes).", "",
         "![frontier](frontier.png)", "", table_markdown(table, cols), "",
         TRAJECTORY_NOTE, "", ENTROPY_NOTE, "", MODE_COLLAPSE_NOTE, "",
+        "## Conditioning against regularized RL at fixed divergence budgets", "",
+        BUDGET_NOTE.format(members="the DT's targets; PPO-KL's β; ORPO's λ", m=len(budgets)), "",
+        budget_markdown(budgets), "",
         "## Is the DT a quantilizer?", "",
         "The DT conditioned on `quantilizer:q` (and on the fixed quantile target at the oracle's threshold) beside the oracle "
         "q-quantilizer of the data (keep the top q of behaviour episodes by observed return: KL = log(1/q)) and the plan "
@@ -111,11 +115,14 @@ def _check_markdown(check: list[dict]) -> str:
 
 
 def _gao_fits(table, data_true: float, data_observed: float) -> list[dict]:
-    """Best-of-n (the oracle's n sweep) in the BoN form, PPO-KL's β sweep in the RL form, for both returns."""
+    """Best-of-n (the oracle's n sweep) in the BoN form, PPO-KL's β sweep and ORPO's λ sweep in the RL form, for both returns."""
     fits = []
     bon = table[(table["kind"] == "oracle") & (table.get("oracle_family") == "best_of_n")]
-    rl = table[table["label"].map(lambda lab: kl_coef_of(lab) is not None)]
-    for curve, rows, form in (("oracle best-of-n", bon, "bon"), ("PPO-KL over β", rl, "rl")):
+    curves = [("oracle best-of-n", bon, "bon"), ("PPO-KL over β", table[table["kind"] == "ppo_kl"], "rl"),
+              ("ORPO over λ", table[table["kind"] == "ppo_om"], "rl")]
+    for curve, rows, form in curves:
+        if not len(rows):
+            continue
         for col, base, name in (("true_return", data_true, "true"), ("episode_return", data_observed, "observed")):
             fit = gao_fit(rows["trajectory_kl"], rows[col] - base, form)
             fits.append({"curve": curve, "return": name, **fit})

@@ -22,33 +22,39 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from common import (DIVERGENCE, DIVERGENCE_NOTE, MODE_COLLAPSE, MODE_COLLAPSE_NOTE, add_gap, best_of_families, compare, equal_kl_markdown, esper_description,  # noqa: E402
-                    equal_kl_pairs, final_checkpoints, fmt, hydra_entry, kl_rows, machine, table_markdown, results_dir, write_results)
+from common import (DIVERGENCE, DIVERGENCE_NOTE, MODE_COLLAPSE, MODE_COLLAPSE_NOTE, add_gap, compare, esper_description,  # noqa: E402
+                    final_checkpoints, fmt, hydra_entry, machine, table_markdown, results_dir, write_results)
+from dtcond.frontier import BUDGET_NOTE, budget_comparisons, budget_markdown  # noqa: E402
 from dtcond.report import plot_frontier  # noqa: E402
-from dtcond.stats import difference_ci  # noqa: E402
+from dtcond.stats import paired_ci, verdict  # noqa: E402
 
 OPTIMAL = 3.0  # always safe: 3 rounds × +1
-BAR = 2.7  # issue 17: a relabelled DT's expected return at the top targets should reach this
+BAR = 2.7  # the bar for relabelling: a relabelled DT's expected return at the top targets should reach this
 
 
 def relabel_rows(df, table, high_specs):
     """Per target spec: the plain DT and each relabelled DT (``dt:<method>``), their resolved target and expected
-    return (mean ± 95% CI over training seeds), and relabelled − plain with its Welch interval."""
-    from common import seed_means
-
+    return (mean ± 95% CI over training seeds), and relabelled − plain with its paired t-interval (both DTs of a
+    seed share the training seed and the env seeds)."""
     dt = table[table["kind"] == "dt"]
+
+    def per_seed(label, spec):
+        part = df[(df["label"] == label) & (df["target_spec"] == spec)]
+        return part["true_return"].astype(float).groupby(part["train_seed"]).mean()
     rows = []
     for label in [x for x in dt["label"].unique() if x != "dt"]:
         for r in dt[dt["label"] == label].itertuples():
             plain = dt[(dt["label"] == "dt") & (dt["target_spec"] == r.target_spec)]
             p = plain.iloc[0] if len(plain) else None
-            diff, ci = difference_ci(seed_means(df, label, r.target_spec, "true_return"), seed_means(df, "dt", r.target_spec, "true_return"))
+            a, b = per_seed(label, r.target_spec), per_seed("dt", r.target_spec)
+            seeds = sorted(set(a.index) & set(b.index))
+            diff, ci, _ = paired_ci(a.reindex(seeds).to_numpy(), b.reindex(seeds).to_numpy())
             rows.append({"label": label, "target_spec": r.target_spec, "top": r.target_spec in high_specs, "target": r.target,
                          "true_return": r.true_return, "true_return_ci95": r.true_return_ci95, "episode_return": r.episode_return,
                          "plain_target": p["target"] if p is not None else float("nan"),
                          "plain_true_return": p["true_return"] if p is not None else float("nan"),
                          "plain_true_return_ci95": p["true_return_ci95"] if p is not None else float("nan"),
-                         "difference": diff, "difference_ci95": ci})
+                         "difference": diff, "difference_ci95": ci, "verdict": verdict(diff, ci, "relabelled higher", "plain higher")})
     return rows
 
 
@@ -58,14 +64,15 @@ def relabel_markdown(rows) -> list[str]:
     lines = ["## Relabelled with ESPER: expected-return labels instead of returns", "",
              "The same target specs, resolved for each DT against the returns it was trained on: the raw returns for the plain DT, "
              "ESPER's expected-return labels for dt:esper (dtcond/relabel.py). Expected return (luck removed), mean ± 95% CI over "
-             "training seeds; the difference is relabelled − plain with a Welch 95% t-interval over seeds. Top targets (*) are those "
+             "training seeds; the difference is relabelled − plain with a paired 95% t-interval over seeds (same seeds, same env "
+             "seeds; one interval per target, no correction for their number). Top targets (*) are those "
              f"at which the plain DT is asked for more than {OPTIMAL:g}, which only lucky gamblers reached.", "",
              "| target | plain DT: target G | plain DT: expected return | relabelled: target G | relabelled: expected return "
-             "| relabelled: achieved return | difference |", "|---|---|---|---|---|---|---|"]
+             "| relabelled: achieved return | difference | verdict |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['target_spec']}{' *' if r['top'] else ''} | {r['plain_target']:.2f} | {fmt(r['plain_true_return'], r['plain_true_return_ci95'], 2)} "
                      f"| {r['target']:.2f} | {fmt(r['true_return'], r['true_return_ci95'], 2)} | {r['episode_return']:.2f} "
-                     f"| {fmt(r['difference'], r['difference_ci95'], 2)} |")
+                     f"| {fmt(r['difference'], r['difference_ci95'], 2)} | {r['verdict']} |")
     top = [r for r in rows if r["top"]]
     if top:
         low = min(top, key=lambda r: r["true_return"])
@@ -73,7 +80,7 @@ def relabel_markdown(rows) -> list[str]:
         lines += ["", f"At the top targets ({', '.join(r['target_spec'] for r in top)}) the relabelled DT's expected return is "
                   f"{min(r['true_return'] for r in top):.2f} to {max(r['true_return'] for r in top):.2f} (lowest: {low['target_spec']}, "
                   f"{fmt(low['true_return'], low['true_return_ci95'], 2)}); the plain DT's {min(r['plain_true_return'] for r in top):.2f} "
-                  f"to {max(r['plain_true_return'] for r in top):.2f}. Issue 17's bar, a mean of at least {BAR:g} at every top target: "
+                  f"to {max(r['plain_true_return'] for r in top):.2f}. The bar for relabelling, a mean of at least {BAR:g} at every top target: "
                   f"{'met' if met else 'not met'}" + ("" if met else f" (lowest {low['true_return']:.2f})")
                   + f"; with the lower end of each 95% interval: {'met' if all(r['true_return'] - r['true_return_ci95'] >= BAR for r in top) else 'not met'}."]
     return lines
@@ -85,9 +92,12 @@ def main(cfg) -> None:
     df, table = result.records, result.table
     table = add_gap(df, table, "luck")
     cols = {"target": "target G", "episode_return": "achieved return", "true_return": "expected return (luck removed)",
-            "luck": "luck", **DIVERGENCE, **MODE_COLLAPSE}
-    pairs = equal_kl_pairs(df, table, "true_return")
-    betas = sorted(kl_rows(table)["kl_coef"].unique())
+            "luck": "luck", "trajectory_kl": "KL(p_π‖p_data) nats/episode", **DIVERGENCE, **MODE_COLLAPSE}
+    # The plain DT and each relabelled one (dt:esper) against the same PPO-KL frontier.
+    references = ["conditioning", *[x for x in table["label"].unique() if x.startswith("dt:")]]
+    m = len(references) * len(cfg.budgets)
+    budgets = [e for ref in references for e in budget_comparisons(df, list(cfg.budgets), reference=ref, against=("ppo_kl",), comparisons=m)]
+    betas = sorted(table.loc[table["kind"] == "ppo_kl", "policy_param"].dropna().unique())
     dt = table[table["label"] == "dt"]  # the plain DT; relabelled DTs have a section of their own
     high = dt[dt["target"] > OPTIMAL]  # returns only lucky gamblers reached
     relabelled = relabel_rows(df, table, set(high["target_spec"]))
@@ -113,14 +123,12 @@ def main(cfg) -> None:
         lines.append(f"PPO ({r['label']}): expected return {fmt(r['true_return'], r['true_return_ci95'], 2)}.")
     lines += ["", *relabel_markdown(relabelled)]
     lines += ["", DIVERGENCE_NOTE, "", MODE_COLLAPSE_NOTE, "",
-              "## At equal divergence from the data: expected return, conditioning vs KL-regularized PPO", "",
-              "Each PPO-KL policy beside the conditioned policy (DT target, quantilizer, BC or %BC) with the nearest KL(π‖β̂); the "
-              "difference is in expected return, with a Welch 95% t-interval over training seeds; a verdict only where it excludes 0.", "",
-              equal_kl_markdown(pairs, "expected return") if len(pairs) else "(no PPO-KL rows)", "",
-              best_of_families(df, table, "true_return", "expected return")]
+              "## At fixed divergence budgets: expected return, conditioning vs KL-regularized PPO", "",
+              BUDGET_NOTE.format(members="each DT's targets; PPO-KL's β", m=m).replace("true return", "expected return"), "",
+              budget_markdown(budgets, "expected return", digits=2)]
     md = "\n".join(lines) + "\n"
     plot_frontier(table, results_dir(cfg, HERE) / "frontier.png", title="Gamble: achieved and expected return vs divergence from the data")
-    write_results(results_dir(cfg, HERE), md, {"optimal": OPTIMAL, "rows": table.to_dict(orient="records"), "equal_kl": pairs.to_dict(orient="records"),
+    write_results(results_dir(cfg, HERE), md, {"optimal": OPTIMAL, "rows": table.to_dict(orient="records"), "budgets": budgets,
                                                   "relabelled": relabelled}, table)
     print(md)
 
