@@ -7,7 +7,7 @@ TORCH_SPEC ?= torch==2.13.0
 # e.g. TORCH_PIP_ARGS='--index-url <your CPU wheel index>' elsewhere
 TORCH_PIP_ARGS ?=
 
-.PHONY: setup demo test test-slow test-all bench experiments clean
+.PHONY: setup demo test test-slow test-all bench experiments docs docs-serve clean
 
 $(BIN)/dtcond: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,7 +18,7 @@ $(BIN)/dtcond: pyproject.toml
 	  echo "no CUDA: installing torch's CPU wheel ($(TORCH_SPEC) $(TORCH_PIP_ARGS))"; \
 	  $(BIN)/pip install "$(TORCH_SPEC)" $(TORCH_PIP_ARGS); \
 	fi
-	$(BIN)/pip install -e ".[dev,families]"
+	$(BIN)/pip install -e ".[dev,families,docs]"
 	@touch $@
 
 setup: $(BIN)/dtcond
@@ -46,7 +46,7 @@ bench: setup
 	$(BIN)/python benchmarks/loop.py
 	$(BIN)/python benchmarks/eval_vs_train.py
 
-# The safety experiments, each end to end (results/ in each folder; see experiments/README.md).
+# The safety experiments, each end to end (results/ in each folder; each has a page under docs/experiments/).
 experiments: setup
 	$(BIN)/python experiments/luck/run.py
 	$(BIN)/python experiments/goodhart/run.py
@@ -54,5 +54,17 @@ experiments: setup
 	$(BIN)/python experiments/cost/run.py
 	$(BIN)/python experiments/cost_tradeoff/run.py
 
+# The documentation site (mkdocs.yml, docs/): built strictly, so a broken link, image or include fails; CI runs it.
+# The docs extra is installed first if this venv lacks it (a venv made before `make setup` installed it).
+DOCS_TOOLS := $(BIN)/python -c "import mkdocs, material, mkdocstrings_handlers.python" 2>/dev/null || $(BIN)/pip install -e ".[docs]"
+
+docs: setup
+	@$(DOCS_TOOLS)
+	$(BIN)/mkdocs build --strict
+
+docs-serve: setup
+	@$(DOCS_TOOLS)
+	$(BIN)/mkdocs serve
+
 clean:
-	rm -rf outputs multirun lightning_logs .pytest_cache
+	rm -rf outputs multirun lightning_logs .pytest_cache site

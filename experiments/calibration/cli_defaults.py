@@ -1,4 +1,4 @@
-"""Calibration with nothing but the CLI's defaults, as a new user runs it (issue 13's done-when).
+"""Calibration with nothing but the CLI's defaults, as a new user runs it.
 
 For each env: `dtcond collect env=<env>`, then `dtcond train dataset=<env> seed=<s>` for each seed (the
 default CPU preset and training), then `dtcond eval` on the default grid (7 in-distribution targets from

@@ -1,4 +1,4 @@
-"""Does ESPER relabelling harm calibration where there is no luck to remove? (issue 17's "no harm" clause)
+"""Does ESPER relabelling harm calibration where there is no luck to remove?
 
 On deterministic calibration datasets (``relabel_check.datasets`` in config.yaml: CartPole and Pendulum
 mixtures, whose envs have no randomness after the reset), the plain DT and a DT trained on ESPER's
