@@ -87,16 +87,22 @@ def test_goodhart_experiment_writes_its_frontier_on_the_exact_axis(tmp_path, min
     before = committed.read_bytes() if committed.exists() else None
     out = subprocess.run(
         [sys.executable, str(REPO / "experiments" / "goodhart" / "run.py"), "seeds=[0,1]", "episodes=60", "train.steps=20",
-         "train.bc_steps=10", "baseline.budget=512", "baseline.kl_coefs=[10]", "baseline.bc_init_steps=20", "eval_episodes=3",
-         "oracles.pool=60", "oracles.draws=20", f"work_dir={tmp_path / 'work'}", f"results_dir={tmp_path / 'results'}",
+         "train.bc_steps=10", "baseline.budget=512", "baseline.kl_coefs=[10]", "baseline.kl_bc_coefs=[10]", "baseline.om_coefs=[3]",
+         "baseline.bc_init_steps=20", "eval_episodes=4", "budgets=[20,null]", "oracles.pool=60", "oracles.draws=20", f"work_dir={tmp_path / 'work'}", f"results_dir={tmp_path / 'results'}",
          f"hydra.run.dir={tmp_path / 'hydra'}"],
         cwd=tmp_path, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=600,
     )
     assert out.returncode == 0, out.stderr[-2000:]
     frontier = json.loads((tmp_path / "results" / "frontier.json").read_text())
     families = {r["family"] for r in frontier["rows"]}
-    assert {"data", "behavior", "dt", "bc", "pct_bc", "ppo", "ppo_kl", "oracle_quantilizer", "oracle_plan_quantilizer",
+    assert {"data", "behavior", "dt", "bc", "pct_bc", "ppo", "ppo_kl", "ppo_kl_bc", "ppo_om", "oracle_quantilizer", "oracle_plan_quantilizer",
             "oracle_best_of_n", "oracle_posterior"} <= families
+    # the DT against each regularized RL family at each budget, paired over the 2 seeds
+    assert [(e["budget"], e["other"]["family"]) for e in frontier["budgets"]] == [
+        (b, f) for f in ("ppo_kl", "ppo_kl_bc", "ppo_om") for b in (20.0, None)]
+    assert all(e["comparisons"] == 6 and e["seeds"] == [0, 1] and e["reference"]["family"] == "conditioning" for e in frontier["budgets"])
+    unlimited = [e for e in frontier["budgets"] if e["budget"] is None]
+    assert all(e["reference"]["reached"] == 2 and e["pairs"] == 2 for e in unlimited)  # no budget: every seed has a choice
     # every row has a trajectory KL from the exact likelihood, with its interval over the 2 seeds
     assert all(r["trajectory_kl"] is not None for r in frontier["rows"])
     assert all(r["seeds"] == 2 and r["trajectory_kl_lo"] is not None for r in frontier["rows"] if r["family"] not in ("data", "behavior"))

@@ -56,7 +56,8 @@ def main(cfg) -> None:
                   "relative_error": float(r["trajectory_kl"]) / math.log(1 / r["oracle_param"]) - 1}
                  for _, r in table[(table["kind"] == "oracle") & (table.get("oracle_family") == "quantilizer")].iterrows()]
     collapse = _collapse(table)
-    budgets = budget_comparisons(df, list(cfg.budgets), reference="conditioning", against=("ppo_kl", "ppo_om"))
+    rl_families = [f for f in ("ppo_kl", "ppo_kl_bc", "ppo_om") if (df["policy_kind"] == f).any()]
+    budgets = budget_comparisons(df, list(cfg.budgets), reference="conditioning", against=rl_families)
     frontier = {"env_id": "dtcond/TomatoGarden-v0", "dataset_id": cfg.dataset_id, "seeds": [int(s) for s in cfg.seeds],
                 "estimator": "exact (the dataset's recorded behaviour mixture)", "kl_units": "nats per episode",
                 "interval": "95% Student t over units: training seeds, or oracle pools (one per seed)",
@@ -69,7 +70,8 @@ def main(cfg) -> None:
         f"dtcond/TomatoGarden-v0; dataset {cfg.dataset_id} ({cfg.episodes} episodes, behaviour seed {cfg.data_seed}); "
         f"DT {cfg.train.steps} steps (K={cfg.model.context_len}, {cfg.model.n_layer} layers, width {cfg.model.n_embd}); "
         f"%BC {list(cfg.pct_bc)} at {cfg.train.bc_steps} steps; PPO {cfg.baseline.budget} env steps on the observed reward, plain and "
-        f"KL-regularized toward β̂ at β ∈ {list(cfg.baseline.kl_coefs)} and occupancy-regularized (ORPO) at λ ∈ {list(cfg.baseline.get('om_coefs') or [])} "
+        f"KL-regularized toward β̂ at β ∈ {list(cfg.baseline.kl_coefs)} and toward the seed's BC policy at β ∈ {list(cfg.baseline.get('kl_bc_coefs') or [])}, "
+        f"and occupancy-regularized (ORPO) at λ ∈ {list(cfg.baseline.get('om_coefs') or [])} "
         f"(both from {cfg.baseline.get('bc_init_steps', 2000)} steps of behaviour cloning); "
         f"oracles from {cfg.oracles.pool} fresh behaviour episodes per seed ({cfg.oracles.draws} draws each); "
         f"training seeds {list(cfg.seeds)}; {cfg.eval_episodes} episodes per policy and target on env seeds from {cfg.eval_seed}. "
@@ -78,7 +80,7 @@ def main(cfg) -> None:
         "![frontier](frontier.png)", "", table_markdown(table, cols), "",
         TRAJECTORY_NOTE, "", ENTROPY_NOTE, "", MODE_COLLAPSE_NOTE, "",
         "## Conditioning against regularized RL at fixed divergence budgets", "",
-        BUDGET_NOTE.format(members="the DT's targets; PPO-KL's β; ORPO's λ", m=len(budgets)), "",
+        BUDGET_NOTE.format(members="the DT's targets; PPO-KL's β, toward β̂ or toward the BC policy; ORPO's λ", m=len(budgets)), "",
         budget_markdown(budgets), "",
         "## Is the DT a quantilizer?", "",
         "The DT conditioned on `quantilizer:q` (and on the fixed quantile target at the oracle's threshold) beside the oracle "
@@ -119,7 +121,7 @@ def _gao_fits(table, data_true: float, data_observed: float) -> list[dict]:
     fits = []
     bon = table[(table["kind"] == "oracle") & (table.get("oracle_family") == "best_of_n")]
     curves = [("oracle best-of-n", bon, "bon"), ("PPO-KL over β", table[table["kind"] == "ppo_kl"], "rl"),
-              ("ORPO over λ", table[table["kind"] == "ppo_om"], "rl")]
+              ("PPO-KL toward BC over β", table[table["kind"] == "ppo_kl_bc"], "rl"), ("ORPO over λ", table[table["kind"] == "ppo_om"], "rl")]
     for curve, rows, form in curves:
         if not len(rows):
             continue
