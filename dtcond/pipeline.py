@@ -529,23 +529,17 @@ def _train_seed(spec: ComparisonSpec, stats, seed: int, out: Path) -> list[tuple
             hyperparams=spec.rl_hyperparams, seed=seed, progress=spec.progress))
         print(f"  seed {seed} {spec.rl_algo}: {rl.timesteps} env steps, {len(rl.bundles)} checkpoints ({seconds:.0f}s)")
         out_bundles += [(b, 0.0) for b in rl.bundles[:-1]] + [(rl.bundles[-1], seconds)]
-    for beta in spec.rl_kl_coefs:
-        rl, seconds = _timed(out / f"ppo_kl{beta:g}", lambda: train_baseline(
-            stats, "ppo", out / f"ppo_kl{beta:g}", budget=spec.rl_budget, checkpoints=1, hyperparams=spec.rl_hyperparams,
-            seed=seed, progress=spec.progress, kl_coef=beta, bc_init_steps=spec.rl_bc_init_steps))
-        print(f"  seed {seed} ppo_kl β={beta:g}: {rl.timesteps} env steps ({seconds:.0f}s)")
-        out_bundles.append((rl.bundles[-1], seconds))
-    for beta in spec.rl_kl_bc_coefs:  # toward this seed's BC policy, trained above
-        rl, seconds = _timed(out / f"ppo_kl_bc{beta:g}", lambda: train_baseline(
-            stats, "ppo", out / f"ppo_kl_bc{beta:g}", budget=spec.rl_budget, checkpoints=1, hyperparams=spec.rl_hyperparams,
-            seed=seed, progress=spec.progress, kl_coef=beta, bc_init_steps=spec.rl_bc_init_steps, kl_reference=out / "bc" / "policy"))
-        print(f"  seed {seed} ppo_kl_bc β={beta:g}: {rl.timesteps} env steps ({seconds:.0f}s)")
-        out_bundles.append((rl.bundles[-1], seconds))
-    for coef in spec.rl_om_coefs:
-        rl, seconds = _timed(out / f"ppo_om{coef:g}", lambda: train_baseline(
-            stats, "ppo", out / f"ppo_om{coef:g}", budget=spec.rl_budget, checkpoints=1, hyperparams=spec.rl_hyperparams,
-            seed=seed, progress=spec.progress, om_coef=coef, bc_init_steps=spec.rl_bc_init_steps))
-        print(f"  seed {seed} ppo_om λ={coef:g}: {rl.timesteps} env steps ({seconds:.0f}s)")
+    # Regularized PPO, one run per parameter, each rolled out at its final policy: (run name, symbol, parameter,
+    # train_baseline's arguments). PPO-KL toward the BC policy uses this seed's BC run, trained above.
+    regularized = ([("ppo_kl", "β", b, dict(kl_coef=b)) for b in spec.rl_kl_coefs]
+                   + [("ppo_kl_bc", "β", b, dict(kl_coef=b, kl_reference=out / "bc" / "policy")) for b in spec.rl_kl_bc_coefs]
+                   + [("ppo_om", "λ", c, dict(om_coef=c)) for c in spec.rl_om_coefs])
+    for name, symbol, param, kwargs in regularized:
+        run_dir = out / f"{name}{param:g}"
+        rl, seconds = _timed(run_dir, lambda: train_baseline(
+            stats, "ppo", run_dir, budget=spec.rl_budget, checkpoints=1, hyperparams=spec.rl_hyperparams, seed=seed,
+            progress=spec.progress, bc_init_steps=spec.rl_bc_init_steps, **kwargs))
+        print(f"  seed {seed} {name} {symbol}={param:g}: {rl.timesteps} env steps ({seconds:.0f}s)")
         out_bundles.append((rl.bundles[-1], seconds))
     return out_bundles
 
