@@ -212,6 +212,28 @@ def _seed_frontier(part, budget: float, kl: str, column: str, others: tuple[str,
     return out
 
 
+def check_budgets(budgets) -> list:
+    """Divergence budgets as floats > 0 (None: no budget), or a one-line error naming the bad value.
+
+    >>> check_budgets([5, "10", None])
+    [5.0, 10.0, None]
+    """
+    from dtcond.errors import DtcondError
+
+    out = []
+    for b in list(budgets or []):
+        try:
+            value = None if b is None else float(b)
+        except (TypeError, ValueError):
+            raise DtcondError(f"budgets must be numbers > 0 (nats per episode) or null, got {b!r}") from None
+        if value is not None and not (value > 0 and math.isfinite(value)):
+            raise DtcondError(f"budgets must be numbers > 0 (nats per episode) or null, got {b!r}")
+        out.append(value)
+    if not out:
+        raise DtcondError("budgets is empty: give at least one divergence budget, e.g. [5, 10, 20]")
+    return out
+
+
 def budget_comparisons(df, budgets, reference: str = "conditioning", against=("ppo_kl", "ppo_om"), column: str = "true_return",
                        kl: str = "trajectory_kl", unit: str = "train_seed", others=("episode_return",),
                        comparisons: int | None = None) -> list[dict]:
@@ -227,7 +249,7 @@ def budget_comparisons(df, budgets, reference: str = "conditioning", against=("p
     leaves the entry unresolved. A budget of None is no budget: each family's best member, chosen held out.
     ``comparisons`` counts the comparisons a report makes in all, where it makes more than this call's.
     """
-    budgets, against = [None if b is None else float(b) for b in budgets], list(against)
+    budgets, against = check_budgets(budgets), list(against)
     m = int(comparisons or len(budgets) * len(against))
     fams = {f: family_records(df, f) for f in [reference, *against]}
     out = []

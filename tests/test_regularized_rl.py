@@ -247,3 +247,21 @@ def test_bounded_intervals_stay_in_bounds_and_cover():
     m, lo, hi = bounded_mean_ci([1.0, 0.95, 0.1])
     assert 0.0 <= lo <= m <= hi <= 1.0
     assert bounded_mean_ci([1.0, 1.0])[1:] == (1.0, 1.0)
+
+
+def test_a_bad_budget_is_refused_in_one_line_before_any_work(tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import REPO
+    from dtcond.frontier import check_budgets
+
+    for bad in (["x"], [-1], [float("inf")], []):
+        with pytest.raises(DtcondError, match="budgets"):
+            check_budgets(bad)
+    out = subprocess.run([sys.executable, str(REPO / "experiments" / "goodhart" / "run.py"), "budgets=[5,oops]",
+                          f"work_dir={tmp_path / 'work'}", f"hydra.run.dir={tmp_path / 'hydra'}"],
+                         cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines() == ["goodhart: error: budgets must be numbers > 0 (nats per episode) or null, got 'oops'"]
+    assert not (tmp_path / "work").exists()

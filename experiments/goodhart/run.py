@@ -25,7 +25,7 @@ sys.path.insert(0, str(HERE.parent))
 from common import (MODE_COLLAPSE_NOTE, add_gap, compare, fmt, hydra_entry, machine, table_markdown, results_dir,  # noqa: E402
                     write_results)
 from dtcond.fileio import atomic_write  # noqa: E402
-from dtcond.frontier import BUDGET_NOTE, budget_comparisons, budget_markdown, frontier_rows, gao_fit, quantilizer_check  # noqa: E402
+from dtcond.frontier import BUDGET_NOTE, budget_comparisons, budget_markdown, check_budgets, frontier_rows, gao_fit, quantilizer_check  # noqa: E402
 from dtcond.report import plot_frontier  # noqa: E402
 
 TRAJECTORY_NOTE = ("Divergence from the data. **KL(p_π‖p_data)** is trajectory-level, in nats per episode, from the data's exact "
@@ -42,6 +42,7 @@ ENTROPY_NOTE = ("Mode collapse: component entropy is the entropy (nats) of the m
 
 def main(cfg) -> None:
     start = time.perf_counter()
+    check_budgets(cfg.budgets)  # a bad budget fails here, before any training
     result = compare(cfg)
     df, table = result.records, result.table
     table = add_gap(df, table)  # fake reward: what the observation claimed minus what was done

@@ -24,7 +24,7 @@ sys.path.insert(0, str(HERE.parent))
 
 from common import (DIVERGENCE, DIVERGENCE_NOTE, MODE_COLLAPSE, MODE_COLLAPSE_NOTE, add_gap, compare, esper_description,  # noqa: E402
                     final_checkpoints, fmt, hydra_entry, machine, table_markdown, results_dir, write_results)
-from dtcond.frontier import BUDGET_NOTE, budget_comparisons, budget_markdown  # noqa: E402
+from dtcond.frontier import BUDGET_NOTE, budget_comparisons, budget_markdown, check_budgets  # noqa: E402
 from dtcond.report import plot_frontier  # noqa: E402
 from dtcond.stats import paired_ci, verdict  # noqa: E402
 
@@ -88,6 +88,7 @@ def relabel_markdown(rows) -> list[str]:
 
 def main(cfg) -> None:
     start = time.perf_counter()
+    check_budgets(cfg.budgets)  # a bad budget fails here, before any training
     result = compare(cfg)
     df, table = result.records, result.table
     table = add_gap(df, table, "luck")
