@@ -6,7 +6,7 @@ expected-return labels (``relabel=esper``) are trained per seed and rolled out o
 absolute targets (from the raw returns: the data's p5..p95, then OOD) and env seeds, through the same
 pipeline as run.py (the plain DT's runs and episodes are those of run.py's work_dir, reused). Reported per
 dataset and policy: mean ± 95% CI over seeds of the calibration metrics, the relabelled − plain difference
-with its Welch interval, and whether the relabelled mean lies within the plain DT's interval.
+with its paired interval (the two DTs of one training seed share that seed and the env seeds), and whether the relabelled mean lies within the plain DT's interval.
 
     python experiments/calibration/relabel_check.py
     python experiments/calibration/relabel_check.py 'relabel_check.datasets=[cartpole_mixed]' 'seeds=[0]' train.steps=200   # a smoke run
@@ -34,7 +34,7 @@ import dtcond  # noqa: E402
 from dtcond.errors import DtcondError  # noqa: E402
 from dtcond.fileio import atomic_write  # noqa: E402
 from dtcond.pipeline import run_comparison  # noqa: E402
-from dtcond.stats import ci95, difference_ci, mean_ci  # noqa: E402
+from dtcond.stats import ci95, mean_ci, paired_ci  # noqa: E402
 
 METRICS = {"normalized_mae": "normalized MAE", "normalized_bias": "normalized bias", "spearman": "Spearman ρ", "slope": "slope",
            "best_mean_return": "best mean return"}
@@ -77,7 +77,7 @@ def main(cfg) -> None:
           "Within the plain CI: the relabelled DT's mean lies inside the plain DT's 95% interval; worse by more than the plain CI: it "
           "lies outside that interval on the harmful side (a higher MAE, a bias or slope further from 0 or 1, a lower Spearman ρ "
           "or best return). The difference is relabelled − plain "
-          "with a Welch 95% t-interval over seeds. In-distribution targets are those inside the range of what each DT was "
+          "with a paired 95% t-interval over training seeds (each seed's two DTs share its env seeds). In-distribution targets are those inside the range of what each DT was "
           "trained on: the raw returns for the plain DT, the labels for dt:esper, so where the labels span less than the "
           "returns the two are scored on different subsets of the same grid (the plot shows every target).", "",
           clusters_markdown(per_seed), ""]
@@ -94,7 +94,8 @@ def summarize(per_seed: pd.DataFrame) -> list[dict]:
             for key in METRICS:
                 pm, pc = mean_ci(base[key].astype(float))
                 rm, rc = mean_ci(rel[key].astype(float))
-                diff, dci = difference_ci(rel[key].astype(float), base[key].astype(float))
+                pairs = rel.merge(base, on="seed", suffixes=("_rel", "_plain"))  # one pair per training seed
+                diff, dci, _ = paired_ci(pairs[f"{key}_rel"].astype(float), pairs[f"{key}_plain"].astype(float))
                 out.append({"dataset": name, "label": label, "metric": key, "plain": pm, "plain_ci95": pc, "relabelled": rm,
                             "relabelled_ci95": rc, "difference": diff, "difference_ci95": dci, "seeds": len(rel),
                             "within_plain_ci": bool(math.isfinite(pc) and abs(rm - pm) <= pc),
