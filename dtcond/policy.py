@@ -358,10 +358,32 @@ class ConditionedPolicy:
 
     # ------------------------------------------------------------------ one env
 
-    def reset(self, target: float, seed: int | np.random.Generator | None = None, cost: float | None = None) -> None:
-        """Start an episode conditioned on the return ``target`` (and, for a cost-conditioned policy, the
-        episode ``cost`` it may incur); ``seed`` (or a Generator) drives action sampling."""
-        target = float(target)
+    def reset(self, target, seed: int | np.random.Generator | None = None, cost: float | None = None) -> None:
+        """Start an episode conditioned on ``target``: whatever :func:`dtcond.evaluate` accepts, a return
+        (``300.0``), a spec string (``"q0.9"``, ``"quantilizer:0.1"``, ``"q0.9,cost<=q0.2"``) or a
+        :class:`~dtcond.targets.TargetSpec`. A cost-conditioned policy also takes the episode ``cost`` it may
+        incur (or a joint spec's cost part). ``seed`` (or a Generator) drives action sampling and a
+        quantilizer's per-episode draw of its return.
+
+        >>> policy.reset(target="q0.9", seed=0)                      # doctest: +SKIP
+        >>> policy.reset(target=dtcond.targets.quantilizer(0.1))     # doctest: +SKIP
+        """
+        from dtcond import targets
+
+        self._rng = np.random.default_rng(seed)
+        if isinstance(target, (np.integer, np.floating)):
+            target = float(target)
+        if isinstance(target, bool) or not isinstance(target, (int, float, str, targets.TargetSpec)):
+            raise DtcondError(f"target must be a return, a target spec such as 'q0.9' or a TargetSpec, got {type(target).__name__}")
+        spec = targets.parse(target)
+        if spec.kind == "none":
+            raise DtcondError("target 'none' is for unconditioned policies; this one is conditioned on a return: reset(target=...)")
+        resolved = spec.resolve(self.stats, self._rng)
+        if resolved.cost is not None:
+            if cost is not None:
+                raise DtcondError(f"target {spec} already names its cost ({spec.cost}); pass cost= only with a return-only target")
+            cost = resolved.cost
+        target = resolved.value
         if not math.isfinite(target):
             raise DtcondError(f"target return must be finite, got {target}")
         if cost is not None and not self.cost_conditioned:
@@ -371,7 +393,6 @@ class ConditionedPolicy:
         if cost is not None and not math.isfinite(float(cost)):
             raise DtcondError(f"target cost must be finite, got {cost}")
         self._episode = {"rtg": target, "ctg": None if cost is None else float(cost), "state": self.begin(1), "started": False}
-        self._rng = np.random.default_rng(seed)
 
     def act(self, obs, reward: float | None = None, cost: float | None = None):
         """The action for ``obs``; pass the reward the previous action earned (None on the first step), and

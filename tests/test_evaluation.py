@@ -193,3 +193,49 @@ def test_window_decoding_equals_cached_decoding_for_one_layer(cartpole_dataset, 
     window = evaluate(policy, SPECS, episodes=2, seed=5)
     assert summary(cached) == summary(window)
     assert window[0]["fingerprint"] == cached[0]["fingerprint"] + "-window"
+
+
+def _first_actions(policy, target, seed=0, steps=20):
+    env = policy.make_env()
+    obs, _ = env.reset(seed=5)
+    policy.reset(target=target, seed=seed)
+    actions, reward = [], None
+    for _ in range(steps):
+        a = policy.act(obs, reward)
+        actions.append(a)
+        obs, reward, term, trunc, _ = env.step(a)
+        if term or trunc:
+            break
+    return actions, policy._episode["rtg"] + 0.0
+
+
+def test_reset_takes_what_evaluate_takes(cartpole_policy):
+    from dtcond import targets
+
+    value = targets.quantile(0.9).resolve(cartpole_policy.stats).value
+    by_value = _first_actions(cartpole_policy, value)
+    assert _first_actions(cartpole_policy, "q0.9") == by_value
+    assert _first_actions(cartpole_policy, targets.quantile(0.9)) == by_value
+    assert _first_actions(cartpole_policy, " Q0.9 ") == by_value
+
+
+def test_reset_on_a_quantilizer_draws_from_the_top_tail_by_its_seed(pendulum_policy):
+    from dtcond import targets
+
+    support = set(targets.quantilizer(0.25).support(pendulum_policy.stats).tolist())
+    draws = []
+    for seed in range(8):
+        pendulum_policy.reset(target="quantilizer:0.25", seed=seed)
+        draws.append(pendulum_policy._episode["rtg"])
+    assert set(draws) <= support and len(set(draws)) > 1
+    pendulum_policy.reset(target="quantilizer:0.25", seed=3)
+    assert pendulum_policy._episode["rtg"] == draws[3]
+
+
+@pytest.mark.parametrize("bad, message", [([300.0], "got list"), (None, "got NoneType"), (True, "got bool"),
+                                          ("q1.5", "quantile must be in"), ("none", "unconditioned"),
+                                          ("banana", "cannot parse target"), (float("inf"), "finite")])
+def test_reset_refuses_a_bad_target_in_one_line(cartpole_policy, bad, message):
+    with pytest.raises(DtcondError, match=message) as err:
+        cartpole_policy.reset(target=bad)
+    assert "\n" not in str(err.value)
