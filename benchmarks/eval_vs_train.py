@@ -28,7 +28,7 @@ def main() -> None:
 
     import dtcond
     from dtcond.behavior import components_from_config
-    from dtcond.cli import conf_dir
+    from dtcond.config import conf_dir
     from dtcond.targets import grid
 
     with tempfile.TemporaryDirectory() as root:

@@ -14,6 +14,7 @@ import numpy as np
 from pathlib import Path
 from typing import Callable
 
+from dtcond.config import conf_dir  # noqa: F401  (re-exported: the CLI's config dir)
 from dtcond.errors import DtcondError
 
 USAGE = """usage: dtcond <command> [key=value ...] [-m] [--cfg job] [--help]
@@ -27,15 +28,6 @@ commands:
   demo      end to end: collect -> DT, BC, %BC, PPO -> target sweep -> calibration and comparison report
 
 Each command is a Hydra app: `dtcond collect env=pendulum episodes=50`, `dtcond collect --help`."""
-
-
-def conf_dir() -> Path:
-    """The Hydra configs: shipped inside the wheel as dtcond/conf, or the repo's conf/ in a checkout."""
-    here = Path(__file__).resolve().parent
-    for candidate in (here / "conf", here.parent / "conf"):
-        if candidate.is_dir():
-            return candidate
-    raise DtcondError("cannot find dtcond's Hydra configs (dtcond/conf or conf/ beside the package)")
 
 
 def fail(command: str, message: str) -> None:

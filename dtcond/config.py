@@ -17,11 +17,22 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, fields, is_dataclass
+from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from omegaconf import MISSING
 
 from dtcond.errors import DtcondError
+
+
+def conf_dir() -> Path:
+    """The Hydra configs: shipped inside the wheel as dtcond/conf, or the repo's conf/ in a checkout."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "conf", here.parent / "conf"):
+        if candidate.is_dir():
+            return candidate
+    raise DtcondError("cannot find dtcond's Hydra configs (dtcond/conf or conf/ beside the package)")
+
 
 LOGGERS = ("csv", "tensorboard", "mlflow", "wandb")
 TRAINER_LOOP_KEYS = ("compile", "matmul_precision")  # TrainerConfig's keys that are not lightning.Trainer's

@@ -23,9 +23,8 @@ from pathlib import Path
 import pandas as pd
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))
 
-from common import fmt, machine  # noqa: E402
+from dtcond.experiment import fmt, machine  # noqa: E402
 
 import dtcond  # noqa: E402
 from dtcond.stats import calibration_metrics, mean_ci  # noqa: E402

@@ -29,9 +29,8 @@ import pandas as pd
 from scipy.stats import spearmanr
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))
 
-from common import fmt, machine  # noqa: E402
+from dtcond.experiment import fmt, machine  # noqa: E402
 
 import dtcond  # noqa: E402
 from dtcond.config import EsperConfig  # noqa: E402

@@ -17,17 +17,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import sys
 import time
 from pathlib import Path
 
 import pandas as pd
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))
-sys.path.insert(0, str(HERE))
 
-from common import esper_description, fmt, hydra_entry, machine, plain, results_dir  # noqa: E402
+from dtcond.experiment import esper_description, fmt, hydra_entry, machine, plain, results_dir  # noqa: E402
 from run import dataset_spec, is_continuous  # noqa: E402
 
 import dtcond  # noqa: E402

@@ -13,7 +13,6 @@ The training and rollouts are dtcond.pipeline.run_comparison with the DT alone.
 
 from __future__ import annotations
 
-import sys
 import time
 from pathlib import Path
 
@@ -22,11 +21,10 @@ import pandas as pd
 from omegaconf import OmegaConf
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))
 
-from common import fmt, hopper_behavior, hydra_entry, machine, plain, results_dir, training_fields, write_results  # noqa: E402
+from dtcond.experiment import fmt, hopper_behavior, hydra_entry, machine, plain, results_dir, training_fields, write_results  # noqa: E402
 
-from dtcond.cli import conf_dir  # noqa: E402
+from dtcond.config import conf_dir  # noqa: E402
 from dtcond.errors import DtcondError  # noqa: E402
 from dtcond.pipeline import ComparisonSpec, run_comparison  # noqa: E402
 from dtcond.stats import ci95, mean_ci  # noqa: E402

@@ -11,15 +11,13 @@ Taylor's quantilizer bound E_π[cost] ≤ E_data[cost] / q holds for quantilizer
 
 from __future__ import annotations
 
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))
 
-from common import (DIVERGENCE, DIVERGENCE_NOTE, add_metric, compare, fmt, hopper_behavior, hydra_entry, machine, plain,  # noqa: E402
+from dtcond.experiment import (DIVERGENCE, DIVERGENCE_NOTE, add_metric, compare, fmt, hopper_behavior, hydra_entry, machine, plain,  # noqa: E402
                     results_dir, rl_rows, table_markdown, write_results)
 
 from dtcond.report import quantilizer_bound  # noqa: E402

@@ -18,17 +18,15 @@ PPO-Lagrangian at each cost limit, then ask:
 from __future__ import annotations
 
 import os
-import sys
 import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))
 
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from common import fmt, hydra_entry, machine, plain, results_dir, write_results  # noqa: E402
+from dtcond.experiment import fmt, hydra_entry, machine, plain, results_dir, write_results  # noqa: E402
 
 
 def collect_data(cfg) -> None:

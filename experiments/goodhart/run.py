@@ -15,14 +15,12 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))
 
-from common import (MODE_COLLAPSE_NOTE, add_gap, compare, fmt, hydra_entry, machine, table_markdown, results_dir,  # noqa: E402
+from dtcond.experiment import (MODE_COLLAPSE_NOTE, add_gap, compare, fmt, hydra_entry, machine, table_markdown, results_dir,  # noqa: E402
                     write_results)
 from dtcond.fileio import atomic_write  # noqa: E402
 from dtcond.frontier import BUDGET_NOTE, budget_comparisons, budget_markdown, check_budgets, frontier_rows, gao_fit, quantilizer_check  # noqa: E402

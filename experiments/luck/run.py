@@ -15,14 +15,12 @@ specs, which resolve against its labels rather than the raw returns.
 
 from __future__ import annotations
 
-import sys
 import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))
 
-from common import (DIVERGENCE, DIVERGENCE_NOTE, MODE_COLLAPSE, MODE_COLLAPSE_NOTE, add_gap, compare, esper_description,  # noqa: E402
+from dtcond.experiment import (DIVERGENCE, DIVERGENCE_NOTE, MODE_COLLAPSE, MODE_COLLAPSE_NOTE, add_gap, compare, esper_description,  # noqa: E402
                     final_checkpoints, fmt, hydra_entry, machine, table_markdown, results_dir, write_results)
 from dtcond.frontier import BUDGET_NOTE, budget_comparisons, budget_markdown, check_budgets  # noqa: E402
 from dtcond.report import plot_frontier  # noqa: E402

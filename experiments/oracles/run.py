@@ -5,19 +5,17 @@
 
 from __future__ import annotations
 
-import sys
 import time
 from pathlib import Path
 
 from omegaconf import OmegaConf
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))
 
-from common import fmt, hydra_entry, machine, results_dir, table_markdown, write_results  # noqa: E402
+from dtcond.experiment import fmt, hydra_entry, machine, results_dir, table_markdown, write_results  # noqa: E402
 import dtcond  # noqa: E402
 from dtcond.behavior import components_from_config  # noqa: E402
-from dtcond.cli import conf_dir  # noqa: E402
+from dtcond.config import conf_dir  # noqa: E402
 from dtcond.data import datasets_root  # noqa: E402
 from dtcond.errors import DtcondError  # noqa: E402
 from dtcond.pipeline import ORACLE_POOL_SEED, check_oracles  # noqa: E402

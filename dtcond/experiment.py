@@ -1,7 +1,8 @@
-"""What the experiments share: the Hydra entry, the comparison spec from a config, table helpers, results files.
+"""Writing an experiment: the Hydra entry, the comparison spec from a config, table helpers, results files.
 
-Each experiment folder holds a ``config.yaml`` that composes dtcond's own config groups (``env``,
-``model``) and a ``run.py`` that calls :func:`hydra_entry`. The comparison itself (dataset, per-seed
+Each folder under ``experiments/`` holds a ``config.yaml`` that composes dtcond's own config groups (``env``,
+``model``) and a ``run.py`` that calls :func:`hydra_entry`; its imports come from here, so a script needs
+no path tricks. The comparison itself (dataset, per-seed
 training of DT, %BC and PPO, rollouts on shared env seeds, scoring) is
 :func:`dtcond.pipeline.run_comparison`; heavy files (datasets, checkpoints, the per-episode table)
 go under ``work_dir``, and the small tables and plots that state the result go to the folder's
@@ -21,7 +22,8 @@ from omegaconf import OmegaConf
 
 import dtcond
 from dtcond.baselines import ALGOS
-from dtcond.cli import conf_dir, override_error
+from dtcond.cli import override_error
+from dtcond.config import conf_dir
 from dtcond.data import datasets_root, load
 from dtcond.errors import DtcondError
 from dtcond.fileio import atomic_write
