@@ -205,10 +205,20 @@ def test_every_config_group_composes_into_its_dataclass():
 
     groups = {g.name: sorted(p.stem for p in g.glob("*.yaml")) for g in conf_dir().iterdir() if g.is_dir()}
     assert {"env", "dataset", "model", "trainer", "logger", "experiment"} <= set(groups)
+    import yaml
+
     for name in ("dataset", "model", "trainer", "logger"):
         for option in groups[name]:
             cfg = from_hydra(compose_config("train", [f"{name}={option}"]))
-            assert isinstance(cfg, TrainConfig) and getattr(cfg, name) is not None
+            assert isinstance(cfg, TrainConfig)
+            preset = yaml.safe_load((conf_dir() / name / f"{option}.yaml").read_text()) or {}
+            section = getattr(cfg, name)
+            for key, value in preset.items():  # every value the preset writes reaches its typed section
+                if key == "defaults":
+                    continue
+                got = getattr(section, key)
+                got = got if not hasattr(got, "__dataclass_fields__") else {k: getattr(got, k) for k in value}
+                assert got == value, f"{name}={option}: {key} is {got!r}, the preset says {value!r}"
     assert {from_hydra(compose_config("train", [f"logger={k}"])).logger.kind for k in groups["logger"]} == set(groups["logger"])
     for option in groups["experiment"]:
         assert from_hydra(compose_config("train", [f"experiment={option}"])).trainer.max_steps > 0
