@@ -12,8 +12,24 @@ from pathlib import Path
 import torch
 
 HERE = Path(__file__).resolve().parent
-PAPER = dict(context_len=20, n_layer=3, n_head=1, n_embd=128, dropout=0.1, activation="relu")  # the DT paper's Gym config (conf/model/paper.yaml)
-SMALL = dict(context_len=20, n_layer=3, n_head=1, n_embd=64, dropout=0.0)  # dtcond's CPU preset (conf/model/small.yaml)
+ARCHITECTURE = ("context_len", "n_layer", "n_head", "n_embd", "dropout", "activation")
+
+
+def model_preset(name: str) -> dict:
+    """The architecture a ``conf/model/<name>.yaml`` preset gives: ModelConfig's defaults with the preset on top."""
+    import dataclasses
+
+    import yaml
+
+    from dtcond.config import ModelConfig, conf_dir
+
+    preset = yaml.safe_load((conf_dir() / "model" / f"{name}.yaml").read_text()) or {}
+    full = {**dataclasses.asdict(ModelConfig()), **preset}
+    return {k: full[k] for k in ARCHITECTURE}
+
+
+PAPER = model_preset("paper")  # the DT paper's Gym config
+SMALL = model_preset("small")  # dtcond's CPU preset
 
 
 def machine() -> dict:

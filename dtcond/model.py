@@ -32,6 +32,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from einops import rearrange
 
+from dtcond.config import ModelConfig
 from dtcond.errors import DtcondError
 
 TOKENS_PER_STEP = 3  # return-to-go, state, action
@@ -41,29 +42,31 @@ ENCODERS = ("mlp", "cnn")
 STATE_TOKENS = slice(1, None, TOKENS_PER_STEP)  # positions of s_t in the interleaved sequence
 LAST = slice(-1, None)
 
+_MODEL = ModelConfig()  # the architecture's defaults are written once, in dtcond.config; DTConfig adds the dataset's sizes
+
 
 @dataclass
 class DTConfig:
     obs_dim: int
     act_dim: int  # vector size (continuous) or number of actions (discrete)
     discrete: bool = False
-    context_len: int = 20  # K: timesteps a token attends back over (the paper's context)
-    n_layer: int = 3
-    n_head: int = 1
-    n_embd: int = 128
-    dropout: float = 0.1
-    activation: str = "gelu"  # the MLP's nonlinearity: "gelu" (GPT-2's) or "relu" (the DT paper's gym code, and HF's default)
+    context_len: int = _MODEL.context_len  # K: timesteps a token attends back over (the paper's context)
+    n_layer: int = _MODEL.n_layer
+    n_head: int = _MODEL.n_head
+    n_embd: int = _MODEL.n_embd
+    dropout: float = _MODEL.dropout
+    activation: str = _MODEL.activation  # the MLP's nonlinearity: "gelu" (GPT-2's) or "relu" (the DT paper's gym code, and HF's default)
     max_timestep: int = 1000  # timestep embedding table size; later timesteps share the last row
     return_scale: float = 1000.0  # returns-to-go are divided by this before embedding
     action_low: list[float] | None = None  # continuous: actions are squashed into [low, high]
     action_high: list[float] | None = None
-    action_head: str = "bins"  # continuous: "bins" (a sampled distribution) or "mse" (a deterministic mean)
-    action_bins: int = 64  # continuous "bins" head: equal-width bins per action dimension
-    cost_conditioned: bool = False  # also condition on cost-to-go Ĉ_t, embedded into the return token
+    action_head: str = _MODEL.action_head  # continuous: "bins" (a sampled distribution) or "mse" (a deterministic mean)
+    action_bins: int = _MODEL.action_bins  # continuous "bins" head: equal-width bins per action dimension
+    cost_conditioned: bool = _MODEL.cost_conditioned  # also condition on cost-to-go Ĉ_t, embedded into the return token
     cost_scale: float = 1.0  # costs-to-go are divided by this before embedding
     encoder: str = "mlp"  # the state embedding: "mlp" (a linear layer) or "cnn" (the DT paper's Atari convs, for uint8 frames)
     obs_shape: list[int] | None = None  # (C, H, W) of uint8 frames, scaled to [0, 1] inside the model; None: float vectors
-    frame_stack: int = 1  # frames per state: each state is its frame and the k-1 before it, stacked on channels (k*C, H, W)
+    frame_stack: int = _MODEL.frame_stack  # frames per state: each state is its frame and the k-1 before it, stacked on channels (k*C, H, W)
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self):

@@ -241,6 +241,12 @@ def test_the_library_defaults_are_the_cli_defaults():
     assert {k: module_defaults[k] for k in ("lr", "weight_decay", "warmup_steps")} == \
         {k: getattr(OptimConfig(), k) for k in ("lr", "weight_decay", "warmup_steps")}
     assert list(module_defaults["betas"]) == OptimConfig().betas
+    from dtcond.config import ModelConfig
+    from dtcond.model import DTConfig
+
+    shared = [k for k, v in vars(ModelConfig()).items() if v is not None and k != "encoder"]  # "auto"/None resolve per dataset
+    assert len(shared) >= 9
+    assert {k: getattr(DTConfig(obs_dim=1, act_dim=1), k) for k in shared} == {k: getattr(ModelConfig(), k) for k in shared}
     dm_defaults = {k: p.default for k, p in inspect.signature(WindowDataModule.__init__).parameters.items()}
     data = DataConfig()
     assert all(dm_defaults[k] == getattr(data, k) for k in ("batch_size", "steps_per_epoch", "val_windows", "val_fraction", "num_workers",
