@@ -598,7 +598,8 @@ def export_sb3_bundle(policy: torch.nn.Module, folder: Path, card: dict) -> Path
 
 
 class SB3Policy:
-    """An SB3 policy behind dtcond's batch protocol; ``deterministic`` as in SB3's ``evaluate_policy``."""
+    """An SB3 policy behind dtcond's policy contract (:class:`dtcond.contract.Policy`); ``deterministic`` as in
+    SB3's ``evaluate_policy``, kept as the contract's ``greedy``."""
 
     def __init__(self, policy, stats: DatasetStats, algo: str, timesteps: int, source: str, deterministic: bool = True,
                  kl_coef: float = 0.0, cost_limit: float | None = None, om_coef: float = 0.0, kl_reference: str | None = None):
@@ -611,8 +612,9 @@ class SB3Policy:
         self.algo = algo
         self.timesteps = timesteps
         self.source = source
-        self.deterministic = deterministic
+        self.greedy = bool(deterministic)
         self.condition_on_return = False
+        self.cost_conditioned = False
         self._hash = None
 
     # Each regularized PPO is its own family, one policy per parameter: KL-regularized PPO per β, toward β̂
@@ -638,7 +640,6 @@ class SB3Policy:
         return f"{self.kind}:{self.param:g}@{self.timesteps}" if self.param is not None else f"{self.algo}@{self.timesteps}"
 
     env_id = property(lambda self: self.stats.env_id)
-    greedy = property(lambda self: self.deterministic)
     train_step = property(lambda self: self.timesteps)
 
     @property
@@ -653,7 +654,7 @@ class SB3Policy:
             from dtcond.policy import weights_hash
 
             self._hash = weights_hash(self.policy)
-        return f"{self._hash}-{'det' if self.deterministic else 'stoch'}"
+        return f"{self._hash}-{'det' if self.greedy else 'stoch'}"
 
     def check_env(self, env) -> None:
         from dtcond.policy import check_env_spaces
@@ -674,13 +675,13 @@ class SB3Policy:
         return None
 
     @torch.no_grad()
-    def act_batch(self, state, obs: np.ndarray, rtg: np.ndarray, uniforms: np.ndarray):
+    def act_batch(self, state, obs: np.ndarray, rtg: np.ndarray, uniforms: np.ndarray, ctg: np.ndarray | None = None):
         probs = None
         if self.stats.is_discrete:
             obs_t, _ = self.policy.obs_to_tensor(obs)
             probs_t = self.policy.get_distribution(obs_t).distribution.probs  # (A, n)
             probs = probs_t.cpu().numpy()
-            if self.deterministic:  # acting by the argmax: report the one-hot policy it actually runs
+            if self.greedy:  # acting by the argmax: report the one-hot policy it actually runs
                 actions = probs.argmax(-1)
                 probs = np.eye(probs.shape[-1], dtype=probs.dtype)[actions]
             else:
@@ -688,7 +689,7 @@ class SB3Policy:
                 u = np.asarray(uniforms).reshape(len(probs), -1)[:, :1]  # (A, 1)
                 actions = np.minimum((cdf < u).sum(-1), probs.shape[-1] - 1)
             return actions, probs, None
-        if self.deterministic:  # SB3 rescales and clips the mode for us
+        if self.greedy:  # SB3 rescales and clips the mode for us
             actions, _ = self.policy.predict(obs, deterministic=True)
             return actions, self._bin_masses(obs, np.asarray(actions)), None
         # Sampled from the episode's own uniforms (not torch's global generator), so the same env seeds
@@ -715,7 +716,7 @@ class SB3Policy:
 
         low, high = np.asarray(self.stats.action_low), np.asarray(self.stats.action_high)
         n = BIN_GRID
-        if self.deterministic:  # a point mass: all of it in the action's bin
+        if self.greedy:  # a point mass: all of it in the action's bin
             idx = np.clip(np.floor((actions - low) / (high - low) * n).astype(np.int64), 0, n - 1)
             return np.eye(n)[idx]
         obs_t, _ = self.policy.obs_to_tensor(obs)

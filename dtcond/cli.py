@@ -127,7 +127,7 @@ def baseline_command(cfg) -> None:
     scorer = _scorer(cfg.dataset.id, cfg.roaming, store, data_rows=True)
     for bundle in result.bundles:
         policy = load_policy(bundle)
-        policy.deterministic = cfg.greedy
+        policy.greedy = cfg.greedy
         recs = evaluate(policy, episodes=cfg.episodes, seed=cfg.seed, results=store, run_id=f"{cfg.algo}_seed{cfg.seed}", scorer=scorer)
         ret = np.mean([r["episode_return"] for r in recs])
         ce = [r.get("cross_entropy_behavior") for r in recs if r.get("cross_entropy_behavior") is not None]

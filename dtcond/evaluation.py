@@ -27,6 +27,7 @@ from pathlib import Path
 
 import gymnasium as gym
 import numpy as np
+from dtcond.contract import check_policy
 from dtcond.errors import DtcondError
 from dtcond.results import ResultsStore
 from dtcond.targets import ResolvedTarget, TargetSpec, parse
@@ -85,8 +86,8 @@ def evaluate(
 ) -> list[dict]:
     """Roll out ``episodes`` episodes per target spec; one record (a dict) per episode.
 
-    ``policy`` is anything with the batch protocol of :mod:`dtcond.policy` (a DT, BC/%BC, or an SB3
-    baseline). With a ``scorer`` (:class:`dtcond.roaming.RoamingScorer`) every record also carries
+    ``policy`` is anything that implements :class:`dtcond.contract.Policy` (a DT, BC/%BC, an SB3
+    baseline, the behaviour mixture); anything else is refused in one line. With a ``scorer`` (:class:`dtcond.roaming.RoamingScorer`) every record also carries
     how far the episode roamed from the data (cross-entropy and KL(π‖β̂) against the behaviour model,
     novelty, entropy).
 
@@ -96,6 +97,7 @@ def evaluate(
     >>> records = evaluate(policy, ["q0.5", "q0.9", "x1.5", "quantilizer:0.1"], episodes=10)  # doctest: +SKIP
     >>> import pandas as pd; pd.DataFrame(records).groupby("target_spec").episode_return.mean()  # doctest: +SKIP
     """
+    check_policy(policy)
     if targets is None:
         if policy.kind == "dt":
             raise DtcondError("a return-conditioned policy needs targets, e.g. ['q0.5', 'q0.9', 'x1.5']")
@@ -130,7 +132,7 @@ def evaluate(
 
 def check_cost_targets(policy, specs) -> None:
     """A cost-conditioned policy takes joint targets only, and every other policy return-only ones."""
-    wants_cost = bool(getattr(policy, "cost_conditioned", False))
+    wants_cost = bool(policy.cost_conditioned)
     for spec in specs:
         if spec.cost is not None and not wants_cost:
             raise DtcondError(f"target {spec} has a cost part, but this policy was not trained with cost conditioning "
@@ -176,29 +178,26 @@ def _rollout(policy, jobs: list[Job], run_id: str, env_kwargs: dict | None, env_
     rngs = [job.sampling_rng() for job in jobs]
     rtg = np.array([r.value if math.isfinite(r.value) else 0.0 for r in resolved], dtype=np.float64)
     # The cost-to-go, for a cost-conditioned policy: it falls by each step's info["cost"], as CDT's does.
-    ctg = np.array([r.cost for r in resolved], dtype=np.float64) if getattr(policy, "cost_conditioned", False) else None
+    ctg = np.array([r.cost for r in resolved], dtype=np.float64) if policy.cost_conditioned else None
     returns, true_returns, costs = np.zeros(n), np.zeros(n), np.zeros(n)
     seen = {"true_reward": False, "cost": False}
     lengths = np.zeros(n, dtype=np.int64)
     # A typed column, so tables need not parse "ppo@25000"; policies that do not know their step give None.
-    train_step = getattr(policy, "train_step", None)
+    train_step = policy.train_step
     train_step = int(train_step) if train_step is not None else None
     # Per-episode histories only when a scorer needs them (roaming metrics).
     history = [{"obs": [], "actions": [], "probs": [], "rewards": []} for _ in range(n)] if scorer is not None else None
     actions_all = np.zeros(envs.action_space.shape, dtype=envs.action_space.dtype)
     active = np.arange(n)
     state = policy.begin(n)
-    draws = max(1, int(getattr(policy, "draws_per_step", 1)))
+    draws = max(1, int(policy.draws_per_step))
     start = time.perf_counter()
     obs, _ = envs.reset(seed=[job.env_seed for job in jobs])
     try:
         while active.size:
             flat = policy.stats.codec.encode(obs)  # (n, obs_dim) float32, or (n, C, H, W) uint8 frames
             uniforms = np.stack([rngs[i].random(draws) for i in active])  # (A, draws): each episode's own stream
-            if ctg is None:
-                action, probs, state = policy.act_batch(state, flat[active], rtg[active], uniforms)
-            else:
-                action, probs, state = policy.act_batch(state, flat[active], rtg[active], uniforms, ctg[active])
+            action, probs, state = policy.act_batch(state, flat[active], rtg[active], uniforms, None if ctg is None else ctg[active])
             actions_all[active] = action
             if history is not None:
                 for row, i in enumerate(active):
@@ -234,8 +233,8 @@ def _rollout(policy, jobs: list[Job], run_id: str, env_kwargs: dict | None, env_
                     "policy_kind": policy.kind,
                     "algo": policy.kind,
                     "train_step": train_step,
-                    "label": getattr(policy, "label", policy.kind),
-                    "policy_param": getattr(policy, "param", None),  # β, q or a cost limit: typed, not read off the label
+                    "label": policy.label,
+                    "policy_param": policy.param,  # β, q or a cost limit: typed, not read off the label
                     "policy": policy.source,
                     "fingerprint": fingerprint,
                     "env_id": env_id or policy.env_id,
@@ -257,7 +256,7 @@ def _rollout(policy, jobs: list[Job], run_id: str, env_kwargs: dict | None, env_
                     "cost_target": r.cost,  # the cost-to-go the episode started from (joint targets), else None
                     "cost_target_quantile": r.cost_quantile,
                     "joint_quantile": r.joint_quantile,
-                    "greedy": bool(getattr(policy, "greedy", True)),
+                    "greedy": bool(policy.greedy),
                     "wall_time": elapsed,
                 }
                 if history is not None:

@@ -223,7 +223,7 @@ def entropy_nats(p) -> float:
 
 
 class BehaviorPolicy:
-    """The behaviour mixture as a policy (the batch protocol of :mod:`dtcond.policy`): each episode draws
+    """The behaviour mixture as a policy (:class:`dtcond.contract.Policy`): each episode draws
     its component by the mixture's weights (``weights`` to reweight them, e.g. one component alone), then
     plays it with its noise.
 
@@ -234,11 +234,11 @@ class BehaviorPolicy:
     """
 
     kind = "behavior"
+    param = None
     condition_on_return = False
     cost_conditioned = False
     train_step = None
     greedy = False
-    deterministic = False
 
     def __init__(self, likelihood: DataLikelihood, stats, weights=None, label: str = "behavior"):
         self.likelihood = likelihood
@@ -272,7 +272,7 @@ class BehaviorPolicy:
     def keep(self, state, rows):
         return {key: value[rows] for key, value in state.items()}
 
-    def act_batch(self, state, obs: np.ndarray, rtg: np.ndarray, uniforms: np.ndarray):
+    def act_batch(self, state, obs: np.ndarray, rtg: np.ndarray, uniforms: np.ndarray, ctg: np.ndarray | None = None):
         lik, A = self.likelihood, len(obs)
         u = np.asarray(uniforms, dtype=np.float64).reshape(A, -1)
         comp = state["component"].copy()

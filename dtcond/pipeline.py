@@ -409,7 +409,7 @@ def run_comparison(spec: ComparisonSpec) -> ComparisonResult:
         for bundle, seconds in trained:
             policy = load_policy(bundle)
             if policy.kind not in OFFLINE_KINDS:
-                policy.deterministic = spec.rl_greedy
+                policy.greedy = spec.rl_greedy
             recs = evaluate(policy, targets if policy.kind == "dt" else None, episodes=spec.eval_episodes, seed=spec.eval_seed,
                             results=store, run_id=f"{spec.name}_seed{seed}", progress=spec.progress, scorer=scorer)
             fresh += sum(r["key"] not in known for r in recs)

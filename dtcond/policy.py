@@ -1,10 +1,11 @@
 """A trained DT as a return-conditioned policy: one env at a time, or a batch of episodes at once.
 
-Every policy dtcond evaluates (this one, and the SB3 baselines in ``dtcond.baselines``) offers the
-same small batch protocol, which ``dtcond.evaluate`` drives:
+Every policy dtcond evaluates (this one, the SB3 baselines in ``dtcond.baselines``, the behaviour
+mixture in ``dtcond.likelihood``) implements :class:`dtcond.contract.Policy`, whose batch methods
+``dtcond.evaluate`` drives:
 
 - ``begin(n)`` → a state for ``n`` episodes starting together;
-- ``act_batch(state, obs, rtg, uniforms)`` → actions, the action distribution each was drawn from
+- ``act_batch(state, obs, rtg, uniforms, ctg=None)`` → actions, the action distribution each was drawn from
   where the policy has one (else None), and the new state. ``obs`` are raw flat observations
   (A, obs_dim), ``rtg`` the returns-to-go (A,), ``uniforms`` (A, ``draws_per_step``) U(0,1) draws,
   each episode's from its own stream; a cost-conditioned policy (``cost_conditioned``) also takes

@@ -292,7 +292,7 @@ def test_a_kl_regularized_run_is_its_own_family_in_bundles_and_records(cartpole_
     assert card["kl_coef"] == 3.0 and card["bc_init_steps"] == 20
     policy = load_policy(run.bundles[-1])
     assert (policy.kind, policy.label) == ("ppo_kl", "ppo_kl:3@128")
-    policy.deterministic = False
+    policy.greedy = False
     recs = evaluate(policy, episodes=2, seed=0, progress=False)
     assert {r["algo"] for r in recs} == {"ppo_kl"} and {r["label"] for r in recs} == {"ppo_kl:3@128"}
 
@@ -375,3 +375,28 @@ def test_a_ppo_lagrangian_run_is_its_own_family_and_refuses_bad_limits(hazard_da
         train_baseline(data.stats, "ppo", tmp_path / "bad", budget=64, cost_limit=1.0, kl_coef=0.1, progress=False)
     with pytest.raises(DtcondError, match="has no costs"):
         train_baseline(load(cartpole_dataset).stats, "ppo", tmp_path / "bad2", budget=64, cost_limit=1.0, progress=False)
+
+
+def test_every_rollout_family_implements_the_policy_contract_and_evaluate_refuses_what_does_not(cartpole_dataset, dt_bundle, ppo_run):
+    from dtcond.contract import MEMBERS, Policy, missing_members
+    from dtcond.likelihood import BehaviorPolicy, DataLikelihood
+
+    data = load(cartpole_dataset)
+    families = {"dt": load_policy(dt_bundle), "ppo": load_policy(ppo_run.bundles[-1]),
+                "behavior": BehaviorPolicy(DataLikelihood.for_dataset(cartpole_dataset, stats=data.stats), data.stats)}
+    for kind, policy in families.items():
+        assert isinstance(policy, Policy) and missing_members(policy) == [], kind
+        assert policy.kind == kind and policy.param is None
+        records = evaluate(policy, ["q0.5"] if kind == "dt" else None, episodes=2, seed=0)
+        assert [r["policy_kind"] for r in records] == [kind, kind]
+
+    class Partial:  # the batch methods, but no typed identity
+        stats, kind = data.stats, "mine"
+
+        def begin(self, n):
+            return None
+
+    assert missing_members(Partial())[:2] == ["label", "param"] and "act_batch" in MEMBERS
+    with pytest.raises(DtcondError, match=r"^Partial is not a dtcond policy: it lacks label, param, train_step") as err:
+        evaluate(Partial(), None, episodes=1)
+    assert "\n" not in str(err.value)

@@ -92,7 +92,7 @@ def test_an_occupancy_regularized_run_is_its_own_family_and_resumes_its_discrimi
     assert card["om_coef"] == 3.0 and card["bc_init_steps"] == 20
     policy = load_policy(run.bundles[-1])
     assert (policy.kind, policy.label, policy.param) == ("ppo_om", "ppo_om:3@128", 3.0)
-    policy.deterministic = False
+    policy.greedy = False
     recs = evaluate(policy, episodes=2, seed=0, progress=False)
     assert {r["algo"] for r in recs} == {"ppo_om"} and {r["policy_param"] for r in recs} == {3.0}
     saved = (tmp_path / "om" / "discriminator.safetensors").read_bytes()
@@ -178,7 +178,7 @@ def test_a_box_policy_draws_its_noise_from_the_episode_generator(pendulum_datase
     run = train_baseline(load(pendulum_dataset).stats, "ppo", tmp_path / "ppo", budget=128, checkpoints=1,
                          hyperparams={"n_envs": 1, "n_steps": 64, "batch_size": 64, "n_epochs": 1}, progress=False)
     policy = load_policy(run.bundles[-1])
-    policy.deterministic = False
+    policy.greedy = False
     returns = []
     for torch_seed, env_seed in ((0, 5), (123, 5), (0, 6)):
         torch.manual_seed(torch_seed)

@@ -217,7 +217,7 @@ def main(cfg) -> None:
         for limit in costs:
             bundle = train_ppo_lagrangian(cfg, data.stats, work / "ppo_lag" / f"limit{limit:g}" / f"seed{seed}", seed, limit)
             ppo = dtcond.load_policy(bundle)
-            ppo.deterministic = bool(cfg.baseline.greedy)
+            ppo.greedy = bool(cfg.baseline.greedy)
             run(ppo, None, "ppo_lag", seed, {"cost_limit": limit})
     df = pd.concat(frames, ignore_index=True)
 
