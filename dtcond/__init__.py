@@ -19,6 +19,7 @@ _LAZY = {
     "esper_labels": ("dtcond.relabel", "esper_labels"),
     "load_labels": ("dtcond.relabel", "load_labels"),
     "load_policy": ("dtcond.checkpoints", "load_policy"),
+    "Policy": ("dtcond.contract", "Policy"),
     "ConditionedPolicy": ("dtcond.policy", "ConditionedPolicy"),
     "evaluate": ("dtcond.evaluation", "evaluate"),
     "ResultsStore": ("dtcond.results", "ResultsStore"),

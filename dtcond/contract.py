@@ -30,6 +30,9 @@ from dtcond.errors import DtcondError
 
 @runtime_checkable
 class Policy(Protocol):
+    """What every rollout-able policy offers: typed identity, acting mode, and the batch methods
+    (``begin``, ``act_batch``, ``keep``) that :func:`dtcond.evaluate` drives; see this module's doc."""
+
     stats: Any  # the DatasetStats the policy acts under (spaces, normalization, the data's returns)
     kind: str  # the family: "dt", "bc", "ppo", "ppo_kl", "ppo_kl_bc", "ppo_om", "ppo_lag", "behavior", ...
     label: str  # kind, param and train_step rendered for tables and plots

@@ -20,6 +20,7 @@ PUBLIC = {
     "esper_labels": ("function", "dtcond.relabel"),
     "load_labels": ("function", "dtcond.relabel"),
     "load_policy": ("function", "dtcond.checkpoints"),
+    "Policy": ("class", "dtcond.contract"),
     "ConditionedPolicy": ("class", "dtcond.policy"),
     "evaluate": ("function", "dtcond.evaluation"),
     "ResultsStore": ("class", "dtcond.results"),
