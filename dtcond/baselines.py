@@ -127,10 +127,12 @@ def train_baseline(
     PPO (ORPO) toward the data's state–action occupancy, also from behaviour cloning; its discriminator is
     saved beside the checkpoints (``out_dir/discriminator.safetensors``) and resumed with them.
 
-    >>> r = train_baseline(load("dtcond/cartpole/mixture-v0").stats, "ppo", "runs/ppo")   # doctest: +SKIP
-    >>> r = train_baseline(stats, "ppo", "runs/ppo_kl0.1", kl_coef=0.1)                  # doctest: +SKIP
-    >>> dtcond.load_policy(r.bundles[-1]).label                                          # doctest: +SKIP
-    'ppo_kl:0.1@100000'
+    >>> small = {"n_envs": 2, "n_steps": 128, "batch_size": 64, "n_epochs": 1}   # a tiny run (the default: 100k steps)
+    >>> r = train_baseline(stats, "ppo", "runs/ppo", budget=256, checkpoints=1, hyperparams=small, progress=False)
+    >>> r = train_baseline(stats, "ppo", "runs/ppo_kl0.1", budget=256, hyperparams=small, progress=False,
+    ...                    kl_coef=0.1, bc_init_steps=20)
+    >>> p = dtcond.load_policy(r.bundles[-1]); p.kind, p.param, p.label
+    ('ppo_kl', 0.1, 'ppo_kl:0.1@256')
     """
     from stable_baselines3.common.callbacks import CheckpointCallback
     from stable_baselines3.common.env_util import make_vec_env

@@ -82,9 +82,9 @@ def collect(
 
     >>> from dtcond.behavior import Component
     >>> s = collect("CartPole-v1", [Component("random")], episodes=3, dataset_id="doc/cp-v0",
-    ...             progress=False, overwrite=True)                     # doctest: +SKIP
-    >>> s.episodes                                                       # doctest: +SKIP
-    3
+    ...             progress=False, overwrite=True)
+    >>> s.episodes, dtcond.load_dataset("doc/cp-v0").stats.num_episodes
+    (3, 3)
     """
     check_dataset_id(dataset_id)
     final = datasets_root() / dataset_id

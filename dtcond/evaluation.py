@@ -94,8 +94,10 @@ def evaluate(
     With ``results``, finished episodes are appended to that table as they end, episodes already
     in it are not run again, and the records returned include them.
 
-    >>> records = evaluate(policy, ["q0.5", "q0.9", "x1.5", "quantilizer:0.1"], episodes=10)  # doctest: +SKIP
-    >>> import pandas as pd; pd.DataFrame(records).groupby("target_spec").episode_return.mean()  # doctest: +SKIP
+    >>> records = evaluate(policy, ["q0.5", "q0.9", "x1.5", "quantilizer:0.1"], episodes=3)
+    >>> import pandas as pd; means = pd.DataFrame(records).groupby("target_spec").episode_return.mean()
+    >>> len(records), sorted(means.index)
+    (12, ['q0.5', 'q0.9', 'quantilizer:0.1', 'x1.5'])
     """
     check_policy(policy)
     if targets is None:

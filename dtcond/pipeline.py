@@ -359,10 +359,14 @@ def run_comparison(spec: ComparisonSpec) -> ComparisonResult:
     See the module doc for the steps and the layout of ``spec.work_dir``. Prints one short line per
     step; reruns do only what is missing.
 
-    >>> spec = ComparisonSpec("CartPole-v1", "doc/cartpole/mixture-v0", ["cartpole_balance", "random"], "runs/compare",
-    ...                       trainer={"max_steps": 200}, pct_bc=[0.1], rl_budget=10_000)   # doctest: +SKIP
-    >>> result = run_comparison(spec)                                                       # doctest: +SKIP
-    >>> print(result.summary())                                                             # doctest: +SKIP
+    >>> spec = ComparisonSpec("CartPole-v1", "dtcond/cartpole/mixture-v0", ["cartpole_balance", "random"], "runs/compare",
+    ...                       model={"context_len": 10}, trainer={"max_steps": 20}, pct_bc=[0.25], rl_budget=256,
+    ...                       rl_hyperparams={"n_envs": 2, "n_steps": 128, "n_epochs": 1}, targets=["q0.5", "q0.9"],
+    ...                       eval_episodes=2, roaming=False, report=False)   # a tiny run on the existing dataset
+    >>> result = run_comparison(spec)                                                       # doctest: +ELLIPSIS
+    [1/3] dataset dtcond/cartpole/mixture-v0...
+    >>> sorted(set(result.records["policy_kind"]))
+    ['bc', 'data', 'dt', 'pct_bc', 'ppo']
     """
     import pandas as pd
 

@@ -141,10 +141,10 @@ class ConditionedPolicy:
     costs O(K) attention; ``decode="window"`` recomputes the last K steps every step, as the
     original DT does (the reference for models trained on K-step windows).
 
-    >>> policy = dtcond.load_policy("outputs/.../policy")          # doctest: +SKIP
-    >>> env = policy.make_env(); obs, _ = env.reset(seed=0)         # doctest: +SKIP
-    >>> policy.reset(target=400.0)                                  # doctest: +SKIP
-    >>> action = policy.act(obs)                                    # doctest: +SKIP
+    >>> policy = dtcond.load_policy(policy.source)                  # a bundle folder
+    >>> env = policy.make_env(); obs, _ = env.reset(seed=0)
+    >>> policy.reset(target=400.0)
+    >>> action = policy.act(obs)                                    # then policy.act(obs, reward)
     """
 
     def __init__(self, model: DecisionTransformer, stats: DatasetStats, condition_on_return: bool = True,
@@ -366,8 +366,11 @@ class ConditionedPolicy:
         incur (or a joint spec's cost part). ``seed`` (or a Generator) drives action sampling and a
         quantilizer's per-episode draw of its return.
 
-        >>> policy.reset(target="q0.9", seed=0)                      # doctest: +SKIP
-        >>> policy.reset(target=dtcond.targets.quantilizer(0.1))     # doctest: +SKIP
+        >>> policy.reset(target="q0.9", seed=0)
+        >>> policy.reset(target=dtcond.targets.quantilizer(0.1), seed=0)
+        >>> policy.reset(target=[1, 2])
+        Traceback (most recent call last):
+        dtcond.errors.DtcondError: target must be a return, a target spec such as 'q0.9' or a TargetSpec, got list
         """
         from dtcond import targets
 

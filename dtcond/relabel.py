@@ -49,9 +49,11 @@ differences within a skill level that conditioning could have used.
 and all their steps fell into: one means every label is the data's expected return-to-go given
 (s_t, a_t), with nothing left of the behaviours.
 
->>> labels, info = esper_labels(data.trajectories, data.stats, EsperConfig(), seed=0)   # doctest: +SKIP
->>> relabelled, labels = relabel(data, "esper", EsperConfig(), seed=0)                 # doctest: +SKIP
->>> relabelled.stats.episode_returns[-1]   # the best episode label, not the luckiest return   # doctest: +SKIP
+>>> small = EsperConfig(cluster_steps=20, return_steps=20, hidden=16)   # a quick fit; the defaults are larger
+>>> labels, info = esper_labels(data.trajectories, data.stats, small, seed=0)
+>>> relabelled, labels = relabel(data, "esper", small, seed=0)
+>>> len(relabelled.stats.episode_returns) == len(data.trajectories)   # one label per episode, in place of its return
+True
 """
 
 from __future__ import annotations

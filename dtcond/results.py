@@ -20,8 +20,10 @@ from dtcond.errors import DtcondError
 class ResultsStore:
     """Append-only JSONL records with a ``key`` each; a key is never written twice.
 
-    >>> store = ResultsStore("outputs/eval/results.jsonl")          # doctest: +SKIP
-    >>> store.to_pandas().groupby("target_spec").episode_return.mean()  # doctest: +SKIP
+    >>> store = ResultsStore("runs/eval/results.jsonl")
+    >>> _ = dtcond.evaluate(policy, ["q0.5", "q0.9"], episodes=2, results=store)
+    >>> sorted(store.to_pandas().groupby("target_spec").episode_return.mean().index)
+    ['q0.5', 'q0.9']
     """
 
     def __init__(self, path: str | Path):

@@ -296,8 +296,10 @@ def train(dataset_id: str, out_dir: str | Path, config: TrainConfig | None = Non
     A run whose ``out_dir`` already has ``checkpoints/last.ckpt`` resumes from it (``resume=False``
     refuses instead).
 
-    >>> r = train("dtcond/cartpole/mixture-v0", "runs/cp", trainer={"max_steps": 500})  # doctest: +SKIP
-    >>> dtcond.load_policy(r.bundle)                                                      # doctest: +SKIP
+    >>> r = train("dtcond/cartpole/mixture-v0", "runs/cp", model={"context_len": 10},
+    ...           trainer={"max_steps": 20, "enable_progress_bar": False, "logger": False})
+    >>> dtcond.load_policy(r.bundle).kind, (r.out_dir / "checkpoints" / "last.ckpt").is_file()
+    ('dt', True)
     """
     from dtcond.checkpoints import save_bundle
     from dtcond.data import load
