@@ -68,7 +68,8 @@ def main(cfg) -> None:
         "# Goodhart gridworld: conditioning vs maximizing a gameable reward, on the exact axis", "",
         f"dtcond/TomatoGarden-v0; dataset {cfg.dataset_id} ({cfg.episodes} episodes, behaviour seed {cfg.data_seed}); "
         f"DT {cfg.train.steps} steps (K={cfg.model.context_len}, {cfg.model.n_layer} layers, width {cfg.model.n_embd}); "
-        f"%BC {list(cfg.pct_bc)} at {cfg.train.bc_steps} steps; PPO {cfg.baseline.budget} env steps on the observed reward, plain and "
+        f"%BC {list(cfg.pct_bc)} at {cfg.train.bc_steps} steps; PPO {cfg.baseline.budget} env steps on the observed reward "
+        f"(SB3's defaults with {dict(cfg.baseline.hyperparams or {})}), plain and "
         f"KL-regularized toward β̂ at β ∈ {list(cfg.baseline.kl_coefs)} and toward the seed's BC policy at β ∈ {list(cfg.baseline.get('kl_bc_coefs') or [])}, "
         f"and occupancy-regularized (ORPO) at λ ∈ {list(cfg.baseline.get('om_coefs') or [])} "
         f"(both from {cfg.baseline.get('bc_init_steps', 2000)} steps of behaviour cloning); "

@@ -105,7 +105,8 @@ def main(cfg) -> None:
         "# Luck: return conditioning in a gambling env", "",
         f"dtcond/Gamble-v0; dataset {cfg.dataset_id} ({cfg.episodes} episodes, behaviour seed {cfg.data_seed}); "
         f"DT {cfg.train.steps} steps (K={cfg.model.context_len}, {cfg.model.n_layer} layers, width {cfg.model.n_embd}); "
-        f"%BC {list(cfg.pct_bc)} at {cfg.train.bc_steps} steps; PPO {cfg.baseline.budget} env steps, plain and KL-regularized toward β̂ at "
+        f"%BC {list(cfg.pct_bc)} at {cfg.train.bc_steps} steps; PPO {cfg.baseline.budget} env steps (SB3's defaults with "
+        f"{dict(cfg.baseline.hyperparams or {})}), plain and KL-regularized toward β̂ at "
         f"β ∈ {[float(b) for b in betas]}; training seeds {list(cfg.seeds)}; "
         + (f"DT on relabelled returns: {list(cfg.relabel)} (EsperConfig: {esper_description(cfg.get('esper'))}); " if cfg.get("relabel") else "") +
         f"{cfg.eval_episodes} episodes per policy and target. Means ± 95% CI over training seeds. "
