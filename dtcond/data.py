@@ -303,10 +303,37 @@ def _load_minari(dataset_id: str):
     return open_dataset(dataset_id)  # metadata and spaces checked; load checks each episode as it reads it
 
 
+_LOADED: dict[tuple, OfflineData] = {}  # (dataset dir, its files' sizes and mtimes, gamma) -> the data read from them
+_LOADED_MAX = 4
+
+
+def _load_key(dataset_id: str, gamma: float) -> tuple | None:
+    """What identifies a dataset's content on disk: its folder and every file's size and mtime (None: no folder)."""
+    folder = datasets_root() / dataset_id
+    if not folder.is_dir():
+        return None
+    files = tuple((str(p.relative_to(folder)), p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(folder.rglob("*")) if p.is_file())
+    return str(folder.resolve()), files, float(gamma)
+
+
+def _freeze(data: OfflineData) -> OfflineData:
+    """Make the arrays read-only: one loaded dataset is shared by every caller in the process."""
+    for t in data.trajectories:
+        for name in ("observations", "actions", "rewards", "returns_to_go", "timesteps", "true_rewards", "costs"):
+            value = getattr(t, name)
+            if isinstance(value, np.ndarray):
+                value.flags.writeable = False
+    return data
+
+
 def load(dataset_id: str, gamma: float = 1.0) -> OfflineData:
     """Load a local Minari dataset into aligned trajectories and their :class:`DatasetStats`.
 
     ``gamma`` must be 1.0: targets, return quantiles and rollouts count undiscounted returns.
+
+    A process reads and validates a dataset once: later calls return the same (read-only) data until the
+    dataset's files change on disk, so the pipeline, every training run and every RL run's behaviour
+    cloning share one read.
 
     >>> data = load("dtcond/cartpole/mixture-v0")
     >>> len(data.trajectories) == data.stats.num_episodes, data.stats.is_discrete
@@ -315,6 +342,18 @@ def load(dataset_id: str, gamma: float = 1.0) -> OfflineData:
     from dtcond.config import check_gamma
 
     check_gamma(gamma, "gamma")
+    key = _load_key(dataset_id, gamma)
+    if key is not None and key in _LOADED:
+        return _LOADED[key]
+    data = _freeze(_read(dataset_id, gamma))
+    if key is not None:
+        while len(_LOADED) >= _LOADED_MAX:
+            _LOADED.pop(next(iter(_LOADED)))
+        _LOADED[key] = data
+    return data
+
+
+def _read(dataset_id: str, gamma: float) -> OfflineData:
     from dtcond.validation import checked_episodes
 
     ds = _load_minari(dataset_id)

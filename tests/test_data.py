@@ -259,3 +259,22 @@ def test_unsupported_spaces_are_refused(minari_root, obs_space, act_space, messa
 
     with pytest.raises(DtcondError, match=message):
         check_spaces(obs_space, act_space)
+
+
+def test_a_dataset_is_read_once_per_process_until_its_files_change(minari_root, monkeypatch):
+    import shutil
+
+    import dtcond.data as data_module
+
+    reads = []
+    real = data_module._read
+    monkeypatch.setattr(data_module, "_read", lambda *args: reads.append(args) or real(*args))
+    write_buffers("test/once-v0", [rng_episode(5, seed=0)], observation_space=BOX3, action_space=BOX1)
+    first = load("test/once-v0")
+    assert load("test/once-v0") is first and len(reads) == 1  # the pipeline, each training run, each BC start share it
+    with pytest.raises(ValueError, match="read-only"):
+        first.trajectories[0].rewards[0] = 1.0  # shared, so nobody may change it under the others
+    shutil.rmtree(minari_root / "test" / "once-v0")
+    write_buffers("test/once-v0", [rng_episode(5, seed=1), rng_episode(6, seed=2)], observation_space=BOX3, action_space=BOX1)
+    again = load("test/once-v0")  # rewritten on disk: read again
+    assert len(reads) == 2 and len(again) == 2 and again is not first
