@@ -246,7 +246,8 @@ def budget_comparisons(df, budgets, reference: str = "conditioning", against=("p
     training seeds and env seeds, so the difference is a paired t-interval over the seeds where both
     families reach the budget; each entry also carries the Bonferroni-widened interval for all
     ``len(budgets) · len(against)`` comparisons. A family that reaches the budget on fewer than two seeds
-    leaves the entry unresolved. A budget of None is no budget: each family's best member, chosen held out.
+    leaves the entry unresolved; one that reaches it on no seed makes the verdict "not reached by <family>".
+    A budget of None is no budget: each family's best member, chosen held out.
     ``comparisons`` counts the comparisons a report makes in all, where it makes more than this call's.
     """
     budgets, against = check_budgets(budgets), list(against)
@@ -278,9 +279,13 @@ def budget_comparisons(df, budgets, reference: str = "conditioning", against=("p
                     entry[name][c] = mean_ci(values(f, c))[0]
             d, ci, n = paired_ci(values(reference, column), values(other, column))
             _, ci_b, _ = paired_ci(values(reference, column), values(other, column), level=1 - 0.05 / m)
-            entry.update(difference=d, difference_ci95=ci, difference_ci_bonferroni=ci_b, pairs=n,
-                         verdict=verdict(d, ci, f"{reference} higher", f"{other} higher"),
-                         verdict_bonferroni=verdict(d, ci_b, f"{reference} higher", f"{other} higher"))
+            short = [f for f, name in ((reference, "reference"), (other, "other")) if entry[name]["reached"] == 0]
+            if short:  # a family with no member inside the budget: nothing to compare, and that is the finding
+                v = v_b = f"not reached by {' or '.join(short)}"
+            else:
+                v = verdict(d, ci, f"{reference} higher", f"{other} higher")
+                v_b = verdict(d, ci_b, f"{reference} higher", f"{other} higher")
+            entry.update(difference=d, difference_ci95=ci, difference_ci_bonferroni=ci_b, pairs=n, verdict=v, verdict_bonferroni=v_b)
             out.append(_finite_or_none(entry))
     return out
 
@@ -302,7 +307,8 @@ BUDGET_NOTE = ("Each family's frontier (true return against KL(p_π‖p_data)) p
                "odd-numbered ones, so no family gains from being a max over more rows; \"none\" is no budget, the family's best "
                "member chosen the same way. Differences are paired over training seeds (same seeds, same env seeds), 95% "
                "t-intervals; {m} comparisons, so the Bonferroni column widens each to 1 − 0.05/{m}. \"unresolved\": the interval "
-               "contains 0. \"reached\": the seeds on which some member of the family is within the budget.")
+               "contains 0. \"reached\": the seeds on which some member of the family is within the budget; \"not reached by\" a "
+               "family: none of its members is within the budget on any seed.")
 
 
 def _pm(v, ci, digits: int = 1) -> str:
