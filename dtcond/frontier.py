@@ -22,7 +22,7 @@ import math
 import numpy as np
 
 from dtcond.oracles import MIN_ESS
-from dtcond.stats import difference_ci, kl_coef_of, mean_ci, paired_ci, verdict
+from dtcond.stats import difference_ci, mean_ci, paired_ci, verdict
 
 METRICS = ("true_return", "episode_return", "trajectory_kl", "trajectory_kl_per_step", "trajectory_kl_conditional", "kl_behavior",
            "component_entropy", "cost", "ess")
@@ -30,7 +30,7 @@ NAMES = {"episode_return": "observed_return"}  # the frontier's name for the rew
 
 
 def row_identity(row) -> tuple[str, object]:
-    """(family, param) of a comparison-table row: typed columns first, the label only for tables without them.
+    """(family, param) of a comparison-table row, from its typed columns (the label is display only).
 
     >>> row_identity({"kind": "oracle", "oracle_family": "quantilizer", "oracle_param": 0.1})
     ('oracle_quantilizer', 0.1)
@@ -44,12 +44,9 @@ def row_identity(row) -> tuple[str, object]:
         return str(label or "dt"), row.get("target_spec")
     param = row.get("policy_param")
     if param is None or (isinstance(param, float) and math.isnan(param)):
-        param = kl_coef_of(label) if label else None
-    algo = row.get("algo") or kind
-    if kind in ("ppo", "sac") or (isinstance(algo, str) and algo in ("ppo", "sac") and param is None):
-        return str(algo), row.get("train_step")
-    if param is None and kind == "pct_bc" and label and ":" in label:
-        param = float(label.split(":")[1])  # tables written before the typed column
+        param = None
+    if kind in ("ppo", "sac"):  # plain RL: its checkpoints are its members
+        return str(kind), row.get("train_step")
     return str(kind), param
 
 

@@ -23,7 +23,7 @@ import numpy as np
 
 from dtcond.errors import DtcondError
 from dtcond.fileio import atomic_write, save_figure
-from dtcond.stats import calibration_metrics, ci95, grouped_mean_ci, kl_coef_of, with_policy_columns
+from dtcond.stats import calibration_metrics, ci95, grouped_mean_ci, with_policy_columns
 
 __all__ = ["calibration_metrics", "comparison_table", "per_target_table", "plot_frontier", "quantilizer_bound", "write_report"]
 
@@ -226,7 +226,7 @@ def comparison_table(df):
     distinct trajectories.
 
     >>> import pandas as pd
-    >>> df = pd.DataFrame({"label": "ppo@500", "policy_kind": "ppo", "target_spec": "none", "target": None,
+    >>> df = pd.DataFrame({"label": "ppo@500", "policy_kind": "ppo", "train_step": 500, "target_spec": "none", "target": None,
     ...                    "fingerprint": ["a", "a", "b", "b"], "episode_return": [1.0, 3.0, 5.0, 7.0]})
     >>> comparison_table(df)[["algo", "train_step", "seeds", "episode_return"]].values.tolist()
     [['ppo', 500, 2, 4.0]]
@@ -286,13 +286,12 @@ REGULARIZED = {"ppo_kl": "β", "ppo_kl_bc": "β", "ppo_om": "λ", "ppo_lag": "d"
 
 
 def _param_column(table):
-    """Each row's family parameter: the typed ``policy_param`` where the records have it, else the β in the label."""
+    """Each row's family parameter, from the typed ``policy_param`` (NaN where a row has none)."""
     import pandas as pd
 
-    labels = table["label"].map(lambda lab: kl_coef_of(lab)).astype(float)
-    if "policy_param" in table:
-        return pd.to_numeric(table["policy_param"], errors="coerce").astype(float).fillna(labels)
-    return labels
+    if "policy_param" not in table:
+        return pd.Series(float("nan"), index=table.index)
+    return pd.to_numeric(table["policy_param"], errors="coerce").astype(float)
 
 
 def quantilizer_bound(table, df) -> list[dict]:

@@ -34,10 +34,9 @@ means, whose max is biased upwards and would bias the gain down). Episodes are p
 gives episode j of every target the same env seed, so each pair is one env seed (and one
 fingerprint); ``ood_gain_ci95`` is the t-interval over those pairs, ``ood_gain_pairs`` their count.
 
-Policy columns. Records carry ``algo`` (``policy.kind``: "dt", "bc", "pct_bc", "ppo", "sac", "data")
-and ``train_step`` (the training step of the weights, None where unknown). :func:`label_parts` reads
-them out of a label such as ``"ppo@25000"`` for older tables; with :func:`kl_coef_of` (the β in
-``"ppo_kl:0.3@100000"``) it is the only place labels are parsed.
+Policy columns. Records carry the policy's typed identity (:class:`dtcond.contract.Policy`):
+``policy_kind`` ("dt", "bc", "pct_bc", "ppo", "ppo_kl", ..., "data", "oracle"), ``policy_param`` (β, λ,
+q, a cost limit) and ``train_step``; ``label`` is for display only and is never parsed.
 """
 
 from __future__ import annotations
@@ -205,68 +204,26 @@ def grouped_mean_ci(df, column: str, unit: str = "fingerprint") -> tuple[float, 
     return (*mean_ci(vals), int(units.nunique()))
 
 
-def label_parts(label: str) -> tuple[str, int | None]:
-    """The algorithm and training step a policy label names: ``"ppo@25000"`` → ``("ppo", 25000)``.
-
-    A label's parameter (``"pct_bc:0.1"``'s top fraction) is not part of the algorithm name; labels
-    without ``@<step>`` have step None.
-
-    >>> label_parts("ppo@25000"), label_parts("pct_bc:0.1"), label_parts("dt")
-    (('ppo', 25000), ('pct_bc', None), ('dt', None))
-    """
-    name, step = _split_label(label)
-    return name.split(":")[0], step
-
-
-def _split_label(label: str) -> tuple[str, int | None]:
-    """``"ppo_kl:0.3@100000"`` → ``("ppo_kl:0.3", 100000)``; no ``@<digits>`` → step None."""
-    if not isinstance(label, str) or not label:
-        raise DtcondError(f"a policy label must be a non-empty string, got {label!r}")
-    head, at, tail = label.rpartition("@")
-    if at and tail.isdigit():
-        return head, int(tail)
-    return label, None
-
-
-def kl_coef_of(label: str) -> float | None:
-    """The KL coefficient β a KL-regularized RL policy's label names (``"ppo_kl:0.3@100000"``), else None.
-
-    >>> kl_coef_of("ppo_kl:0.3@100000"), kl_coef_of("ppo@100000"), kl_coef_of("pct_bc:0.1")
-    (0.3, None, None)
-    """
-    algo, _, param = _split_label(str(label))[0].partition(":")
-    if not algo.endswith("_kl") or not param:
-        return None
-    try:
-        return float(param)
-    except ValueError:
-        return None
-
-
 def with_policy_columns(df):
-    """``df`` with ``algo`` and ``train_step`` filled in: typed columns where the records have them,
-    else read from each record's label (or policy kind) by :func:`label_parts`.
+    """``df`` with ``algo`` and ``train_step`` columns from its typed ``policy_kind`` (a comparison table's
+    ``kind``) and ``train_step`` (None where a record has none). A table without either is refused: labels
+    are never parsed.
 
     >>> import pandas as pd
-    >>> with_policy_columns(pd.DataFrame({"label": ["ppo@500", "dt"]}))[["algo", "train_step"]].values.tolist()
+    >>> with_policy_columns(pd.DataFrame({"policy_kind": ["ppo", "dt"], "train_step": [500, None]}))[["algo", "train_step"]].values.tolist()
     [['ppo', 500], ['dt', None]]
     """
     import pandas as pd
 
+    kinds = "policy_kind" if "policy_kind" in df else "kind" if "kind" in df else None  # records, or a comparison table
+    if kinds is None:
+        raise DtcondError("the table has no policy_kind column, so its policies are unknown (records written by "
+                          "dtcond.evaluate carry it; labels are not parsed): evaluate the policies again")
     df = df.copy()
-    if "label" in df:
-        names = df["label"]
-        if "policy_kind" in df:
-            names = names.fillna(df["policy_kind"])
-    elif "policy_kind" in df:
-        names = df["policy_kind"]
-    else:
-        raise DtcondError("the table has neither a label nor a policy_kind column, so its policies are unknown")
-    parsed = [label_parts(str(n)) for n in names]
     algo = df["algo"] if "algo" in df else pd.Series([None] * len(df), index=df.index, dtype=object)
     step = df["train_step"] if "train_step" in df else pd.Series([None] * len(df), index=df.index, dtype=object)
-    df["algo"] = [a if isinstance(a, str) and a else p[0] for a, p in zip(algo, parsed)]
-    df["train_step"] = pd.Series([int(s) if _finite(s) else p[1] for s, p in zip(step, parsed)], index=df.index, dtype=object)
+    df["algo"] = [a if isinstance(a, str) and a else k for a, k in zip(algo, df[kinds])]
+    df["train_step"] = pd.Series([int(s) if _finite(s) else None for s in step], index=df.index, dtype=object)
     return df
 
 

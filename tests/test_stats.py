@@ -11,7 +11,7 @@ from scipy import stats as sps
 
 from dtcond.errors import DtcondError
 from dtcond.report import comparison_table, divergence_column
-from dtcond.stats import calibration_metrics, ci95, grouped_mean_ci, label_parts, mean_ci, ood_gain, with_policy_columns
+from dtcond.stats import calibration_metrics, ci95, grouped_mean_ci, mean_ci, ood_gain, with_policy_columns
 
 
 def test_ci95_is_the_student_t_interval_not_the_normal_one():
@@ -105,19 +105,13 @@ def test_ood_targets_below_the_data_are_not_a_gain():
     assert ood_gain(df[df["target"] < 60], data_max=60.0) == {}
 
 
-def test_label_parts_is_the_one_reader_of_old_labels():
-    assert label_parts("ppo@25000") == ("ppo", 25000)
-    assert label_parts("pct_bc:0.1") == ("pct_bc", None)
-    assert label_parts("my@run") == ("my@run", None)
-    with pytest.raises(DtcondError, match="non-empty string"):
-        label_parts("")
-
-
-def test_typed_columns_win_over_labels_and_old_tables_still_read():
-    df = pd.DataFrame({"label": ["ppo@100", "custom", None], "policy_kind": ["ppo", "sac", "dt"],
-                       "algo": [None, "sac", None], "train_step": [None, 3000, None]})
+def test_policy_columns_come_from_the_typed_identity_and_labels_are_never_parsed():
+    df = pd.DataFrame({"label": ["ppo@100", "custom", "looks-like-sac@9"], "policy_kind": ["ppo", "sac", "dt"],
+                       "algo": [None, "sac", None], "train_step": [100, 3000, None]})
     out = with_policy_columns(df)
     assert out["algo"].tolist() == ["ppo", "sac", "dt"] and out["train_step"].tolist() == [100, 3000, None]
+    with pytest.raises(DtcondError, match="no policy_kind column.*labels are not parsed"):
+        with_policy_columns(pd.DataFrame({"label": ["ppo@100"]}))
 
 
 def test_the_comparison_orders_checkpoints_by_train_step_and_averages_over_seeds():
