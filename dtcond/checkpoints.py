@@ -68,20 +68,36 @@ def load_policy(path: str | Path, device: str | torch.device = "cpu"):
     >>> policy.reset(target=400.0); int(policy.act(obs)) in (0, 1)
     True
     """
-    from dtcond.policy import ConditionedPolicy
-
     path = Path(path)
     if not path.exists():
         raise DtcondError(f"no policy at {path}: give a bundle folder (with card.json) or a .ckpt file")
     if path.is_dir() or path.name == "card.json":
         folder = path if path.is_dir() else path.parent
-        if _card_format(folder) == "dtcond-sb3-policy":
-            from dtcond.baselines import load_sb3_bundle
+        fmt = _card_format(folder)
+        if fmt is not None and fmt not in BUNDLE_LOADERS:
+            raise DtcondError(f"{folder / 'card.json'}: unknown bundle format {fmt!r}; this dtcond loads {', '.join(sorted(BUNDLE_LOADERS))}")
+        return BUNDLE_LOADERS.get(fmt, _load_dt_bundle)(folder, device)  # no readable card: the DT reader says what is wrong
+    return _dt_policy(*_read_lightning_ckpt(path), path, device)
 
-            return load_sb3_bundle(folder)
-        config, stats, state, card = _read_bundle(folder)
-    else:
-        config, stats, state, card = _read_lightning_ckpt(path)
+
+def register_bundle_loader(fmt: str, loader) -> None:
+    """Make :func:`load_policy` read bundles whose card says ``"format": fmt`` with ``loader(folder, device)``."""
+    BUNDLE_LOADERS[fmt] = loader
+
+
+def _load_dt_bundle(folder: Path, device):
+    return _dt_policy(*_read_bundle(folder), folder, device)
+
+
+def _load_sb3_bundle(folder: Path, device):
+    from dtcond.baselines import load_sb3_bundle
+
+    return load_sb3_bundle(folder)
+
+
+def _dt_policy(config, stats, state, card, path: Path, device):
+    from dtcond.policy import ConditionedPolicy
+
     model = DecisionTransformer(config)
     try:
         model.load_state_dict(state, strict=True)
@@ -91,6 +107,10 @@ def load_policy(path: str | Path, device: str | torch.device = "cpu"):
     step = (card.get("extra") or {}).get("global_step")
     return ConditionedPolicy(model.to(device).eval(), stats, condition_on_return=card.get("condition_on_return", True),
                              source=str(path), kind=card.get("kind"), train_step=int(step) if step is not None else None)
+
+
+# One loader per bundle format (card.json's "format"): the DT/BC bundles written here, the SB3 ones in dtcond.baselines.
+BUNDLE_LOADERS = {CARD_FORMAT: _load_dt_bundle, "dtcond-sb3-policy": _load_sb3_bundle}
 
 
 def _card_format(folder: Path) -> str | None:

@@ -400,3 +400,19 @@ def test_every_rollout_family_implements_the_policy_contract_and_evaluate_refuse
     with pytest.raises(DtcondError, match=r"^Partial is not a dtcond policy: it lacks label, param, train_step") as err:
         evaluate(Partial(), None, episodes=1)
     assert "\n" not in str(err.value)
+
+
+def test_one_loader_reads_every_bundle_format_and_refuses_an_unknown_one(dt_bundle, ppo_run, tmp_path, monkeypatch):
+    import shutil
+
+    from dtcond import checkpoints
+
+    assert load_policy(dt_bundle).kind == "dt" and load_policy(ppo_run.bundles[-1]).kind == "ppo"
+    odd = tmp_path / "odd"
+    shutil.copytree(dt_bundle, odd)
+    card = json.loads((odd / "card.json").read_text())
+    (odd / "card.json").write_text(json.dumps({**card, "format": "someone-elses-policy"}))
+    with pytest.raises(DtcondError, match=r"unknown bundle format 'someone-elses-policy'; this dtcond loads dtcond-policy, dtcond-sb3-policy"):
+        load_policy(odd)
+    monkeypatch.setitem(checkpoints.BUNDLE_LOADERS, "someone-elses-policy", lambda folder, device: ("mine", folder.name))
+    assert load_policy(odd / "card.json") == ("mine", "odd")  # a new family registers its reader, and load_policy uses it
