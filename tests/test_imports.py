@@ -49,6 +49,20 @@ def test_nothing_outside_the_package_uses_a_private_dtcond_name():
     assert not found, "private dtcond names used outside the package:\n" + "\n".join(found)
 
 
+def test_scripts_outside_the_package_need_no_path_tricks_and_no_cli_internals():
+    """experiments/, benchmarks/ and the notebooks are thin scripts over the library's modules."""
+    found = []
+    for where, source in _sources():
+        if where.startswith("tests"):
+            continue  # the tests may drive the CLI's internals
+        for node in ast.walk(ast.parse(source)):
+            if isinstance(node, ast.Call) and _dotted(node.func) in ("sys.path.insert", "sys.path.append"):
+                found.append(f"{where}:{node.lineno} {ast.unparse(node)}")
+            if isinstance(node, ast.ImportFrom) and node.module == "dtcond.cli":
+                found.append(f"{where}:{node.lineno} from dtcond.cli import {', '.join(a.name for a in node.names)}")
+    assert not found, "\n".join(found)
+
+
 def _module_imports(source: str) -> set[str]:
     """The dtcond modules a module imports when it is imported: top level, inside if/try blocks too
     (imports inside functions run later, when every module is loaded, and cannot form a cycle)."""

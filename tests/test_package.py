@@ -106,25 +106,3 @@ def test_public_functions_survive_importing_every_submodule():
             importlib.import_module(info.name)
     check_public_names(dtcond)
 
-
-def test_scripts_outside_the_package_use_only_its_public_modules():
-    """experiments/, benchmarks/ and the notebooks are thin scripts: no sys.path tricks, nothing from the CLI's
-    internals, no private name of the library."""
-    import ast
-    import json
-
-    offences = []
-    sources = [(p, p.read_text(encoding="utf-8")) for d in ("experiments", "benchmarks") for p in sorted((REPO / d).rglob("*.py"))]
-    for nb in sorted((REPO / "notebooks").glob("*.ipynb")):
-        cells = json.loads(nb.read_text(encoding="utf-8"))["cells"]
-        sources.append((nb, "\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "code")))
-    assert len(sources) > 10
-    for path, text in sources:
-        for node in ast.walk(ast.parse(text)):
-            if isinstance(node, ast.Call) and ast.unparse(node.func) in ("sys.path.insert", "sys.path.append"):
-                offences.append(f"{path.name}: {ast.unparse(node)}")
-            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("dtcond"):
-                names = [a.name for a in node.names]
-                if node.module == "dtcond.cli" or any(n.startswith("_") for n in names) or "._" in node.module:
-                    offences.append(f"{path.name}: from {node.module} import {', '.join(names)}")
-    assert not offences, offences
