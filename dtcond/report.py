@@ -283,6 +283,8 @@ def comparison_table(df):
 
 # Regularized RL kinds and the symbol of their parameter (typed in each record's policy_param).
 REGULARIZED = {"ppo_kl": "β", "ppo_kl_bc": "β", "ppo_om": "λ", "ppo_lag": "d"}
+# One marker and colour per regularized family, none of them the offline policies' or the oracles' (C0–C7, C9).
+REGULARIZED_STYLE = {"ppo_kl": ("-v", "C8"), "ppo_kl_bc": ("--<", "teal"), "ppo_om": ("-P", "indigo"), "ppo_lag": ("->", "crimson")}
 
 
 def _param_column(table):
@@ -389,14 +391,14 @@ def plot_frontier(table, path: Path, title: str = "") -> Path:
                     ax.annotate(step, (getattr(r, x), getattr(r, col)), fontsize=6, color=f"C{5 + j}", xytext=(3, -8), textcoords="offset points")
         # Regularized RL (PPO-KL by β, ORPO by λ, PPO-Lagrangian by cost limit): each parameter's final policy,
         # joined in order of the parameter (the RL side of the frontier).
-        for j, (kind, part) in enumerate(rl[regularized].groupby("kind")):
+        for kind, part in rl[regularized].groupby("kind"):
             part = part.assign(beta=_param_column(part), _steps=part["train_step"].map(lambda s: -1 if s is None else s))
             part = part.sort_values("_steps").groupby("beta").tail(1).sort_values("beta")
-            symbol = REGULARIZED[kind]
-            ax.errorbar(part[x], part[col], yerr=part[f"{col}_ci95"] if f"{col}_ci95" in part else None, fmt="-v" if j == 0 else "-<",
-                        color=f"C{8 + j}", capsize=2, label=f"{kind} (final), by {symbol}")
+            symbol, (fmt, color) = REGULARIZED[kind], REGULARIZED_STYLE[kind]
+            ax.errorbar(part[x], part[col], yerr=part[f"{col}_ci95"] if f"{col}_ci95" in part else None, fmt=fmt,
+                        color=color, capsize=2, label=f"{kind} (final), by {symbol}")
             for r in part.itertuples():
-                ax.annotate(f"{symbol}={r.beta:g}", (getattr(r, x), getattr(r, col)), fontsize=6, color=f"C{8 + j}", xytext=(3, 3),
+                ax.annotate(f"{symbol}={r.beta:g}", (getattr(r, x), getattr(r, col)), fontsize=6, color=color, xytext=(3, 3),
                             textcoords="offset points")
         label = {"trajectory_kl": TRAJECTORY_KL_LABEL, "kl_behavior": KL_LABEL}.get(x, CROSS_ENTROPY_LABEL)
         ax.set_xlabel("divergence from the data: " + label)

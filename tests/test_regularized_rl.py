@@ -265,3 +265,11 @@ def test_a_bad_budget_is_refused_in_one_line_before_any_work(tmp_path):
     assert out.returncode == 2
     assert out.stderr.strip().splitlines() == ["goodhart: error: budgets must be numbers > 0 (nats per episode) or null, got 'oops'"]
     assert not (tmp_path / "work").exists()
+
+
+def test_every_regularized_family_has_its_own_plot_style():
+    from dtcond.report import REGULARIZED, REGULARIZED_STYLE
+
+    assert set(REGULARIZED_STYLE) == set(REGULARIZED)
+    colours = [c for _, c in REGULARIZED_STYLE.values()]
+    assert len(set(colours)) == len(colours) and not set(colours) & {"C0", "C1", "C2", "C3", "C6", "C7", "C9", "k"}
