@@ -50,6 +50,21 @@ def run_cli(*args: str, cwd: Path, timeout: float = 300) -> subprocess.Completed
     )
 
 
+def rollout_actions(policy, seed=3, steps=40, target=300.0, env_seed=None):
+    """The actions of one episode through the single-env API (``reset`` then ``act``), at most ``steps``."""
+    env = policy.make_env()
+    obs, _ = env.reset(seed=seed if env_seed is None else env_seed)
+    policy.reset(target=target, seed=seed)
+    actions, reward = [], None
+    for _ in range(steps):
+        a = policy.act(obs, reward)
+        actions.append(a)
+        obs, reward, term, trunc, _ = env.step(a)
+        if term or trunc:
+            break
+    return actions
+
+
 def write_buffers(dataset_id: str, episodes: list[dict], env_id: str | None = None, **spaces):
     """A dataset written straight through Minari's writer from hand-made episodes.
 

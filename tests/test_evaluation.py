@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from conftest import CARTPOLE, minari_at, run_cli
+from conftest import CARTPOLE, minari_at, rollout_actions, run_cli
 from dtcond.checkpoints import load_policy
 from dtcond.errors import DtcondError
 from dtcond.evaluation import evaluate, make_jobs
@@ -195,17 +195,8 @@ def test_window_decoding_equals_cached_decoding_for_one_layer(cartpole_dataset, 
     assert window[0]["fingerprint"] == cached[0]["fingerprint"] + "-window"
 
 
-def _first_actions(policy, target, seed=0, steps=20):
-    env = policy.make_env()
-    obs, _ = env.reset(seed=5)
-    policy.reset(target=target, seed=seed)
-    actions, reward = [], None
-    for _ in range(steps):
-        a = policy.act(obs, reward)
-        actions.append(a)
-        obs, reward, term, trunc, _ = env.step(a)
-        if term or trunc:
-            break
+def _first_actions(policy, target):
+    actions = rollout_actions(policy, seed=0, steps=20, target=target, env_seed=5)
     return actions, policy._episode["rtg"] + 0.0
 
 

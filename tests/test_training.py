@@ -10,7 +10,7 @@ import lightning as L
 import pytest
 import torch
 
-from conftest import run_cli
+from conftest import rollout_actions, run_cli
 from dtcond.checkpoints import load_policy
 from dtcond.errors import DtcondError
 from dtcond.training import DTModule, model_config_for, train
@@ -58,20 +58,6 @@ def test_weight_decay_applies_to_matrices_only(cartpole_dataset):
 def test_fast_dev_run(cartpole_dataset, tmp_path):
     r = train(cartpole_dataset, tmp_path / "fdr", model=TINY, data=dict(batch_size=8), trainer=dict(fast_dev_run=True, **QUIET))
     assert r.global_step == 1 and (r.bundle / "card.json").exists()
-
-
-def rollout_actions(policy, seed=3, steps=40, target=300.0):
-    env = policy.make_env()
-    obs, _ = env.reset(seed=seed)
-    policy.reset(target=target, seed=seed)
-    actions, reward = [], None
-    for _ in range(steps):
-        a = policy.act(obs, reward)
-        actions.append(a)
-        obs, reward, term, trunc, _ = env.step(a)
-        if term or trunc:
-            break
-    return actions
 
 
 def test_save_load_gives_identical_actions_for_bundle_and_ckpt(tiny_run):
