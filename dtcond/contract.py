@@ -15,8 +15,7 @@ episode's own generator, the only randomness a policy may use, so the same env s
 episodes. ``probs`` is the per-step action distribution it sampled from (Discrete), its mass on a grid
 (Box), or None.
 
->>> import dtcond
->>> from dtcond.contract import Policy, missing_members
+>>> from dtcond.contract import missing_members
 >>> missing_members(object())[:3]
 ['stats', 'kind', 'label']
 """

@@ -312,7 +312,8 @@ def _load_key(dataset_id: str, gamma: float) -> tuple | None:
     folder = datasets_root() / dataset_id
     if not folder.is_dir():
         return None
-    files = tuple((str(p.relative_to(folder)), p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(folder.rglob("*")) if p.is_file())
+    stats = ((p, p.stat()) for p in sorted(folder.rglob("*")) if p.is_file())
+    files = tuple((str(p.relative_to(folder)), st.st_size, st.st_mtime_ns) for p, st in stats)
     return str(folder.resolve()), files, float(gamma)
 
 

@@ -87,7 +87,8 @@ def evaluate(
     """Roll out ``episodes`` episodes per target spec; one record (a dict) per episode.
 
     ``policy`` is anything that implements :class:`dtcond.contract.Policy` (a DT, BC/%BC, an SB3
-    baseline, the behaviour mixture); anything else is refused in one line. With a ``scorer`` (:class:`dtcond.roaming.RoamingScorer`) every record also carries
+    baseline, the behaviour mixture); anything else is refused in one line. With a ``scorer``
+    (:class:`dtcond.roaming.RoamingScorer`) every record also carries
     how far the episode roamed from the data (cross-entropy and KL(π‖β̂) against the behaviour model,
     novelty, entropy).
 

@@ -43,7 +43,7 @@ def row_identity(row) -> tuple[str, object]:
     if kind == "dt":
         return str(label or "dt"), row.get("target_spec")
     param = row.get("policy_param")
-    if param is None or (isinstance(param, float) and math.isnan(param)):
+    if isinstance(param, float) and math.isnan(param):
         param = None
     if kind in ("ppo", "sac"):  # plain RL: its checkpoints are its members
         return str(kind), row.get("train_step")
