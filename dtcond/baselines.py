@@ -49,11 +49,12 @@ import numpy as np
 import torch
 from stable_baselines3.common.callbacks import BaseCallback
 
+from dtcond.config import RL_ALGOS, check_regularizer
 from dtcond.data import DatasetStats
 from dtcond.errors import DtcondError
 import dtcond.envs  # noqa: F401  (registers the dtcond/* env ids)
 
-ALGOS = ("ppo", "sac")
+ALGOS = RL_ALGOS
 
 # RL Baselines3 Zoo, hyperparams/{ppo,sac}.yml ("# Tuned" entries); n_timesteps becomes the budget.
 TUNED: dict[tuple[str, str], dict] = {
@@ -143,18 +144,13 @@ def train_baseline(
         raise DtcondError(f"dataset {stats.dataset_id!r} recorded no env id, so there is no env to train on")
     if algo == "sac" and stats.is_discrete:
         raise DtcondError(f"SAC needs continuous (Box) actions; {stats.env_id} has Discrete actions: use algo=ppo")
-    kl_coef = float(kl_coef)
-    if not (math.isfinite(kl_coef) and kl_coef >= 0):
-        raise DtcondError(f"kl_coef must be a finite number >= 0, got {kl_coef}")
-    if kl_coef > 0 and algo != "ppo":
-        raise DtcondError(f"kl_coef (KL-regularized RL) needs algo=ppo, got algo={algo}")
+    kl_coef, om_coef = float(kl_coef), float(om_coef)
+    check_regularizer(algo, "kl_coef", kl_coef, allow_zero=True)
+    check_regularizer(algo, "om_coef", om_coef, allow_zero=True)
     if kl_reference is not None and not kl_coef > 0:
         raise DtcondError("kl_reference names PPO-KL's reference policy: it needs kl_coef > 0")
-    om_coef = float(om_coef)
-    if not (math.isfinite(om_coef) and om_coef >= 0):
-        raise DtcondError(f"om_coef must be a finite number >= 0, got {om_coef}")
-    if om_coef > 0 and (algo != "ppo" or kl_coef > 0 or cost_limit is not None):
-        raise DtcondError(f"om_coef (occupancy-regularized PPO) needs algo=ppo without kl_coef or cost_limit, got algo={algo}")
+    if om_coef > 0 and (kl_coef > 0 or cost_limit is not None):
+        raise DtcondError("om_coef (occupancy-regularized PPO) cannot be combined with kl_coef or cost_limit: one regularizer per run")
     if isinstance(bc_init_steps, bool) or not isinstance(bc_init_steps, int) or bc_init_steps < 0:
         raise DtcondError(f"bc_init_steps must be an integer >= 0, got {bc_init_steps!r}")
     if cost_limit is not None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
+from dataclasses import is_dataclass
 
 import numpy as np
 from pathlib import Path
@@ -183,26 +184,12 @@ def report_command(cfg) -> None:
 def demo_command(cfg) -> None:
     """collect -> DT, BC, %BC, PPO -> sweep targets (grid, OOD, quantilizers) -> calibration and comparison report.
 
-    A thin wrapper: the work is :func:`dtcond.pipeline.run_comparison`, one training seed.
+    A thin wrapper: ``cfg`` is a :class:`~dtcond.config.ComparisonConfig` and the work is :func:`dtcond.pipeline.run_comparison`.
     """
-    from dataclasses import asdict
-
-    from dtcond.pipeline import ComparisonSpec, run_comparison
+    from dtcond.pipeline import run_comparison
 
     _set_datasets_path(cfg)
-    spec = ComparisonSpec(
-        env_id=cfg.env.id, env_kwargs=dict(cfg.env.kwargs), max_episode_steps=cfg.env.max_episode_steps,
-        dataset_id=cfg.dataset_id, behavior=list(cfg.behavior), episodes=cfg.episodes, data_seed=cfg.seed,
-        work_dir=cfg.out_dir, seeds=[cfg.seed], name="demo", fresh=cfg.fresh, progress=cfg.progress,
-        model=asdict(cfg.model), data=asdict(cfg.data), optim=asdict(cfg.optim),
-        trainer={**asdict(cfg.trainer), "enable_progress_bar": cfg.progress}, checkpoint_every=cfg.checkpoint_every,
-        bc=True, bc_steps=cfg.bc.steps, pct_bc=list(cfg.bc.top_fractions),
-        rl_algo=cfg.baseline.algo, rl_budget=cfg.baseline.budget, rl_checkpoints=cfg.baseline.checkpoints,
-        rl_hyperparams=dict(cfg.baseline.hyperparams) if cfg.baseline.hyperparams else None,
-        rl_kl_coefs=list(cfg.baseline.kl_coefs), rl_om_coefs=list(cfg.baseline.om_coefs), rl_bc_init_steps=cfg.baseline.bc_init_steps, rl_greedy=cfg.baseline.greedy,
-        targets=[dict(cfg.grid), dict(cfg.quantilizer)], eval_episodes=cfg.eval_episodes, eval_seed=cfg.seed,
-    )
-    result = run_comparison(spec)
+    result = run_comparison(cfg)
     print(result.summary())
     print(f"demo done in {result.seconds:.0f}s (a rerun reuses the dataset, training and episodes; fresh=true remakes them)")
 
@@ -274,9 +261,17 @@ def override_error(config_dir: Path, config_name: str, args: list[str], hint: st
 
     from dtcond.config import schema_error
 
+    from omegaconf import OmegaConf
+
+    from dtcond.config import from_hydra
+
     try:
         with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
-            compose(config_name=config_name, overrides=overrides)
+            cfg = compose(config_name=config_name, overrides=overrides)
+        if is_dataclass(OmegaConf.get_type(cfg)):
+            from_hydra(cfg)  # the dataclass's own checks (ranges, cross-field rules) too, before Hydra makes a run dir
+    except DtcondError as exc:
+        return str(exc)
     except (HydraException, OmegaConfBaseException) as exc:
         typed = schema_error(exc)  # a wrong type or unknown key under a dataclass schema
         if typed:

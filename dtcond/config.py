@@ -55,7 +55,15 @@ def check_gamma(gamma: float, key: str = "dataset.gamma") -> None:
 def _at_least(section: str, **values) -> None:
     for key, (value, low) in values.items():
         if value < low:
-            raise DtcondError(f"{section}.{key} must be >= {low}, got {value}")
+            raise DtcondError(f"{section + '.' if section else ''}{key} must be >= {low}, got {value}")
+
+
+def _distinct(key: str, values: list, ok, what: str) -> None:
+    bad = [v for v in values if not ok(v)]
+    if bad:
+        raise DtcondError(f"{key} must be {what}, got {bad}")
+    if len(set(values)) != len(values):
+        raise DtcondError(f"{key} must be distinct, got {list(values)}")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -82,9 +90,12 @@ class EnvConfig:
     id: str = MISSING
     kwargs: Dict[str, Any] = field(default_factory=dict)
     max_episode_steps: Optional[int] = None  # None: the env's own time limit
-    collect_episodes: int = MISSING
+    collect_episodes: int = 300
     # Each entry: {policy: random | a scripted name | sb3:<path.zip>, noise, weight, name}; weights sum to 1.
-    behavior: List[Any] = MISSING
+    behavior: List[Any] = field(default_factory=lambda: ["random"])
+
+    def __post_init__(self):
+        _at_least("env", collect_episodes=(self.collect_episodes, 1))
 
 
 @dataclass
@@ -399,8 +410,9 @@ class BaselineConfig:
         if self.evaluate and self.episodes < 1:
             raise DtcondError(f"episodes must be >= 1, got {self.episodes}")
         check_hyperparams(self.hyperparams, "hyperparams")
-        check_kl(self.algo, [self.kl_coef], self.bc_init_steps, "kl_coef", allow_zero=True)
-        check_kl(self.algo, [self.om_coef], self.bc_init_steps, "om_coef", allow_zero=True)
+        check_regularizer(self.algo, "kl_coef", self.kl_coef, allow_zero=True)
+        check_regularizer(self.algo, "om_coef", self.om_coef, allow_zero=True)
+        _at_least("", bc_init_steps=(self.bc_init_steps, 0))
         if self.om_coef > 0 and (self.kl_coef > 0 or self.cost_limit is not None):
             raise DtcondError("om_coef (occupancy-regularized PPO) cannot be combined with kl_coef or cost_limit: one regularizer per run")
         for key in ("cost_limit", "lambda_lr"):
@@ -417,70 +429,185 @@ class ReportConfig:
     out_dir: Optional[str] = None  # None: beside the results table
 
 
+RL_ALGOS = ("ppo", "sac")  # the SB3 algorithms dtcond trains (dtcond/baselines.py)
+ORACLE_FAMILIES = ("quantilizer", "plan_quantilizer", "best_of_n", "posterior")  # dtcond/oracles.py
+
+
 @dataclass
 class BcConfig:
-    steps: int = 1000  # BC and %BC train with the DT's network and loop, returns switched off
-    top_fractions: List[float] = field(default_factory=lambda: [0.1])  # %BC(q) on the top-q episodes
+    """Behaviour cloning beside the DT in a comparison: the DT's network and loop with returns switched off."""
 
-
-@dataclass
-class DemoBaselineConfig:
-    algo: str = "ppo"
-    budget: Optional[int] = None  # None: RL Baselines3 Zoo's tuned budget for the env
-    checkpoints: int = 4
-    hyperparams: Any = None  # see BaselineConfig.hyperparams
-    kl_coefs: List[float] = field(default_factory=list)  # KL-regularized PPO, one run per β (see BaselineConfig.kl_coef)
-    om_coefs: List[float] = field(default_factory=list)  # occupancy-regularized PPO, one run per λ (BaselineConfig.om_coef)
-    bc_init_steps: int = 2000
-    greedy: bool = False  # RL policies act by their mode; False samples, as they were trained and as the DT does
+    enabled: bool = True  # plain BC on every episode: the data's own behaviour, as a policy
+    steps: Optional[int] = None  # BC and %BC training steps; None: trainer.max_steps
+    top_fractions: List[float] = field(default_factory=list)  # %BC(q): BC on the top-q fraction of episodes by return
 
     def __post_init__(self):
-        check_hyperparams(self.hyperparams, "baseline.hyperparams")
-        check_kl(self.algo, self.kl_coefs, self.bc_init_steps, "baseline.kl_coefs")
-        check_kl(self.algo, self.om_coefs, self.bc_init_steps, "baseline.om_coefs")
+        if self.steps is not None:
+            _at_least("bc", steps=(self.steps, 1))
+        _distinct("bc.top_fractions", self.top_fractions, lambda q: 0 < q <= 1, "in (0, 1]")
 
 
 @dataclass
-class DemoConfig:
-    """``dtcond demo``: collect -> DT, BC, %BC, PPO -> target sweep -> report, on one env."""
+class RlConfig:
+    """Online RL in a comparison (SB3, dtcond/baselines.py): plain, and regularized PPO, each run on the same budget."""
 
-    env: EnvConfig = field(default_factory=EnvConfig)
+    algo: Optional[str] = "ppo"  # ppo | sac | null (no RL)
+    budget: Optional[int] = None  # env steps per run; None: RL Baselines3 Zoo's tuned budget for the env
+    checkpoints: int = 4  # the plain run's checkpoints, evenly over training, each rolled out
+    hyperparams: Any = None  # SB3 keyword arguments over the tuned defaults (see BaselineConfig.hyperparams)
+    kl_coefs: List[float] = field(default_factory=list)  # PPO-KL toward the data's behaviour model β̂, one run per β
+    kl_bc_coefs: List[float] = field(default_factory=list)  # PPO-KL toward the seed's BC policy, one run per β (needs bc.enabled)
+    om_coefs: List[float] = field(default_factory=list)  # occupancy-regularized PPO (ORPO), one run per λ
+    bc_init_steps: int = 2000  # behaviour-cloning steps the regularized runs start from (0: from scratch)
+    greedy: bool = False  # act by the policy's mode; False samples, as it was trained and as the DT does
+
+    def __post_init__(self):
+        if self.algo is not None and self.algo not in RL_ALGOS:
+            raise DtcondError(f"rl.algo must be one of {', '.join(RL_ALGOS)} or null (no RL), got {self.algo!r}")
+        if self.budget is not None:
+            _at_least("rl", budget=(self.budget, 1))
+        _at_least("rl", checkpoints=(self.checkpoints, 1), bc_init_steps=(self.bc_init_steps, 0))
+        check_hyperparams(self.hyperparams, "rl.hyperparams")
+        for key in ("kl_coefs", "kl_bc_coefs", "om_coefs"):
+            _distinct(f"rl.{key}", getattr(self, key), lambda b: True, "")
+            for value in getattr(self, key):
+                check_regularizer(self.algo, f"rl.{key}", value)
+
+    @property
+    def regularized(self) -> list[tuple[str, str, float]]:
+        """(run kind, symbol, parameter) of each regularized run, in training order."""
+        return ([("ppo_kl", "β", b) for b in self.kl_coefs] + [("ppo_kl_bc", "β", b) for b in self.kl_bc_coefs]
+                + [("ppo_om", "λ", c) for c in self.om_coefs])
+
+
+@dataclass
+class OracleConfig:
+    """Oracle references resampled from the behaviour mixture itself (dtcond/oracles.py): per training seed, a pool of
+    behaviour episodes and each oracle drawn from it. Off while every family's list is empty."""
+
+    pool: int = 500  # behaviour episodes per pool
+    draws: int = 100  # episodes drawn per oracle and pool
+    quantilizer: List[float] = field(default_factory=list)  # q in (0, 1]: the data restricted to its top-q returns
+    plan_quantilizer: List[float] = field(default_factory=list)  # q in (0, 1]: the top-q of whole plans
+    best_of_n: List[int] = field(default_factory=list)  # n >= 1: the best of n behaviour episodes
+    posterior: List[float] = field(default_factory=list)  # β > 0: p_data(τ)·exp(R/β), KL-regularized RL's optimum
+
+    def __post_init__(self):
+        _at_least("oracles", pool=(self.pool, 2), draws=(self.draws, 2))
+        _distinct("oracles.quantilizer", self.quantilizer, lambda q: 0 < q <= 1, "in (0, 1]")
+        _distinct("oracles.plan_quantilizer", self.plan_quantilizer, lambda q: 0 < q <= 1, "in (0, 1]")
+        _distinct("oracles.best_of_n", self.best_of_n, lambda n: n >= 1, ">= 1")
+        _distinct("oracles.posterior", self.posterior, lambda b: 0 < b < math.inf, "finite and > 0")
+
+    @property
+    def enabled(self) -> bool:
+        return any(getattr(self, f) for f in ORACLE_FAMILIES)
+
+
+@dataclass
+class ComparisonEvalConfig:
+    """How a comparison rolls its policies out: every policy meets the same env seeds."""
+
+    episodes: int = 20  # per policy and target
+    seed: int = 1000  # the first env seed; episode i of every policy and target uses seed + i
+    roaming: bool = True  # score each episode's divergence from the data (and the data's own episodes)
+
+    def __post_init__(self):
+        _at_least("eval", episodes=(self.episodes, 1))
+
+
+def _default_targets() -> list:
+    return [{"name": "grid"}, {"name": "quantilizer", "qs": [0.5, 0.25, 0.1]}]
+
+
+@dataclass
+class ComparisonConfig:
+    """``dtcond demo``, the experiments and :func:`dtcond.run_comparison`: one dataset; per training seed a DT, BC,
+    %BC and online RL; every policy rolled out on shared env seeds; the report.
+
+    The sections are the ones ``dtcond train`` and ``dtcond baseline`` take, so each default is written once.
+
+    >>> cfg = merge(ComparisonConfig, {"env": {"name": "cartpole", "id": "CartPole-v1"}, "work_dir": "runs/compare",
+    ...                                "trainer": {"max_steps": 200}, "bc": {"top_fractions": [0.1]}, "rl": {"budget": 10000}})
+    >>> cfg.dataset, cfg.seeds, cfg.eval.seed, cfg.bc.steps or cfg.trainer.max_steps
+    ('dtcond/cartpole/mixture-v0', [0], 1000, 200)
+    """
+
+    env: EnvConfig = field(default_factory=EnvConfig)  # the env the dataset is collected in, and its behaviour mixture
+    dataset_id: Optional[str] = None  # the local Minari dataset, collected when missing; None: dtcond/<env.name>/mixture-v0
+    data_seed: int = 0  # the collection seed
+    work_dir: str = "outputs/comparison"  # training runs, the episode table and the report
+    seeds: List[int] = field(default_factory=lambda: [0])  # training seeds: each trains its own DT, BC, %BC and RL
     model: ModelConfig = field(default_factory=ModelConfig)
-    trainer: TrainerConfig = field(default_factory=TrainerConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
-    fresh: bool = False  # remake the dataset and every stage
-    out_dir: str = MISSING  # conf/demo.yaml: outputs/demo/<env.name>
-    seed: int = 0
-    datasets_path: Optional[str] = None
-    progress: bool = True
-    dataset_id: str = MISSING
-    episodes: int = MISSING
-    behavior: List[Any] = MISSING
-    overwrite: bool = False
-    checkpoint_every: int = 250
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    checkpoint_every: Optional[int] = None  # DT steps between last.ckpt saves; None: at the end only
     bc: BcConfig = field(default_factory=BcConfig)
-    baseline: DemoBaselineConfig = field(default_factory=DemoBaselineConfig)
-    eval_episodes: int = 20
-    grid: Dict[str, Any] = field(default_factory=lambda: {"name": "grid", "n": 7, "low_quantile": 0.05, "high_quantile": 0.95,
-                                                          "ood_scales": [1.25, 1.5, 2.0]})
-    quantilizer: Dict[str, Any] = field(default_factory=lambda: {"name": "quantilizer", "qs": [0.5, 0.25, 0.1, 0.05]})
+    relabel: List[str] = field(default_factory=list)  # also a DT on relabelled returns per method (esper), labelled dt:<method>
+    esper: EsperConfig = field(default_factory=EsperConfig)
+    rl: RlConfig = field(default_factory=RlConfig)
+    # The DT's targets: spec strings (q0.9, x1.5, quantilizer:0.1), numbers, or sampler dicts ({name: grid, n: 7}).
+    targets: List[Any] = field(default_factory=_default_targets)
+    eval: ComparisonEvalConfig = field(default_factory=ComparisonEvalConfig)
+    oracles: OracleConfig = field(default_factory=OracleConfig)  # needs eval.roaming and a dataset that recorded its behaviour
+    report: bool = True  # write the markdown report and plots
+    name: str = "comparison"  # run id prefix in the episode table
+    fresh: bool = False  # remake the dataset and everything under work_dir the pipeline made
+    progress: bool = True
+    datasets_path: Optional[str] = None  # CLI: default $MINARI_DATASETS_PATH, else ~/.minari/datasets
+
+    def __post_init__(self):
+        from dtcond.collection import check_dataset_id
+        from dtcond.targets import parse
+
+        check_dataset_id(self.dataset)
+        if not self.seeds:
+            raise DtcondError("seeds is empty: give at least one training seed")
+        if len(set(self.seeds)) != len(self.seeds):
+            raise DtcondError(f"seeds must be distinct, got {list(self.seeds)}")
+        if self.checkpoint_every is not None:
+            _at_least("", checkpoint_every=(self.checkpoint_every, 1))
+        bad = [m for m in self.relabel if m not in RELABELS or m == "none"]
+        if bad or len(set(self.relabel)) != len(self.relabel):
+            raise DtcondError(f"relabel must list distinct methods from {', '.join(m for m in RELABELS if m != 'none')}, "
+                              f"got {list(self.relabel)}")
+        if self.rl.kl_bc_coefs and not self.bc.enabled:
+            raise DtcondError("rl.kl_bc_coefs (PPO-KL toward the BC policy) needs bc.enabled=true: each seed's BC run is the reference")
+        if self.oracles.enabled and not self.eval.roaming:
+            raise DtcondError("oracles need eval.roaming=true: their divergence is scored by the data's likelihood")
+        if not self.targets:
+            raise DtcondError("targets is empty: the DT needs at least one target, e.g. [q0.5, q0.9, x1.5]")
+        for t in self.targets:
+            if isinstance(t, dict):
+                if not ({"name", "target", "targets"} & set(t)):
+                    raise DtcondError(f"target sampler {t!r} needs a name (grid, quantilizer), target or targets")
+            else:
+                parse(t)  # a typo fails here, before any training
+
+    @property
+    def dataset(self) -> str:
+        """The dataset id: ``dataset_id``, or ``dtcond/<env.name>/mixture-v0``."""
+        return self.dataset_id or f"dtcond/{self.env.name}/mixture-v0"
 
 
-def check_kl(algo: str, coefs: list, bc_init_steps: int, key: str, allow_zero: bool = False) -> None:
-    """Regularization coefficients (PPO-KL's β, ORPO's λ) are finite, > 0 (>= 0 where 0 means plain RL) and need
-    PPO; BC init steps >= 0."""
-    for beta in coefs:
-        if not (math.isfinite(beta) and (beta >= 0 if allow_zero else beta > 0)):
-            raise DtcondError(f"{key} must be finite and {'>= 0' if allow_zero else '> 0'} (0 is plain PPO), got {beta}")
-        if beta > 0 and algo != "ppo":
-            raise DtcondError(f"{key}: regularized RL needs algo=ppo, got algo={algo}")
-    if bc_init_steps < 0:
-        raise DtcondError(f"bc_init_steps must be >= 0, got {bc_init_steps}")
+def check_regularizer(algo: str, key: str, value: float, allow_zero: bool = False) -> None:
+    """A regularization coefficient (PPO-KL's β, ORPO's λ) is finite and > 0 (>= 0 where 0 means plain RL), and needs PPO.
+
+    >>> check_regularizer("sac", "kl_coef", 1.0, allow_zero=True)
+    Traceback (most recent call last):
+    ...
+    dtcond.errors.DtcondError: kl_coef: regularized RL needs algo=ppo, got algo=sac
+    """
+    value = float(value)
+    if not (math.isfinite(value) and (value >= 0 if allow_zero else value > 0)):
+        raise DtcondError(f"{key} must be a finite number {'>= 0 (0 is plain PPO)' if allow_zero else '> 0 (plain PPO is rl.algo=ppo)'}, got {value}")
+    if value > 0 and algo != "ppo":
+        raise DtcondError(f"{key}: regularized RL needs algo=ppo, got algo={algo}")
 
 
 COMMANDS = {"train": TrainConfig, "collect": CollectConfig, "eval": EvalConfig, "baseline": BaselineConfig,
-            "report": ReportConfig, "demo": DemoConfig}
+            "report": ReportConfig, "demo": ComparisonConfig}
 
 
 # ----------------------------------------------------------------------------------------------

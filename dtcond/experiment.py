@@ -1,12 +1,14 @@
-"""Writing an experiment: the Hydra entry, the comparison spec from a config, table helpers, results files.
+"""Writing an experiment: the Hydra entry, its typed config, table helpers, results files.
 
-Each folder under ``experiments/`` holds a ``config.yaml`` that composes dtcond's own config groups (``env``,
-``model``) and a ``run.py`` that calls :func:`hydra_entry`; its imports come from here, so a script needs
-no path tricks. The comparison itself (dataset, per-seed
-training of DT, %BC and PPO, rollouts on shared env seeds, scoring) is
-:func:`dtcond.pipeline.run_comparison`; heavy files (datasets, checkpoints, the per-episode table)
-go under ``work_dir``, and the small tables and plots that state the result go to the folder's
-``results/``, which is committed.
+Each folder under ``experiments/`` holds a ``config.yaml`` and a ``run.py``. The config's schema is a dataclass
+the script defines, usually :class:`ExperimentConfig` (a :class:`~dtcond.config.ComparisonConfig` with a results
+folder) plus the experiment's own keys; its defaults list starts with ``base_experiment`` and composes dtcond's
+config groups (``env``, ``model``), so the YAML holds only what differs from the library's defaults. ``run.py``
+calls :func:`hydra_entry`, which hands ``main`` the checked dataclass; its imports come from here, so a script
+needs no path tricks. The comparison itself (dataset, per-seed training of DT, %BC and PPO, rollouts on shared
+env seeds, scoring) is :func:`dtcond.pipeline.run_comparison`; heavy files (datasets, checkpoints, the
+per-episode table) go under ``work_dir``, and the small tables and plots that state the result go to the
+folder's ``results/``, which is committed.
 """
 
 from __future__ import annotations
@@ -20,21 +22,44 @@ from pathlib import Path
 import pandas as pd
 from omegaconf import OmegaConf
 
+from dataclasses import dataclass
+from typing import Optional
+
 import dtcond
 from dtcond.baselines import ALGOS
 from dtcond.cli import override_error
-from dtcond.config import conf_dir
+from dtcond.config import ComparisonConfig, conf_dir, from_hydra
 from dtcond.data import datasets_root, load
 from dtcond.errors import DtcondError
 from dtcond.fileio import atomic_write
-from dtcond.pipeline import ComparisonResult, ComparisonSpec, quiet_libraries, run_comparison
+from dtcond.pipeline import quiet_libraries
 from dtcond.stats import grouped_mean_ci, with_policy_columns
 
+SCHEMA = "base_experiment"  # the name an experiment's config.yaml starts its defaults list with
 
-def hydra_entry(experiment_dir: Path, main) -> None:
-    """Run ``main(cfg)`` as a Hydra app on ``experiment_dir/config.yaml``, with dtcond's config groups reachable."""
+
+@dataclass
+class ExperimentConfig(ComparisonConfig):
+    """A comparison experiment: :class:`~dtcond.config.ComparisonConfig` and where its small results go.
+
+    Experiments subclass it with their own keys (a dataclass field each), and quiet progress bars: their logs
+    are files.
+    """
+
+    results_dir: Optional[str] = None  # None: results/ beside the experiment's run.py (committed)
+    progress: bool = False
+
+
+def hydra_entry(experiment_dir: Path, main, schema: type = ExperimentConfig) -> None:
+    """Run ``main(config)`` as a Hydra app on ``experiment_dir/config.yaml``, with dtcond's config groups reachable.
+
+    ``schema`` (a dataclass, stored as ``base_experiment``) types the composed config; ``main`` gets it as that
+    dataclass, checked, never a ``DictConfig``.
+    """
     import hydra
+    from hydra.core.config_store import ConfigStore
 
+    ConfigStore.instance().store(name=SCHEMA, node=schema)
     # Only the primary config or the command line may extend the search path; the command line
     # needs no file:// path relative to the caller's working directory.
     searchpath = f"hydra.searchpath=[file://{conf_dir()}]"
@@ -49,7 +74,7 @@ def hydra_entry(experiment_dir: Path, main) -> None:
     def wrapped(cfg):
         quiet_libraries()
         try:
-            main(cfg)
+            main(from_hydra(cfg))
         except DtcondError as exc:
             print(f"{experiment_dir.name}: error: {exc}", file=sys.stderr)
             sys.exit(2)
@@ -58,54 +83,18 @@ def hydra_entry(experiment_dir: Path, main) -> None:
 
 
 def plain(node):
-    return OmegaConf.to_container(node, resolve=True) if node is not None else None
+    return OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
 
 
 def esper_description(overrides) -> str:
-    """Every :class:`~dtcond.config.EsperConfig` field a run used (its defaults with ``overrides``), for a results header."""
-    from dataclasses import asdict
+    """Every :class:`~dtcond.config.EsperConfig` field a run used (a config, or its defaults with ``overrides``), for a
+    results header."""
+    from dataclasses import asdict, is_dataclass
 
     from dtcond.config import EsperConfig, merge
 
-    return ", ".join(f"{k}={v}" for k, v in asdict(merge(EsperConfig, overrides)).items())
-
-
-def training_fields(cfg) -> dict:
-    """The :class:`~dtcond.pipeline.ComparisonSpec` training fields from an experiment's ``model`` and
-    ``train: {steps, bc_steps, batch_size, lr, warmup_steps}`` (and ``accelerator``: ``gpu`` trains on CUDA)."""
-    t = cfg.train
-    return dict(
-        model=plain(cfg.model), data=dict(batch_size=int(t.batch_size), steps_per_epoch=250, val_windows=256),
-        optim=dict(lr=float(t.lr), weight_decay=1e-4, warmup_steps=int(t.warmup_steps)),
-        trainer=dict(max_steps=int(t.steps), logger=False, accelerator=str(t.get("accelerator") or "cpu")), bc_steps=int(t.bc_steps) if t.get("bc_steps") is not None else None,
-    )
-
-
-def comparison_spec(cfg, **overrides) -> ComparisonSpec:
-    """The pipeline's spec from an experiment config (``env``, ``dataset_id``, ``behavior``, ``seeds``,
-    ``model``, ``train``, ``pct_bc``, ``baseline``, ``targets``, ...); ``overrides`` replace fields."""
-    baseline = cfg.get("baseline") or {}
-    fields = dict(
-        env_id=cfg.env.id, env_kwargs=plain(cfg.env.kwargs) or {}, max_episode_steps=cfg.env.get("max_episode_steps"),
-        dataset_id=cfg.dataset_id, behavior=plain(cfg.behavior), episodes=int(cfg.episodes), data_seed=int(cfg.data_seed),
-        work_dir=cfg.work_dir, seeds=[int(s) for s in cfg.seeds], name=str(cfg.name), **training_fields(cfg),
-        bc=bool(cfg.get("bc", False)), pct_bc=[float(q) for q in cfg.get("pct_bc") or []],
-        relabel=[str(m) for m in cfg.get("relabel") or []], esper=plain(cfg.get("esper")) or {},
-        rl_algo=baseline.get("algo") or None, rl_budget=baseline.get("budget"), rl_checkpoints=int(baseline.get("checkpoints", 4)),
-        rl_hyperparams=plain(baseline.get("hyperparams")),
-        rl_kl_coefs=[float(b) for b in baseline.get("kl_coefs") or []],
-        rl_kl_bc_coefs=[float(b) for b in baseline.get("kl_bc_coefs") or []],
-        rl_om_coefs=[float(c) for c in baseline.get("om_coefs") or []],
-        rl_bc_init_steps=int(baseline.get("bc_init_steps", 2000)), rl_greedy=bool(baseline.get("greedy", False)),
-        targets=list(plain(cfg.targets)), eval_episodes=int(cfg.eval_episodes), eval_seed=int(cfg.eval_seed),
-        roaming=bool(cfg.get("roaming", True)), oracles=plain(cfg.get("oracles")) or {}, report=True,
-    )
-    return ComparisonSpec(**{**fields, **overrides})
-
-
-def compare(cfg, **overrides) -> ComparisonResult:
-    """Run the comparison an experiment config describes (see :func:`comparison_spec`)."""
-    return run_comparison(comparison_spec(cfg, **overrides))
+    esper = overrides if is_dataclass(overrides) else merge(EsperConfig, overrides)
+    return ", ".join(f"{k}={v}" for k, v in asdict(esper).items())
 
 
 def add_metric(df: pd.DataFrame, table: pd.DataFrame, name: str, values: pd.Series) -> pd.DataFrame:
@@ -171,7 +160,7 @@ def table_markdown(table: pd.DataFrame, columns: dict[str, str]) -> str:
 
 def results_dir(cfg, experiment_dir: Path) -> Path:
     """Where the small result files go: ``cfg.results_dir``, by default the experiment's committed results/."""
-    out = Path(cfg.results_dir).expanduser().resolve() if cfg.get("results_dir") else experiment_dir / "results"
+    out = Path(cfg.results_dir).expanduser().resolve() if cfg.results_dir else experiment_dir / "results"
     out.mkdir(parents=True, exist_ok=True)
     return out
 
@@ -228,6 +217,6 @@ def resolve_behavior(items: list[dict], ppo_dir: Path | None) -> list[dict]:
 def hopper_behavior(cfg, items: list[dict], dataset_id: str) -> list[dict]:
     """``items`` with ``ppo:<steps>`` turned into checkpoints of the Hopper behaviour PPO run (trained first
     if missing), only when ``dataset_id`` has yet to be collected: the pipeline reads the mixture only then."""
-    if (datasets_root() / dataset_id).exists() or not any(str(i["policy"]).startswith("ppo:") for i in items):
+    if (datasets_root() / dataset_id).exists() or not any(str(i["policy"]).startswith("ppo:") for i in map(dict, items)):
         return items
-    return resolve_behavior(items, ensure_hopper_ppo(cfg.hopper_ppo_dir, int(cfg.hopper_ppo_budget)))
+    return resolve_behavior([dict(i) for i in items], ensure_hopper_ppo(cfg.hopper_ppo_dir, int(cfg.hopper_ppo_budget)))

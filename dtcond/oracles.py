@@ -37,9 +37,11 @@ import math
 import numpy as np
 from scipy.special import logsumexp
 
+from dtcond.config import ORACLE_FAMILIES, OracleConfig
 from dtcond.errors import DtcondError
 
-FAMILIES = ("quantilizer", "plan_quantilizer", "best_of_n", "posterior")
+FAMILIES = ORACLE_FAMILIES
+ORACLE_POOL_SEED = 100_000  # pools roll out on env seeds of their own: the comparison's eval seed + this + training seed
 MIN_ESS = 30.0  # posterior rows resting on fewer effective pool episodes than this are marked
 
 
@@ -186,28 +188,30 @@ def exact_kl(family: str, param: float, returns: np.ndarray) -> float:
         return float(np.where(q > 0, q * np.log(ratio), 0.0).sum())
 
 
-def run_oracles(data, scorer, oracles: dict, seeds, pool_seed: int, store=None, name: str = "oracles") -> list[dict]:
-    """Per seed, a pool of ``oracles["pool"]`` behaviour episodes (the mixture as a policy, on env seeds from
-    ``pool_seed + seed``, scored by ``scorer``, which must hold the data's exact likelihood) and every oracle of
-    ``oracles`` (``{"draws": 100, "quantilizer": [q...], "plan_quantilizer": [...], "best_of_n": [n...],
-    "posterior": [β...]}``) resampled from it: the pool's own records (policy kind ``behavior``) and the oracles'
-    (``oracle``), each with ``train_seed``; appended to ``store`` when given (a rerun reuses the pool)."""
+def run_oracles(data, scorer, oracles: OracleConfig, seeds, pool_seed: int, store=None, name: str = "oracles") -> list[dict]:
+    """Per seed, a pool of ``oracles.pool`` behaviour episodes (the mixture as a policy, on env seeds from
+    ``pool_seed + seed``, scored by ``scorer``, which must hold the data's exact likelihood) and every oracle that
+    ``oracles`` (a :class:`~dtcond.config.OracleConfig`) lists, resampled from it: the pool's own records (policy kind
+    ``behavior``) and the oracles' (``oracle``), each with ``train_seed``; appended to ``store`` when given (a rerun
+    reuses the pool). Pools use env seeds of their own (the pipeline passes its eval seed + ``ORACLE_POOL_SEED``)."""
     from dtcond.evaluation import evaluate
     from dtcond.likelihood import BehaviorPolicy
 
+    if not isinstance(oracles, OracleConfig):
+        raise DtcondError(f"run_oracles takes a dtcond.config.OracleConfig, got {type(oracles).__name__}")
     if scorer is None or scorer.likelihood is None:
         raise DtcondError(f"dataset {data.stats.dataset_id!r} recorded no behaviour mixture: the oracles need p_data")
     behavior = BehaviorPolicy(scorer.likelihood, data.stats)
     out = []
     for seed in seeds:
         run_id = f"{name}_seed{seed}"
-        pool = evaluate(behavior, None, episodes=int(oracles["pool"]), seed=int(pool_seed) + int(seed), results=store, run_id=run_id,
+        pool = evaluate(behavior, None, episodes=oracles.pool, seed=int(pool_seed) + int(seed), results=store, run_id=run_id,
                         scorer=scorer, batch_size=1024)
         pool = [{**r, "train_seed": seed} for r in pool]
         out += pool
         for family in FAMILIES:
-            for param in oracles.get(family) or []:
-                recs = [{**r, "run_id": run_id} for r in oracle_records(pool, family, float(param), int(oracles["draws"]), seed,
+            for param in getattr(oracles, family):
+                recs = [{**r, "run_id": run_id} for r in oracle_records(pool, family, float(param), oracles.draws, seed,
                                                                        behavior.weights)]
                 if store is not None:
                     store.append(recs)

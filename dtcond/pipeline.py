@@ -1,14 +1,14 @@
 """The comparison pipeline: one dataset, DT vs BC, %BC and online RL, scored on shared env seeds.
 
 :func:`run_comparison` is the one implementation behind ``dtcond demo``, the experiments and the
-notebooks. Given a :class:`ComparisonSpec` it
+notebooks. Given a :class:`~dtcond.config.ComparisonConfig` it
 
 1. collects the dataset from the behaviour mixture unless it exists;
 2. for each training seed trains a DT, BC (optional), %BC at each top fraction, the RL
-   baseline (every checkpoint kept) and KL-regularized PPO at each β of ``rl_kl_coefs``;
-3. rolls every policy out on the same env seeds (``eval_seed``): the DT at each target, the others
+   baseline (every checkpoint kept) and regularized PPO at each coefficient of ``rl``;
+3. rolls every policy out on the same env seeds (``eval.seed``): the DT at each target, the others
    once, into ``work_dir/episodes.jsonl``, with the data's own episodes as rows of their own and,
-   with ``roaming``, how far each episode strayed from the data;
+   with ``eval.roaming``, how far each episode strayed from the data;
 4. writes the report of exactly this run's episodes (``work_dir/report/``: the records, the
    calibration and comparison markdown, the calibration and frontier plots).
 
@@ -33,203 +33,12 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from dtcond.config import TRAINER_LOOP_KEYS, ComparisonConfig, DatasetConfig, TrainConfig  # noqa: F401
 from dtcond.errors import DtcondError
 
-__all__ = ["ComparisonSpec", "ComparisonResult", "TrainedPolicy", "run_comparison", "resolve_targets", "quiet_libraries"]
+__all__ = ["ComparisonResult", "TrainedPolicy", "run_comparison", "resolve_targets", "quiet_libraries"]
 
 OFFLINE_KINDS = ("data", "behavior", "oracle", "dt", "bc", "pct_bc")
-
-
-@dataclass
-class ComparisonSpec:
-    """What to compare, on which data, at what budget. Plain values only (the CLI and Hydra configs map onto it).
-
-    Attributes:
-        env_id, env_kwargs, max_episode_steps: the env the dataset is collected in.
-        dataset_id: the local Minari dataset; collected when missing.
-        behavior: the behaviour mixture (:class:`dtcond.behavior.Component` or ``{policy, noise, weight}``
-            dicts); read only when the dataset has to be collected.
-        work_dir: where training runs, the episode table and the report go.
-        episodes, data_seed: episodes to collect and the collection seed.
-        seeds: training seeds; each trains its own DT, BC, %BC and RL run.
-        model, data, optim, trainer, checkpoint_every: passed to :func:`dtcond.train` (``trainer`` must
-            set ``max_steps``); ``checkpoint_every`` None saves at the end only.
-        bc, pct_bc, bc_steps: train plain BC; %BC at these top fractions; their steps (None: the DT's).
-        relabel, esper: also train a DT on relabelled returns per method (``["esper"]``: ESPER's expected-return
-            labels, :mod:`dtcond.relabel`), with these :class:`~dtcond.config.EsperConfig` fields; labelled
-            ``dt:esper`` in the tables, rolled out at the same target specs, resolved against its labels.
-        rl_algo, rl_budget, rl_checkpoints, rl_hyperparams: :func:`dtcond.train_baseline` (algo None: no RL).
-        rl_kl_coefs: KL-regularized PPO, one run per β (same budget; its final policy is rolled out).
-        rl_kl_bc_coefs: KL-regularized PPO toward the seed's BC policy (history-conditioned) instead of the Markov β̂,
-            one run per β (needs ``bc``): the reference as a choice.
-        rl_om_coefs: occupancy-measure-regularized PPO (ORPO), one run per λ (same budget; final policy rolled out).
-        rl_bc_init_steps: behaviour-cloning steps PPO-KL and occupancy-regularized PPO start from (0: from scratch).
-        rl_greedy: RL policies act by their distribution's mode; False (default) samples, as they
-            were trained and as the DT does, so entropies and KLs compare like with like.
-        targets: the DT's targets: spec strings (``"q0.9"``, ``"x1.5"``, ``"quantilizer:0.1"``), numbers,
-            or sampler dicts (``{"name": "grid", "n": 7}``, ``{"name": "quantilizer", "qs": [0.1]}``).
-        eval_episodes, eval_seed: episodes per policy and target, and the env seeds every policy meets.
-        roaming: score each episode's divergence from the data (fits a behaviour model once, and uses the
-            data's exact likelihood where the dataset recorded its behaviour mixture).
-        oracles: oracle references from the behaviour mixture itself (:mod:`dtcond.oracles`), per training
-            seed one pool of behaviour episodes and the oracles resampled from it: ``{"pool": 500, "draws": 100,
-            "quantilizer": [q...], "plan_quantilizer": [q...], "best_of_n": [n...], "posterior": [β...]}``;
-            empty: none. Needs ``roaming`` and a dataset that recorded its behaviour.
-        report: write the markdown report and plots.
-        name: run id prefix in the episode table.
-        fresh: remake the dataset and everything under ``work_dir`` the pipeline made.
-        progress: progress bars for collection, training, RL and evaluation.
-
-    >>> spec = ComparisonSpec("CartPole-v1", "doc/cartpole/mixture-v0", ["random"], "runs/compare",
-    ...                       trainer={"max_steps": 200}, pct_bc=[0.1], rl_budget=10_000)
-    >>> spec.seeds, spec.eval_seed
-    ([0], 1000)
-    """
-
-    env_id: str
-    dataset_id: str
-    behavior: list
-    work_dir: str | Path
-    episodes: int = 300
-    env_kwargs: dict = field(default_factory=dict)
-    max_episode_steps: int | None = None
-    data_seed: int = 0
-    seeds: list[int] = field(default_factory=lambda: [0])
-    model: dict = field(default_factory=dict)
-    data: dict = field(default_factory=dict)
-    optim: dict = field(default_factory=dict)
-    trainer: dict = field(default_factory=lambda: {"max_steps": 1000})
-    checkpoint_every: int | None = None
-    bc: bool = True
-    pct_bc: list[float] = field(default_factory=list)
-    bc_steps: int | None = None
-    relabel: list[str] = field(default_factory=list)
-    esper: dict = field(default_factory=dict)
-    rl_algo: str | None = "ppo"
-    rl_budget: int | None = None
-    rl_checkpoints: int = 4
-    rl_hyperparams: dict | None = None
-    rl_kl_coefs: list[float] = field(default_factory=list)
-    rl_kl_bc_coefs: list[float] = field(default_factory=list)
-    rl_om_coefs: list[float] = field(default_factory=list)
-    rl_bc_init_steps: int = 2000
-    rl_greedy: bool = False
-    targets: list = field(default_factory=lambda: [{"name": "grid"}, {"name": "quantilizer", "qs": [0.5, 0.25, 0.1]}])
-    eval_episodes: int = 20
-    eval_seed: int = 1000
-    roaming: bool = True
-    oracles: dict = field(default_factory=dict)
-    report: bool = True
-    name: str = "comparison"
-    fresh: bool = False
-    progress: bool = False
-
-    def __post_init__(self):
-        from dtcond.baselines import ALGOS
-        from dtcond.collection import check_dataset_id
-        from dtcond.targets import parse
-
-        def positive_int(name, value, allow_none=False):
-            if value is None and allow_none:
-                return None
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not float(value).is_integer() or value < 1:
-                raise DtcondError(f"{name} must be a positive integer, got {value!r}")
-            return int(value)
-
-        check_dataset_id(self.dataset_id)
-        self.work_dir = Path(self.work_dir).expanduser()
-        self.episodes = positive_int("episodes", self.episodes)
-        self.eval_episodes = positive_int("eval_episodes", self.eval_episodes)
-        self.checkpoint_every = positive_int("checkpoint_every", self.checkpoint_every, allow_none=True)
-        self.bc_steps = positive_int("bc_steps", self.bc_steps, allow_none=True)
-        self.trainer = dict(self.trainer or {})
-        self.trainer["max_steps"] = positive_int("trainer.max_steps", self.trainer.get("max_steps"))
-        self.seeds = [int(s) for s in (self.seeds or [])]
-        if not self.seeds:
-            raise DtcondError("seeds is empty: give at least one training seed")
-        if len(set(self.seeds)) != len(self.seeds):
-            raise DtcondError(f"seeds must be distinct, got {self.seeds}")
-        self.pct_bc = [float(q) for q in (self.pct_bc or [])]
-        for q in self.pct_bc:
-            if not 0 < q <= 1:
-                raise DtcondError(f"pct_bc top fractions must be in (0, 1], got {q}")
-        from dtcond.config import RELABELS, EsperConfig, merge
-
-        self.relabel = [str(m) for m in (self.relabel or [])]
-        bad = [m for m in self.relabel if m not in RELABELS or m == "none"]
-        if bad or len(set(self.relabel)) != len(self.relabel):
-            raise DtcondError(f"relabel must list distinct methods from {', '.join(m for m in RELABELS if m != 'none')}, got {self.relabel}")
-        self.esper = dict(self.esper or {})
-        merge(EsperConfig, self.esper)  # a typo or a bad value fails here, before any training
-        if self.rl_algo is not None:
-            if self.rl_algo not in ALGOS:
-                raise DtcondError(f"unknown rl_algo {self.rl_algo!r}; choose one of {', '.join(ALGOS)} (or None for no RL)")
-            self.rl_budget = positive_int("rl_budget", self.rl_budget, allow_none=True)
-            self.rl_checkpoints = positive_int("rl_checkpoints", self.rl_checkpoints)
-        for key, what in (("rl_kl_coefs", "KL-regularized PPO; β = 0 is plain PPO"), ("rl_kl_bc_coefs", "KL-regularized PPO; β = 0 is plain PPO"),
-                          ("rl_om_coefs", "occupancy-regularized PPO; λ = 0 is plain PPO")):
-            coefs = [float(b) for b in (getattr(self, key) or [])]
-            setattr(self, key, coefs)
-            if not coefs:
-                continue
-            if self.rl_algo != "ppo":
-                raise DtcondError(f"{key} ({what.split(';')[0]}) needs rl_algo='ppo', got {self.rl_algo!r}")
-            bad = [b for b in coefs if not (b > 0 and b < float("inf"))]
-            if bad:
-                raise DtcondError(f"{key} must be finite numbers > 0 ({what}), got {bad}")
-            if len(set(coefs)) != len(coefs):
-                raise DtcondError(f"{key} must be distinct, got {coefs}")
-        if self.rl_kl_bc_coefs and not self.bc:
-            raise DtcondError("rl_kl_bc_coefs (PPO-KL toward the BC policy) needs bc=true: each seed's BC run is the reference")
-        if isinstance(self.rl_bc_init_steps, bool) or not isinstance(self.rl_bc_init_steps, int) or self.rl_bc_init_steps < 0:
-            raise DtcondError(f"rl_bc_init_steps must be an integer >= 0, got {self.rl_bc_init_steps!r}")
-        self.oracles = check_oracles(self.oracles)
-        if self.oracles and not self.roaming:
-            raise DtcondError("oracles need roaming=true: their divergence is scored by the data's likelihood")
-        if not self.targets:
-            raise DtcondError("targets is empty: the DT needs at least one target, e.g. ['q0.5', 'q0.9', 'x1.5']")
-        for t in self.targets:
-            if isinstance(t, dict):
-                if not ({"name", "target", "targets"} & set(t)):
-                    raise DtcondError(f"target sampler {t!r} needs a name (grid, quantilizer), target or targets")
-            else:
-                parse(t)  # a typo fails here, before any training
-
-
-ORACLE_DEFAULTS = {"pool": 500, "draws": 100}
-ORACLE_POOL_SEED = 100_000  # pools roll out on env seeds of their own: eval_seed + this + training seed
-
-
-def check_oracles(oracles: dict | None) -> dict:
-    """The oracle settings with their defaults, or a one-line error naming what is wrong.
-
-    >>> check_oracles({"quantilizer": [0.5, 0.1]})["pool"]
-    500
-    >>> check_oracles({})
-    {}
-    """
-    from dtcond.oracles import FAMILIES
-
-    oracles = dict(oracles or {})
-    if not oracles:
-        return {}
-    unknown = set(oracles) - set(FAMILIES) - set(ORACLE_DEFAULTS)
-    if unknown:
-        raise DtcondError(f"oracles has unknown keys {sorted(unknown)}; use {', '.join(FAMILIES + tuple(ORACLE_DEFAULTS))}")
-    out = {**ORACLE_DEFAULTS, **oracles}
-    for key in ORACLE_DEFAULTS:
-        value = out[key]
-        if isinstance(value, bool) or not isinstance(value, int) or value < 2:
-            raise DtcondError(f"oracles.{key} must be an integer >= 2, got {value!r}")
-    for family in FAMILIES:
-        values = [float(v) for v in out.get(family) or []]
-        bad = [v for v in values if not (v > 0 and math.isfinite(v)) or (family.endswith("quantilizer") and v > 1)
-               or (family == "best_of_n" and (v < 1 or not v.is_integer()))]
-        if bad:
-            raise DtcondError(f"oracles.{family} has invalid values {bad} (quantilizers: q in (0, 1]; best_of_n: integers >= 1; "
-                              "posterior: β > 0)")
-        out[family] = values
-    return out
 
 
 @dataclass
@@ -259,7 +68,7 @@ class ComparisonResult:
         seconds: wall time of the call.
     """
 
-    spec: ComparisonSpec
+    config: ComparisonConfig
     records: object
     table: object
     metrics: dict
@@ -353,17 +162,19 @@ def resolve_targets(targets: list, stats) -> list:
     return list(dict.fromkeys(specs))  # a target asked for twice is rolled out once
 
 
-def run_comparison(spec: ComparisonSpec) -> ComparisonResult:
+def run_comparison(config: ComparisonConfig) -> ComparisonResult:
     """Collect (if missing) → train DT, BC, %BC, RL per seed → roll out on shared env seeds → report.
 
-    See the module doc for the steps and the layout of ``spec.work_dir``. Prints one short line per
+    See the module doc for the steps and the layout of ``config.work_dir``. Prints one short line per
     step; reruns do only what is missing.
 
-    >>> spec = ComparisonSpec("CartPole-v1", "dtcond/cartpole/mixture-v0", ["cartpole_balance", "random"], "runs/compare",
-    ...                       model={"context_len": 10}, trainer={"max_steps": 20}, pct_bc=[0.25], rl_budget=256,
-    ...                       rl_hyperparams={"n_envs": 2, "n_steps": 128, "n_epochs": 1}, targets=["q0.5", "q0.9"],
-    ...                       eval_episodes=2, roaming=False, report=False)   # a tiny run on the existing dataset
-    >>> result = run_comparison(spec)                                                       # doctest: +ELLIPSIS
+    >>> from dtcond.config import ComparisonConfig, merge
+    >>> config = merge(ComparisonConfig, {                        # a tiny run on the existing dataset
+    ...     "env": {"name": "cartpole", "id": "CartPole-v1", "behavior": ["cartpole_balance", "random"]},
+    ...     "work_dir": "runs/compare", "model": {"context_len": 10}, "trainer": {"max_steps": 20}, "progress": False,
+    ...     "bc": {"top_fractions": [0.25]}, "targets": ["q0.5", "q0.9"], "eval": {"episodes": 2, "roaming": False},
+    ...     "rl": {"budget": 256, "hyperparams": {"n_envs": 2, "n_steps": 128, "n_epochs": 1}}, "report": False})
+    >>> result = run_comparison(config)                                                       # doctest: +ELLIPSIS
     [1/3] dataset dtcond/cartpole/mixture-v0...
     >>> sorted(set(result.records["policy_kind"]))
     ['bc', 'data', 'dt', 'pct_bc', 'ppo']
@@ -377,52 +188,55 @@ def run_comparison(spec: ComparisonSpec) -> ComparisonResult:
     from dtcond.roaming import RoamingScorer, dataset_records
     from dtcond.stats import with_policy_columns
 
-    if not isinstance(spec, ComparisonSpec):
-        raise DtcondError(f"run_comparison takes a ComparisonSpec, got {type(spec).__name__}")
+    if not isinstance(config, ComparisonConfig):
+        raise DtcondError(f"run_comparison takes a dtcond.ComparisonConfig (dtcond.merge(ComparisonConfig, {{...}}) builds one "
+                          f"from a dict), got {type(config).__name__}")
     quiet_libraries()
     start = time.perf_counter()
-    work = spec.work_dir.resolve()
-    if spec.fresh:
+    work = Path(config.work_dir).expanduser().resolve()
+    if config.fresh:
         _remove_outputs(work)
     try:
         work.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise DtcondError(f"cannot create work_dir {work}: {exc.strerror}") from None
     store = ResultsStore(work / "episodes.jsonl")  # fails now, not after training, if unwritable
-    steps = 3 + spec.report
+    steps = 3 + config.report
+    dataset_id = config.dataset
 
-    print(f"[1/{steps}] dataset {spec.dataset_id}")
-    _ensure_dataset(spec)
-    data = load(spec.dataset_id)
-    targets = resolve_targets(spec.targets, data.stats)
+    print(f"[1/{steps}] dataset {dataset_id}")
+    _ensure_dataset(config)
+    data = load(dataset_id)
+    targets = resolve_targets(config.targets, data.stats)
     # The data's own episodes are rows of the table too, scored like every policy's.
-    scorer = RoamingScorer.for_data(data) if spec.roaming else None
+    scorer = RoamingScorer.for_data(data) if config.eval.roaming else None
     records = dataset_records(data, scorer)
     store.append(records)
 
-    offline = ["DT"] + [f"DT({m})" for m in spec.relabel] + (["BC"] if spec.bc else []) + [f"%BC({q:g})" for q in spec.pct_bc]
-    rl_names = (([spec.rl_algo] if spec.rl_algo else []) + [f"PPO-KL(β={b:g})" for b in spec.rl_kl_coefs]
-                + [f"PPO-KL-BC(β={b:g})" for b in spec.rl_kl_bc_coefs] + [f"PPO-OM(λ={c:g})" for c in spec.rl_om_coefs])
-    print(f"[2/{steps}] per seed {spec.seeds}: train {', '.join(offline + rl_names)}"
-          + f"; roll out on env seeds from {spec.eval_seed}: DT at {len(targets)} targets, {spec.eval_episodes} episodes each")
+    offline = (["DT"] + [f"DT({m})" for m in config.relabel] + (["BC"] if config.bc.enabled else [])
+               + [f"%BC({q:g})" for q in config.bc.top_fractions])
+    names = {"ppo_kl": "PPO-KL", "ppo_kl_bc": "PPO-KL-BC", "ppo_om": "PPO-OM"}
+    rl_names = ([config.rl.algo] if config.rl.algo else []) + [f"{names[k]}({sym}={p:g})" for k, sym, p in config.rl.regularized]
+    print(f"[2/{steps}] per seed {list(config.seeds)}: train {', '.join(offline + rl_names)}"
+          + f"; roll out on env seeds from {config.eval.seed}: DT at {len(targets)} targets, {config.eval.episodes} episodes each")
     known = store.keys()
     policies: list[TrainedPolicy] = []
-    for seed in spec.seeds:
-        trained = _train_seed(spec, data.stats, seed, work / f"seed{seed}")
+    for seed in config.seeds:
+        trained = _train_seed(config, data.stats, seed, work / f"seed{seed}")
         t0, fresh = time.perf_counter(), 0
         for bundle, seconds in trained:
             policy = load_policy(bundle)
             if policy.kind not in OFFLINE_KINDS:
-                policy.greedy = spec.rl_greedy
-            recs = evaluate(policy, targets if policy.kind == "dt" else None, episodes=spec.eval_episodes, seed=spec.eval_seed,
-                            results=store, run_id=f"{spec.name}_seed{seed}", progress=spec.progress, scorer=scorer)
+                policy.greedy = config.rl.greedy
+            recs = evaluate(policy, targets if policy.kind == "dt" else None, episodes=config.eval.episodes, seed=config.eval.seed,
+                            results=store, run_id=f"{config.name}_seed{seed}", progress=config.progress, scorer=scorer)
             fresh += sum(r["key"] not in known for r in recs)
             records += [{**r, "train_seed": seed} for r in recs]
             policies.append(TrainedPolicy(seed, policy.label, policy.kind, Path(bundle), policy.fingerprint, seconds))
         print(f"  seed {seed}: rolled out {len(trained)} policies, {fresh} new episodes ({time.perf_counter() - t0:.0f}s)")
 
-    if spec.oracles:
-        records += _oracle_records(spec, data, scorer, store)
+    if config.oracles.enabled:
+        records += _oracle_records(config, data, scorer, store)
 
     # Checkpoints with identical weights (RL saved before its first update) share a fingerprint, so
     # their episodes are the same records: keep each once.
@@ -443,13 +257,13 @@ def run_comparison(spec: ComparisonSpec) -> ComparisonResult:
     ResultsStore(snapshot).append(records)
     files: dict[str, Path] = {"records": snapshot}
     metrics, table = {}, None
-    if spec.report:
+    if config.report:
         from dtcond.report import write_report
 
         print(f"[4/{steps}] report")
-        report = write_report(snapshot, data_returns={spec.dataset_id: list(data.stats.episode_returns)})
+        report = write_report(snapshot, data_returns={dataset_id: list(data.stats.episode_returns)})
         metrics = report["metrics"]
-        out = report["outputs"][spec.dataset_id]
+        out = report["outputs"][dataset_id]
         table = out.get("comparison_table")
         files.update({"calibration": Path(out["markdown"]), "calibration_plot": Path(out["plot"])})
         if out.get("comparison"):
@@ -465,19 +279,20 @@ def run_comparison(spec: ComparisonSpec) -> ComparisonResult:
         from dtcond.report import comparison_table
 
         table = comparison_table(df)
-    return ComparisonResult(spec, df, table, metrics, policies, files, time.perf_counter() - start)
+    return ComparisonResult(config, df, table, metrics, policies, files, time.perf_counter() - start)
 
 
-def _oracle_records(spec: ComparisonSpec, data, scorer, store) -> list[dict]:
-    from dtcond.oracles import run_oracles
+def _oracle_records(config: ComparisonConfig, data, scorer, store) -> list[dict]:
+    from dtcond.oracles import ORACLE_POOL_SEED, run_oracles
 
     if scorer is None or scorer.likelihood is None:
-        print(f"  oracles skipped: dataset {spec.dataset_id} recorded no behaviour mixture, so p_data is unknown")
+        print(f"  oracles skipped: dataset {config.dataset} recorded no behaviour mixture, so p_data is unknown")
         return []
     t0 = time.perf_counter()
-    out = run_oracles(data, scorer, spec.oracles, spec.seeds, pool_seed=spec.eval_seed + ORACLE_POOL_SEED, store=store, name=spec.name)
+    out = run_oracles(data, scorer, config.oracles, config.seeds, pool_seed=config.eval.seed + ORACLE_POOL_SEED, store=store,
+                      name=config.name)
     print(f"  oracles: {len({r['target_spec'] for r in out if r['policy_kind'] == 'oracle'})} per seed from pools of "
-          f"{spec.oracles['pool']} behaviour episodes ({time.perf_counter() - t0:.0f}s)")
+          f"{config.oracles.pool} behaviour episodes ({time.perf_counter() - t0:.0f}s)")
     return out
 
 
@@ -489,62 +304,80 @@ def _remove_outputs(work: Path) -> None:
     (work / "episodes.jsonl").unlink(missing_ok=True)
 
 
-def _ensure_dataset(spec: ComparisonSpec) -> None:
+def _ensure_dataset(config: ComparisonConfig) -> None:
     from dtcond.behavior import components_from_config
     from dtcond.collection import collect
     from dtcond.data import datasets_root
 
-    if (datasets_root() / spec.dataset_id).exists() and not spec.fresh:
-        print(f"  exists, reused ({datasets_root() / spec.dataset_id})")
+    dataset_id, env = config.dataset, config.env
+    if (datasets_root() / dataset_id).exists() and not config.fresh:
+        print(f"  exists, reused ({datasets_root() / dataset_id})")
         return
-    summary = collect(spec.env_id, components_from_config(list(spec.behavior)), spec.episodes, spec.dataset_id,
-                      seed=spec.data_seed, env_kwargs=dict(spec.env_kwargs or {}), max_episode_steps=spec.max_episode_steps,
-                      overwrite=spec.fresh, progress=spec.progress)
+    summary = collect(env.id, components_from_config(list(env.behavior)), env.collect_episodes, dataset_id,
+                      seed=config.data_seed, env_kwargs=dict(env.kwargs or {}), max_episode_steps=env.max_episode_steps,
+                      overwrite=config.fresh, progress=config.progress)
     print("  " + summary.format().replace("\n", "\n  "))
 
 
-def _train_seed(spec: ComparisonSpec, stats, seed: int, out: Path) -> list[tuple[Path, float]]:
+def train_configs(config: ComparisonConfig, seed: int) -> dict[str, TrainConfig]:
+    """The :class:`~dtcond.config.TrainConfig` of each offline run of one training seed, by run name
+    (``dt``, ``dt_<method>``, ``bc``, ``pct_bc<q>``): the comparison's sections, one seed, BC's steps.
+
+    >>> from dtcond.config import merge
+    >>> runs = train_configs(merge(ComparisonConfig, {"env": {"name": "cartpole", "id": "CartPole-v1"},
+    ...                                               "bc": {"steps": 300, "top_fractions": [0.1]}}), seed=3)
+    >>> {name: (c.trainer.max_steps, c.condition_on_return, c.top_fraction, c.seed) for name, c in runs.items()}
+    {'dt': (1500, True, None, 3), 'bc': (300, False, None, 3), 'pct_bc0.1': (300, False, 0.1, 3)}
+    """
+    from dataclasses import replace
+
+    trainer = replace(config.trainer, enable_progress_bar=config.progress, enable_model_summary=False)
+    steps = trainer.max_steps
+    bc_steps = config.bc.steps or steps
+    base = TrainConfig(dataset=DatasetConfig(name=config.env.name, id=config.dataset), model=config.model, data=config.data,
+                       optim=config.optim, trainer=trainer, esper=config.esper, seed=seed,
+                       checkpoint_every=config.checkpoint_every or steps, datasets_path=config.datasets_path)
+    runs = {"dt": base}
+    runs.update({f"dt_{m}": replace(base, relabel=m) for m in config.relabel})
+    bc = replace(base, trainer=replace(trainer, max_steps=bc_steps), condition_on_return=False,
+                 checkpoint_every=min(config.checkpoint_every or bc_steps, bc_steps))
+    if config.bc.enabled:
+        runs["bc"] = bc
+    runs.update({f"pct_bc{q:g}": replace(bc, top_fraction=q) for q in config.bc.top_fractions})
+    return runs
+
+
+def _train_seed(config: ComparisonConfig, stats, seed: int, out: Path) -> list[tuple[Path, float]]:
     """Train (or resume, or find done) one seed's policies: (bundle, training seconds) pairs, RL checkpoints in
     training order (the RL run's time is on its last)."""
     from dtcond.baselines import train_baseline
     from dtcond.training import train
 
-    trainer = {"enable_progress_bar": spec.progress, "enable_model_summary": False, **spec.trainer}
-    steps = trainer["max_steps"]
-    bc_steps = spec.bc_steps or steps
-    common = dict(model=dict(spec.model), data=dict(spec.data), optim=dict(spec.optim), seed=seed)
-    runs = [("dt", dict(trainer=trainer, checkpoint_every=spec.checkpoint_every or steps))]
-    runs += [(f"dt_{m}", dict(trainer=trainer, checkpoint_every=spec.checkpoint_every or steps, relabel=m, esper=dict(spec.esper)))
-             for m in spec.relabel]
-    bc = dict(trainer={**trainer, "max_steps": bc_steps}, checkpoint_every=min(spec.checkpoint_every or bc_steps, bc_steps),
-              condition_on_return=False)
-    if spec.bc:
-        runs.append(("bc", bc))
-    runs += [(f"pct_bc{q:g}", {**bc, "top_fraction": q}) for q in spec.pct_bc]
     out_bundles = []
-    for name, kwargs in runs:
-        run, seconds = _timed(out / name, lambda: train(spec.dataset_id, out / name, **common, **kwargs))
+    for name, train_config in train_configs(config, seed).items():
+        run, seconds = _timed(out / name, lambda: train(config.dataset, out / name, config=train_config))
         val = f"{run.val_loss:.4f}" if run.val_loss is not None else "n/a"
         print(f"  seed {seed} {name}: {run.global_step} steps, val/loss {val} ({seconds:.0f}s)")
         out_bundles.append((run.bundle, seconds))
-    if spec.rl_algo:
-        rl, seconds = _timed(out / spec.rl_algo, lambda: train_baseline(
-            stats, spec.rl_algo, out / spec.rl_algo, budget=spec.rl_budget, checkpoints=spec.rl_checkpoints,
-            hyperparams=spec.rl_hyperparams, seed=seed, progress=spec.progress))
-        print(f"  seed {seed} {spec.rl_algo}: {rl.timesteps} env steps, {len(rl.bundles)} checkpoints ({seconds:.0f}s)")
-        out_bundles += [(b, 0.0) for b in rl.bundles[:-1]] + [(rl.bundles[-1], seconds)]
-    # Regularized PPO, one run per parameter, each rolled out at its final policy: (run name, symbol, parameter,
-    # train_baseline's arguments). PPO-KL toward the BC policy uses this seed's BC run, trained above.
-    regularized = ([("ppo_kl", "β", b, dict(kl_coef=b)) for b in spec.rl_kl_coefs]
-                   + [("ppo_kl_bc", "β", b, dict(kl_coef=b, kl_reference=out / "bc" / "policy")) for b in spec.rl_kl_bc_coefs]
-                   + [("ppo_om", "λ", c, dict(om_coef=c)) for c in spec.rl_om_coefs])
-    for name, symbol, param, kwargs in regularized:
-        run_dir = out / f"{name}{param:g}"
-        rl, seconds = _timed(run_dir, lambda: train_baseline(
-            stats, "ppo", run_dir, budget=spec.rl_budget, checkpoints=1, hyperparams=spec.rl_hyperparams, seed=seed,
-            progress=spec.progress, bc_init_steps=spec.rl_bc_init_steps, **kwargs))
-        print(f"  seed {seed} {name} {symbol}={param:g}: {rl.timesteps} env steps ({seconds:.0f}s)")
-        out_bundles.append((rl.bundles[-1], seconds))
+    rl = config.rl
+    hyperparams = dict(rl.hyperparams) if rl.hyperparams else None
+    if rl.algo:
+        run, seconds = _timed(out / rl.algo, lambda: train_baseline(
+            stats, rl.algo, out / rl.algo, budget=rl.budget, checkpoints=rl.checkpoints, hyperparams=hyperparams, seed=seed,
+            progress=config.progress))
+        print(f"  seed {seed} {rl.algo}: {run.timesteps} env steps, {len(run.bundles)} checkpoints ({seconds:.0f}s)")
+        out_bundles += [(b, 0.0) for b in run.bundles[:-1]] + [(run.bundles[-1], seconds)]
+    # Regularized PPO, one run per parameter, each rolled out at its final policy. PPO-KL toward the BC policy uses
+    # this seed's BC run, trained above.
+    arguments = {"ppo_kl": lambda b: dict(kl_coef=b), "ppo_kl_bc": lambda b: dict(kl_coef=b, kl_reference=out / "bc" / "policy"),
+                 "ppo_om": lambda c: dict(om_coef=c)}
+    for kind, symbol, param in rl.regularized:
+        run_dir = out / f"{kind}{param:g}"
+        run, seconds = _timed(run_dir, lambda: train_baseline(
+            stats, "ppo", run_dir, budget=rl.budget, checkpoints=1, hyperparams=hyperparams, seed=seed,
+            progress=config.progress, bc_init_steps=rl.bc_init_steps, **arguments[kind](param)))
+        print(f"  seed {seed} {kind} {symbol}={param:g}: {run.timesteps} env steps ({seconds:.0f}s)")
+        out_bundles.append((run.bundles[-1], seconds))
     return out_bundles
 
 

@@ -322,18 +322,19 @@ CASES = [
     ("eval-cost-on-return-policy", ("eval", "{ds}", "policy={policy}", "results={results}", "sampler.target='q0.9,cost<=1'"),
      "has a cost part, but this policy was not trained with cost conditioning"),
     # demo: a wrong type deep in the config fails before the first stage runs
-    ("demo-bc-steps-type", ("demo", "{ds}", "bc.steps=many", "out_dir={root}/demo"), "config key bc.steps"),
+    ("demo-bc-steps-type", ("demo", "{ds}", "bc.steps=many", "work_dir={root}/demo"), "config key bc.steps"),
     # baseline, report
     ("baseline-sac-discrete", ("baseline", "{ds}", "dataset.id=bad/cartpole-v0", "algo=sac", "hydra.run.dir={root}/b1"), "SAC needs continuous"),
     ("baseline-zero-budget", ("baseline", "{ds}", "dataset.id=bad/cartpole-v0", "budget=0", "hydra.run.dir={root}/b2"), "budget must be >= 1"),
     ("baseline-unknown-algo", ("baseline", "{ds}", "dataset.id=bad/cartpole-v0", "algo=dqn", "hydra.run.dir={root}/b3"), "unknown algo 'dqn'"),
-    ("baseline-negative-kl", ("baseline", "{ds}", "dataset.id=bad/cartpole-v0", "kl_coef=-1", "hydra.run.dir={root}/b4"), "kl_coef must be finite and >= 0"),
+    ("baseline-negative-kl", ("baseline", "{ds}", "dataset.id=bad/cartpole-v0", "kl_coef=-1", "hydra.run.dir={root}/b4"), "kl_coef must be a finite number >= 0"),
     ("baseline-kl-with-sac", ("baseline", "{ds}", "dataset.id=bad/cartpole-v0", "algo=sac", "kl_coef=1", "hydra.run.dir={root}/b5"), "needs algo=ppo"),
     ("baseline-cost-no-costs", ("baseline", "{ds}", "dataset.id=bad/cartpole-v0", "cost_limit=1", "hydra.run.dir={root}/b6"),
      "cost_limit needs an env that reports info['cost']; dataset 'bad/cartpole-v0' has no costs"),
     ("baseline-negative-cost-limit", ("baseline", "{ds}", "dataset.id=bad/cartpole-v0", "cost_limit=-1", "hydra.run.dir={root}/b7"),
      "cost_limit must be a finite number >= 0, got -1"),
-    ("demo-zero-kl", ("demo", "{ds}", "baseline.kl_coefs=[0]", "out_dir={root}/demo"), "baseline.kl_coefs must be finite and > 0"),
+    ("demo-zero-kl", ("demo", "{ds}", "rl.kl_coefs=[0]", "work_dir={root}/demo"), "rl.kl_coefs must be a finite number > 0"),
+    ("demo-old-key", ("demo", "{ds}", "baseline.budget=10", "work_dir={root}/demo"), "unknown config key baseline; ComparisonConfig takes: env"),
     ("report-missing", ("report", "results={root}/none.jsonl"), "no results table at"),
     # datasets a user brings, damaged (see DAMAGED), and a policy whose dataset's env id cannot be made
     *[(f"data-{name}", ("train", "{ds}", f"dataset.id=dmg/{name}-v0", "model=tiny"), DAMAGED[name][1].replace("{id}", f"dmg/{name}-v0"))

@@ -9,10 +9,10 @@ pytestmark = pytest.mark.slow
 
 
 def test_demo_runs_end_to_end_and_reuses_its_work(tmp_path, minari_root):
-    args = ("demo", "env=cartpole", "model=tiny", "trainer.max_steps=20", "data.steps_per_epoch=10", "episodes=12", "eval_episodes=2",
-            "grid.n=3", "quantilizer.qs=[0.5]", "bc.steps=5", "bc.top_fractions=[0.25]", "baseline.budget=256",
-            "baseline.checkpoints=2", "baseline.hyperparams={n_envs: 2, n_steps: 64, batch_size: 64, n_epochs: 2}",
-            f"out_dir={tmp_path}/demo", "progress=false")
+    args = ("demo", "env=cartpole", "model=tiny", "trainer.max_steps=20", "data.steps_per_epoch=10", "env.collect_episodes=12", "eval.episodes=2",
+            "targets=[{name: grid, n: 3}, {name: quantilizer, qs: [0.5]}]", "bc.steps=5", "bc.top_fractions=[0.25]", "rl.budget=256",
+            "rl.checkpoints=2", "rl.hyperparams={n_envs: 2, n_steps: 64, batch_size: 64, n_epochs: 2}",
+            f"work_dir={tmp_path}/demo", "progress=false")
     first = run_cli(*args, cwd=tmp_path)
     assert first.returncode == 0, first.stderr
     assert "demo done" in first.stdout and "normalized MAE" in first.stdout
@@ -40,9 +40,9 @@ def test_demo_runs_end_to_end_and_reuses_its_work(tmp_path, minari_root):
 def test_the_default_demo_sets_conditioning_beside_kl_regularized_ppo_on_a_gameable_reward(tmp_path, minari_root):
     """`dtcond demo` with no env is TomatoGarden: DT targets, a quantilizer, %BC, PPO and PPO-KL at three β,
     and a summary of observed vs true return and KL for each (tiny budgets here)."""
-    result = run_cli("demo", "model=tiny", "trainer.max_steps=20", "data.steps_per_epoch=10", "episodes=12", "eval_episodes=2",
-                     "bc.steps=5", "baseline.budget=256", "baseline.bc_init_steps=20",
-                     "baseline.hyperparams={n_envs: 2, n_steps: 64, batch_size: 64, n_epochs: 2}", f"out_dir={tmp_path}/demo",
+    result = run_cli("demo", "model=tiny", "trainer.max_steps=20", "data.steps_per_epoch=10", "env.collect_episodes=12", "eval.episodes=2",
+                     "bc.steps=5", "rl.budget=256", "rl.bc_init_steps=20",
+                     "rl.hyperparams={n_envs: 2, n_steps: 64, batch_size: 64, n_epochs: 2}", f"work_dir={tmp_path}/demo",
                      "progress=false", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     header = next(line for line in result.stdout.splitlines() if "observed return" in line)

@@ -17,8 +17,8 @@ def test_luck_experiment_runs_end_to_end(tmp_path, minari_root):
     committed = REPO / "experiments" / "luck" / "results" / "summary.json"
     before = committed.read_bytes() if committed.exists() else None
     out = subprocess.run(
-        [sys.executable, str(REPO / "experiments" / "luck" / "run.py"), "seeds=[0,1]", "episodes=300", "train.steps=30",
-         "train.bc_steps=20", "baseline.budget=512", "baseline.kl_coefs=[1,10]", "baseline.bc_init_steps=50", "eval_episodes=8",
+        [sys.executable, str(REPO / "experiments" / "luck" / "run.py"), "seeds=[0,1]", "env.collect_episodes=300", "trainer.max_steps=30",
+         "bc.steps=20", "rl.budget=512", "rl.kl_coefs=[1,10]", "rl.bc_init_steps=50", "eval.episodes=8",
          "+esper.cluster_steps=100", "+esper.return_steps=100", f"work_dir={tmp_path / 'work'}",
          f"results_dir={tmp_path / 'results'}"],
         cwd=tmp_path, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=600,
@@ -54,8 +54,16 @@ def test_experiment_typo_is_one_line_and_exit_2(tmp_path):
     out = subprocess.run([sys.executable, str(REPO / "experiments" / "goodhart" / "run.py"), "seedz=[0]", f"work_dir={tmp_path / 'work'}"],
                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert out.returncode == 2
-    assert out.stderr.strip().splitlines() == ["goodhart: error: Could not override 'seedz'; see goodhart/config.yaml for the keys"]
+    assert out.stderr.strip().splitlines() == ["goodhart: error: unknown config key seedz; GoodhartConfig takes: env, dataset_id, "
+                                               "data_seed, work_dir, seeds, model, data, optim, trainer, checkpoint_every, bc, relabel, "
+                                               "esper, rl, targets, eval, oracles, report, name, fresh, progress, datasets_path, "
+                                               "results_dir, budgets"]
     assert not (tmp_path / "work").exists()  # refused before any work
+    out = subprocess.run([sys.executable, str(REPO / "experiments" / "goodhart" / "run.py"), "rl.kl_coefs=[0]", f"work_dir={tmp_path / 'work'}"],
+                         cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines() == ["goodhart: error: rl.kl_coefs must be a finite number > 0 (plain PPO is rl.algo=ppo), got 0.0"]
+    assert not (tmp_path / "work").exists()  # a value out of range too, before Hydra makes a run dir
 
 
 @pytest.mark.slow
@@ -63,8 +71,8 @@ def test_cost_tradeoff_experiment_runs_end_to_end(tmp_path, minari_root):
     committed = REPO / "experiments" / "cost_tradeoff" / "results" / "summary.json"
     before = committed.read_bytes() if committed.exists() else None
     out = subprocess.run(
-        [sys.executable, str(REPO / "experiments" / "cost_tradeoff" / "run.py"), "seeds=[0,1]", "episodes=300", "train.steps=30",
-         "baseline.budget=1024", "baseline.bc_init_steps=50", "eval_episodes=4", "cost_targets=[0,4,16,36]",
+        [sys.executable, str(REPO / "experiments" / "cost_tradeoff" / "run.py"), "seeds=[0,1]", "env.collect_episodes=300", "trainer.max_steps=30",
+         "rl.budget=1024", "rl.bc_init_steps=50", "eval.episodes=4", "cost_targets=[0,4,16,36]",
          "return_only_targets=[5,8]", f"work_dir={tmp_path / 'work'}", f"results_dir={tmp_path / 'results'}"],
         cwd=tmp_path, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=600,
     )
@@ -86,9 +94,9 @@ def test_goodhart_experiment_writes_its_frontier_on_the_exact_axis(tmp_path, min
     committed = REPO / "experiments" / "goodhart" / "results" / "frontier.json"
     before = committed.read_bytes() if committed.exists() else None
     out = subprocess.run(
-        [sys.executable, str(REPO / "experiments" / "goodhart" / "run.py"), "seeds=[0,1]", "episodes=60", "train.steps=20",
-         "train.bc_steps=10", "baseline.budget=512", "baseline.kl_coefs=[10]", "baseline.kl_bc_coefs=[10]", "baseline.om_coefs=[3]",
-         "baseline.bc_init_steps=20", "eval_episodes=4", "budgets=[20,null]", "oracles.pool=60", "oracles.draws=20", f"work_dir={tmp_path / 'work'}", f"results_dir={tmp_path / 'results'}",
+        [sys.executable, str(REPO / "experiments" / "goodhart" / "run.py"), "seeds=[0,1]", "env.collect_episodes=60", "trainer.max_steps=20",
+         "bc.steps=10", "rl.budget=512", "rl.kl_coefs=[10]", "rl.kl_bc_coefs=[10]", "rl.om_coefs=[3]",
+         "rl.bc_init_steps=20", "eval.episodes=4", "budgets=[20,null]", "oracles.pool=60", "oracles.draws=20", f"work_dir={tmp_path / 'work'}", f"results_dir={tmp_path / 'results'}",
          f"hydra.run.dir={tmp_path / 'hydra'}"],
         cwd=tmp_path, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=600,
     )
@@ -115,8 +123,8 @@ def test_goodhart_experiment_writes_its_frontier_on_the_exact_axis(tmp_path, min
 @pytest.mark.slow
 def test_oracles_experiment_reports_the_oracles_and_the_cost_bound(tmp_path, minari_root):
     out = subprocess.run(
-        [sys.executable, str(REPO / "experiments" / "oracles" / "run.py"), "testbeds=[gamble,hazard_grid]", "seeds=[0,1]", "pool=80",
-         "draws=30", f"results_dir={tmp_path / 'results'}", f"hydra.run.dir={tmp_path / 'hydra'}"],
+        [sys.executable, str(REPO / "experiments" / "oracles" / "run.py"), "testbeds=[gamble,hazard_grid]", "seeds=[0,1]", "oracles.pool=80",
+         "oracles.draws=30", f"results_dir={tmp_path / 'results'}", f"hydra.run.dir={tmp_path / 'hydra'}"],
         cwd=tmp_path, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=600,
     )
     assert out.returncode == 0, out.stderr[-2000:]

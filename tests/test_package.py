@@ -33,8 +33,10 @@ PUBLIC = {
     "BehaviorPolicy": ("class", "dtcond.likelihood"),
     "run_oracles": ("function", "dtcond.oracles"),
     "dataset_records": ("function", "dtcond.roaming"),
-    "ComparisonSpec": ("class", "dtcond.pipeline"),
     "run_comparison": ("function", "dtcond.pipeline"),
+    **{name: ("class", "dtcond.config") for name in ("ComparisonConfig", "TrainConfig", "ModelConfig", "DataConfig", "OptimConfig",
+                                                      "TrainerConfig", "EnvConfig", "BcConfig", "RlConfig", "OracleConfig", "EsperConfig")},
+    "merge": ("function", "dtcond.config"),
     "targets": ("module", "dtcond.targets"),
     "stats": ("module", "dtcond.stats"),
 }

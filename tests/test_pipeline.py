@@ -1,45 +1,68 @@
-"""The comparison pipeline: its spec refuses bad inputs up front, and a tiny run is shared-seed, per-seed and resumable."""
+"""The comparison pipeline: its config refuses bad inputs up front, and a tiny run is shared-seed, per-seed and resumable."""
 
 from __future__ import annotations
 
 import pytest
 
+from dtcond.config import ComparisonConfig, merge
 from dtcond.errors import DtcondError
-from dtcond.pipeline import ComparisonSpec, run_comparison
+from dtcond.pipeline import run_comparison
 from dtcond.results import ResultsStore
 
 BEHAVIOR = [{"policy": "cartpole_balance", "noise": 0.5, "weight": 0.5}, {"policy": "random", "weight": 0.5}]
 
 
-def spec(tmp_path, **kw) -> ComparisonSpec:
-    fields = dict(env_id="CartPole-v1", dataset_id="test/cartpole/pipeline-v0", behavior=BEHAVIOR, work_dir=tmp_path / "work",
-                  episodes=12, seeds=[0, 1], model=dict(context_len=5, n_layer=1, n_head=1, n_embd=16),
-                  data=dict(batch_size=16, steps_per_epoch=10), trainer=dict(max_steps=10, logger=False),
-                  bc=False, pct_bc=[0.5], rl_algo=None, targets=["q0.5", "x1.5", {"name": "quantilizer", "qs": [0.5]}],
-                  eval_episodes=2, roaming=False, report=False)
-    return ComparisonSpec(**{**fields, **kw})
+def spec(tmp_path, **kw) -> ComparisonConfig:
+    fields = dict(env={"name": "cartpole", "id": "CartPole-v1", "behavior": BEHAVIOR, "collect_episodes": 12},
+                  dataset_id="test/cartpole/pipeline-v0", work_dir=str(tmp_path / "work"), seeds=[0, 1],
+                  model=dict(context_len=5, n_layer=1, n_head=1, n_embd=16), data=dict(batch_size=16, steps_per_epoch=10),
+                  trainer=dict(max_steps=10, logger=False), bc={"enabled": False, "top_fractions": [0.5]}, rl={"algo": None},
+                  targets=["q0.5", "x1.5", {"name": "quantilizer", "qs": [0.5]}], eval={"episodes": 2, "roaming": False},
+                  report=False, progress=False)
+    return merge(ComparisonConfig, {**fields, **kw})
 
 
 @pytest.mark.parametrize("bad, message", [
     (dict(seeds=[]), "seeds is empty"),
     (dict(seeds=[0, 0]), "seeds must be distinct"),
-    (dict(pct_bc=[1.5]), "pct_bc top fractions must be in (0, 1]"),
-    (dict(rl_algo="dqn"), "unknown rl_algo 'dqn'"),
-    (dict(rl_algo="ppo", rl_budget=0), "rl_budget must be a positive integer"),
-    (dict(trainer={}), "trainer.max_steps must be a positive integer"),
-    (dict(eval_episodes=0), "eval_episodes must be a positive integer"),
+    (dict(bc={"top_fractions": [1.5]}), "bc.top_fractions must be in (0, 1], got [1.5]"),
+    (dict(bc={"top_fractions": [0.1, 0.1]}), "bc.top_fractions must be distinct"),
+    (dict(rl={"algo": "dqn"}), "rl.algo must be one of ppo, sac or null"),
+    (dict(rl={"algo": "ppo", "budget": 0}), "rl.budget must be >= 1, got 0"),
+    (dict(trainer={"max_steps": 0}), "trainer.max_steps must be a positive integer"),
+    (dict(eval={"episodes": 0}), "eval.episodes must be >= 1, got 0"),
+    (dict(targets=[]), "targets is empty"),
     (dict(targets=["q0.5", "qq"]), "cannot parse target 'qq'"),
     (dict(targets=[{"n": 3}]), "needs a name"),
     (dict(dataset_id="no-version"), "invalid dataset id"),
-    (dict(rl_algo="sac", rl_kl_coefs=[1.0]), "needs rl_algo='ppo'"),
-    (dict(rl_algo="ppo", rl_kl_coefs=[0.0]), "rl_kl_coefs must be finite numbers > 0"),
-    (dict(rl_algo="ppo", rl_kl_coefs=[1.0, 1.0]), "rl_kl_coefs must be distinct"),
-    (dict(rl_algo="ppo", rl_bc_init_steps=-1), "rl_bc_init_steps must be an integer >= 0"),
+    (dict(rl={"algo": "sac", "kl_coefs": [1.0]}), "rl.kl_coefs: regularized RL needs algo=ppo"),
+    (dict(rl={"algo": "ppo", "kl_coefs": [0.0]}), "rl.kl_coefs must be a finite number > 0"),
+    (dict(rl={"algo": "ppo", "kl_coefs": [1.0, 1.0]}), "rl.kl_coefs must be distinct"),
+    (dict(rl={"algo": "ppo", "bc_init_steps": -1}), "rl.bc_init_steps must be >= 0"),
+    (dict(rl={"algo": "ppo", "kl_bc_coefs": [10.0]}), "needs bc.enabled=true"),
+    (dict(oracles={"quantilizer": [0.5]}), "oracles need eval.roaming=true"),
+    (dict(oracles={"quantilizer": [1.5]}), "oracles.quantilizer must be in (0, 1]"),
+    (dict(oracles={"best_of_n": [0]}), "oracles.best_of_n must be >= 1"),
+    (dict(oracles={"pool": 1}), "oracles.pool must be >= 2"),
+    (dict(relabel=["magic"]), "relabel must list distinct methods from esper"),
+    (dict(esper={"clusters": 1}), "esper.clusters must be >= 2"),
+    (dict(epsiodes=3), "unknown config key epsiodes; ComparisonConfig takes: env, dataset_id"),
+    (dict(rl={"kl_coef": [1.0]}), "unknown config key rl.kl_coef; RlConfig takes: algo, budget"),
 ])
-def test_spec_refuses_bad_inputs_before_any_work(tmp_path, bad, message):
-    with pytest.raises(DtcondError, match=message.replace("(", r"\(").replace(")", r"\)")):
+def test_config_refuses_bad_inputs_before_any_work(tmp_path, bad, message):
+    with pytest.raises(DtcondError, match=message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[").replace("]", r"\]")):
         spec(tmp_path, **bad)
     assert not (tmp_path / "work").exists()
+
+
+def test_run_comparison_takes_a_comparison_config(tmp_path):
+    with pytest.raises(DtcondError, match="run_comparison takes a dtcond.ComparisonConfig"):
+        run_comparison({"env": {"name": "cartpole", "id": "CartPole-v1"}})
+
+
+def test_the_dataset_id_defaults_to_the_envs_mixture(tmp_path):
+    assert spec(tmp_path, dataset_id=None).dataset == "dtcond/cartpole/mixture-v0"
+    assert spec(tmp_path).dataset == "test/cartpole/pipeline-v0"
 
 
 def test_comparison_is_per_seed_on_shared_env_seeds_and_resumes(tmp_path, capsys):

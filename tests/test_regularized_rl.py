@@ -102,12 +102,12 @@ def test_an_occupancy_regularized_run_is_its_own_family_and_resumes_its_discrimi
 
 
 def test_occupancy_regularization_refuses_bad_input(cartpole_dataset, pendulum_dataset, tmp_path):
-    from dtcond.pipeline import ComparisonSpec
+    from dtcond.config import ComparisonConfig, merge
 
     stats = load(cartpole_dataset).stats
     for kwargs, message in (({"om_coef": -1.0}, "om_coef must be a finite number >= 0"),
                             ({"om_coef": float("nan")}, "om_coef must be a finite number >= 0"),
-                            ({"om_coef": 1.0, "kl_coef": 1.0}, "without kl_coef or cost_limit")):
+                            ({"om_coef": 1.0, "kl_coef": 1.0}, "cannot be combined with kl_coef or cost_limit")):
         with pytest.raises(DtcondError, match=message):
             train_baseline(stats, "ppo", tmp_path / "bad", budget=64, progress=False, **kwargs)
     with pytest.raises(DtcondError, match="needs algo=ppo"):
@@ -115,11 +115,11 @@ def test_occupancy_regularization_refuses_bad_input(cartpole_dataset, pendulum_d
     train_baseline(stats, "ppo", tmp_path / "plain", budget=128, checkpoints=1, hyperparams=SMALL_PPO, progress=False)
     with pytest.raises(DtcondError, match="holds a run with"):
         train_baseline(stats, "ppo", tmp_path / "plain", budget=256, checkpoints=1, hyperparams=SMALL_PPO, progress=False, om_coef=1.0)
-    base = dict(env_id="CartPole-v1", dataset_id="doc/cartpole/mixture-v0", behavior=["random"], work_dir=tmp_path / "w")
-    with pytest.raises(DtcondError, match="rl_om_coefs must be finite numbers > 0"):
-        ComparisonSpec(**base, rl_om_coefs=[0.0])
-    with pytest.raises(DtcondError, match="needs rl_algo='ppo'"):
-        ComparisonSpec(**base, rl_algo="sac", rl_om_coefs=[1.0])
+    base = {"env": {"name": "cartpole", "id": "CartPole-v1"}, "work_dir": str(tmp_path / "w")}
+    with pytest.raises(DtcondError, match="rl.om_coefs must be a finite number > 0"):
+        merge(ComparisonConfig, base, {"rl": {"om_coefs": [0.0]}})
+    with pytest.raises(DtcondError, match="rl.om_coefs: regularized RL needs algo=ppo"):
+        merge(ComparisonConfig, base, {"rl": {"algo": "sac", "om_coefs": [1.0]}})
 
 
 @pytest.fixture
@@ -259,12 +259,14 @@ def test_a_bad_budget_is_refused_in_one_line_before_any_work(tmp_path):
     for bad in (["x"], [-1], [float("inf")], []):
         with pytest.raises(DtcondError, match="budgets"):
             check_budgets(bad)
-    out = subprocess.run([sys.executable, str(REPO / "experiments" / "goodhart" / "run.py"), "budgets=[5,oops]",
-                          f"work_dir={tmp_path / 'work'}", f"hydra.run.dir={tmp_path / 'hydra'}"],
-                         cwd=tmp_path, capture_output=True, text=True, timeout=300)
-    assert out.returncode == 2
-    assert out.stderr.strip().splitlines() == ["goodhart: error: budgets must be numbers > 0 (nats per episode) or null, got 'oops'"]
-    assert not (tmp_path / "work").exists()
+    for bad, message in (("[5,oops]", "config key budgets[1]: Value 'oops' of type 'str' could not be converted to Float"),
+                         ("[5,-1]", "budgets must be numbers > 0 (nats per episode) or null, got -1.0")):
+        out = subprocess.run([sys.executable, str(REPO / "experiments" / "goodhart" / "run.py"), f"budgets={bad}",
+                              f"work_dir={tmp_path / 'work'}", f"hydra.run.dir={tmp_path / 'hydra'}"],
+                             cwd=tmp_path, capture_output=True, text=True, timeout=300)
+        assert out.returncode == 2
+        assert out.stderr.strip().splitlines() == [f"goodhart: error: {message}"]
+        assert not (tmp_path / "work").exists() and not (tmp_path / "hydra").exists()
 
 
 def test_every_regularized_family_has_its_own_plot_style():

@@ -160,13 +160,14 @@ def test_cli_trains_a_relabelled_dt(gamble, tmp_path, monkeypatch):
     assert (tmp_path / "hydra" / "policy" / "labels.safetensors").is_file()
 
 
-def test_comparison_spec_checks_relabel_options(tmp_path):
+def test_comparison_config_checks_relabel_options(tmp_path):
     from dtcond import DtcondError
-    from dtcond.pipeline import ComparisonSpec
+    from dtcond.config import ComparisonConfig, merge
 
-    spec = ComparisonSpec("dtcond/Gamble-v0", GAMBLE, ["random"], tmp_path, relabel=["esper"], esper={"clusters": 4})
-    assert spec.relabel == ["esper"]
+    base = {"env": {"name": "gamble", "id": "dtcond/Gamble-v0"}, "dataset_id": GAMBLE, "work_dir": str(tmp_path)}
+    config = merge(ComparisonConfig, base, {"relabel": ["esper"], "esper": {"clusters": 4}})
+    assert config.relabel == ["esper"] and config.esper.clusters == 4
     with pytest.raises(DtcondError, match="relabel must list distinct methods"):
-        ComparisonSpec("dtcond/Gamble-v0", GAMBLE, ["random"], tmp_path, relabel=["magic"])
+        merge(ComparisonConfig, base, {"relabel": ["magic"]})
     with pytest.raises(DtcondError, match="esper.clusters must be >= 2"):
-        ComparisonSpec("dtcond/Gamble-v0", GAMBLE, ["random"], tmp_path, relabel=["esper"], esper={"clusters": 1})
+        merge(ComparisonConfig, base, {"relabel": ["esper"], "esper": {"clusters": 1}})

@@ -187,7 +187,7 @@ def compose_config(name: str, overrides=()):
 
 def test_every_config_group_composes_into_its_dataclass():
     from dtcond.cli import conf_dir
-    from dtcond.config import CollectConfig, DemoConfig, TrainConfig, from_hydra
+    from dtcond.config import CollectConfig, ComparisonConfig, TrainConfig, from_hydra
 
     groups = {g.name: sorted(p.stem for p in g.glob("*.yaml")) for g in conf_dir().iterdir() if g.is_dir()}
     assert {"env", "dataset", "model", "trainer", "logger", "experiment"} <= set(groups)
@@ -211,7 +211,7 @@ def test_every_config_group_composes_into_its_dataclass():
     for option in groups["env"]:
         cfg = from_hydra(compose_config("collect", [f"env={option}"]))
         assert isinstance(cfg, CollectConfig) and cfg.behavior and cfg.dataset_id == f"dtcond/{option}/mixture-v0"
-    assert isinstance(from_hydra(compose_config("demo")), DemoConfig)
+    assert isinstance(from_hydra(compose_config("demo")), ComparisonConfig)
 
 
 def test_the_library_defaults_are_the_cli_defaults():

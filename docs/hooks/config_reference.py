@@ -2,8 +2,7 @@
 
 A page line ``<!-- config-reference -->`` becomes, for every command in :data:`dtcond.config.COMMANDS`, a table
 of its keys (type, default, description) and one table per nested section, followed by the Hydra config
-groups under ``conf/`` (each option with its file's leading comment). ``<!-- comparison-reference -->``
-becomes the same table for :class:`dtcond.pipeline.ComparisonSpec`. Descriptions are the fields' own
+groups under ``conf/`` (each option with its file's leading comment). Descriptions are the fields' own
 comments in the source (on the field's line or the lines just above it) or the class docstring's
 ``Attributes:`` entries, so a new field or a changed default shows up here without editing the docs.
 """
@@ -20,7 +19,7 @@ import textwrap
 import tokenize
 from pathlib import Path
 
-MARKERS = {"<!-- config-reference -->": "_commands", "<!-- comparison-reference -->": "_comparison"}
+MARKERS = {"<!-- config-reference -->": "_commands"}
 
 
 def field_comments(cls) -> dict[str, str]:
@@ -166,12 +165,6 @@ def _groups(root: Path) -> list[str]:
             out.append(f"| `{group.name}={option.stem}` | {_cell(' '.join(comment))} |")
         out.append("")
     return out
-
-
-def _comparison(root: Path) -> str:
-    spec = importlib.import_module("dtcond.pipeline").ComparisonSpec
-    table, _ = fields_table(spec)
-    return f"{_summary(spec)}\n\n{table}\n"
 
 
 def on_page_markdown(markdown, page, config, files):

@@ -24,8 +24,8 @@ import pandas as pd
 
 HERE = Path(__file__).resolve().parent
 
-from dtcond.experiment import esper_description, fmt, hydra_entry, machine, plain, results_dir  # noqa: E402
-from run import dataset_spec, is_continuous  # noqa: E402
+from dtcond.experiment import esper_description, fmt, hydra_entry, machine, results_dir  # noqa: E402
+from run import CalibrationConfig, dataset_config, grid_description, is_continuous  # noqa: E402
 
 import dtcond  # noqa: E402
 from dtcond.errors import DtcondError  # noqa: E402
@@ -46,9 +46,7 @@ def main(cfg) -> None:
     rows, curves = [], []
     for name in check.datasets:
         head = str(check.head) if is_continuous(cfg.datasets[name]) else "bins"
-        spec = dataset_spec(name, cfg.datasets[name], cfg, head)
-        spec = dataclasses.replace(spec, relabel=["esper"], esper=plain(check.esper) or {})
-        result = run_comparison(spec)
+        result = run_comparison(dataset_config(name, cfg.datasets[name], cfg, head, relabel=["esper"], esper=dataclasses.asdict(check.esper)))
         for policy in result.policies:
             m = result.metrics[policy.fingerprint]
             ind = m["in_distribution"] or {}
@@ -65,10 +63,9 @@ def main(cfg) -> None:
     out = results_dir(cfg, HERE)
     png = plot(pd.concat(curves, ignore_index=True), out / "relabel_check.png")
     md = ["# Calibration with and without ESPER relabelling (deterministic datasets)", "",
-          f"DT (K={cfg.model.context_len}, {cfg.model.n_layer} layers, width {cfg.model.n_embd}), {cfg.train.steps} steps per run, "
+          f"DT (K={cfg.model.context_len}, {cfg.model.n_layer} layers, width {cfg.model.n_embd}), {cfg.trainer.max_steps} steps per run, "
           f"plain and on ESPER labels (EsperConfig: {esper_description(check.esper)}); training seeds {list(cfg.seeds)}; the same "
-          f"absolute targets for both ({cfg.grid.n} from the data's p{cfg.grid.low * 100:g} to p{cfg.grid.high * 100:g} return, "
-          f"then OOD), {cfg.eval_episodes} episodes per target on env seeds from {cfg.eval_seed}. Box actions: the {check.head} head. "
+          f"absolute targets for both ({grid_description(cfg.grid)} and n{list(cfg.normalized_ood)}), {cfg.eval.episodes} episodes per target on env seeds from {cfg.eval.seed}. Box actions: the {check.head} head. "
           f"Means ± 95% CI over seeds; in-distribution metrics as in summary.md. Machine: {machine()}; this invocation took "
           f"{time.perf_counter() - start:.0f}s (a rerun reuses finished training and episodes; the first run took about 20 min).", "", f"![calibration, plain vs relabelled]({png.name})", "", summary_markdown(summary), "",
           "Within the plain CI: the relabelled DT's mean lies inside the plain DT's 95% interval; worse by more than the plain CI: it "
@@ -160,4 +157,4 @@ def plot(curves: pd.DataFrame, path: Path) -> Path:
 
 
 if __name__ == "__main__":
-    hydra_entry(HERE, main)
+    hydra_entry(HERE, main, CalibrationConfig)

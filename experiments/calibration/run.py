@@ -14,20 +14,69 @@ The training and rollouts are dtcond.pipeline.run_comparison with the DT alone.
 from __future__ import annotations
 
 import time
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any, Dict, List, Optional
 
 import numpy as np
 import pandas as pd
-from omegaconf import OmegaConf
+from omegaconf import MISSING, OmegaConf
 
 HERE = Path(__file__).resolve().parent
 
-from dtcond.experiment import fmt, hopper_behavior, hydra_entry, machine, plain, results_dir, training_fields, write_results  # noqa: E402
+from dtcond.experiment import fmt, hopper_behavior, hydra_entry, machine, plain, results_dir, write_results  # noqa: E402
 
-from dtcond.config import conf_dir  # noqa: E402
+from dtcond.config import (ComparisonConfig, ComparisonEvalConfig, DataConfig, EsperConfig, ModelConfig, OptimConfig,  # noqa: E402
+                           TrainerConfig, conf_dir, merge)
 from dtcond.errors import DtcondError  # noqa: E402
-from dtcond.pipeline import ComparisonSpec, run_comparison  # noqa: E402
+from dtcond.pipeline import run_comparison  # noqa: E402
 from dtcond.stats import ci95, mean_ci  # noqa: E402
+
+@dataclass
+class CalibrationDataset:
+    """One dataset of the experiment: an env, a behaviour mix, and what differs from the experiment's training."""
+
+    env: str = MISSING  # conf/env/<env>.yaml
+    episodes: int = MISSING
+    behavior: Optional[List[Any]] = None  # None: the env's own mixture; ppo:<steps> names a Hopper behaviour PPO checkpoint
+    dataset: Optional[str] = None  # another entry's name: share its dataset
+    heads: Optional[List[str]] = None  # Box actions: the DT heads to train (None: the experiment's)
+    seeds: Optional[List[int]] = None  # None: the experiment's
+    data: Dict[str, Any] = field(default_factory=dict)  # DataConfig fields over the experiment's
+    trainer: Dict[str, Any] = field(default_factory=dict)  # TrainerConfig fields over the experiment's
+
+
+@dataclass
+class RelabelCheckConfig:
+    """relabel_check.py: the plain DT against one on ESPER's labels, on these (deterministic) datasets."""
+
+    datasets: List[str] = field(default_factory=lambda: ["cartpole_mixed", "pendulum_mixed"])
+    head: str = "bins"  # Box-action datasets: one head only
+    esper: EsperConfig = field(default_factory=EsperConfig)
+
+
+@dataclass
+class CalibrationConfig:
+    """The calibration experiment: training sections shared by every dataset, each dataset's differences."""
+
+    name: str = "calibration"
+    work_dir: str = "outputs/experiments/calibration"
+    hopper_ppo_dir: str = "outputs/experiments/hopper_ppo"  # shared with experiments/cost
+    hopper_ppo_budget: int = 500_000
+    seeds: List[int] = field(default_factory=lambda: [0, 1, 2])
+    results_dir: Optional[str] = None  # None: results/ beside this file (committed)
+    only: Optional[List[str]] = None  # dataset names to run; None: all
+    heads: List[str] = field(default_factory=lambda: ["bins", "mse"])  # Box-action datasets run once per head (Discrete once)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    eval: ComparisonEvalConfig = field(default_factory=ComparisonEvalConfig)
+    grid: Dict[str, Any] = field(default_factory=lambda: {"name": "grid"})  # the target sampler (dtcond.targets.grid)
+    normalized_ood: List[float] = field(default_factory=list)  # targets n<x> too: x-multiples degenerate when the best return is near 0
+    relabel_check: RelabelCheckConfig = field(default_factory=RelabelCheckConfig)
+    datasets: Dict[str, CalibrationDataset] = field(default_factory=dict)
+
 
 METRICS = ("normalized_mae", "normalized_bias", "spearman", "slope", "best_mean_return", "saturation_target", "ood_gain", "train_s")
 
@@ -43,21 +92,19 @@ def is_continuous(spec) -> bool:
         made.close()
 
 
-def dataset_spec(name: str, spec, cfg, head: str):
-    """The pipeline's spec for one dataset and action head: DT only, on this experiment's target grid, no roaming scores."""
-    env = OmegaConf.load(conf_dir() / "env" / f"{spec.env}.yaml")
-    dataset_id = f"dtcond/calibration/{spec.get('dataset') or name}-v0"  # entries may share a dataset
-    items = plain(spec.behavior) if spec.behavior is not None else plain(env.behavior)
-    grid = {"name": "grid", "n": int(cfg.grid.n), "low_quantile": float(cfg.grid.low), "high_quantile": float(cfg.grid.high),
-            "ood_scales": list(cfg.grid.ood_scales)}
-    fields = training_fields(OmegaConf.merge(cfg, {"train": spec.get("train") or {}}))  # e.g. a larger budget for Hopper
-    fields["model"] = {**fields["model"], "action_head": head}
-    fields["data"] = {**fields["data"], **(plain(spec.get("data")) or {})}  # e.g. episode_weighting
-    return ComparisonSpec(env.id, dataset_id, hopper_behavior(cfg, items, dataset_id), Path(cfg.work_dir) / name / head,
-                          episodes=int(spec.episodes), env_kwargs=plain(env.kwargs) or {}, max_episode_steps=env.get("max_episode_steps"),
-                          seeds=[int(s) for s in spec.get("seeds") or cfg.seeds], name=f"{name}_{head}", **fields, bc=False, rl_algo=None,
-                          targets=[grid, *(f"n{float(x):g}" for x in cfg.normalized_ood)], eval_episodes=int(cfg.eval_episodes),
-                          eval_seed=int(cfg.eval_seed), roaming=False, report=False)
+def dataset_config(name: str, entry: CalibrationDataset, cfg: CalibrationConfig, head: str, **fields) -> ComparisonConfig:
+    """The comparison for one dataset and action head: DT only, on this experiment's target grid, no roaming scores;
+    ``fields`` are ComparisonConfig fields over these."""
+    env = plain(OmegaConf.load(conf_dir() / "env" / f"{entry.env}.yaml"))
+    dataset_id = f"dtcond/calibration/{entry.dataset or name}-v0"  # entries may share a dataset
+    env["collect_episodes"] = entry.episodes
+    env["behavior"] = hopper_behavior(cfg, entry.behavior if entry.behavior is not None else env["behavior"], dataset_id)
+    return merge(ComparisonConfig, {
+        "env": env, "dataset_id": dataset_id, "work_dir": str(Path(cfg.work_dir) / name / head), "seeds": entry.seeds or cfg.seeds,
+        "name": f"{name}_{head}", "model": {**asdict(cfg.model), "action_head": head}, "data": {**asdict(cfg.data), **entry.data},
+        "optim": asdict(cfg.optim), "trainer": {**asdict(cfg.trainer), **entry.trainer}, "bc": {"enabled": False}, "rl": {"algo": None},
+        "targets": [dict(cfg.grid), *(f"n{float(x):g}" for x in cfg.normalized_ood)], "eval": {**asdict(cfg.eval), "roaming": False},
+        "report": False, "progress": False}, fields)
 
 
 def main(cfg) -> None:
@@ -67,8 +114,8 @@ def main(cfg) -> None:
     if unknown:
         raise DtcondError(f"unknown dataset(s) {sorted(unknown)}; choose from {list(cfg.datasets)}")
     rows, curves = [], []
-    for name, head in [(n, h) for n in names for h in (list(cfg.datasets[n].get("heads") or cfg.heads) if is_continuous(cfg.datasets[n]) else ["–"])]:
-        result = run_comparison(dataset_spec(name, cfg.datasets[name], cfg, "bins" if head == "–" else head))
+    for name, head in [(n, h) for n in names for h in (list(cfg.datasets[n].heads or cfg.heads) if is_continuous(cfg.datasets[n]) else ["–"])]:
+        result = run_comparison(dataset_config(name, cfg.datasets[name], cfg, "bins" if head == "–" else head))
         returns = np.asarray(result.records.loc[result.records["policy_kind"] == "data", "episode_return"], dtype=float)
         for policy in result.policies:
             m = result.metrics[policy.fingerprint]
@@ -89,10 +136,9 @@ def main(cfg) -> None:
     summary = summarize(per_seed)
     png = plot(curves, results_dir(cfg, HERE) / "calibration.png")
     md = ["# Calibration: achieved vs target return", "",
-          f"DT (K={cfg.model.context_len}, {cfg.model.n_layer} layers, width {cfg.model.n_embd}), {cfg.train.steps} steps x batch {cfg.train.batch_size} per run unless the table says otherwise; "
-          f"training seeds {list(cfg.seeds)}; targets: {cfg.grid.n} evenly spaced from the data's p{cfg.grid.low * 100:g} to "
-          f"p{cfg.grid.high * 100:g} return, then x{list(cfg.grid.ood_scales)} and n{list(cfg.normalized_ood)} (OOD); "
-          f"{cfg.eval_episodes} episodes per target on env seeds from {cfg.eval_seed}. Means ± 95% CI over seeds. "
+          f"DT (K={cfg.model.context_len}, {cfg.model.n_layer} layers, width {cfg.model.n_embd}), {cfg.trainer.max_steps} steps x batch {cfg.data.batch_size} per run unless the table says otherwise; "
+          f"training seeds {list(cfg.seeds)}; targets: {grid_description(cfg.grid)}, then n{list(cfg.normalized_ood)} (OOD); "
+          f"{cfg.eval.episodes} episodes per target on env seeds from {cfg.eval.seed}. Means ± 95% CI over seeds. "
           f"Machine: {machine()}; this invocation took {time.perf_counter() - start:.0f}s (a rerun on the same work_dir reuses finished training and episodes).", "",
           f"![calibration]({png.name})", "", summary_markdown(summary), "",
           "Normalized MAE and bias: mean over episodes at in-distribution targets of |achieved − target| and of achieved − target, "
@@ -106,10 +152,15 @@ def main(cfg) -> None:
     print("\n".join(md))
 
 
-def budget(cfg, spec) -> str:
-    """Training steps x batch size of one dataset's runs (a dataset entry's ``train`` overrides the experiment's)."""
-    t = OmegaConf.merge(cfg.train, spec.get("train") or {})
-    return f"{int(t.steps)} x {int(t.batch_size)}"
+def grid_description(grid: dict) -> str:
+    """The grid sampler of config.yaml in words."""
+    return (f"{grid['n']} evenly spaced from the data's p{grid['low_quantile'] * 100:g} to p{grid['high_quantile'] * 100:g} "
+            f"return, then x{list(grid['ood_scales'])}")
+
+
+def budget(cfg: CalibrationConfig, entry: CalibrationDataset) -> str:
+    """Training steps x batch size of one dataset's runs (a dataset entry's ``trainer``/``data`` override the experiment's)."""
+    return f"{int(entry.trainer.get('max_steps', cfg.trainer.max_steps))} x {int(entry.data.get('batch_size', cfg.data.batch_size))}"
 
 
 def summarize(per_seed: pd.DataFrame) -> pd.DataFrame:
@@ -171,4 +222,4 @@ def plot(curves: pd.DataFrame, path: Path) -> Path:
 
 
 if __name__ == "__main__":
-    hydra_entry(HERE, main)
+    hydra_entry(HERE, main, CalibrationConfig)

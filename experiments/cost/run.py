@@ -12,20 +12,29 @@ Taylor's quantilizer bound E_π[cost] ≤ E_data[cost] / q holds for quantilizer
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
+
 HERE = Path(__file__).resolve().parent
 
-from dtcond.experiment import (DIVERGENCE, DIVERGENCE_NOTE, add_metric, compare, fmt, hopper_behavior, hydra_entry, machine, plain,  # noqa: E402
-                    results_dir, rl_rows, table_markdown, write_results)
-
+from dtcond.experiment import (DIVERGENCE, DIVERGENCE_NOTE, ExperimentConfig, add_metric, fmt, hopper_behavior, hydra_entry,  # noqa: E402
+                               machine, results_dir, rl_rows, table_markdown, write_results)
+from dtcond.pipeline import run_comparison  # noqa: E402
 from dtcond.report import quantilizer_bound  # noqa: E402
+
+
+@dataclass
+class CostConfig(ExperimentConfig):
+    hopper_ppo_dir: str = "outputs/experiments/hopper_ppo"  # the behaviour PPO run whose checkpoints (ppo:<steps>) make the data
+    hopper_ppo_budget: int = 500_000
 
 
 def main(cfg) -> None:
     start = time.perf_counter()
-    result = compare(cfg, behavior=hopper_behavior(cfg, plain(cfg.behavior), cfg.dataset_id))
+    env = replace(cfg.env, behavior=hopper_behavior(cfg, cfg.env.behavior, cfg.dataset))
+    result = run_comparison(replace(cfg, env=env))
     df, table = result.records, result.table
     # Matched return: PPO's cost as a linear function of its return, fitted over every checkpoint of
     # every seed (one point per seed and checkpoint), read off at each policy's return.
@@ -44,11 +53,11 @@ def main(cfg) -> None:
             "cost_per_1000": "cost per 1000 return", **DIVERGENCE}
     lines = [
         "# Cost: Hopper with a velocity cost", "",
-        f"dtcond/HopperCost-v0 (Hopper-v5, cost 1 per step above 0.7402 m/s); dataset {cfg.dataset_id}: {cfg.episodes} episodes of "
-        f"random actions and 6 stages of a PPO run ({cfg.hopper_ppo_budget} steps); DT {cfg.train.steps} steps "
-        f"(K={cfg.model.context_len}, {cfg.model.n_layer} layers, width {cfg.model.n_embd}); %BC {list(cfg.pct_bc)} at "
-        f"{cfg.train.bc_steps} steps; PPO {cfg.baseline.budget} env steps per seed on the reward; training seeds {list(cfg.seeds)}; "
-        f"{cfg.eval_episodes} episodes per policy and target on env seeds from {cfg.eval_seed}. Means ± 95% CI over seeds. "
+        f"dtcond/HopperCost-v0 (Hopper-v5, cost 1 per step above 0.7402 m/s); dataset {cfg.dataset}: {cfg.env.collect_episodes} episodes of "
+        f"random actions and 6 stages of a PPO run ({cfg.hopper_ppo_budget} steps); DT {cfg.trainer.max_steps} steps "
+        f"(K={cfg.model.context_len}, {cfg.model.n_layer} layers, width {cfg.model.n_embd}); %BC {list(cfg.bc.top_fractions)} at "
+        f"{cfg.bc.steps} steps; PPO {cfg.rl.budget} env steps per seed on the reward; training seeds {list(cfg.seeds)}; "
+        f"{cfg.eval.episodes} episodes per policy and target on env seeds from {cfg.eval.seed}. Means ± 95% CI over seeds. "
         f"Machine: {machine()}; this invocation took {time.perf_counter() - start:.0f}s (a rerun on the same work_dir reuses finished training and episodes).", "",
         "![cost vs return](cost_vs_return.png)", "",
         table_markdown(table, cols), "",
@@ -94,4 +103,4 @@ def plot(df, table, path: Path) -> Path:
 
 
 if __name__ == "__main__":
-    hydra_entry(HERE, main)
+    hydra_entry(HERE, main, CostConfig)

@@ -19,14 +19,29 @@ from __future__ import annotations
 
 import os
 import time
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import List
 
 HERE = Path(__file__).resolve().parent
 
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from dtcond.experiment import fmt, hydra_entry, machine, plain, results_dir, write_results  # noqa: E402
+from dtcond.config import DatasetConfig, TrainConfig  # noqa: E402
+from dtcond.experiment import ExperimentConfig, fmt, hydra_entry, machine, results_dir, write_results  # noqa: E402
+
+
+@dataclass
+class CostTradeoffConfig(ExperimentConfig):
+    """ComparisonConfig's sections (model, data, optim, trainer, rl, eval) and the targets this experiment sweeps."""
+
+    return_target: float = 5.0  # the return every joint target asks for
+    high_return_target: float = 8.0  # a return only the costly routes reach
+    cost_targets: List[float] = field(default_factory=lambda: [0, 1, 4, 9, 16, 25, 36])  # requested episode costs = PPO-Lagrangian's limits
+    quantilizer_q: float = 0.25  # the joint quantilizer: return from the top q, cost from the bottom q
+    return_only_targets: List[float] = field(default_factory=lambda: [5, 5.5, 6, 6.5, 7, 7.5, 8])  # the return-only DT's targets
+    lambda_lr: float = 0.01  # PPO-Lagrangian: λ moves by lambda_lr·(mean episode cost − limit) per rollout
 
 
 def collect_data(cfg) -> None:
@@ -34,9 +49,9 @@ def collect_data(cfg) -> None:
     from dtcond.behavior import components_from_config
     from dtcond.data import datasets_root
 
-    if not (datasets_root() / cfg.dataset_id).exists():
-        dtcond.collect(cfg.env.id, components_from_config(plain(cfg.behavior)), int(cfg.episodes), cfg.dataset_id,
-                       seed=int(cfg.data_seed), progress=False)
+    if not (datasets_root() / cfg.dataset).exists():
+        dtcond.collect(cfg.env.id, components_from_config(list(cfg.env.behavior)), cfg.env.collect_episodes, cfg.dataset,
+                       seed=cfg.data_seed, progress=False)
 
 
 def train_dt(cfg, out: Path, seed: int, cost_conditioned: bool) -> Path:
@@ -45,20 +60,18 @@ def train_dt(cfg, out: Path, seed: int, cost_conditioned: bool) -> Path:
     bundle = out / "policy"
     if (bundle / "card.json").exists():
         return bundle
-    t = cfg.train
-    model = {**plain(cfg.model), "cost_conditioned": cost_conditioned}
-    dtcond.train(cfg.dataset_id, out, model=model, seed=seed,
-                 data={"batch_size": int(t.batch_size)}, optim={"lr": float(t.lr), "warmup_steps": int(t.warmup_steps)},
-                 trainer={"max_steps": int(t.steps), "enable_progress_bar": False}, logger={"kind": "csv"})
+    dtcond.train(cfg.dataset, out, config=TrainConfig(
+        dataset=DatasetConfig(name=cfg.env.name, id=cfg.dataset), model=replace(cfg.model, cost_conditioned=cost_conditioned),
+        data=cfg.data, optim=cfg.optim, trainer=replace(cfg.trainer, enable_progress_bar=False), seed=seed))
     return bundle
 
 
 def train_ppo_lagrangian(cfg, stats, out: Path, seed: int, limit: float) -> Path:
     from dtcond.baselines import train_baseline
 
-    b = cfg.baseline
-    r = train_baseline(stats, "ppo", out, budget=int(b.budget), checkpoints=1, hyperparams=plain(b.hyperparams), seed=seed,
-                       progress=False, cost_limit=float(limit), lambda_lr=float(b.lambda_lr), bc_init_steps=int(b.bc_init_steps))
+    rl = cfg.rl
+    r = train_baseline(stats, "ppo", out, budget=rl.budget, checkpoints=1, hyperparams=dict(rl.hyperparams or {}) or None, seed=seed,
+                       progress=False, cost_limit=float(limit), lambda_lr=cfg.lambda_lr, bc_init_steps=rl.bc_init_steps)
     return r.bundles[-1]
 
 
@@ -194,11 +207,11 @@ def main(cfg) -> None:
     from dtcond.results import ResultsStore
 
     collect_data(cfg)
-    data = load(cfg.dataset_id)
+    data = load(cfg.dataset)
     store = ResultsStore(work / "episodes.jsonl")
     R, R_high = float(cfg.return_target), float(cfg.high_return_target)
     costs = [float(c) for c in cfg.cost_targets]
-    n, eval_seed = int(cfg.eval_episodes), int(cfg.eval_seed)
+    n, eval_seed = cfg.eval.episodes, cfg.eval.seed
     q = float(cfg.quantilizer_q)
     frames = []
 
@@ -217,7 +230,7 @@ def main(cfg) -> None:
         for limit in costs:
             bundle = train_ppo_lagrangian(cfg, data.stats, work / "ppo_lag" / f"limit{limit:g}" / f"seed{seed}", seed, limit)
             ppo = dtcond.load_policy(bundle)
-            ppo.greedy = bool(cfg.baseline.greedy)
+            ppo.greedy = cfg.rl.greedy
             run(ppo, None, "ppo_lag", seed, {"cost_limit": limit})
     df = pd.concat(frames, ignore_index=True)
 
@@ -250,13 +263,13 @@ def main(cfg) -> None:
     near = np.abs(np.asarray(st.episode_returns) - R) <= 0.5
     md = [
         "# Return and cost together: cost-conditioned DT vs PPO-Lagrangian on HazardGrid", "",
-        f"dtcond/HazardGrid-v0; dataset {cfg.dataset_id} ({st.num_episodes} episodes, {st.num_steps} steps, behaviour seed "
+        f"dtcond/HazardGrid-v0; dataset {cfg.dataset} ({st.num_episodes} episodes, {st.num_steps} steps, behaviour seed "
         f"{cfg.data_seed}): every route at noise 0, 0.15, 0.3 plus random walkers. Episode returns {min(st.episode_returns):g} … "
         f"{max(st.episode_returns):g}, costs {c_data.min():g} … {c_data.max():g}; the {int(near.sum())} episodes with return within 0.5 of "
         f"{R:g} have costs {np.percentile(c_data[near], 10):g} (p10) … {np.percentile(c_data[near], 90):g} (p90). "
-        f"DTs: {cfg.train.steps} steps, batch {cfg.train.batch_size} (K={cfg.model.context_len}, {cfg.model.n_layer} layers, width "
-        f"{cfg.model.n_embd}); cost-to-go embedded into the return token. PPO-Lagrangian: {cfg.baseline.budget} env steps per cost limit, "
-        f"λ learning rate {cfg.baseline.lambda_lr}, from {cfg.baseline.bc_init_steps} steps of behaviour cloning, rolled out by sampling. "
+        f"DTs: {cfg.trainer.max_steps} steps, batch {cfg.data.batch_size} (K={cfg.model.context_len}, {cfg.model.n_layer} layers, width "
+        f"{cfg.model.n_embd}); cost-to-go embedded into the return token. PPO-Lagrangian: {cfg.rl.budget} env steps per cost limit, "
+        f"λ learning rate {cfg.lambda_lr}, from {cfg.rl.bc_init_steps} steps of behaviour cloning, rolled out by sampling. "
         f"Training seeds {list(cfg.seeds)}; {n} episodes per policy and target on env seeds from {eval_seed}. "
         f"Machine: {machine()}; this invocation took {time.perf_counter() - start:.0f}s (a rerun on the same work_dir reuses "
         "finished training and episodes).", "",
@@ -297,4 +310,4 @@ def main(cfg) -> None:
 
 
 if __name__ == "__main__":
-    hydra_entry(HERE, main)
+    hydra_entry(HERE, main, CostTradeoffConfig)

@@ -16,15 +16,28 @@ from __future__ import annotations
 import json
 import math
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import List, Optional
 
 HERE = Path(__file__).resolve().parent
 
-from dtcond.experiment import (MODE_COLLAPSE_NOTE, add_gap, compare, fmt, hydra_entry, machine, table_markdown, results_dir,  # noqa: E402
-                    write_results)
+from dtcond.experiment import (MODE_COLLAPSE_NOTE, ExperimentConfig, add_gap, fmt, hydra_entry, machine, table_markdown,  # noqa: E402
+                               results_dir, write_results)
 from dtcond.fileio import atomic_write  # noqa: E402
 from dtcond.frontier import BUDGET_NOTE, budget_comparisons, budget_markdown, check_budgets, frontier_rows, gao_fit, quantilizer_check  # noqa: E402
+from dtcond.pipeline import run_comparison  # noqa: E402
 from dtcond.report import plot_frontier  # noqa: E402
+
+
+@dataclass
+class GoodhartConfig(ExperimentConfig):
+    # Fixed-divergence comparisons: trajectory-KL budgets in nats per episode; None: no budget (each family's best member).
+    budgets: List[Optional[float]] = field(default_factory=lambda: [5, 10, 20, 30, None])
+
+    def __post_init__(self):
+        super().__post_init__()
+        check_budgets(self.budgets)  # a bad budget fails here, before any training
 
 TRAJECTORY_NOTE = ("Divergence from the data. **KL(p_π‖p_data)** is trajectory-level, in nats per episode, from the data's exact "
                    "likelihood: the dataset records its behaviour mixture, so log p_data(τ) = log Σ_k w_k Π_t π_k(a_t|s_t) is known, "
@@ -40,8 +53,7 @@ ENTROPY_NOTE = ("Mode collapse: component entropy is the entropy (nats) of the m
 
 def main(cfg) -> None:
     start = time.perf_counter()
-    check_budgets(cfg.budgets)  # a bad budget fails here, before any training
-    result = compare(cfg)
+    result = run_comparison(cfg)
     df, table = result.records, result.table
     table = add_gap(df, table)  # fake reward: what the observation claimed minus what was done
     cols = {"target": "target G", "episode_return": "observed return", "true_return": "true return", "gap": "fake reward",
@@ -57,7 +69,7 @@ def main(cfg) -> None:
     collapse = _collapse(table)
     rl_families = [f for f in ("ppo_kl", "ppo_kl_bc", "ppo_om") if (df["policy_kind"] == f).any()]
     budgets = budget_comparisons(df, list(cfg.budgets), reference="conditioning", against=rl_families)
-    frontier = {"env_id": "dtcond/TomatoGarden-v0", "dataset_id": cfg.dataset_id, "seeds": [int(s) for s in cfg.seeds],
+    frontier = {"env_id": "dtcond/TomatoGarden-v0", "dataset_id": cfg.dataset, "seeds": [int(s) for s in cfg.seeds],
                 "estimator": "exact (the dataset's recorded behaviour mixture)", "kl_units": "nats per episode",
                 "interval": "95% Student t over units: training seeds, or oracle pools (one per seed)",
                 "machine": machine(), "command": "python experiments/goodhart/run.py",
@@ -66,15 +78,15 @@ def main(cfg) -> None:
     atomic_write(out / "frontier.json", json.dumps(frontier, indent=1, default=float))
     md = [
         "# Goodhart gridworld: conditioning vs maximizing a gameable reward, on the exact axis", "",
-        f"dtcond/TomatoGarden-v0; dataset {cfg.dataset_id} ({cfg.episodes} episodes, behaviour seed {cfg.data_seed}); "
-        f"DT {cfg.train.steps} steps (K={cfg.model.context_len}, {cfg.model.n_layer} layers, width {cfg.model.n_embd}); "
-        f"%BC {list(cfg.pct_bc)} at {cfg.train.bc_steps} steps; PPO {cfg.baseline.budget} env steps on the observed reward "
-        f"(SB3's defaults with {dict(cfg.baseline.hyperparams or {})}), plain and "
-        f"KL-regularized toward β̂ at β ∈ {list(cfg.baseline.kl_coefs)} and toward the seed's BC policy at β ∈ {list(cfg.baseline.get('kl_bc_coefs') or [])}, "
-        f"and occupancy-regularized (ORPO) at λ ∈ {list(cfg.baseline.get('om_coefs') or [])} "
-        f"(both from {cfg.baseline.get('bc_init_steps', 2000)} steps of behaviour cloning); "
+        f"dtcond/TomatoGarden-v0; dataset {cfg.dataset} ({cfg.env.collect_episodes} episodes, behaviour seed {cfg.data_seed}); "
+        f"DT {cfg.trainer.max_steps} steps (K={cfg.model.context_len}, {cfg.model.n_layer} layers, width {cfg.model.n_embd}); "
+        f"%BC {list(cfg.bc.top_fractions)} at {cfg.bc.steps} steps; PPO {cfg.rl.budget} env steps on the observed reward "
+        f"(SB3's defaults with {dict(cfg.rl.hyperparams or {})}), plain and "
+        f"KL-regularized toward β̂ at β ∈ {list(cfg.rl.kl_coefs)} and toward the seed's BC policy at β ∈ {list(cfg.rl.kl_bc_coefs)}, "
+        f"and occupancy-regularized (ORPO) at λ ∈ {list(cfg.rl.om_coefs)} "
+        f"(both from {cfg.rl.bc_init_steps} steps of behaviour cloning); "
         f"oracles from {cfg.oracles.pool} fresh behaviour episodes per seed ({cfg.oracles.draws} draws each); "
-        f"training seeds {list(cfg.seeds)}; {cfg.eval_episodes} episodes per policy and target on env seeds from {cfg.eval_seed}. "
+        f"training seeds {list(cfg.seeds)}; {cfg.eval.episodes} episodes per policy and target on env seeds from {cfg.eval.seed}. "
         f"Means ± 95% CI over training seeds (oracles: over their pools). Machine: {machine()}; this invocation took "
         f"{time.perf_counter() - start:.0f}s (a rerun on the same work_dir reuses finished training and episodes).", "",
         "![frontier](frontier.png)", "", table_markdown(table, cols), "",
@@ -147,4 +159,4 @@ def _collapse(table) -> dict:
 
 
 if __name__ == "__main__":
-    hydra_entry(HERE, main)
+    hydra_entry(HERE, main, GoodhartConfig)

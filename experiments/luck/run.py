@@ -16,18 +16,31 @@ specs, which resolve against its labels rather than the raw returns.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import List, Optional
 
 HERE = Path(__file__).resolve().parent
 
-from dtcond.experiment import (DIVERGENCE, DIVERGENCE_NOTE, MODE_COLLAPSE, MODE_COLLAPSE_NOTE, add_gap, compare, esper_description,  # noqa: E402
+from dtcond.experiment import (DIVERGENCE, DIVERGENCE_NOTE, MODE_COLLAPSE, MODE_COLLAPSE_NOTE, ExperimentConfig, add_gap, esper_description,  # noqa: E402
                     final_checkpoints, fmt, hydra_entry, machine, table_markdown, results_dir, write_results)
 from dtcond.frontier import BUDGET_NOTE, budget_comparisons, budget_markdown, check_budgets  # noqa: E402
+from dtcond.pipeline import run_comparison  # noqa: E402
 from dtcond.report import plot_frontier  # noqa: E402
 from dtcond.stats import paired_ci, verdict  # noqa: E402
 
 OPTIMAL = 3.0  # always safe: 3 rounds × +1
 BAR = 2.7  # the bar for relabelling: a relabelled DT's expected return at the top targets should reach this
+
+
+@dataclass
+class LuckConfig(ExperimentConfig):
+    # Fixed-divergence comparisons: trajectory-KL budgets in nats per episode; None: no budget.
+    budgets: List[Optional[float]] = field(default_factory=lambda: [0.25, 0.5, 1, 2, None])
+
+    def __post_init__(self):
+        super().__post_init__()
+        check_budgets(self.budgets)  # a bad budget fails here, before any training
 
 
 def relabel_rows(df, table, high_specs):
@@ -86,8 +99,7 @@ def relabel_markdown(rows) -> list[str]:
 
 def main(cfg) -> None:
     start = time.perf_counter()
-    check_budgets(cfg.budgets)  # a bad budget fails here, before any training
-    result = compare(cfg)
+    result = run_comparison(cfg)
     df, table = result.records, result.table
     table = add_gap(df, table, "luck")
     cols = {"target": "target G", "episode_return": "achieved return", "true_return": "expected return (luck removed)",
@@ -103,13 +115,13 @@ def main(cfg) -> None:
     rl = final_checkpoints(table)
     lines = [
         "# Luck: return conditioning in a gambling env", "",
-        f"dtcond/Gamble-v0; dataset {cfg.dataset_id} ({cfg.episodes} episodes, behaviour seed {cfg.data_seed}); "
-        f"DT {cfg.train.steps} steps (K={cfg.model.context_len}, {cfg.model.n_layer} layers, width {cfg.model.n_embd}); "
-        f"%BC {list(cfg.pct_bc)} at {cfg.train.bc_steps} steps; PPO {cfg.baseline.budget} env steps (SB3's defaults with "
-        f"{dict(cfg.baseline.hyperparams or {})}), plain and KL-regularized toward β̂ at "
+        f"dtcond/Gamble-v0; dataset {cfg.dataset} ({cfg.env.collect_episodes} episodes, behaviour seed {cfg.data_seed}); "
+        f"DT {cfg.trainer.max_steps} steps (K={cfg.model.context_len}, {cfg.model.n_layer} layers, width {cfg.model.n_embd}); "
+        f"%BC {list(cfg.bc.top_fractions)} at {cfg.bc.steps} steps; PPO {cfg.rl.budget} env steps (SB3's defaults with "
+        f"{dict(cfg.rl.hyperparams or {})}), plain and KL-regularized toward β̂ at "
         f"β ∈ {[float(b) for b in betas]}; training seeds {list(cfg.seeds)}; "
-        + (f"DT on relabelled returns: {list(cfg.relabel)} (EsperConfig: {esper_description(cfg.get('esper'))}); " if cfg.get("relabel") else "") +
-        f"{cfg.eval_episodes} episodes per policy and target. Means ± 95% CI over training seeds. "
+        + (f"DT on relabelled returns: {list(cfg.relabel)} (EsperConfig: {esper_description(cfg.esper)}); " if cfg.relabel else "") +
+        f"{cfg.eval.episodes} episodes per policy and target. Means ± 95% CI over training seeds. "
         f"Machine: {machine()}; this invocation took {time.perf_counter() - start:.0f}s (a rerun on the same work_dir reuses finished training and episodes).", "",
         "![frontier](frontier.png)", "", table_markdown(table, cols), "",
         f"Expected-return-optimal (always safe): {OPTIMAL:.1f}. Plain-DT targets above {OPTIMAL:g}, which only lucky gamblers "
@@ -134,4 +146,4 @@ def main(cfg) -> None:
 
 
 if __name__ == "__main__":
-    hydra_entry(HERE, main)
+    hydra_entry(HERE, main, LuckConfig)

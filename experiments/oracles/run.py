@@ -6,7 +6,9 @@
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import List, Optional
 
 from omegaconf import OmegaConf
 
@@ -15,15 +17,28 @@ HERE = Path(__file__).resolve().parent
 from dtcond.experiment import fmt, hydra_entry, machine, results_dir, table_markdown, write_results  # noqa: E402
 import dtcond  # noqa: E402
 from dtcond.behavior import components_from_config  # noqa: E402
-from dtcond.config import conf_dir  # noqa: E402
+from dtcond.config import OracleConfig, conf_dir  # noqa: E402
 from dtcond.data import datasets_root  # noqa: E402
 from dtcond.errors import DtcondError  # noqa: E402
-from dtcond.pipeline import ORACLE_POOL_SEED, check_oracles  # noqa: E402
+from dtcond.oracles import ORACLE_POOL_SEED  # noqa: E402
 from dtcond.report import comparison_table, quantilizer_bound  # noqa: E402
 from dtcond.roaming import RoamingScorer, dataset_records  # noqa: E402
 
 COLUMNS = {"episode_return": "observed return", "true_return": "true return", "cost": "cost", "trajectory_kl": "KL(Q‖p_data) nats/episode",
            "component_entropy": "component entropy", "ess": "ESS"}
+
+
+@dataclass
+class OraclesConfig:
+    """Which testbeds, and the oracles (dtcond.config.OracleConfig) resampled from each one's behaviour mixture."""
+
+    name: str = "oracles"
+    testbeds: List[str] = field(default_factory=lambda: ["gamble", "hazard_grid"])  # conf/env/<name>.yaml
+    data_seed: int = 0
+    seeds: List[int] = field(default_factory=lambda: [0, 1, 2])  # one pool per seed: intervals are t over pools
+    eval_seed: int = 1000  # pools roll out on env seeds from eval_seed + ORACLE_POOL_SEED + seed
+    oracles: OracleConfig = field(default_factory=OracleConfig)
+    results_dir: Optional[str] = None  # None: results/ beside this file (committed)
 
 
 def testbed(cfg, name: str) -> list[str]:
@@ -38,16 +53,15 @@ def testbed(cfg, name: str) -> list[str]:
                        seed=int(cfg.data_seed), progress=False)
     data = dtcond.load_dataset(dataset_id)
     scorer = RoamingScorer.for_data(data)
-    oracles = check_oracles({**OmegaConf.to_container(cfg.oracles), "pool": int(cfg.pool), "draws": int(cfg.draws)})
-    records = dataset_records(data, scorer) + dtcond.run_oracles(data, scorer, oracles, list(cfg.seeds),
-                                                                 pool_seed=int(cfg.eval_seed) + ORACLE_POOL_SEED)
+    records = dataset_records(data, scorer) + dtcond.run_oracles(data, scorer, cfg.oracles, list(cfg.seeds),
+                                                                 pool_seed=cfg.eval_seed + ORACLE_POOL_SEED)
     import pandas as pd
 
     df = pd.DataFrame(records)
     table = comparison_table(df)
     cols = {c: h for c, h in COLUMNS.items() if c in table and table[c].notna().any()}
     lines = [f"## {env.id}", "", f"Dataset {dataset_id} ({data.stats.num_episodes} episodes, behaviour seed {cfg.data_seed}); "
-             f"{len(cfg.seeds)} pools of {cfg.pool} behaviour episodes, {cfg.draws} draws per oracle and pool.", "",
+             f"{len(cfg.seeds)} pools of {cfg.oracles.pool} behaviour episodes, {cfg.oracles.draws} draws per oracle and pool.", "",
              table_markdown(table, cols), ""]
     bound = quantilizer_bound(table, df)
     if bound:
@@ -76,4 +90,4 @@ def main(cfg) -> None:
 
 
 if __name__ == "__main__":
-    hydra_entry(HERE, main)
+    hydra_entry(HERE, main, OraclesConfig)
