@@ -2,8 +2,8 @@
 
 Training saves SB3 checkpoints at regular intervals (for resuming, and to plot return and divergence
 against training progress). Each checkpoint is also exported as a *code-free* bundle: the policy's
-weights in safetensors and a JSON card; loading rebuilds the SB3 policy from primitive kwargs, because
-SB3 zips carry cloudpickled objects.
+weights in safetensors and a JSON card (:mod:`dtcond.sb3_policy`, which also loads and runs them); loading
+rebuilds the SB3 policy from primitive kwargs, because SB3 zips carry cloudpickled objects.
 
 Default hyperparameters are the tuned ones of RL Baselines3 Zoo (``hyperparams/ppo.yml`` and
 ``sac.yml``) for the envs listed in :data:`TUNED`; SB3's defaults elsewhere.
@@ -44,7 +44,6 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-import gymnasium as gym
 import numpy as np
 import torch
 from stable_baselines3.common.callbacks import BaseCallback
@@ -52,6 +51,7 @@ from stable_baselines3.common.callbacks import BaseCallback
 from dtcond.config import RL_ALGOS, check_regularizer
 from dtcond.data import DatasetStats
 from dtcond.errors import DtcondError
+from dtcond.sb3_policy import export_sb3_bundle
 import dtcond.envs  # noqa: F401  (registers the dtcond/* env ids)
 
 ALGOS = RL_ALGOS
@@ -64,8 +64,6 @@ TUNED: dict[tuple[str, str], dict] = {
                                  ent_coef=0.0, learning_rate=1e-3, clip_range=0.2, use_sde=True, sde_sample_freq=4),
     ("sac", "Pendulum-v1"): dict(n_envs=1, budget=20_000, learning_rate=1e-3),
 }
-CARD_FORMAT = "dtcond-sb3-policy"
-BIN_GRID = 64  # bins per Box action dimension on which a Gaussian policy is projected for KL/entropy
 OM_CLIP = 10.0  # |d(s, a)| cap in nats: a step the data never shows would otherwise get an unbounded penalty
 
 
@@ -579,185 +577,3 @@ def _checkpoints(ckpt_dir: Path, algo: str) -> list[tuple[int, Path]]:
 def _latest_checkpoint(ckpt_dir: Path, algo: str) -> Path | None:
     found = _checkpoints(ckpt_dir, algo)
     return found[-1][1] if found else None
-
-
-def export_sb3_bundle(policy: torch.nn.Module, folder: Path, card: dict) -> Path:
-    from safetensors.torch import save
-
-    import dtcond
-    from dtcond.fileio import atomic_write
-
-    folder.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().cpu().contiguous() for k, v in policy.state_dict().items()}
-    atomic_write(folder / "policy.safetensors", save(state))
-    full = {"format": CARD_FORMAT, "dtcond_version": dtcond.__version__, **card}
-    atomic_write(folder / "card.json", json.dumps(full, indent=1).encode())
-    return folder
-
-
-class SB3Policy:
-    """An SB3 policy behind dtcond's policy contract (:class:`dtcond.contract.Policy`); ``deterministic`` as in
-    SB3's ``evaluate_policy``, kept as the contract's ``greedy``."""
-
-    def __init__(self, policy, stats: DatasetStats, algo: str, timesteps: int, source: str, deterministic: bool = True,
-                 kl_coef: float = 0.0, cost_limit: float | None = None, om_coef: float = 0.0, kl_reference: str | None = None):
-        self.policy = policy.eval()
-        self.kl_coef = float(kl_coef)
-        self.kl_reference = kl_reference  # PPO-KL toward this BC bundle; None: toward the Markov β̂
-        self.om_coef = float(om_coef)
-        self.cost_limit = None if cost_limit is None else float(cost_limit)
-        self.stats = stats
-        self.algo = algo
-        self.timesteps = timesteps
-        self.source = source
-        self.greedy = bool(deterministic)
-        self.condition_on_return = False
-        self.cost_conditioned = False
-        self._hash = None
-
-    # Each regularized PPO is its own family, one policy per parameter: KL-regularized PPO per β, toward β̂
-    # ("ppo_kl:0.1@100000") or toward the BC policy ("ppo_kl_bc:0.1@100000"), occupancy-regularized PPO per
-    # λ ("ppo_om:1@100000"), PPO-Lagrangian per cost limit d ("ppo_lag:2@100000").
-    @property
-    def kind(self) -> str:
-        if self.cost_limit is not None:
-            return f"{self.algo}_lag"
-        if self.kl_coef > 0:
-            return f"{self.algo}_kl_bc" if self.kl_reference else f"{self.algo}_kl"
-        return f"{self.algo}_om" if self.om_coef > 0 else self.algo
-
-    @property
-    def param(self) -> float | None:
-        """The family's parameter: PPO-KL's β, occupancy-regularized PPO's λ, PPO-Lagrangian's cost limit, else None."""
-        if self.cost_limit is not None:
-            return self.cost_limit
-        return self.om_coef if self.om_coef > 0 else self.kl_coef if self.kl_coef > 0 else None
-
-    @property
-    def label(self) -> str:
-        return f"{self.kind}:{self.param:g}@{self.timesteps}" if self.param is not None else f"{self.algo}@{self.timesteps}"
-
-    env_id = property(lambda self: self.stats.env_id)
-    train_step = property(lambda self: self.timesteps)
-
-    @property
-    def draws_per_step(self) -> int:
-        """Uniforms per step from the evaluation's per-episode generator: one picks a Discrete action, one per
-        dimension draws a Box action's Gaussian noise."""
-        return 1 if self.stats.is_discrete else int(self.stats.action_dim)
-
-    @property
-    def fingerprint(self) -> str:
-        if self._hash is None:
-            from dtcond.policy import weights_hash
-
-            self._hash = weights_hash(self.policy)
-        return f"{self._hash}-{'det' if self.greedy else 'stoch'}"
-
-    def check_env(self, env) -> None:
-        from dtcond.policy import check_env_spaces
-
-        check_env_spaces(env, self.stats)
-
-    def make_env(self, **kwargs) -> gym.Env:
-        from dtcond.recorded import make_env
-
-        env = make_env(self.stats, **{**self.stats.env_kwargs, **kwargs})
-        self.check_env(env)
-        return env
-
-    def begin(self, n: int):
-        return None
-
-    def keep(self, state, rows):
-        return None
-
-    @torch.no_grad()
-    def act_batch(self, state, obs: np.ndarray, rtg: np.ndarray, uniforms: np.ndarray, ctg: np.ndarray | None = None):
-        probs = None
-        if self.stats.is_discrete:
-            obs_t, _ = self.policy.obs_to_tensor(obs)
-            probs_t = self.policy.get_distribution(obs_t).distribution.probs  # (A, n)
-            probs = probs_t.cpu().numpy()
-            if self.greedy:  # acting by the argmax: report the one-hot policy it actually runs
-                actions = probs.argmax(-1)
-                probs = np.eye(probs.shape[-1], dtype=probs.dtype)[actions]
-            else:
-                cdf = np.cumsum(probs, -1)
-                u = np.asarray(uniforms).reshape(len(probs), -1)[:, :1]  # (A, 1)
-                actions = np.minimum((cdf < u).sum(-1), probs.shape[-1] - 1)
-            return actions, probs, None
-        if self.greedy:  # SB3 rescales and clips the mode for us
-            actions, _ = self.policy.predict(obs, deterministic=True)
-            return actions, self._bin_masses(obs, np.asarray(actions)), None
-        # Sampled from the episode's own uniforms (not torch's global generator), so the same env seeds
-        # give the same noise whatever else ran before: z = Φ⁻¹(u) per dimension.
-        from scipy.stats import norm
-
-        u = np.clip(np.asarray(uniforms, dtype=np.float64).reshape(len(obs), -1), 1e-12, 1 - 1e-12)
-        z = norm.ppf(u[:, : int(self.stats.action_dim)])
-        low, high = np.asarray(self.stats.action_low), np.asarray(self.stats.action_high)
-        obs_t, _ = self.policy.obs_to_tensor(obs)
-        if self.algo == "sac":  # tanh-squashed Gaussian, rescaled from [-1, 1] to [low, high]
-            mean, log_std, _ = self.policy.actor.get_action_dist_params(obs_t)
-            squashed = np.tanh(mean.cpu().numpy() + log_std.exp().cpu().numpy() * z)
-            actions = low + (squashed + 1) / 2 * (high - low)
-        else:  # PPO: the per-step Gaussian (gSDE's marginal where use_sde), clipped to the bounds as SB3 does
-            normal = self.policy.get_distribution(obs_t).distribution
-            actions = np.clip(normal.mean.cpu().numpy() + normal.stddev.cpu().numpy() * z, low, high)
-        actions = actions.astype(np.float32)
-        return actions, self._bin_masses(obs, actions), None
-
-    def _bin_masses(self, obs: np.ndarray, actions: np.ndarray) -> np.ndarray:
-        """The Box policy projected on equal bins of [low, high] (A, act_dim, n): see dtcond.distributions."""
-        from dtcond import distributions
-
-        low, high = np.asarray(self.stats.action_low), np.asarray(self.stats.action_high)
-        n = BIN_GRID
-        if self.greedy:  # a point mass: all of it in the action's bin
-            idx = np.clip(np.floor((actions - low) / (high - low) * n).astype(np.int64), 0, n - 1)
-            return np.eye(n)[idx]
-        obs_t, _ = self.policy.obs_to_tensor(obs)
-        if self.algo == "sac":  # tanh-squashed Gaussian, rescaled from [-1, 1] to [low, high]
-            mean, log_std, _ = self.policy.actor.get_action_dist_params(obs_t)
-            mean, std = mean.cpu().numpy(), log_std.exp().cpu().numpy()
-            edges = np.clip(np.linspace(-1, 1, n + 1), -1 + 1e-7, 1 - 1e-7)
-            from scipy.stats import norm
-
-            cdf = norm.cdf((np.arctanh(edges)[None, None, :] - mean[..., None]) / std[..., None])
-            cdf[..., 0], cdf[..., -1] = 0.0, 1.0
-            return np.diff(cdf, axis=-1)
-        # PPO: a Gaussian in action units, clipped to the bounds
-        normal = self.policy.get_distribution(obs_t).distribution
-        return distributions.gaussian_masses(normal.mean.cpu().numpy(), normal.stddev.cpu().numpy(), low, high, n)
-
-
-def load_sb3_bundle(folder: Path) -> SB3Policy:
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-    from stable_baselines3.common.policies import ActorCriticPolicy
-    from stable_baselines3.sac.policies import SACPolicy
-
-    card = json.loads((folder / "card.json").read_text())
-    stats = DatasetStats.from_dict(card["stats"])
-    from dtcond.recorded import make_env
-
-    env = make_env(stats)
-    cls = {"ppo": ActorCriticPolicy, "sac": SACPolicy}.get(card.get("algo"))
-    if cls is None:
-        raise DtcondError(f"{folder}: unknown baseline algo {card.get('algo')!r}")
-    kwargs = dict(card.get("policy_kwargs") or {})
-    if card.get("use_sde"):
-        kwargs["use_sde"] = True
-    policy = cls(env.observation_space, env.action_space, lambda _: 0.0, **kwargs)
-    try:
-        state = load_file(str(folder / "policy.safetensors"))
-    except (SafetensorError, OSError) as exc:
-        raise DtcondError(f"{folder / 'policy.safetensors'} is corrupt or truncated ({exc})") from None
-    try:
-        policy.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        raise DtcondError(f"{folder}: the weights do not match the card ({str(exc).splitlines()[0]})") from None
-    env.close()
-    return SB3Policy(policy, stats, card["algo"], int(card.get("timesteps", 0)), str(folder), kl_coef=float(card.get("kl_coef", 0.0)),
-                     cost_limit=card.get("cost_limit"), om_coef=float(card.get("om_coef", 0.0)), kl_reference=card.get("kl_reference"))

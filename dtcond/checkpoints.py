@@ -90,7 +90,7 @@ def _load_dt_bundle(folder: Path, device):
 
 
 def _load_sb3_bundle(folder: Path, device):
-    from dtcond.baselines import load_sb3_bundle
+    from dtcond.sb3_policy import load_sb3_bundle
 
     return load_sb3_bundle(folder)
 
@@ -109,7 +109,7 @@ def _dt_policy(config, stats, state, card, path: Path, device):
                              source=str(path), kind=card.get("kind"), train_step=int(step) if step is not None else None)
 
 
-# One loader per bundle format (card.json's "format"): the DT/BC bundles written here, the SB3 ones in dtcond.baselines.
+# One loader per bundle format (card.json's "format"): the DT/BC bundles written here, the SB3 ones in dtcond.sb3_policy.
 BUNDLE_LOADERS = {CARD_FORMAT: _load_dt_bundle, "dtcond-sb3-policy": _load_sb3_bundle}
 
 

@@ -165,17 +165,17 @@ def eval_command(cfg) -> None:
               f"achieved {r.return_mean:9.1f} +- {r.return_ci95:6.1f}" + (f"  normalized score {100 * score:6.1f}" if score == score and score is not None else ""))
     if cfg.report:
         report = write_report(store.path)
-        for out in report["outputs"].values():
-            print(f"  report {out['markdown']}  plot {out['plot']}")
+        for out in report.datasets.values():
+            print(f"  report {out.markdown}  plot {out.plot}")
 
 
 def report_command(cfg) -> None:
     from dtcond.report import write_report
 
     report = write_report(Path(cfg.results).expanduser(), cfg.out_dir)
-    for dataset_id, out in report["outputs"].items():
-        print(f"{dataset_id}: {out['markdown']}  {out['plot']}")
-    for fp, m in report["metrics"].items():
+    for dataset_id, out in report.datasets.items():
+        print(f"{dataset_id}: {out.markdown}  {out.plot}")
+    for fp, m in report.metrics.items():
         ind = m.get("in_distribution") or {}
         print(f"  {fp}: in-distribution normalized MAE {ind.get('normalized_mae', float('nan')):.3f}, "
               f"Spearman {ind.get('spearman', float('nan')):.2f}, saturation at target {m.get('saturation_target', float('nan')):.1f}")

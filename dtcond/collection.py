@@ -21,26 +21,13 @@ import gymnasium as gym
 import numpy as np
 
 from dtcond.behavior import Component, episode_assignment, make_policy
-from dtcond.data import INFO_KEYS, check_spaces, datasets_root, return_summary
+from dtcond.data import return_summary
 from dtcond.errors import DtcondError
 from dtcond.likelihood import METADATA_KEY, behavior_metadata
+from dtcond.observations import check_spaces
+from dtcond.storage import check_dataset_id, datasets_root
+from dtcond.validation import INFO_KEYS
 import dtcond.envs  # noqa: F401  (registers the dtcond/* env ids)
-
-def check_dataset_id(dataset_id: str) -> None:
-    """Minari's own id rules, plus an explicit version (an id without -vN breaks Minari's writer)."""
-    from minari.dataset.minari_dataset import parse_dataset_id
-    from minari.namespace import validate_namespace
-
-    try:
-        namespace, _, version = parse_dataset_id(dataset_id or "")
-        validate_namespace(namespace)
-    except Exception:
-        version = None
-    if version is None:
-        raise DtcondError(
-            f"invalid dataset id {dataset_id!r}: use '<namespace>/<name>-v<N>', e.g. 'dtcond/cartpole/mixture-v0'"
-        )
-
 
 @dataclass
 class CollectSummary:

@@ -23,6 +23,8 @@ from typing import Any, Dict, List, Optional
 from omegaconf import MISSING
 
 from dtcond.errors import DtcondError
+from dtcond.storage import check_dataset_id
+from dtcond.targets import parse
 
 
 def conf_dir() -> Path:
@@ -558,9 +560,6 @@ class ComparisonConfig:
     datasets_path: Optional[str] = None  # CLI: default $MINARI_DATASETS_PATH, else ~/.minari/datasets
 
     def __post_init__(self):
-        from dtcond.collection import check_dataset_id
-        from dtcond.targets import parse
-
         check_dataset_id(self.dataset)
         if not self.seeds:
             raise DtcondError("seeds is empty: give at least one training seed")

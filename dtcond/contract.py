@@ -1,7 +1,7 @@
 """The policy contract: what :func:`dtcond.evaluate` rolls out, whatever trained (or defined) the policy.
 
 Every rollout-able policy implements it: the DT and BC/%BC (:class:`dtcond.policy.ConditionedPolicy`), SB3
-policies (:class:`dtcond.baselines.SB3Policy`), and the behaviour mixture itself
+policies (:class:`dtcond.sb3_policy.SB3Policy`), and the behaviour mixture itself
 (:class:`dtcond.likelihood.BehaviorPolicy`). A new family implements these members and nothing else.
 
 Identity is typed: ``kind`` names the family (``"dt"``, ``"ppo_kl"``, ...), ``param`` its parameter (β, λ,

@@ -17,28 +17,8 @@ import gymnasium as gym
 import numpy as np
 
 from dtcond.errors import DtcondError
-
-# Per-step quantities a testbed env may report in `info`, carried through when present.
-INFO_KEYS = ("true_reward", "cost")
-
-
-def datasets_root() -> Path:
-    """Where Minari keeps local datasets (``$MINARI_DATASETS_PATH`` or ``~/.minari/datasets``)."""
-    root = os.environ.get("MINARI_DATASETS_PATH")
-    return Path(root) if root else Path.home() / ".minari" / "datasets"
-
-
-def local_dataset_ids() -> list[str]:
-    """Ids of the datasets under :func:`datasets_root`, found without touching the network."""
-    root = datasets_root()
-    if not root.is_dir():
-        return []
-    ids = []
-    for meta in root.rglob("data/metadata.json"):
-        rel = meta.parent.parent.relative_to(root)
-        if not any(part.startswith(".") for part in rel.parts):
-            ids.append(rel.as_posix())
-    return sorted(ids)
+from dtcond.storage import cache_dir, datasets_root
+from dtcond.validation import INFO_KEYS
 
 
 class FrameStore:
@@ -60,8 +40,6 @@ class FrameStore:
 
     def __init__(self, row_shape, dtype, folder: str | os.PathLike | None = None):
         import tempfile
-
-        from dtcond.roaming import cache_dir
 
         folder = Path(folder) if folder is not None else cache_dir() / "frames"
         folder.mkdir(parents=True, exist_ok=True)
@@ -268,20 +246,6 @@ class OfflineData:
 
     def __len__(self) -> int:
         return len(self.trajectories)
-
-
-def check_spaces(observation_space: gym.Space, action_space: gym.Space) -> None:
-    """Raise a one-line :class:`DtcondError` unless dtcond can model these spaces."""
-    from dtcond.observations import check_observation_space
-
-    check_observation_space(observation_space)
-    if isinstance(action_space, gym.spaces.Box):
-        if len(action_space.shape) != 1:
-            raise DtcondError(f"unsupported action space {action_space}: Box actions must be 1-D")
-        if not (np.all(np.isfinite(action_space.low)) and np.all(np.isfinite(action_space.high))):
-            raise DtcondError(f"unsupported action space {action_space}: Box actions need finite bounds")
-    elif not isinstance(action_space, gym.spaces.Discrete):
-        raise DtcondError(f"unsupported action space {type(action_space).__name__}: dtcond handles Box or Discrete actions")
 
 
 def observation_codec(ds):

@@ -29,11 +29,12 @@ import dtcond
 from dtcond.baselines import ALGOS
 from dtcond.cli import override_error
 from dtcond.config import ComparisonConfig, conf_dir, from_hydra
-from dtcond.data import datasets_root, load
+from dtcond.data import load
 from dtcond.errors import DtcondError
 from dtcond.fileio import atomic_write
 from dtcond.pipeline import quiet_libraries
 from dtcond.stats import grouped_mean_ci, with_policy_columns
+from dtcond.storage import datasets_root
 
 SCHEMA = "base_experiment"  # the name an experiment's config.yaml starts its defaults list with
 
@@ -125,6 +126,15 @@ def final_checkpoints(table: pd.DataFrame) -> pd.DataFrame:
         return rl
     last = rl.groupby("algo")["train_step"].transform(lambda s: max(int(x) for x in s))
     return rl[rl["train_step"].astype(int) == last]
+
+
+def numbers(values) -> str:
+    """A list of numbers as a results header writes it, each in its shortest form.
+
+    >>> numbers([0.3, 1.0, 100.0])
+    '[0.3, 1, 100]'
+    """
+    return "[" + ", ".join(f"{float(v):g}" for v in values) + "]"
 
 
 def fmt(v: float, ci: float | None = None, digits: int = 1) -> str:

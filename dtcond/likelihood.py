@@ -65,7 +65,7 @@ def recorded_behavior(dataset_id: str) -> list[Component] | None:
     """
     from minari.dataset.minari_storage import MinariStorage
 
-    from dtcond.data import datasets_root
+    from dtcond.storage import datasets_root
 
     path = datasets_root() / dataset_id / "data"
     if not (path / "metadata.json").exists():

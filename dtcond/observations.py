@@ -244,3 +244,15 @@ def text_values(space: gym.Space, observations) -> dict[str, list[str]]:
         if isinstance(leaf, Text):
             out["/".join(map(str, path))] = [str(s) for s in _get(observations, path)]
     return out
+
+
+def check_spaces(observation_space: gym.Space, action_space: gym.Space) -> None:
+    """Raise a one-line :class:`DtcondError` unless dtcond can model these spaces."""
+    check_observation_space(observation_space)
+    if isinstance(action_space, gym.spaces.Box):
+        if len(action_space.shape) != 1:
+            raise DtcondError(f"unsupported action space {action_space}: Box actions must be 1-D")
+        if not (np.all(np.isfinite(action_space.low)) and np.all(np.isfinite(action_space.high))):
+            raise DtcondError(f"unsupported action space {action_space}: Box actions need finite bounds")
+    elif not isinstance(action_space, gym.spaces.Discrete):
+        raise DtcondError(f"unsupported action space {type(action_space).__name__}: dtcond handles Box or Discrete actions")

@@ -27,13 +27,12 @@ already in the table are not run again, so a rerun does only what is missing. La
 
 from __future__ import annotations
 
-import math
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-from dtcond.config import TRAINER_LOOP_KEYS, ComparisonConfig, DatasetConfig, TrainConfig  # noqa: F401
+from dtcond.config import ComparisonConfig, DatasetConfig, TrainConfig
 from dtcond.errors import DtcondError
 
 __all__ = ["ComparisonResult", "TrainedPolicy", "run_comparison", "resolve_targets", "quiet_libraries"]
@@ -262,14 +261,14 @@ def run_comparison(config: ComparisonConfig) -> ComparisonResult:
 
         print(f"[4/{steps}] report")
         report = write_report(snapshot, data_returns={dataset_id: list(data.stats.episode_returns)})
-        metrics = report["metrics"]
-        out = report["outputs"][dataset_id]
-        table = out.get("comparison_table")
-        files.update({"calibration": Path(out["markdown"]), "calibration_plot": Path(out["plot"])})
-        if out.get("comparison"):
-            files["comparison"] = Path(out["comparison"])
-        if out.get("frontier"):
-            files["frontier"] = Path(out["frontier"])
+        metrics = report.metrics
+        out = report.datasets[dataset_id]
+        table = out.comparison_table
+        files.update({"calibration": out.markdown, "calibration_plot": out.plot})
+        if out.comparison:
+            files["comparison"] = out.comparison
+        if out.frontier:
+            files["frontier"] = out.frontier
     else:
         from dtcond.stats import calibration_metrics
 
@@ -307,7 +306,7 @@ def _remove_outputs(work: Path) -> None:
 def _ensure_dataset(config: ComparisonConfig) -> None:
     from dtcond.behavior import components_from_config
     from dtcond.collection import collect
-    from dtcond.data import datasets_root
+    from dtcond.storage import datasets_root
 
     dataset_id, env = config.dataset, config.env
     if (datasets_root() / dataset_id).exists() and not config.fresh:

@@ -24,8 +24,9 @@ import numpy as np
 import torch
 
 from dtcond import distributions
-from dtcond.data import DatasetStats, check_spaces
+from dtcond.data import DatasetStats
 from dtcond.errors import DtcondError
+from dtcond.observations import check_spaces
 from dtcond.model import DecisionTransformer
 import dtcond.envs  # noqa: F401  (registers the dtcond/* env ids)
 

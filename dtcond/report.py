@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -449,14 +450,52 @@ def comparison_markdown(table, bound: list[dict], calibration_png: str, frontier
     return "\n".join(lines) + "\n"
 
 
-def write_report(results_path: str | Path, out_dir: str | Path | None = None, data_returns: dict | None = None) -> dict:
+@dataclass
+class DatasetReport:
+    """What :func:`write_report` wrote for one dataset of a results table.
+
+    Attributes:
+        markdown, plot: ``calibration.md`` and its plot (the DT's achieved vs target return, per target).
+        table: :func:`per_target_table` of the DT's rows (of every row when no DT was rolled out).
+        comparison, frontier: ``comparison.md`` and its frontier plot, where the table holds several kinds of
+            policy (or divergence scores); None otherwise (the frontier also needs divergence scores).
+        comparison_table: :func:`comparison_table` of every row, where ``comparison`` was written.
+        bound: :func:`quantilizer_bound`'s rows, where ``comparison`` was written.
+    """
+
+    markdown: Path
+    plot: Path
+    table: object
+    comparison: Path | None = None
+    frontier: Path | None = None
+    comparison_table: object = None
+    bound: list | None = None
+
+
+@dataclass
+class Report:
+    """What :func:`write_report` wrote: the calibration metrics per DT fingerprint (also in ``metrics_file``,
+    ``calibration.json``) and one :class:`DatasetReport` per dataset id."""
+
+    metrics: dict
+    datasets: dict[str, DatasetReport]
+    metrics_file: Path
+
+
+def write_report(results_path: str | Path, out_dir: str | Path | None = None, data_returns: dict | None = None) -> Report:
     """Read a results table and write ``calibration.md``, ``calibration.png``, ``calibration.json``
     (and ``comparison.md`` with its frontier plot when there are several kinds of policy or roaming metrics).
 
     ``data_returns`` maps dataset id → its episode returns; by default they are read from each
     record's policy card (so the dataset itself is not needed).
 
-    >>> write_report("runs/results.jsonl")["outputs"]  # doctest: +SKIP
+    >>> import dtcond
+    >>> policy = dtcond.train("dtcond/cartpole/mixture-v0", "runs/report", model={"context_len": 5},
+    ...                       trainer={"max_steps": 10, "enable_progress_bar": False, "logger": False}).bundle
+    >>> _ = dtcond.evaluate(dtcond.load_policy(policy), ["q0.5", "q0.9"], episodes=2, results="runs/report/results.jsonl")
+    >>> report = write_report("runs/report/results.jsonl")
+    >>> report.datasets["dtcond/cartpole/mixture-v0"].markdown.name, report.metrics_file.name, len(report.metrics)
+    ('calibration.md', 'calibration.json', 1)
     """
     from dtcond.results import ResultsStore
 
@@ -492,7 +531,7 @@ def write_report(results_path: str | Path, out_dir: str | Path | None = None, da
         dt = part[part["policy_kind"] == "dt"]
         table = per_target_table(dt) if len(dt) else per_target_table(part)
         atomic_write(out_dir / f"{stem}.md", markdown_summary(table, {fp: metrics[fp] for fp in dt["fingerprint"].unique()}, png.name))
-        outputs[dataset_id] = {"plot": str(png), "markdown": str(out_dir / f"{stem}.md"), "table": table}
+        outputs[dataset_id] = DatasetReport(markdown=out_dir / f"{stem}.md", plot=Path(png), table=table)
         scored = any(part[c].notna().any() for c in roaming)
         if part["policy_kind"].nunique() > 1 or scored:
             comp = comparison_table(part)
@@ -502,10 +541,10 @@ def write_report(results_path: str | Path, out_dir: str | Path | None = None, da
                 frontier = plot_frontier(comp, out_dir / f"{cstem}_frontier.png", title=f"{dataset_id}: return vs divergence from the data")
             bound = quantilizer_bound(comp, part)
             atomic_write(out_dir / f"{cstem}.md", comparison_markdown(comp, bound, png.name, frontier.name if frontier else None))
-            outputs[dataset_id].update({"comparison": str(out_dir / f"{cstem}.md"), "comparison_table": comp,
-                                        "frontier": str(frontier) if frontier else None, "bound": bound})
+            outputs[dataset_id] = replace(outputs[dataset_id], comparison=out_dir / f"{cstem}.md", comparison_table=comp,
+                                          frontier=Path(frontier) if frontier else None, bound=bound)
     atomic_write(out_dir / "calibration.json", json.dumps(metrics, indent=1, default=float))
-    return {"metrics": metrics, "outputs": outputs}
+    return Report(metrics=metrics, datasets=outputs, metrics_file=out_dir / "calibration.json")
 
 
 def _returns_from_card(policy_path: str) -> list[float]:

@@ -25,9 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -36,14 +34,10 @@ import torch.nn.functional as F
 
 from dtcond import distributions
 from dtcond.data import DatasetStats, OfflineData, split_by_episode
+from dtcond.storage import cache_dir
 
 BINS = 64  # bins per Box action dimension for β̂; the DT's default action_bins, so their KL is exact
 FORMAT = 2  # bump when β̂'s family changes, so stale cache entries are refitted
-
-
-def cache_dir() -> Path:
-    """Where fitted behaviour models are kept: ``$DTCOND_CACHE`` or ``~/.cache/dtcond``."""
-    return Path(os.environ.get("DTCOND_CACHE") or Path.home() / ".cache" / "dtcond")
 
 
 def applies_to(stats) -> bool:

@@ -39,8 +39,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from dtcond.data import DatasetStats
+from typing import TYPE_CHECKING
+
 from dtcond.errors import DtcondError
+
+if TYPE_CHECKING:  # annotations only: parsing a target spec needs no dataset code
+    from dtcond.data import DatasetStats
 
 KINDS = ("absolute", "normalized", "score", "quantile", "scale", "quantilizer", "none")
 # Beyond this many dataset return ranges past the data, a target is a typo, not an experiment.

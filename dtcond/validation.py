@@ -25,6 +25,9 @@ import numpy as np
 
 from dtcond.errors import DtcondError
 
+# Per-step quantities a testbed env may report in `info`, carried through when present.
+INFO_KEYS = ("true_reward", "cost")
+
 SUPPORTED = ("dtcond reads observations of Box, Discrete, MultiDiscrete, MultiBinary and Text spaces, nested in Dict and "
              "Tuple, with Box (1-D, finite bounds) or Discrete actions")
 
@@ -43,7 +46,7 @@ def open_dataset(dataset_id: str):
     """
     import minari
 
-    from dtcond.data import datasets_root, local_dataset_ids
+    from dtcond.storage import datasets_root, local_dataset_ids
 
     root = datasets_root()
     if dataset_id not in local_dataset_ids():
@@ -57,7 +60,7 @@ def open_dataset(dataset_id: str):
     metadata = _read_metadata(dataset_id)
     observation_space = _space(dataset_id, metadata, "observation")
     action_space = _space(dataset_id, metadata, "action")
-    from dtcond.data import check_spaces
+    from dtcond.observations import check_spaces
 
     try:
         check_spaces(observation_space, action_space)
@@ -73,7 +76,7 @@ def _read_metadata(dataset_id: str) -> dict:
     """The dataset's ``metadata.json`` as Minari reads it, with the keys dtcond relies on present."""
     from minari.dataset.minari_storage import MinariStorage
 
-    from dtcond.data import datasets_root
+    from dtcond.storage import datasets_root
 
     path = datasets_root() / dataset_id / "data"
     try:
@@ -169,8 +172,6 @@ def check_episode(episode, observation_space: gym.Space, action_space: gym.Space
     ...
     dtcond.errors.DtcondError: episode has 3 observations for 3 actions; Minari stores one more observation than actions (the final state)
     """
-    from dtcond.data import INFO_KEYS
-
     rewards = np.asarray(episode.rewards)
     if rewards.ndim != 1:
         raise DtcondError(f"{where}: rewards have shape {rewards.shape}; expected one per step")

@@ -124,8 +124,9 @@ def test_the_comparison_report_builds_from_a_small_table(cartpole_dataset, dt_bu
     for bundle in ppo_run.bundles:
         evaluate(load_policy(bundle), episodes=2, results=store, scorer=scorer)
     report = write_report(store.path)
-    out = report["outputs"][cartpole_dataset]
-    comp = out["comparison_table"]
+    out = report.datasets[cartpole_dataset]
+    comp = out.comparison_table
+    assert out.comparison == tmp_path / "comparison.md" and out.frontier == tmp_path / "comparison_frontier.png"
     assert {"data", "dt", "bc", "ppo@128", "ppo@256"} <= set(comp["label"])
     assert comp.loc[comp["label"] == "data", "episodes"].item() == 20
     assert comp.loc[comp["algo"] == "ppo", "train_step"].tolist() == [128, 256]  # typed columns, in training order

@@ -255,7 +255,7 @@ def test_empty_dataset_is_refused(minari_root):
     ],
 )
 def test_unsupported_spaces_are_refused(minari_root, obs_space, act_space, message):
-    from dtcond.data import check_spaces
+    from dtcond.observations import check_spaces
 
     with pytest.raises(DtcondError, match=message):
         check_spaces(obs_space, act_space)

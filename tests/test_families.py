@@ -150,7 +150,7 @@ def test_acrobot_with_reference_scores_reports_normalized_scores(minari_root, tm
     returns = np.array([r["episode_return"] for r in records])
     assert all(r["length"] <= 30 for r in records)  # the recorded TimeLimit, not Acrobot's default 500
     assert np.allclose([r["normalized_score"] for r in records], minari.get_normalized_score(ds, returns))
-    md = open(write_report(tmp_path / "results.jsonl")["outputs"]["test/acrobot/random-v0"]["markdown"]).read()
+    md = open(write_report(tmp_path / "results.jsonl").datasets["test/acrobot/random-v0"].markdown).read()
     assert "normalized score (×100)" in md
 
 

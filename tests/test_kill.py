@@ -28,7 +28,7 @@ import pytest
 
 from conftest import WarmCli
 from dtcond.checkpoints import load_policy
-from dtcond.data import local_dataset_ids
+from dtcond.storage import local_dataset_ids
 from dtcond.validation import check_dataset
 
 TRIALS = int(os.environ.get("DTCOND_KILL_TRIALS", "10"))

@@ -29,7 +29,7 @@ import pandas as pd
 import dtcond
 from dtcond.behavior import components_from_config
 from dtcond.config import conf_dir
-from dtcond.data import datasets_root
+from dtcond.storage import datasets_root
 from dtcond.stats import calibration_metrics, mean_ci
 from dtcond.targets import grid
 

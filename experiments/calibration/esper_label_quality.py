@@ -34,7 +34,7 @@ from dtcond.experiment import fmt, machine  # noqa: E402
 
 import dtcond  # noqa: E402
 from dtcond.config import EsperConfig  # noqa: E402
-from dtcond.data import datasets_root  # noqa: E402
+from dtcond.storage import datasets_root  # noqa: E402
 from dtcond.envs.gamble import GAMBLE, SAFE, GambleEnv  # noqa: E402
 from dtcond.fileio import atomic_write  # noqa: E402
 from dtcond.stats import mean_ci  # noqa: E402

@@ -47,7 +47,7 @@ class CostTradeoffConfig(ExperimentConfig):
 def collect_data(cfg) -> None:
     import dtcond
     from dtcond.behavior import components_from_config
-    from dtcond.data import datasets_root
+    from dtcond.storage import datasets_root
 
     if not (datasets_root() / cfg.dataset).exists():
         dtcond.collect(cfg.env.id, components_from_config(list(cfg.env.behavior)), cfg.env.collect_episodes, cfg.dataset,

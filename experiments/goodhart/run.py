@@ -22,7 +22,7 @@ from typing import List, Optional
 
 HERE = Path(__file__).resolve().parent
 
-from dtcond.experiment import (MODE_COLLAPSE_NOTE, ExperimentConfig, add_gap, fmt, hydra_entry, machine, table_markdown,  # noqa: E402
+from dtcond.experiment import (MODE_COLLAPSE_NOTE, ExperimentConfig, add_gap, fmt, hydra_entry, machine, numbers, table_markdown,  # noqa: E402
                                results_dir, write_results)
 from dtcond.fileio import atomic_write  # noqa: E402
 from dtcond.frontier import BUDGET_NOTE, budget_comparisons, budget_markdown, check_budgets, frontier_rows, gao_fit, quantilizer_check  # noqa: E402
@@ -82,8 +82,8 @@ def main(cfg) -> None:
         f"DT {cfg.trainer.max_steps} steps (K={cfg.model.context_len}, {cfg.model.n_layer} layers, width {cfg.model.n_embd}); "
         f"%BC {list(cfg.bc.top_fractions)} at {cfg.bc.steps} steps; PPO {cfg.rl.budget} env steps on the observed reward "
         f"(SB3's defaults with {dict(cfg.rl.hyperparams or {})}), plain and "
-        f"KL-regularized toward β̂ at β ∈ {list(cfg.rl.kl_coefs)} and toward the seed's BC policy at β ∈ {list(cfg.rl.kl_bc_coefs)}, "
-        f"and occupancy-regularized (ORPO) at λ ∈ {list(cfg.rl.om_coefs)} "
+        f"KL-regularized toward β̂ at β ∈ {numbers(cfg.rl.kl_coefs)} and toward the seed's BC policy at β ∈ {numbers(cfg.rl.kl_bc_coefs)}, "
+        f"and occupancy-regularized (ORPO) at λ ∈ {numbers(cfg.rl.om_coefs)} "
         f"(both from {cfg.rl.bc_init_steps} steps of behaviour cloning); "
         f"oracles from {cfg.oracles.pool} fresh behaviour episodes per seed ({cfg.oracles.draws} draws each); "
         f"training seeds {list(cfg.seeds)}; {cfg.eval.episodes} episodes per policy and target on env seeds from {cfg.eval.seed}. "

@@ -18,7 +18,7 @@ from dtcond.experiment import fmt, hydra_entry, machine, results_dir, table_mark
 import dtcond  # noqa: E402
 from dtcond.behavior import components_from_config  # noqa: E402
 from dtcond.config import OracleConfig, conf_dir  # noqa: E402
-from dtcond.data import datasets_root  # noqa: E402
+from dtcond.storage import datasets_root  # noqa: E402
 from dtcond.errors import DtcondError  # noqa: E402
 from dtcond.oracles import ORACLE_POOL_SEED  # noqa: E402
 from dtcond.report import comparison_table, quantilizer_bound  # noqa: E402
