@@ -27,13 +27,33 @@ already in the table are not run again, so a rerun does only what is missing. La
 
 from __future__ import annotations
 
+import json
+import math
 import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
+
+from dtcond.baselines import ALGOS, train_baseline
+from dtcond.behavior import components_from_config
+from dtcond.checkpoints import load_policy
+from dtcond.collection import collect
 from dtcond.config import ComparisonConfig, DatasetConfig, TrainConfig
+from dtcond.data import load
 from dtcond.errors import DtcondError
+from dtcond.evaluation import evaluate
+from dtcond.fileio import atomic_write
+from dtcond.oracles import ORACLE_POOL_SEED, run_oracles
+from dtcond.report import comparison_table, write_report
+from dtcond.results import ResultsStore
+from dtcond.roaming import RoamingScorer, dataset_records
+from dtcond.stats import calibration_metrics, with_policy_columns
+from dtcond.storage import datasets_root
+from dtcond.targets import from_sampler, parse
+from dtcond.training import train
 
 __all__ = ["ComparisonResult", "TrainedPolicy", "run_comparison", "resolve_targets", "quiet_libraries"]
 
@@ -78,9 +98,7 @@ class ComparisonResult:
     def summary(self) -> str:
         """One screen: a line per policy and target (return, true return and cost where the env reports
         them, divergence from the data), the DTs' calibration, and where the report is."""
-        import math
 
-        import numpy as np
 
         t = self.table
         extra = [c for c in ("true_return", "cost") if c in t and t[c].notna().any()]
@@ -120,7 +138,6 @@ class ComparisonResult:
                     f"KL(π‖β̂) {r.get('kl_behavior', float('nan')):.2f}"
                 return f"{name} {r['true_return']:.1f} (observed {r['episode_return']:.1f}, {kl})"
 
-            from dtcond.baselines import ALGOS
 
             kinds = t["kind"]
             parts = [("conditioned (DT, BC, %BC)", best(t[kinds.isin(["dt", "pct_bc", "bc"])])),
@@ -153,8 +170,6 @@ def resolve_targets(targets: list, stats) -> list:
     >>> [str(s) for s in resolve_targets(["q0.9", 3000, {"name": "quantilizer", "qs": [0.1]}, "q0.9"], stats=None)]
     ['q0.9', '3000', 'quantilizer:0.1']
     """
-    from dtcond.targets import from_sampler, parse
-
     specs = []
     for t in targets:
         specs += from_sampler(dict(t), stats) if isinstance(t, dict) else [parse(t)]
@@ -178,14 +193,7 @@ def run_comparison(config: ComparisonConfig) -> ComparisonResult:
     >>> sorted(set(result.records["policy_kind"]))
     ['bc', 'data', 'dt', 'pct_bc', 'ppo']
     """
-    import pandas as pd
 
-    from dtcond.checkpoints import load_policy
-    from dtcond.data import load
-    from dtcond.evaluation import evaluate
-    from dtcond.results import ResultsStore
-    from dtcond.roaming import RoamingScorer, dataset_records
-    from dtcond.stats import with_policy_columns
 
     if not isinstance(config, ComparisonConfig):
         raise DtcondError(f"run_comparison takes a dtcond.ComparisonConfig (dtcond.merge(ComparisonConfig, {{...}}) builds one "
@@ -257,7 +265,6 @@ def run_comparison(config: ComparisonConfig) -> ComparisonResult:
     files: dict[str, Path] = {"records": snapshot}
     metrics, table = {}, None
     if config.report:
-        from dtcond.report import write_report
 
         print(f"[4/{steps}] report")
         report = write_report(snapshot, data_returns={dataset_id: list(data.stats.episode_returns)})
@@ -270,19 +277,16 @@ def run_comparison(config: ComparisonConfig) -> ComparisonResult:
         if out.frontier:
             files["frontier"] = out.frontier
     else:
-        from dtcond.stats import calibration_metrics
 
         returns = list(data.stats.episode_returns)
         metrics = {fp: calibration_metrics(part, returns) for fp, part in df[df["policy_kind"] == "dt"].groupby("fingerprint")}
     if table is None:
-        from dtcond.report import comparison_table
 
         table = comparison_table(df)
     return ComparisonResult(config, df, table, metrics, policies, files, time.perf_counter() - start)
 
 
 def _oracle_records(config: ComparisonConfig, data, scorer, store) -> list[dict]:
-    from dtcond.oracles import ORACLE_POOL_SEED, run_oracles
 
     if scorer is None or scorer.likelihood is None:
         print(f"  oracles skipped: dataset {config.dataset} recorded no behaviour mixture, so p_data is unknown")
@@ -304,9 +308,6 @@ def _remove_outputs(work: Path) -> None:
 
 
 def _ensure_dataset(config: ComparisonConfig) -> None:
-    from dtcond.behavior import components_from_config
-    from dtcond.collection import collect
-    from dtcond.storage import datasets_root
 
     dataset_id, env = config.dataset, config.env
     if (datasets_root() / dataset_id).exists() and not config.fresh:
@@ -349,8 +350,6 @@ def train_configs(config: ComparisonConfig, seed: int) -> dict[str, TrainConfig]
 def _train_seed(config: ComparisonConfig, stats, seed: int, out: Path) -> list[tuple[Path, float]]:
     """Train (or resume, or find done) one seed's policies: (bundle, training seconds) pairs, RL checkpoints in
     training order (the RL run's time is on its last)."""
-    from dtcond.baselines import train_baseline
-    from dtcond.training import train
 
     out_bundles = []
     for name, train_config in train_configs(config, seed).items():
@@ -391,9 +390,7 @@ def _timed(run_dir: Path, call):
     a run resumed after a kill sums its calls (less the killed call's time, which nothing recorded).
     The record lives with the checkpoints it describes: remove them and training starts again at 0 s.
     """
-    import json
 
-    from dtcond.fileio import atomic_write
 
     record = Path(run_dir) / "checkpoints" / TRAIN_SECONDS
     try:
