@@ -22,8 +22,8 @@ from pathlib import Path
 import pandas as pd
 from omegaconf import OmegaConf
 
-from dataclasses import dataclass
-from typing import Optional
+from dataclasses import dataclass, field
+from typing import List, Optional
 
 import dtcond
 from dtcond.baselines import ALGOS
@@ -32,6 +32,7 @@ from dtcond.config import ComparisonConfig, conf_dir, from_hydra
 from dtcond.data import load
 from dtcond.errors import DtcondError
 from dtcond.fileio import atomic_write
+from dtcond.frontier import check_budgets
 from dtcond.pipeline import quiet_libraries
 from dtcond.stats import grouped_mean_ci, with_policy_columns
 from dtcond.storage import datasets_root
@@ -49,6 +50,18 @@ class ExperimentConfig(ComparisonConfig):
 
     results_dir: Optional[str] = None  # None: results/ beside the experiment's run.py (committed)
     progress: bool = False
+
+
+@dataclass
+class BudgetExperimentConfig(ExperimentConfig):
+    """An experiment that compares families at fixed divergence budgets (:func:`dtcond.frontier.budget_comparisons`)."""
+
+    # Trajectory-KL budgets in nats per episode, declared before the run; None: no budget (each family's best member).
+    budgets: List[Optional[float]] = field(default_factory=lambda: [None])
+
+    def __post_init__(self):
+        super().__post_init__()
+        check_budgets(self.budgets)  # a bad budget fails here, before any training
 
 
 def hydra_entry(experiment_dir: Path, main, schema: type = ExperimentConfig) -> None:

@@ -22,22 +22,17 @@ from typing import List, Optional
 
 HERE = Path(__file__).resolve().parent
 
-from dtcond.experiment import (MODE_COLLAPSE_NOTE, ExperimentConfig, add_gap, fmt, hydra_entry, machine, numbers, table_markdown,  # noqa: E402
+from dtcond.experiment import (MODE_COLLAPSE_NOTE, BudgetExperimentConfig, add_gap, fmt, hydra_entry, machine, numbers, table_markdown,  # noqa: E402
                                results_dir, write_results)
 from dtcond.fileio import atomic_write  # noqa: E402
-from dtcond.frontier import BUDGET_NOTE, budget_comparisons, budget_markdown, check_budgets, frontier_rows, gao_fit, quantilizer_check  # noqa: E402
+from dtcond.frontier import BUDGET_NOTE, budget_comparisons, budget_markdown, frontier_rows, gao_fit, quantilizer_check  # noqa: E402
 from dtcond.pipeline import run_comparison  # noqa: E402
 from dtcond.report import plot_frontier  # noqa: E402
 
 
 @dataclass
-class GoodhartConfig(ExperimentConfig):
-    # Fixed-divergence comparisons: trajectory-KL budgets in nats per episode; None: no budget (each family's best member).
-    budgets: List[Optional[float]] = field(default_factory=lambda: [5, 10, 20, 30, None])
-
-    def __post_init__(self):
-        super().__post_init__()
-        check_budgets(self.budgets)  # a bad budget fails here, before any training
+class GoodhartConfig(BudgetExperimentConfig):
+    budgets: List[Optional[float]] = field(default_factory=lambda: [5, 10, 20, 30, None])  # nats per episode
 
 TRAJECTORY_NOTE = ("Divergence from the data. **KL(p_π‖p_data)** is trajectory-level, in nats per episode, from the data's exact "
                    "likelihood: the dataset records its behaviour mixture, so log p_data(τ) = log Σ_k w_k Π_t π_k(a_t|s_t) is known, "
