@@ -301,7 +301,10 @@ def parse(text: str | float | int | TargetSpec) -> TargetSpec:
     )
 
 
-def grid(stats: DatasetStats, n: int = 7, low: float = 0.05, high: float = 0.95, ood_scales=(1.25, 1.5, 2.0)) -> list[TargetSpec]:
+GRID_OOD_SCALES = (1.25, 1.5, 2.0)  # multiples of the data's best return beyond it
+
+
+def grid(stats: DatasetStats, n: int = 7, low: float = 0.05, high: float = 0.95, ood_scales=GRID_OOD_SCALES) -> list[TargetSpec]:
     """A RADT-style sweep: ``n`` returns evenly spaced between two quantiles of the data, then OOD multiples.
 
     >>> specs = [str(s) for s in grid(stats, n=3, ood_scales=[1.5])]
@@ -334,9 +337,12 @@ def _sampler_specs(sampler: dict, stats: DatasetStats) -> list[TargetSpec]:
     if sampler.get("targets"):
         return [parse(t) for t in sampler["targets"]]
     name = sampler.get("name")
-    if name == "grid":
-        return grid(stats, int(sampler.get("n", 7)), float(sampler.get("low_quantile", 0.05)),
-                    float(sampler.get("high_quantile", 0.95)), sampler.get("ood_scales") or ())
+    if name == "grid":  # a key left out takes grid()'s own default, so the two never disagree
+        given = {"n": "n", "low_quantile": "low", "high_quantile": "high", "ood_scales": "ood_scales"}
+        kwargs = {arg: sampler[key] for key, arg in given.items() if sampler.get(key) is not None}
+        kwargs = {**kwargs, **{k: cast(kwargs[k]) for k, cast in (("n", int), ("low", float), ("high", float)) if k in kwargs}}
+        kwargs["ood_scales"] = tuple(float(x) for x in kwargs.get("ood_scales", GRID_OOD_SCALES))
+        return grid(stats, **kwargs)
     if name == "quantilizer":
         return [quantilizer(float(q)) for q in sampler.get("qs") or ()]
     raise DtcondError(f"sampler {name!r} names no targets: set sampler.target or sampler.targets")

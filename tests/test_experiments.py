@@ -19,7 +19,7 @@ def test_luck_experiment_runs_end_to_end(tmp_path, minari_root):
     out = subprocess.run(
         [sys.executable, str(REPO / "experiments" / "luck" / "run.py"), "seeds=[0,1]", "env.collect_episodes=300", "trainer.max_steps=30",
          "bc.steps=20", "rl.budget=512", "rl.kl_coefs=[1,10]", "rl.bc_init_steps=50", "eval.episodes=8",
-         "+esper.cluster_steps=100", "+esper.return_steps=100", f"work_dir={tmp_path / 'work'}",
+         "esper.cluster_steps=100", "esper.return_steps=100", f"work_dir={tmp_path / 'work'}",
          f"results_dir={tmp_path / 'results'}"],
         cwd=tmp_path, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=600,
     )

@@ -176,3 +176,9 @@ def test_a_sampler_cost_joins_every_target_without_one():
     assert all(s.cost is None for s in T.from_sampler({"name": "grid", "n": 3, "cost": None}, stats))
     with pytest.raises(DtcondError, match="cannot parse cost target"):
         T.from_sampler({"targets": ["q0.5"], "cost": "<=4"}, stats)
+
+
+def test_a_grid_sampler_takes_grids_own_defaults_for_the_keys_it_leaves_out():
+    data = stats_with(np.linspace(0.0, 100.0, 101))
+    assert [str(s) for s in T.from_sampler({"name": "grid"}, data)] == [str(s) for s in T.grid(data)]
+    assert [str(s) for s in T.from_sampler({"name": "grid", "n": 2, "ood_scales": []}, data)] == [str(s) for s in T.grid(data, n=2, ood_scales=())]
