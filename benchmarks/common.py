@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
-import platform
 import statistics
 import tempfile
 from pathlib import Path
 
 import torch
+
+from dtcond.experiment import machine_info
 
 HERE = Path(__file__).resolve().parent
 ARCHITECTURE = ("context_len", "n_layer", "n_head", "n_embd", "dropout", "activation")
@@ -30,14 +30,6 @@ def model_preset(name: str) -> dict:
 
 PAPER = model_preset("paper")  # the DT paper's Gym config
 SMALL = model_preset("small")  # dtcond's CPU preset
-
-
-def machine() -> dict:
-    out = {"machine": platform.machine(), "cpus": os.cpu_count(), "torch": torch.__version__,
-           "threads": torch.get_num_threads(), "python": platform.python_version(), "load_average": os.getloadavg()}
-    if torch.cuda.is_available():
-        out["gpu"] = torch.cuda.get_device_name()
-    return out
 
 
 def pick_device(name: str | None = None) -> torch.device:
@@ -108,5 +100,5 @@ def write(name: str, payload: dict, note: str | None = None) -> Path:
     out.mkdir(exist_ok=True)
     path = out / f"{name}.json"
     extra = {"note": note} if note else {}
-    path.write_text(json.dumps({**payload, **extra, "machine": machine()}, indent=1, default=float))
+    path.write_text(json.dumps({**payload, **extra, "machine": machine_info()}, indent=1, default=float))
     return path

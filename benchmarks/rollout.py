@@ -122,7 +122,7 @@ def main() -> None:
         env = gym.make(env_id, **policy.stats.env_kwargs)
         ref, ours = [], {n: [] for n in args.sizes}
         for rep in range(args.repeats):  # interleaved, so machine noise hits both alike
-            steps, rate_steps, seconds = 0, 0, 0.0
+            steps, seconds = 0, 0.0
             ep = 0
             while steps < args.reference_steps:
                 dt, n = time_call(reference_episode, policy, env, target, 100 * rep + ep, args.reference_steps - steps)

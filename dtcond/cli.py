@@ -215,7 +215,7 @@ def run(command: str, overrides: list[str]) -> None:
     @hydra.main(config_path=str(conf_dir()), config_name=command, version_base="1.3")
     def app(cfg) -> None:
         if command in ("train", "demo"):
-            from dtcond.pipeline import quiet_libraries
+            from dtcond.console import quiet_libraries
 
             quiet_libraries()  # Lightning's banners, doubled by Hydra's log handler, would drown the progress bar
         sys.argv[0] = program

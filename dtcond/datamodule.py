@@ -7,7 +7,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from dtcond.config import DataConfig
-from dtcond.data import OfflineData, WindowDataset, load, split_by_episode
+from dtcond.data import OfflineData, load
+from dtcond.windows import WindowDataset, split_by_episode
 from dtcond.errors import DtcondError
 
 _DATA = DataConfig()  # the defaults below are the CLI's (conf/train.yaml's data section)
@@ -17,7 +18,7 @@ class WindowDataModule(L.LightningDataModule):
     """Windows of ``window_len`` steps from a local Minari dataset, split into train/val by episode.
 
     ``steps_per_epoch`` batches of ``batch_size`` fresh windows make one epoch; each batch is one
-    vectorized gather (:class:`~dtcond.data.WindowDataset`), so the loader's items are whole batches.
+    vectorized gather (:class:`~dtcond.windows.WindowDataset`), so the loader's items are whole batches.
     With ``on_device`` and a CUDA trainer the episodes live on the GPU and batches are gathered
     there. Under DDP, Lightning's distributed sampler hands each rank different batch indices, so
     ranks draw different windows. The keyword defaults are :class:`dtcond.config.DataConfig`'s.

@@ -234,7 +234,6 @@ def _rollout(policy, jobs: list[Job], run_id: str, env_kwargs: dict | None, env_
                     "key": job.key(fingerprint, env_id or policy.env_id),
                     "run_id": run_id,
                     "policy_kind": policy.kind,
-                    "algo": policy.kind,
                     "train_step": train_step,
                     "label": policy.label,
                     "policy_param": policy.param,  # β, q or a cost limit: typed, not read off the label

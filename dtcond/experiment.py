@@ -26,14 +26,13 @@ from dataclasses import dataclass, field
 from typing import List, Optional
 
 import dtcond
-from dtcond.baselines import ALGOS
 from dtcond.cli import override_error
-from dtcond.config import ComparisonConfig, conf_dir, from_hydra
+from dtcond.config import RL_ALGOS, ComparisonConfig, conf_dir, from_hydra
 from dtcond.data import load
 from dtcond.errors import DtcondError
 from dtcond.fileio import atomic_write
 from dtcond.frontier import check_budgets
-from dtcond.pipeline import quiet_libraries
+from dtcond.console import quiet_libraries
 from dtcond.stats import grouped_mean_ci, with_policy_columns
 from dtcond.storage import datasets_root
 
@@ -129,7 +128,11 @@ def add_gap(df: pd.DataFrame, table: pd.DataFrame, name: str = "gap") -> pd.Data
 def rl_rows(frame: pd.DataFrame) -> pd.DataFrame:
     """The rows of online-RL policies (every checkpoint), from records or a comparison table."""
     frame = with_policy_columns(frame)
-    return frame[frame["algo"].isin(ALGOS)]
+    return frame[frame[_family(frame)].isin(RL_ALGOS)]
+
+
+def _family(frame: pd.DataFrame) -> str:
+    return "policy_kind" if "policy_kind" in frame else "kind"  # records, or a comparison table
 
 
 def final_checkpoints(table: pd.DataFrame) -> pd.DataFrame:
@@ -137,7 +140,7 @@ def final_checkpoints(table: pd.DataFrame) -> pd.DataFrame:
     rl = rl_rows(table)
     if not len(rl):
         return rl
-    last = rl.groupby("algo")["train_step"].transform(lambda s: max(int(x) for x in s))
+    last = rl.groupby(_family(rl))["train_step"].transform(lambda s: max(int(x) for x in s))
     return rl[rl["train_step"].astype(int) == last]
 
 
@@ -197,11 +200,30 @@ def write_results(out: Path, markdown: str, summary: dict, table: pd.DataFrame |
     return out / "summary.md"
 
 
-def machine() -> str:
+def machine_info() -> dict:
+    """What a result was measured on: architecture, CPU cores, torch's build and threads, Python, dtcond, the
+    load average (a shared machine says so) and the GPU when there is one. Benchmarks store it whole."""
     import os
     import platform
 
-    return f"{platform.machine()}, {os.cpu_count()} CPU cores, torch {__import__('torch').__version__}, dtcond {dtcond.__version__}"
+    import torch
+
+    out = {"machine": platform.machine(), "cpus": os.cpu_count(), "torch": torch.__version__, "threads": torch.get_num_threads(),
+           "python": platform.python_version(), "dtcond": dtcond.__version__, "load_average": os.getloadavg()}
+    if torch.cuda.is_available():
+        out["gpu"] = torch.cuda.get_device_name()
+    return out
+
+
+def machine() -> str:
+    """:func:`machine_info` in the words of a results page.
+
+    >>> machine()                                                                                  # doctest: +ELLIPSIS
+    '... CPU cores, torch ..., dtcond ...'
+    """
+    m = machine_info()
+    gpu = f", {m['gpu']}" if "gpu" in m else ""
+    return f"{m['machine']}, {m['cpus']} CPU cores{gpu}, torch {m['torch']}, dtcond {m['dtcond']}"
 
 
 def ensure_hopper_ppo(ppo_dir: str | Path, budget: int, checkpoints: int = 10) -> Path:

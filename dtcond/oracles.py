@@ -153,7 +153,7 @@ def oracle_records(pool: list[dict], family: str, param: float, draws: int, seed
         rec = dict(pool[i])
         kl = float(np.log(ratio[i]))
         rec.update({
-            "key": f"oracle|{pool[i]['fingerprint']}|{spec}|seed{seed}|draw{j}", "policy_kind": "oracle", "algo": "oracle",
+            "key": f"oracle|{pool[i]['fingerprint']}|{spec}|seed{seed}|draw{j}", "policy_kind": "oracle",
             "label": "oracle", "target_spec": spec, "oracle_family": family, "oracle_param": float(param),
             "pool_episode": int(pool[i]["episode"]), "episode": j, "fingerprint": f"oracle-pool{seed}",
             "logp_policy": rec["logp_data"] + kl if rec.get("logp_data") is not None else None,

@@ -28,16 +28,14 @@ already in the table are not run again, so a rerun does only what is missing. La
 from __future__ import annotations
 
 import json
-import math
 import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
-from dtcond.baselines import ALGOS, train_baseline
+from dtcond.baselines import train_baseline
 from dtcond.behavior import components_from_config
 from dtcond.checkpoints import load_policy
 from dtcond.collection import collect
@@ -47,7 +45,8 @@ from dtcond.errors import DtcondError
 from dtcond.evaluation import evaluate
 from dtcond.fileio import atomic_write
 from dtcond.oracles import ORACLE_POOL_SEED, run_oracles
-from dtcond.report import comparison_table, write_report
+from dtcond.console import quiet_libraries
+from dtcond.report import comparison_table, console_summary, write_report
 from dtcond.results import ResultsStore
 from dtcond.roaming import RoamingScorer, dataset_records
 from dtcond.stats import calibration_metrics, with_policy_columns
@@ -55,7 +54,7 @@ from dtcond.storage import datasets_root
 from dtcond.targets import from_sampler, parse
 from dtcond.training import train
 
-__all__ = ["ComparisonResult", "TrainedPolicy", "run_comparison", "resolve_targets", "quiet_libraries"]
+__all__ = ["ComparisonResult", "TrainedPolicy", "run_comparison", "resolve_targets"]
 
 OFFLINE_KINDS = ("data", "behavior", "oracle", "dt", "bc", "pct_bc")
 
@@ -97,71 +96,9 @@ class ComparisonResult:
 
     def summary(self) -> str:
         """One screen: a line per policy and target (return, true return and cost where the env reports
-        them, divergence from the data), the DTs' calibration, and where the report is."""
-
-
-        t = self.table
-        extra = [c for c in ("true_return", "cost") if c in t and t[c].notna().any()]
-        div = [c for c in ("trajectory_kl", "kl_behavior", "cross_entropy_behavior", "entropy", "component_entropy") if c in t and t[c].notna().any()]
-        heads = {"true_return": "true return", "cost": "cost", "trajectory_kl": "KL(p_π‖p_data)", "kl_behavior": "KL(π‖β̂)",
-                 "cross_entropy_behavior": "H(π,β̂)", "entropy": "entropy", "component_entropy": "comp. H"}
-        ret_head = "observed return" if "true_return" in extra else "return"  # the reward the policy saw
-        lines = [f"  {'policy':>18} {'target':>16} {'seeds':>5} {ret_head:>18}" + "".join(f" {heads[c]:>10}" for c in extra + div)]
-
-        def num(v, width=11, digits=1):
-            return f"{v:{width}.{digits}f}" if v is not None and math.isfinite(v) else f"{'–':>{width}}"
-
-        for _, r in t.iterrows():
-            ci = r["episode_return_ci95"]
-            ret = f"{r['episode_return']:9.1f}" + (f" ± {ci:6.1f}" if math.isfinite(ci) else " " * 9)
-            lines.append(f"  {r['label']:>18} {r['target_spec']:>16} {r['seeds']:>5} {ret:>18}"
-                         + "".join(num(r[c]) for c in extra) + "".join(num(r[c], digits=2) for c in div))
-
-        def seed_mean(key, split="in_distribution"):
-            vals = [(m.get(split) or {}).get(key) if split else m.get(key) for m in self.metrics.values()]
-            vals = np.array([v for v in vals if v is not None], dtype=float)
-            vals = vals[np.isfinite(vals)]
-            return f"{vals.mean():.3g}" if len(vals) else "–"
-
-        if self.metrics:
-            lines.append(f"  DT calibration, in-distribution targets, mean over {len(self.metrics)} seed(s): normalized MAE "
-                         f"{seed_mean('normalized_mae')}, bias {seed_mean('normalized_bias')}, Spearman {seed_mean('spearman')}; "
-                         f"saturates from target {seed_mean('saturation_target', None)}")
-        if "true_return" in extra:  # where the reward is a proxy: who got the most of what was wanted
-            def best(rows):
-                rows = rows[rows["true_return"].notna()]
-                if not len(rows):
-                    return None
-                r = rows.loc[rows["true_return"].idxmax()]
-                name = r["label"] if r["target_spec"] == "none" else f"{r['label']} {r['target_spec']}"
-                kl = f"KL(p_π‖p_data) {r['trajectory_kl']:.1f}" if math.isfinite(r.get("trajectory_kl", float("nan"))) else \
-                    f"KL(π‖β̂) {r.get('kl_behavior', float('nan')):.2f}"
-                return f"{name} {r['true_return']:.1f} (observed {r['episode_return']:.1f}, {kl})"
-
-
-            kinds = t["kind"]
-            parts = [("conditioned (DT, BC, %BC)", best(t[kinds.isin(["dt", "pct_bc", "bc"])])),
-                     ("KL-regularized RL", best(t[kinds.astype(str).str.endswith("_kl")])),
-                     ("occupancy-regularized RL", best(t[kinds.astype(str).str.endswith("_om")])),
-                     ("plain RL", best(t[kinds.isin(ALGOS)]))]  # ALGOS: the unregularized kinds
-            lines.append("  highest true return: " + "; ".join(f"{name}: {b}" for name, b in parts if b))
-        for key in ("comparison", "calibration", "calibration_plot", "frontier"):
-            if key in self.files:
-                lines.append(f"  {key.replace('_', ' '):<16} {self.files[key]}")
-        return "\n".join(lines)
-
-
-def quiet_libraries() -> None:
-    """Keep Lightning's device banners and tips and Minari's metadata nudges out of the progress lines."""
-    import logging
-    import warnings
-
-    import lightning.pytorch  # noqa: F401  (its import sets its loggers to INFO; quiet them after)
-
-    for name in ("lightning", "lightning.pytorch", "lightning.fabric", "pytorch_lightning"):
-        logging.getLogger(name).setLevel(logging.WARNING)
-    warnings.filterwarnings("ignore", message=".*LeafSpec.*")
-    warnings.filterwarnings("ignore", module="minari")
+        them, divergence from the data), the DTs' calibration, and where the report is
+        (:func:`dtcond.report.console_summary`)."""
+        return console_summary(self.table, self.metrics, self.files)
 
 
 def resolve_targets(targets: list, stats) -> list:

@@ -22,11 +22,12 @@ from pathlib import Path
 
 import numpy as np
 
+from dtcond.config import RL_ALGOS
 from dtcond.errors import DtcondError
 from dtcond.fileio import atomic_write, save_figure
 from dtcond.stats import calibration_metrics, ci95, grouped_mean_ci, with_policy_columns
 
-__all__ = ["calibration_metrics", "comparison_table", "per_target_table", "plot_frontier", "quantilizer_bound", "write_report"]
+__all__ = ["calibration_metrics", "comparison_table", "console_summary", "per_target_table", "plot_frontier", "quantilizer_bound", "write_report"]
 
 CROSS_ENTROPY_LABEL = "cross-entropy H(π,β̂) under β̂ (nats/step)"
 KL_LABEL = "KL(π‖β̂) (nats/step)"
@@ -169,13 +170,13 @@ def _reference_groups(others):
         return []
     others = with_policy_columns(others)
     groups = [(label, part) for label, part in others.groupby("label", sort=True)]
-    last = {}  # algo -> its latest training step among the labels
+    last = {}  # family -> its latest training step among the labels
     for _, part in groups:
         step = part["train_step"].iloc[0]
         if step is not None:
-            last[part["algo"].iloc[0]] = max(step, last.get(part["algo"].iloc[0], step))
+            last[part["policy_kind"].iloc[0]] = max(step, last.get(part["policy_kind"].iloc[0], step))
     return [(label, part) for label, part in groups
-            if part["train_step"].iloc[0] is None or part["train_step"].iloc[0] == last[part["algo"].iloc[0]]]
+            if part["train_step"].iloc[0] is None or part["train_step"].iloc[0] == last[part["policy_kind"].iloc[0]]]
 
 
 METRIC_COLUMNS = ("true_return", "cost", "normalized_score", "kl_behavior", "cross_entropy_behavior", "novelty", "novel_fraction", "entropy",
@@ -222,14 +223,14 @@ def comparison_table(df):
     """One row per (policy label, target spec): means ± 95% CI (:func:`dtcond.stats.grouped_mean_ci`:
     over training seeds — one fingerprint each — where a row has several, else over episodes).
 
-    Columns: ``label``, ``kind``, ``algo``, ``train_step``, ``target_spec``, ``seeds``, ``episodes``,
+    Columns: ``label``, ``kind``, ``train_step``, ``target_spec``, ``seeds``, ``episodes``,
     each metric with its ``_ci95``, the target error as ``mae`` and ``bias``, and the share of
     distinct trajectories.
 
     >>> import pandas as pd
     >>> df = pd.DataFrame({"label": "ppo@500", "policy_kind": "ppo", "train_step": 500, "target_spec": "none", "target": None,
     ...                    "fingerprint": ["a", "a", "b", "b"], "episode_return": [1.0, 3.0, 5.0, 7.0]})
-    >>> comparison_table(df)[["algo", "train_step", "seeds", "episode_return"]].values.tolist()
+    >>> comparison_table(df)[["kind", "train_step", "seeds", "episode_return"]].values.tolist()
     [['ppo', 500, 2, 4.0]]
     """
     import pandas as pd
@@ -240,7 +241,7 @@ def comparison_table(df):
     rows = []
     for (label, spec), part in df.groupby(["label", "target_spec"], sort=False):
         steps = part["train_step"].dropna().unique()
-        row = {"label": label, "kind": part["policy_kind"].iloc[0], "algo": part["algo"].iloc[0],
+        row = {"label": label, "kind": part["policy_kind"].iloc[0],
                "train_step": int(steps[0]) if len(steps) == 1 else None, "target_spec": spec,
                "seeds": part["fingerprint"].nunique(), "episodes": len(part)}
         for col in ("episode_return", *METRIC_COLUMNS):
@@ -278,7 +279,7 @@ def comparison_table(df):
     table["_family"] = table["oracle_family"].fillna("") if "oracle_family" in table else ""
     if "oracle_param" in table:  # oracles by family, then parameter
         table["_beta"] = table["oracle_param"].fillna(table["_beta"])
-    return (table.sort_values(["_o", "algo", "_family", "_beta", "_steps", "label", "target", "target_spec"])
+    return (table.sort_values(["_o", "kind", "_family", "_beta", "_steps", "label", "target", "target_spec"])
             .drop(columns=["_o", "_steps", "_beta", "_family"]).reset_index(drop=True))
 
 
@@ -383,7 +384,7 @@ def plot_frontier(table, path: Path, title: str = "") -> Path:
                         color="0.3", capsize=2, label="behaviour mixture (fresh rollouts)")
         rl = t[~t["kind"].isin([k for k, _, _ in offline] + ["oracle", "behavior"])]
         regularized = rl["kind"].isin(REGULARIZED).astype(bool)  # bool even when empty
-        for j, (algo, part) in enumerate(rl[~regularized].groupby("algo")):
+        for j, (algo, part) in enumerate(rl[~regularized].groupby("kind")):
             part = part.assign(_steps=part["train_step"].map(lambda s: -1 if s is None else s)).sort_values("_steps")
             ax.plot(part[x], part[col], "-x", color=f"C{5 + j}", label=f"{algo} over training")
             for r in part.itertuples():
@@ -554,3 +555,57 @@ def _returns_from_card(policy_path: str) -> list[float]:
         return load_policy(policy_path).stats.episode_returns
     except DtcondError as exc:
         raise DtcondError(f"cannot read the data's returns from the policy {policy_path}: {exc}") from None
+
+
+def console_summary(table, metrics: dict, files: dict) -> str:
+    """A comparison on one screen: a line per policy and target (return, true return and cost where the env reports
+    them, divergence from the data), the DTs' calibration (``metrics``: per fingerprint), and the ``files`` written."""
+    t = table
+    extra = [c for c in ("true_return", "cost") if c in t and t[c].notna().any()]
+    div = [c for c in ("trajectory_kl", "kl_behavior", "cross_entropy_behavior", "entropy", "component_entropy") if c in t and t[c].notna().any()]
+    heads = {"true_return": "true return", "cost": "cost", "trajectory_kl": "KL(p_π‖p_data)", "kl_behavior": "KL(π‖β̂)",
+             "cross_entropy_behavior": "H(π,β̂)", "entropy": "entropy", "component_entropy": "comp. H"}
+    ret_head = "observed return" if "true_return" in extra else "return"  # the reward the policy saw
+    lines = [f"  {'policy':>18} {'target':>16} {'seeds':>5} {ret_head:>18}" + "".join(f" {heads[c]:>10}" for c in extra + div)]
+
+    def num(v, width=11, digits=1):
+        return f"{v:{width}.{digits}f}" if v is not None and math.isfinite(v) else f"{'–':>{width}}"
+
+    for _, r in t.iterrows():
+        ci = r["episode_return_ci95"]
+        ret = f"{r['episode_return']:9.1f}" + (f" ± {ci:6.1f}" if math.isfinite(ci) else " " * 9)
+        lines.append(f"  {r['label']:>18} {r['target_spec']:>16} {r['seeds']:>5} {ret:>18}"
+                     + "".join(num(r[c]) for c in extra) + "".join(num(r[c], digits=2) for c in div))
+
+    def seed_mean(key, split="in_distribution"):
+        vals = [(m.get(split) or {}).get(key) if split else m.get(key) for m in metrics.values()]
+        vals = np.array([v for v in vals if v is not None], dtype=float)
+        vals = vals[np.isfinite(vals)]
+        return f"{vals.mean():.3g}" if len(vals) else "–"
+
+    if metrics:
+        lines.append(f"  DT calibration, in-distribution targets, mean over {len(metrics)} seed(s): normalized MAE "
+                     f"{seed_mean('normalized_mae')}, bias {seed_mean('normalized_bias')}, Spearman {seed_mean('spearman')}; "
+                     f"saturates from target {seed_mean('saturation_target', None)}")
+    if "true_return" in extra:  # where the reward is a proxy: who got the most of what was wanted
+        def best(rows):
+            rows = rows[rows["true_return"].notna()]
+            if not len(rows):
+                return None
+            r = rows.loc[rows["true_return"].idxmax()]
+            name = r["label"] if r["target_spec"] == "none" else f"{r['label']} {r['target_spec']}"
+            kl = f"KL(p_π‖p_data) {r['trajectory_kl']:.1f}" if math.isfinite(r.get("trajectory_kl", float("nan"))) else \
+                f"KL(π‖β̂) {r.get('kl_behavior', float('nan')):.2f}"
+            return f"{name} {r['true_return']:.1f} (observed {r['episode_return']:.1f}, {kl})"
+
+
+        kinds = t["kind"]
+        parts = [("conditioned (DT, BC, %BC)", best(t[kinds.isin(["dt", "pct_bc", "bc"])])),
+                 ("KL-regularized RL", best(t[kinds.astype(str).str.endswith("_kl")])),
+                 ("occupancy-regularized RL", best(t[kinds.astype(str).str.endswith("_om")])),
+                 ("plain RL", best(t[kinds.isin(RL_ALGOS)]))]  # the unregularized kinds
+        lines.append("  highest true return: " + "; ".join(f"{name}: {b}" for name, b in parts if b))
+    for key in ("comparison", "calibration", "calibration_plot", "frontier"):
+        if key in files:
+            lines.append(f"  {key.replace('_', ' '):<16} {files[key]}")
+    return "\n".join(lines)

@@ -33,7 +33,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from dtcond import distributions
-from dtcond.data import DatasetStats, OfflineData, split_by_episode
+from dtcond.data import DatasetStats, OfflineData
+from dtcond.windows import split_by_episode
 from dtcond.storage import cache_dir
 
 BINS = 64  # bins per Box action dimension for β̂; the DT's default action_bins, so their KL is exact
@@ -312,7 +313,6 @@ def dataset_records(data: OfflineData, scorer: RoamingScorer | None = None) -> l
             "run_id": "data",
             "policy_kind": "data",
             "label": "data",
-            "algo": "data",
             "train_step": None,
             "policy": data.stats.dataset_id,
             "fingerprint": "data",

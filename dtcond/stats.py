@@ -205,12 +205,13 @@ def grouped_mean_ci(df, column: str, unit: str = "fingerprint") -> tuple[float, 
 
 
 def with_policy_columns(df):
-    """``df`` with ``algo`` and ``train_step`` columns from its typed ``policy_kind`` (a comparison table's
-    ``kind``) and ``train_step`` (None where a record has none). A table without either is refused: labels
-    are never parsed.
+    """``df`` with its typed policy columns checked: the family from ``policy_kind`` (a comparison table's
+    ``kind``), and ``train_step`` as an int or None (None where a record has none). A table without the family
+    is refused: labels are never parsed. The ``algo`` column of records written before it was dropped (it
+    repeated ``policy_kind``) is dropped too.
 
     >>> import pandas as pd
-    >>> with_policy_columns(pd.DataFrame({"policy_kind": ["ppo", "dt"], "train_step": [500, None]}))[["algo", "train_step"]].values.tolist()
+    >>> with_policy_columns(pd.DataFrame({"policy_kind": ["ppo", "dt"], "train_step": [500, None]}))[["policy_kind", "train_step"]].values.tolist()
     [['ppo', 500], ['dt', None]]
     """
     import pandas as pd
@@ -219,10 +220,8 @@ def with_policy_columns(df):
     if kinds is None:
         raise DtcondError("the table has no policy_kind column, so its policies are unknown (records written by "
                           "dtcond.evaluate carry it; labels are not parsed): evaluate the policies again")
-    df = df.copy()
-    algo = df["algo"] if "algo" in df else pd.Series([None] * len(df), index=df.index, dtype=object)
+    df = df.drop(columns=["algo"], errors="ignore")  # copies
     step = df["train_step"] if "train_step" in df else pd.Series([None] * len(df), index=df.index, dtype=object)
-    df["algo"] = [a if isinstance(a, str) and a else k for a, k in zip(algo, df[kinds])]
     df["train_step"] = pd.Series([int(s) if _finite(s) else None for s in step], index=df.index, dtype=object)
     return df
 

@@ -129,7 +129,7 @@ def test_the_comparison_report_builds_from_a_small_table(cartpole_dataset, dt_bu
     assert out.comparison == tmp_path / "comparison.md" and out.frontier == tmp_path / "comparison_frontier.png"
     assert {"data", "dt", "bc", "ppo@128", "ppo@256"} <= set(comp["label"])
     assert comp.loc[comp["label"] == "data", "episodes"].item() == 20
-    assert comp.loc[comp["algo"] == "ppo", "train_step"].tolist() == [128, 256]  # typed columns, in training order
+    assert comp.loc[comp["kind"] == "ppo", "train_step"].tolist() == [128, 256]  # typed columns, in training order
     md = (tmp_path / "comparison.md").read_text()
     assert "| KL(π‖β̂) | cross-entropy H(π,β̂) |" in md and "![frontier](comparison_frontier.png)" in md
     assert (tmp_path / "comparison_frontier.png").stat().st_size > 10_000
@@ -192,7 +192,7 @@ def test_the_kl_penalty_is_beta_times_the_log_ratio_and_the_returns_carry_it(car
     from stable_baselines3.common.callbacks import BaseCallback, CallbackList
     from stable_baselines3.common.env_util import make_vec_env
 
-    from dtcond.baselines import KLPenalty
+    from dtcond.penalties import KLPenalty
     from dtcond.roaming import load_or_fit_behavior_model
 
     data = load(cartpole_dataset)
@@ -247,7 +247,8 @@ def test_a_large_kl_coefficient_holds_ppo_at_the_data_where_plain_ppo_drifts_awa
     from stable_baselines3 import PPO
     from stable_baselines3.common.env_util import make_vec_env
 
-    from dtcond.baselines import KLPenalty, clone_behavior
+    from dtcond.baselines import clone_behavior
+    from dtcond.penalties import KLPenalty
     from dtcond.roaming import load_or_fit_behavior_model
 
     with minari_at(module_root / "minari"):
@@ -295,7 +296,7 @@ def test_a_kl_regularized_run_is_its_own_family_in_bundles_and_records(cartpole_
     assert (policy.kind, policy.label) == ("ppo_kl", "ppo_kl:3@128")
     policy.greedy = False
     recs = evaluate(policy, episodes=2, seed=0, progress=False)
-    assert {r["algo"] for r in recs} == {"ppo_kl"} and {r["label"] for r in recs} == {"ppo_kl:3@128"}
+    assert {r["policy_kind"] for r in recs} == {"ppo_kl"} and {r["label"] for r in recs} == {"ppo_kl:3@128"}
 
 
 def test_the_lagrangian_penalty_is_lambda_times_cost_with_lambda_from_dual_ascent(hazard_dataset):
@@ -306,7 +307,7 @@ def test_the_lagrangian_penalty_is_lambda_times_cost_with_lambda_from_dual_ascen
     from stable_baselines3.common.callbacks import BaseCallback, CallbackList
     from stable_baselines3.common.env_util import make_vec_env
 
-    from dtcond.baselines import CostLagrangian, lagrange_update
+    from dtcond.penalties import CostLagrangian, lagrange_update
 
     assert lagrange_update(0.5, [3.0, 5.0], cost_limit=2.0, lr=0.1) == pytest.approx(0.7)
     assert lagrange_update(0.1, [0.0, 1.0], cost_limit=2.0, lr=0.1) == 0.0  # λ stays >= 0
@@ -369,7 +370,7 @@ def test_a_ppo_lagrangian_run_is_its_own_family_and_refuses_bad_limits(hazard_da
     history = json.loads((tmp_path / "lag" / "lagrange.json").read_text())
     assert history and all(h["lambda"] >= 0 for h in history)
     rec = evaluate(policy, None, episodes=2, seed=0)
-    assert rec[0]["algo"] == "ppo_lag" and rec[0]["cost"] is not None and rec[0]["cost_target"] is None
+    assert rec[0]["policy_kind"] == "ppo_lag" and rec[0]["cost"] is not None and rec[0]["cost_target"] is None
     with pytest.raises(DtcondError, match="cost_limit must be a finite number >= 0"):
         train_baseline(data.stats, "ppo", tmp_path / "bad", budget=64, cost_limit=-1.0, progress=False)
     with pytest.raises(DtcondError, match="needs algo=ppo"):

@@ -10,7 +10,8 @@ import pytest
 
 from conftest import HAZARD, minari_at
 from dtcond.checkpoints import load_policy
-from dtcond.data import WindowDataset, load, make_window
+from dtcond.data import load
+from dtcond.windows import WindowDataset, make_window
 from dtcond.errors import DtcondError
 from dtcond.evaluation import evaluate, make_jobs
 from dtcond.targets import parse

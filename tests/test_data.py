@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from conftest import rng_episode, write_buffers
-from dtcond.data import WindowDataset, load, make_window, returns_to_go, split_by_episode
+from dtcond.data import load, returns_to_go
+from dtcond.windows import WindowDataset, make_window, split_by_episode
 from dtcond.errors import DtcondError
 from dtcond.scripted import scripted_factory
 

@@ -88,7 +88,7 @@ def test_records_carry_the_target_and_its_data_quantile(cartpole_policy):
     assert recs[0]["target_quantile"] == pytest.approx(stats.tail_probability(recs[0]["target"]))
     assert recs[-1]["ood"] and recs[-1]["target_quantile"] == 0.0 and recs[-1]["target"] == 750.0
     assert recs[0]["env_id"] == "CartPole-v1" and recs[0]["policy_kind"] == "dt" and recs[0]["cost"] is None
-    assert {(r["algo"], r["train_step"]) for r in recs} == {("dt", 40)}  # typed columns: no label to parse
+    assert {(r["policy_kind"], r["train_step"]) for r in recs} == {("dt", 40)}  # typed columns: no label to parse
 
 
 def test_an_interrupted_sweep_resumes_without_repeating_episodes(cartpole_policy, tmp_path, monkeypatch):

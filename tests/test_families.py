@@ -226,7 +226,8 @@ def test_atari_frames_train_through_the_conv_encoder_as_uint8_and_evaluate_in_th
     import ale_py
     import torch
 
-    from dtcond.data import WindowDataset, load, make_window
+    from dtcond.data import load
+    from dtcond.windows import WindowDataset, make_window
 
     gym.register_envs(ale_py)
     env = gym.wrappers.AtariPreprocessing(gym.make("ALE/Pong-v5", frameskip=1, max_episode_steps=64), frame_skip=4,
@@ -284,7 +285,8 @@ def test_frame_stacking_stacks_each_step_with_the_frames_before_it_in_training_a
     import torch
 
     from conftest import rng_episode, write_buffers
-    from dtcond.data import WindowDataset, load
+    from dtcond.data import load
+    from dtcond.windows import WindowDataset
 
     rng = np.random.default_rng(0)
     frames = gym.spaces.Box(0, 255, (36, 36), np.uint8)

@@ -10,7 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dtcond.data import DatasetStats, Trajectory, make_window, returns_to_go
+from dtcond.data import DatasetStats, Trajectory, returns_to_go
+from dtcond.windows import make_window
 from dtcond.errors import DtcondError
 from dtcond.results import ResultsStore
 

@@ -11,7 +11,8 @@ import pandas as pd
 import pytest
 
 from conftest import write_buffers
-from dtcond.baselines import OccupancyPenalty, train_baseline
+from dtcond.baselines import train_baseline
+from dtcond.penalties import OccupancyPenalty
 from dtcond.checkpoints import load_policy
 from dtcond.data import load
 from dtcond.errors import DtcondError
@@ -94,7 +95,7 @@ def test_an_occupancy_regularized_run_is_its_own_family_and_resumes_its_discrimi
     assert (policy.kind, policy.label, policy.param) == ("ppo_om", "ppo_om:3@128", 3.0)
     policy.greedy = False
     recs = evaluate(policy, episodes=2, seed=0, progress=False)
-    assert {r["algo"] for r in recs} == {"ppo_om"} and {r["policy_param"] for r in recs} == {3.0}
+    assert {r["policy_kind"] for r in recs} == {"ppo_om"} and {r["policy_param"] for r in recs} == {3.0}
     saved = (tmp_path / "om" / "discriminator.safetensors").read_bytes()
     train_baseline(stats, "ppo", tmp_path / "om", budget=256, checkpoints=1, hyperparams=SMALL_PPO, progress=False,
                    om_coef=3.0, bc_init_steps=20)
@@ -134,7 +135,7 @@ def bc_bundle(cartpole_dataset, tmp_path):
 def test_the_history_reference_scores_each_step_with_the_context_it_had_in_the_whole_episode(cartpole_dataset, bc_bundle):
     """Episodes cut across two rollouts score as the whole episodes do: the last K − 1 steps and the episode
     timestep are carried over the boundary."""
-    from dtcond.baselines import HistoryKLPenalty
+    from dtcond.penalties import HistoryKLPenalty
 
     ref = load_policy(bc_bundle)
     penalty = HistoryKLPenalty(ref, kl_coef=1.0)

@@ -108,8 +108,8 @@ def test_ood_targets_below_the_data_are_not_a_gain():
 def test_policy_columns_come_from_the_typed_identity_and_labels_are_never_parsed():
     df = pd.DataFrame({"label": ["ppo@100", "custom", "looks-like-sac@9"], "policy_kind": ["ppo", "sac", "dt"],
                        "algo": [None, "sac", None], "train_step": [100, 3000, None]})
-    out = with_policy_columns(df)
-    assert out["algo"].tolist() == ["ppo", "sac", "dt"] and out["train_step"].tolist() == [100, 3000, None]
+    out = with_policy_columns(df)  # an old table's algo column, a repeat of policy_kind, is dropped
+    assert "algo" not in out and out["policy_kind"].tolist() == ["ppo", "sac", "dt"] and out["train_step"].tolist() == [100, 3000, None]
     with pytest.raises(DtcondError, match="no policy_kind column.*labels are not parsed"):
         with_policy_columns(pd.DataFrame({"label": ["ppo@100"]}))
 
