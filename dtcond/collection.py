@@ -20,7 +20,7 @@ from pathlib import Path
 import gymnasium as gym
 import numpy as np
 
-from dtcond.behavior import Component, episode_assignment, make_policy
+from dtcond.behavior import Component, components_from_config, episode_assignment, make_policy
 from dtcond.data import return_summary
 from dtcond.errors import DtcondError
 from dtcond.likelihood import METADATA_KEY, behavior_metadata
@@ -123,6 +123,21 @@ def collect(
         per_component=per_component,
         seconds=time.perf_counter() - start,
     )
+
+
+def ensure_dataset(env, dataset_id: str, seed: int = 0, *, overwrite: bool = False, progress: bool = False):
+    """Collect ``dataset_id`` from ``env`` (an :class:`~dtcond.config.EnvConfig`: its id, kwargs, time limit, episodes
+    and behaviour mixture) unless it exists; ``overwrite`` collects it again. Returns :func:`collect`'s summary, or
+    None when the dataset was there.
+
+    >>> from dtcond.config import env_preset
+    >>> ensure_dataset(env_preset("cartpole"), "dtcond/cartpole/mixture-v0") is None     # the session's tiny world has it
+    True
+    """
+    if (datasets_root() / dataset_id).exists() and not overwrite:
+        return None
+    return collect(env.id, components_from_config(list(env.behavior)), env.collect_episodes, dataset_id, seed=seed,
+                   env_kwargs=dict(env.kwargs or {}), max_episode_steps=env.max_episode_steps, overwrite=overwrite, progress=progress)
 
 
 def reference_scores(behavior: list[Component], assignment: np.ndarray, returns: np.ndarray) -> dict:

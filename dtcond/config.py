@@ -681,6 +681,26 @@ def merge(schema, *overrides):
         raise DtcondError(error_line(exc)) from None
 
 
+def env_preset(name: str) -> EnvConfig:
+    """The env and behaviour mixture of ``conf/env/<name>.yaml`` (``env=<name>`` on the command line) as an
+    :class:`EnvConfig`.
+
+    >>> env_preset("gamble").id, env_preset("gamble").collect_episodes
+    ('dtcond/Gamble-v0', 1000)
+    >>> env_preset("gambel")
+    Traceback (most recent call last):
+    ...
+    dtcond.errors.DtcondError: unknown env preset 'gambel'; choose from cartpole, gamble, hazard_grid, hopper_cost, ...
+    """
+    import yaml
+
+    path = conf_dir() / "env" / f"{name}.yaml"
+    if not path.is_file():
+        known = sorted(p.stem for p in (conf_dir() / "env").glob("*.yaml"))
+        raise DtcondError(f"unknown env preset {name!r}; choose from {', '.join(known)}")
+    return merge(EnvConfig, yaml.safe_load(path.read_text()))
+
+
 def from_hydra(cfg):
     """A composed Hydra config, whose schema is one of this module's dataclasses, as that dataclass, checked.
 

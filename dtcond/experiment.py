@@ -154,9 +154,26 @@ def numbers(values) -> str:
 
 
 def fmt(v: float, ci: float | None = None, digits: int = 1) -> str:
+    """A mean and its 95% half-width as a results table writes them; the mean alone without an interval.
+
+    >>> fmt(2.345, 0.5), fmt(2.345, None, 2), fmt(float("nan"))
+    ('2.3 ± 0.5', '2.35', '–')
+    """
     if v is None or not math.isfinite(v):
         return "–"
     return f"{v:.{digits}f} ± {ci:.{digits}f}" if ci is not None and math.isfinite(ci) else f"{v:.{digits}f}"
+
+
+def fmt_bounded(v: float, lo: float | None, hi: float | None, digits: int = 2) -> str:
+    """A bounded quantity (a fraction, a correlation): its mean and the [low, high] of its 95% interval, which
+    :func:`dtcond.stats.bounded_mean_ci` keeps inside the quantity's range; the mean alone without an interval.
+
+    >>> fmt_bounded(0.7, 0.61, 0.8), fmt_bounded(1.0, None, None)
+    ('0.70 [0.61, 0.80]', '1.00')
+    """
+    if v is None or not math.isfinite(v):
+        return "–"
+    return f"{v:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]" if lo is not None and math.isfinite(lo) else f"{v:.{digits}f}"
 
 
 DIVERGENCE = {"kl_behavior": "KL(π‖β̂)", "cross_entropy_behavior": "cross-entropy under β̂"}  # nats/step

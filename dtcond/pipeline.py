@@ -36,9 +36,8 @@ from pathlib import Path
 import pandas as pd
 
 from dtcond.baselines import train_baseline
-from dtcond.behavior import components_from_config
 from dtcond.checkpoints import load_policy
-from dtcond.collection import collect
+from dtcond.collection import ensure_dataset
 from dtcond.config import ComparisonConfig, DatasetConfig, TrainConfig
 from dtcond.data import load
 from dtcond.errors import DtcondError
@@ -246,14 +245,11 @@ def _remove_outputs(work: Path) -> None:
 
 def _ensure_dataset(config: ComparisonConfig) -> None:
 
-    dataset_id, env = config.dataset, config.env
-    if (datasets_root() / dataset_id).exists() and not config.fresh:
-        print(f"  exists, reused ({datasets_root() / dataset_id})")
-        return
-    summary = collect(env.id, components_from_config(list(env.behavior)), env.collect_episodes, dataset_id,
-                      seed=config.data_seed, env_kwargs=dict(env.kwargs or {}), max_episode_steps=env.max_episode_steps,
-                      overwrite=config.fresh, progress=config.progress)
-    print("  " + summary.format().replace("\n", "\n  "))
+    summary = ensure_dataset(config.env, config.dataset, seed=config.data_seed, overwrite=config.fresh, progress=config.progress)
+    if summary is None:
+        print(f"  exists, reused ({datasets_root() / config.dataset})")
+    else:
+        print("  " + summary.format().replace("\n", "\n  "))
 
 
 def train_configs(config: ComparisonConfig, seed: int) -> dict[str, TrainConfig]:

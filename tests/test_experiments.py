@@ -66,6 +66,17 @@ def test_experiment_typo_is_one_line_and_exit_2(tmp_path):
     assert not (tmp_path / "work").exists()  # a value out of range too, before Hydra makes a run dir
 
 
+def test_an_unknown_testbed_is_one_line_before_any_work(tmp_path):
+    out = subprocess.run([sys.executable, str(REPO / "experiments" / "oracles" / "run.py"), "testbeds=[gamble,hazrd_grid]",
+                          f"results_dir={tmp_path / 'results'}", f"hydra.run.dir={tmp_path / 'hydra'}"],
+                         cwd=tmp_path, env={**os.environ, "MINARI_DATASETS_PATH": str(tmp_path / "minari")}, capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines() == ["oracles: error: unknown env preset 'hazrd_grid'; choose from cartpole, gamble, hazard_grid, "
+                                               "hopper_cost, inverted_pendulum, pendulum, tomato"]
+    assert not (tmp_path / "minari").exists() and not (tmp_path / "results").exists()  # gamble was not collected first
+
+
 @pytest.mark.slow
 def test_cost_tradeoff_experiment_runs_end_to_end(tmp_path, minari_root):
     committed = REPO / "experiments" / "cost_tradeoff" / "results" / "summary.json"

@@ -27,28 +27,15 @@ import numpy as np
 import pandas as pd
 
 import dtcond
-from dtcond.behavior import components_from_config
-from dtcond.config import conf_dir
-from dtcond.storage import datasets_root
+from dtcond.collection import ensure_dataset
+from dtcond.config import env_preset
+from dtcond.experiment import fmt
 from dtcond.stats import calibration_metrics, mean_ci
 from dtcond.targets import grid
 
 HERE = Path(__file__).resolve().parent
 METRICS = ("normalized_mae", "spearman", "slope", "return_at_top_target")  # val loss and timings: per seed (a reuse has neither)
 ENVS = {"cartpole": "dtcond/cartpole/mixture-v0", "pendulum": "dtcond/pendulum/mixture-v0"}
-
-
-def fmt(mean: float, ci: float) -> str:
-    return f"{mean:.3f} ± {ci:.3f}" if np.isfinite(ci) else f"{mean:.3f}"
-
-
-def ensure_dataset(env: str, dataset_id: str) -> None:
-    if (datasets_root() / dataset_id).exists():
-        return
-    from omegaconf import OmegaConf
-
-    cfg = OmegaConf.load(conf_dir() / "env" / f"{env}.yaml")
-    dtcond.collect(cfg.id, components_from_config(OmegaConf.to_container(cfg.behavior, resolve=True)), int(cfg.collect_episodes), dataset_id, seed=0)
 
 
 def main() -> None:
@@ -68,7 +55,7 @@ def main() -> None:
     rows = []
     for env in args.envs:
         dataset_id = ENVS[env]
-        ensure_dataset(env, dataset_id)
+        ensure_dataset(env_preset(env), dataset_id)  # `dtcond collect env=<env>`'s dataset
         results = HERE / "results" / f"{env}.jsonl"
         for seed in args.seeds:
             if args.finished_only and not all((Path(args.work) / env / f"{v}_seed{seed}" / "policy" / "card.json").exists()
@@ -105,8 +92,8 @@ def main() -> None:
         w = part[part["variant"] == "windowed"].set_index("seed")
         b = part[part["variant"] == "banded"].set_index("seed").loc[w.index]
         for metric in METRICS:
-            cells = [fmt(*mean_ci(x[metric].to_numpy(float))) for x in (w, b)]
-            cells.append(fmt(*mean_ci((b[metric] - w[metric]).to_numpy(float))))
+            cells = [fmt(*mean_ci(x[metric].to_numpy(float)), digits=3) for x in (w, b)]
+            cells.append(fmt(*mean_ci((b[metric] - w[metric]).to_numpy(float)), digits=3))
             md.append(f"| {env} | {metric} | " + " | ".join(cells) + " |")
     md += ["", "Per seed:", "", table.round(3).to_markdown(index=False), ""]
     (HERE / "results" / "summary.md").write_text("\n".join(md))

@@ -28,8 +28,9 @@ HERE = Path(__file__).resolve().parent
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from dtcond.collection import ensure_dataset  # noqa: E402
 from dtcond.config import DatasetConfig, TrainConfig  # noqa: E402
-from dtcond.experiment import ExperimentConfig, fmt, hydra_entry, machine, results_dir, write_results  # noqa: E402
+from dtcond.experiment import ExperimentConfig, fmt, fmt_bounded, hydra_entry, machine, results_dir, write_results  # noqa: E402
 
 
 @dataclass
@@ -42,16 +43,6 @@ class CostTradeoffConfig(ExperimentConfig):
     quantilizer_q: float = 0.25  # the joint quantilizer: return from the top q, cost from the bottom q
     return_only_targets: List[float] = field(default_factory=lambda: [5, 5.5, 6, 6.5, 7, 7.5, 8])  # the return-only DT's targets
     lambda_lr: float = 0.01  # PPO-Lagrangian: λ moves by lambda_lr·(mean episode cost − limit) per rollout
-
-
-def collect_data(cfg) -> None:
-    import dtcond
-    from dtcond.behavior import components_from_config
-    from dtcond.storage import datasets_root
-
-    if not (datasets_root() / cfg.dataset).exists():
-        dtcond.collect(cfg.env.id, components_from_config(list(cfg.env.behavior)), cfg.env.collect_episodes, cfg.dataset,
-                       seed=cfg.data_seed, progress=False)
 
 
 def train_dt(cfg, out: Path, seed: int, cost_conditioned: bool) -> Path:
@@ -148,7 +139,7 @@ def table_md(table: pd.DataFrame, key: str, header: str) -> str:
     lines = [f"| {header} | seeds | achieved return | achieved cost | cost <= requested | length |", "|---|---|---|---|---|---|"]
     for _, r in table.iterrows():
         lines.append(f"| {r[key]:g} | {int(r['seeds'])} | {fmt(r['episode_return'], r['episode_return_ci95'], 2)} | "
-                     f"{fmt(r['cost'], r['cost_ci95'], 2)} | {fmt_range(r['satisfied'], r['satisfied_lo'], r['satisfied_hi'])} | "
+                     f"{fmt(r['cost'], r['cost_ci95'], 2)} | {fmt_bounded(r['satisfied'], r['satisfied_lo'], r['satisfied_hi'])} | "
                      f"{fmt(r['length'], r['length_ci95'], 1)} |")
     return "\n".join(lines)
 
@@ -180,18 +171,11 @@ def paired_md(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def fmt_range(v: float, lo: float, hi: float, digits: int = 2) -> str:
-    """A bounded quantity: its mean and [low, high] of its 95% interval (kept inside the quantity's range)."""
-    if v is None or not np.isfinite(v):
-        return "–"
-    return f"{v:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]" if lo is not None and np.isfinite(lo) else f"{v:.{digits}f}"
-
-
 def tracking_line(name: str, s: dict) -> str:
-    return (f"- **{name}**: Spearman ρ(requested, achieved cost) over episodes {fmt_range(s['spearman'], s['spearman_lo'], s['spearman_hi'], 3)}; "
-            f"over the per-target means {fmt_range(s['spearman_of_means'], s['spearman_of_means_lo'], s['spearman_of_means_hi'], 3)}; "
+    return (f"- **{name}**: Spearman ρ(requested, achieved cost) over episodes {fmt_bounded(s['spearman'], s['spearman_lo'], s['spearman_hi'], 3)}; "
+            f"over the per-target means {fmt_bounded(s['spearman_of_means'], s['spearman_of_means_lo'], s['spearman_of_means_hi'], 3)}; "
             f"mean |achieved − requested| {fmt(s['mae'], s['mae_ci95'], 2)}, bias {fmt(s['bias'], s['bias_ci95'], 2)}; "
-            f"episodes within the requested cost {fmt_range(s['satisfied'], s['satisfied_lo'], s['satisfied_hi'])} "
+            f"episodes within the requested cost {fmt_bounded(s['satisfied'], s['satisfied_lo'], s['satisfied_hi'])} "
             f"({s['targets']} cost targets, {s['seeds']} seeds; mean ± 95% t-interval over seeds, and for ρ and the fraction "
             "the interval [low, high] kept inside their range).")
 
@@ -206,7 +190,7 @@ def main(cfg) -> None:
     from dtcond.data import load
     from dtcond.results import ResultsStore
 
-    collect_data(cfg)
+    ensure_dataset(cfg.env, cfg.dataset, seed=cfg.data_seed)
     data = load(cfg.dataset)
     store = ResultsStore(work / "episodes.jsonl")
     R, R_high = float(cfg.return_target), float(cfg.high_return_target)

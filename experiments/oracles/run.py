@@ -10,16 +10,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import List, Optional
 
-from omegaconf import OmegaConf
-
 HERE = Path(__file__).resolve().parent
 
 from dtcond.experiment import fmt, hydra_entry, machine, results_dir, table_markdown, write_results  # noqa: E402
 import dtcond  # noqa: E402
-from dtcond.behavior import components_from_config  # noqa: E402
-from dtcond.config import OracleConfig, conf_dir  # noqa: E402
-from dtcond.storage import datasets_root  # noqa: E402
-from dtcond.errors import DtcondError  # noqa: E402
+from dtcond.collection import ensure_dataset  # noqa: E402
+from dtcond.config import EnvConfig, OracleConfig, env_preset  # noqa: E402
 from dtcond.oracles import ORACLE_POOL_SEED  # noqa: E402
 from dtcond.report import comparison_table, quantilizer_bound  # noqa: E402
 from dtcond.roaming import RoamingScorer, dataset_records  # noqa: E402
@@ -41,16 +37,9 @@ class OraclesConfig:
     results_dir: Optional[str] = None  # None: results/ beside this file (committed)
 
 
-def testbed(cfg, name: str) -> list[str]:
-    path = conf_dir() / "env" / f"{name}.yaml"
-    if not path.is_file():
-        known = sorted(p.stem for p in (conf_dir() / "env").glob("*.yaml"))
-        raise DtcondError(f"unknown testbed {name!r}; choose from {', '.join(known)}")
-    env = OmegaConf.load(path)
+def testbed(cfg, env: EnvConfig) -> list[str]:
     dataset_id = f"dtcond/{env.name}/mixture-v0"
-    if not (datasets_root() / dataset_id).exists():
-        dtcond.collect(env.id, components_from_config(OmegaConf.to_container(env.behavior)), int(env.collect_episodes), dataset_id,
-                       seed=int(cfg.data_seed), progress=False)
+    ensure_dataset(env, dataset_id, seed=cfg.data_seed)
     data = dtcond.load_dataset(dataset_id)
     scorer = RoamingScorer.for_data(data)
     records = dataset_records(data, scorer) + dtcond.run_oracles(data, scorer, cfg.oracles, list(cfg.seeds),
@@ -75,9 +64,10 @@ def testbed(cfg, name: str) -> list[str]:
 
 def main(cfg) -> None:
     start = time.perf_counter()
+    envs = [env_preset(str(name)) for name in cfg.testbeds]  # conf/env/<name>.yaml; an unknown name fails before any work
     body = []
-    for name in cfg.testbeds:
-        body += testbed(cfg, str(name))
+    for env in envs:
+        body += testbed(cfg, env)
     md = ["# Oracle references from the behaviour mixture", "",
           "No learning: each testbed's behaviour mixture, rolled out fresh and scored by the data's exact likelihood, then "
           "reweighted (`dtcond.oracles`). Rows: the data's own episodes, the mixture's fresh rollouts (`behavior`), and the "
