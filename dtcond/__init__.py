@@ -11,6 +11,8 @@ __version__ = "0.1.0"
 # name -> (module, attribute); resolved on first use so `import dtcond` stays light.
 _LAZY = {
     "collect": ("dtcond.collection", "collect"),
+    "ensure_dataset": ("dtcond.collection", "ensure_dataset"),
+    "env_preset": ("dtcond.config", "env_preset"),
     "load_dataset": ("dtcond.data", "load"),
     "DatasetStats": ("dtcond.data", "DatasetStats"),
     "DTConfig": ("dtcond.model", "DTConfig"),

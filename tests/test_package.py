@@ -12,6 +12,8 @@ from conftest import REPO
 PUBLIC = {
     "DtcondError": ("class", "dtcond.errors"),
     "collect": ("function", "dtcond.collection"),
+    "ensure_dataset": ("function", "dtcond.collection"),
+    "env_preset": ("function", "dtcond.config"),
     "load_dataset": ("function", "dtcond.data"),
     "DatasetStats": ("class", "dtcond.data"),
     "DTConfig": ("class", "dtcond.model"),
