@@ -217,16 +217,29 @@ def write_results(out: Path, markdown: str, summary: dict, table: pd.DataFrame |
     return out / "summary.md"
 
 
+LIBRARIES = ("numpy", "gymnasium", "stable-baselines3", "lightning", "minari")  # what else decides a rerun's numbers
+
+
 def machine_info() -> dict:
-    """What a result was measured on: architecture, CPU cores, torch's build and threads, Python, dtcond, the
-    load average (a shared machine says so) and the GPU when there is one. Benchmarks store it whole."""
+    """What a result was measured on: architecture, CPU cores, torch's build and threads, the libraries whose versions
+    decide the numbers, Python, dtcond, the load average (a shared machine says so) and the GPU when there is one.
+    Benchmarks store it whole. Training is bitwise repeatable for a seed only with the same torch threads and
+    library versions: the thread count changes the order of float sums."""
     import os
     import platform
+    from importlib.metadata import PackageNotFoundError, version
 
     import torch
 
+    def installed(name):
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return None
+
     out = {"machine": platform.machine(), "cpus": os.cpu_count(), "torch": torch.__version__, "threads": torch.get_num_threads(),
-           "python": platform.python_version(), "dtcond": dtcond.__version__, "load_average": os.getloadavg()}
+           **{name: installed(name) for name in LIBRARIES}, "python": platform.python_version(), "dtcond": dtcond.__version__,
+           "load_average": os.getloadavg()}
     if torch.cuda.is_available():
         out["gpu"] = torch.cuda.get_device_name()
     return out
@@ -236,11 +249,13 @@ def machine() -> str:
     """:func:`machine_info` in the words of a results page.
 
     >>> machine()                                                                                  # doctest: +ELLIPSIS
-    '... CPU cores, torch ..., dtcond ...'
+    '... CPU cores, torch ... (... thread...), numpy ..., SB3 ..., gymnasium ..., dtcond ...'
     """
     m = machine_info()
     gpu = f", {m['gpu']}" if "gpu" in m else ""
-    return f"{m['machine']}, {m['cpus']} CPU cores{gpu}, torch {m['torch']}, dtcond {m['dtcond']}"
+    threads = f"{m['threads']} thread{'s' if m['threads'] != 1 else ''}"
+    return (f"{m['machine']}, {m['cpus']} CPU cores{gpu}, torch {m['torch']} ({threads}), numpy {m['numpy']}, "
+            f"SB3 {m['stable-baselines3']}, gymnasium {m['gymnasium']}, dtcond {m['dtcond']}")
 
 
 def ensure_hopper_ppo(ppo_dir: str | Path, budget: int, checkpoints: int = 10) -> Path:

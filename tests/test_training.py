@@ -93,6 +93,17 @@ def test_resume_continues_the_step_count(cartpole_dataset, tmp_path):
         train(cartpole_dataset, tmp_path / "r", trainer=dict(max_steps=40, **QUIET), resume=False, **args)
 
 
+def test_a_rerun_with_the_same_seed_and_threads_gives_the_same_weights_and_another_seed_does_not(cartpole_dataset, tmp_path):
+    from safetensors.torch import load_file
+
+    args = dict(model=TINY, data=dict(batch_size=8, steps_per_epoch=10), trainer=dict(max_steps=20, **QUIET))
+    weights = {name: load_file(str(train(cartpole_dataset, tmp_path / name, seed=seed, **args).bundle / "model.safetensors"))
+               for name, seed in (("a", 3), ("b", 3), ("c", 4))}
+    assert weights["a"].keys() == weights["b"].keys()
+    assert all(torch.equal(weights["a"][k], weights["b"][k]) for k in weights["a"])  # bitwise: a committed result reruns exactly
+    assert not all(torch.equal(weights["a"][k], weights["c"][k]) for k in weights["a"])
+
+
 def test_a_policy_refuses_an_env_with_other_spaces(tiny_run):
     policy = load_policy(tiny_run.bundle)
     with pytest.raises(DtcondError, match="do not match the policy"):
