@@ -77,6 +77,27 @@ def test_an_unknown_testbed_is_one_line_before_any_work(tmp_path):
     assert not (tmp_path / "minari").exists() and not (tmp_path / "results").exists()  # gamble was not collected first
 
 
+def test_rerun_check_counts_means_inside_the_committed_intervals_and_changed_verdicts(tmp_path):
+    committed = {"rows": [{"label": "dt", "target_spec": "q0.5", "true_return": 10.0, "true_return_ci95": 2.0},
+                          {"label": "ppo", "target_spec": "none", "true_return": 5.0, "true_return_ci95": 1.0}],
+                 "budgets": [{"budget": 5.0, "difference": 3.0, "difference_ci95": 1.0, "verdict": "conditioning higher"}]}
+    rerun = {"rows": [{"label": "dt", "target_spec": "q0.5", "true_return": 10.0, "true_return_ci95": 1.0},
+                      {"label": "ppo", "target_spec": "none", "true_return": 7.5, "true_return_ci95": 1.0}],
+             "budgets": [{"budget": 5.0, "difference": 2.5, "difference_ci95": 3.0, "verdict": "unresolved"}]}
+    for name, payload in (("committed", committed), ("rerun", rerun)):
+        (tmp_path / f"{name}.json").write_text(json.dumps(payload))
+    script = str(REPO / "experiments" / "rerun_check.py")
+    out = subprocess.run([sys.executable, script, str(tmp_path / "committed.json"), str(tmp_path / "rerun.json")],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "3 means with a committed 95% interval: 1 the same to rounding, 2 inside the committed interval, 1 outside" in out.stdout
+    assert "outside: /rows[ppo none] true_return: committed 5 ± 1, rerun 7.5" in out.stdout
+    assert "1 verdicts: 0 the same, 1 changed" in out.stdout and "committed 'conditioning higher', rerun 'unresolved'" in out.stdout
+    missing = subprocess.run([sys.executable, script, str(tmp_path / "nope.json"), str(tmp_path / "rerun.json")],
+                             capture_output=True, text=True, timeout=60)
+    assert missing.returncode == 2 and len(missing.stderr.strip().splitlines()) == 1 and "nope.json" in missing.stderr
+
+
 @pytest.mark.slow
 def test_cost_tradeoff_experiment_runs_end_to_end(tmp_path, minari_root):
     committed = REPO / "experiments" / "cost_tradeoff" / "results" / "summary.json"

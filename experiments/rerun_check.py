@@ -1,0 +1,73 @@
+"""Does a rerun of an experiment reproduce its committed results?
+
+Walks a committed ``summary.json`` (or ``frontier.json``) and a rerun's side by side. Every number ``x`` with a
+95% half-width ``x_ci95`` beside it is checked against the committed interval: is the rerun's mean inside
+``x ± x_ci95``, and is it the same to rounding? Every ``verdict`` is compared as written. A rerun repeats a
+result bitwise only with the same torch thread count and library versions (the results' machine line names
+them); elsewhere its training differs by float summation order, and this says how far the numbers moved.
+
+    python experiments/luck/run.py work_dir=outputs/rerun/luck results_dir=outputs/rerun/luck/results
+    python experiments/rerun_check.py experiments/luck/results/summary.json outputs/rerun/luck/results/summary.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+
+
+def cells(committed, rerun, path: str = ""):
+    """Yield (path, name, committed mean, committed half-width, rerun mean) and (path, 'verdict', a, b) pairs."""
+    if isinstance(committed, dict) and isinstance(rerun, dict):
+        for key, value in committed.items():
+            if key not in rerun:
+                continue
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and f"{key}_ci95" in committed:
+                yield path, key, value, committed[f"{key}_ci95"], rerun[key]
+            elif key.startswith("verdict") and isinstance(value, str):
+                yield path, key, value, None, rerun[key]
+            elif isinstance(value, (dict, list)):
+                yield from cells(value, rerun[key], f"{path}/{key}")
+    elif isinstance(committed, list) and isinstance(rerun, list) and len(committed) == len(rerun):
+        for i, (a, b) in enumerate(zip(committed, rerun)):
+            name = next((str(a[k]) for k in ("label", "budget", "cost_target", "cost_limit", "target", "q") if isinstance(a, dict) and k in a), str(i))
+            spec = f" {a['target_spec']}" if isinstance(a, dict) and "target_spec" in a else ""
+            other = f" vs {a['other']['family']}" if isinstance(a, dict) and isinstance(a.get("other"), dict) else ""
+            yield from cells(a, b, f"{path}[{name}{spec}{other}]")
+
+
+def finite(*xs) -> bool:
+    return all(isinstance(x, (int, float)) and x is not None and math.isfinite(x) for x in xs)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("committed", type=Path)
+    ap.add_argument("rerun", type=Path)
+    ap.add_argument("--list", type=int, default=20, help="how many numbers outside the committed interval to list")
+    args = ap.parse_args()
+    try:
+        committed, rerun = (json.loads(p.read_text()) for p in (args.committed, args.rerun))
+    except (OSError, ValueError) as exc:
+        print(f"rerun_check: error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    numbers = [c for c in cells(committed, rerun) if c[1] != "verdict" and not c[1].startswith("verdict") and finite(c[2], c[3], c[4])]
+    verdicts = [c for c in cells(committed, rerun) if c[1].startswith("verdict")]
+    same = [c for c in numbers if abs(c[4] - c[2]) <= 1e-6 * max(1.0, abs(c[2]))]
+    outside = [c for c in numbers if abs(c[4] - c[2]) > c[3]]
+    changed = [c for c in verdicts if c[2] != c[4]]
+    print(f"{args.rerun} against {args.committed}:")
+    print(f"  {len(numbers)} means with a committed 95% interval: {len(same)} the same to rounding, "
+          f"{len(numbers) - len(outside)} inside the committed interval, {len(outside)} outside")
+    for path, name, a, ci, b in outside[: args.list]:
+        print(f"    outside: {path} {name}: committed {a:.4g} ± {ci:.3g}, rerun {b:.4g}")
+    print(f"  {len(verdicts)} verdicts: {len(verdicts) - len(changed)} the same, {len(changed)} changed")
+    for path, name, a, _, b in changed:
+        print(f"    changed: {path} {name}: committed '{a}', rerun '{b}'")
+
+
+if __name__ == "__main__":
+    main()
