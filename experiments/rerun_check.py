@@ -31,12 +31,34 @@ def cells(committed, rerun, path: str = ""):
                 yield path, key, value, None, rerun[key]
             elif isinstance(value, (dict, list)):
                 yield from cells(value, rerun[key], f"{path}/{key}")
-    elif isinstance(committed, list) and isinstance(rerun, list) and len(committed) == len(rerun):
-        for i, (a, b) in enumerate(zip(committed, rerun)):
-            name = next((str(a[k]) for k in ("label", "budget", "cost_target", "cost_limit", "target", "q") if isinstance(a, dict) and k in a), str(i))
-            spec = f" {a['target_spec']}" if isinstance(a, dict) and "target_spec" in a else ""
-            other = f" vs {a['other']['family']}" if isinstance(a, dict) and isinstance(a.get("other"), dict) else ""
-            yield from cells(a, b, f"{path}[{name}{spec}{other}]")
+    elif isinstance(committed, list) and isinstance(rerun, list):
+        for name, a, b in pairs(committed, rerun):
+            yield from cells(a, b, f"{path}[{name}]")
+
+
+IDENTITY = ("label", "target_spec", "budget", "cost_target", "cost_limit", "cost_bound", "cost", "target", "q", "curve", "return")
+
+
+def identity(row) -> tuple:
+    """What a row of a results list is about (a policy and target, a budget and the families compared, ...)."""
+    if not isinstance(row, dict):
+        return ()
+    names = [k for k in IDENTITY if k in row and f"{k}_ci95" not in row and not isinstance(row[k], (dict, list))]  # not a metric
+    if "target_spec" in names and "target" in names:
+        names.remove("target")  # the spec names the row; the resolved return is a measurement
+    key = tuple(str(row[k]) for k in names)
+    return key + tuple(f"vs {row[side]['family']}" for side in ("reference", "other") if isinstance(row.get(side), dict))
+
+
+def pairs(committed: list, rerun: list):
+    """The rows of two results lists matched by what each is about (by position where that is not unique)."""
+    keys_a, keys_b = [identity(r) for r in committed], [identity(r) for r in rerun]
+    if all(keys_a) and len(set(keys_a)) == len(keys_a) and len(set(keys_b)) == len(keys_b):
+        by_key = dict(zip(keys_b, rerun))
+        return [(" ".join(k), a, by_key[k]) for k, a in zip(keys_a, committed) if k in by_key]
+    if len(committed) != len(rerun):
+        return []
+    return [(" ".join(k) or str(i), a, b) for i, (k, a, b) in enumerate(zip(keys_a, committed, rerun))]
 
 
 def finite(*xs) -> bool:

@@ -81,8 +81,8 @@ def test_rerun_check_counts_means_inside_the_committed_intervals_and_changed_ver
     committed = {"rows": [{"label": "dt", "target_spec": "q0.5", "true_return": 10.0, "true_return_ci95": 2.0},
                           {"label": "ppo", "target_spec": "none", "true_return": 5.0, "true_return_ci95": 1.0}],
                  "budgets": [{"budget": 5.0, "difference": 3.0, "difference_ci95": 1.0, "verdict": "conditioning higher"}]}
-    rerun = {"rows": [{"label": "dt", "target_spec": "q0.5", "true_return": 10.0, "true_return_ci95": 1.0},
-                      {"label": "ppo", "target_spec": "none", "true_return": 7.5, "true_return_ci95": 1.0}],
+    rerun = {"rows": [{"label": "ppo", "target_spec": "none", "true_return": 7.5, "true_return_ci95": 1.0},  # rows matched by
+                      {"label": "dt", "target_spec": "q0.5", "true_return": 10.0, "true_return_ci95": 1.0}],    # what they are about
              "budgets": [{"budget": 5.0, "difference": 2.5, "difference_ci95": 3.0, "verdict": "unresolved"}]}
     for name, payload in (("committed", committed), ("rerun", rerun)):
         (tmp_path / f"{name}.json").write_text(json.dumps(payload))
