@@ -1,8 +1,9 @@
 """Does a rerun of an experiment reproduce its committed results?
 
-Walks a committed ``summary.json`` (or ``frontier.json``) and a rerun's side by side. Every number ``x`` with a
-95% half-width ``x_ci95`` beside it is checked against the committed interval: is the rerun's mean inside
-``x ± x_ci95``, and is it the same to rounding? Every ``verdict`` is compared as written. A rerun repeats a
+Walks a committed ``summary.json`` (or ``frontier.json``) and a rerun's side by side, rows matched by what they
+are about. Every number ``x`` with a 95% interval beside it (``x_ci95``, or ``x_lo``/``x_hi`` for a bounded
+quantity) is checked against the committed interval: is the rerun's mean inside it, and is it the same to
+rounding? Every verdict is compared as written. A rerun repeats a
 result bitwise only with the same torch thread count and library versions (the results' machine line names
 them); elsewhere its training differs by float summation order, and this says how far the numbers moved.
 
@@ -20,14 +21,19 @@ from pathlib import Path
 
 
 def cells(committed, rerun, path: str = ""):
-    """Yield (path, name, committed mean, committed half-width, rerun mean) and (path, 'verdict', a, b) pairs."""
+    """Yield (path, name, committed mean, committed 95% interval (low, high), rerun mean), and (path, name, committed
+    verdict, None, rerun verdict) for every key that names a verdict."""
     if isinstance(committed, dict) and isinstance(rerun, dict):
         for key, value in committed.items():
             if key not in rerun:
                 continue
-            if isinstance(value, (int, float)) and not isinstance(value, bool) and f"{key}_ci95" in committed:
-                yield path, key, value, committed[f"{key}_ci95"], rerun[key]
-            elif key.startswith("verdict") and isinstance(value, str):
+            number = isinstance(value, (int, float)) and not isinstance(value, bool)
+            if number and f"{key}_ci95" in committed and finite(committed[f"{key}_ci95"]):
+                half = committed[f"{key}_ci95"]
+                yield path, key, value, (value - half, value + half), rerun[key]
+            elif number and f"{key}_lo" in committed and f"{key}_hi" in committed:  # a bounded quantity's interval
+                yield path, key, value, (committed[f"{key}_lo"], committed[f"{key}_hi"]), rerun[key]
+            elif "verdict" in key and isinstance(value, str):
                 yield path, key, value, None, rerun[key]
             elif isinstance(value, (dict, list)):
                 yield from cells(value, rerun[key], f"{path}/{key}")
@@ -76,16 +82,17 @@ def main() -> None:
     except (OSError, ValueError) as exc:
         print(f"rerun_check: error: {exc}", file=sys.stderr)
         sys.exit(2)
-    numbers = [c for c in cells(committed, rerun) if c[1] != "verdict" and not c[1].startswith("verdict") and finite(c[2], c[3], c[4])]
-    verdicts = [c for c in cells(committed, rerun) if c[1].startswith("verdict")]
+    found = list(cells(committed, rerun))
+    numbers = [c for c in found if c[3] is not None and finite(c[2], *c[3], c[4])]
+    verdicts = [c for c in found if c[3] is None]
     same = [c for c in numbers if abs(c[4] - c[2]) <= 1e-6 * max(1.0, abs(c[2]))]
-    outside = [c for c in numbers if abs(c[4] - c[2]) > c[3]]
+    outside = [c for c in numbers if not c[3][0] <= c[4] <= c[3][1]]
     changed = [c for c in verdicts if c[2] != c[4]]
     print(f"{args.rerun} against {args.committed}:")
     print(f"  {len(numbers)} means with a committed 95% interval: {len(same)} the same to rounding, "
           f"{len(numbers) - len(outside)} inside the committed interval, {len(outside)} outside")
-    for path, name, a, ci, b in outside[: args.list]:
-        print(f"    outside: {path} {name}: committed {a:.4g} ± {ci:.3g}, rerun {b:.4g}")
+    for path, name, a, (low, high), b in outside[: args.list]:
+        print(f"    outside: {path} {name}: committed {a:.4g} [{low:.4g}, {high:.4g}], rerun {b:.4g}")
     print(f"  {len(verdicts)} verdicts: {len(verdicts) - len(changed)} the same, {len(changed)} changed")
     for path, name, a, _, b in changed:
         print(f"    changed: {path} {name}: committed '{a}', rerun '{b}'")

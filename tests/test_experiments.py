@@ -91,7 +91,7 @@ def test_rerun_check_counts_means_inside_the_committed_intervals_and_changed_ver
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert "3 means with a committed 95% interval: 1 the same to rounding, 2 inside the committed interval, 1 outside" in out.stdout
-    assert "outside: /rows[ppo none] true_return: committed 5 ± 1, rerun 7.5" in out.stdout
+    assert "outside: /rows[ppo none] true_return: committed 5 [4, 6], rerun 7.5" in out.stdout
     assert "1 verdicts: 0 the same, 1 changed" in out.stdout and "committed 'conditioning higher', rerun 'unresolved'" in out.stdout
     missing = subprocess.run([sys.executable, script, str(tmp_path / "nope.json"), str(tmp_path / "rerun.json")],
                              capture_output=True, text=True, timeout=60)
