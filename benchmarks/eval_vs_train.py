@@ -27,14 +27,12 @@ def main() -> None:
     from omegaconf import OmegaConf
 
     import dtcond
-    from dtcond.behavior import components_from_config
     from dtcond.config import conf_dir
     from dtcond.targets import grid
 
     with tempfile.TemporaryDirectory() as root:
         os.environ["MINARI_DATASETS_PATH"] = os.path.join(root, "datasets")
-        env = OmegaConf.load(conf_dir() / "env" / "pendulum.yaml")
-        dtcond.collect(env.id, components_from_config(OmegaConf.to_container(env.behavior, resolve=True)), int(env.collect_episodes), "bench/pendulum-v0", progress=False)
+        dtcond.ensure_dataset(dtcond.env_preset("pendulum"), "bench/pendulum-v0")  # `dtcond collect env=pendulum`'s data
         model = dict(OmegaConf.load(conf_dir() / "model" / "small.yaml"))
         start = time.perf_counter()
         run = dtcond.train("bench/pendulum-v0", os.path.join(root, "run"), model=model, checkpoint_every=args.train_steps,

@@ -20,14 +20,14 @@ from typing import Any, Dict, List, Optional
 
 import numpy as np
 import pandas as pd
-from omegaconf import MISSING, OmegaConf
+from omegaconf import MISSING
 
 HERE = Path(__file__).resolve().parent
 
-from dtcond.experiment import fmt, hopper_behavior, hydra_entry, machine, plain, results_dir, write_results  # noqa: E402
+from dtcond.experiment import fmt, hopper_behavior, hydra_entry, machine, results_dir, write_results  # noqa: E402
 
 from dtcond.config import (ComparisonConfig, ComparisonEvalConfig, DataConfig, EsperConfig, ModelConfig, OptimConfig,  # noqa: E402
-                           TrainerConfig, conf_dir, merge)
+                           TrainerConfig, env_preset, merge)
 from dtcond.errors import DtcondError  # noqa: E402
 from dtcond.pipeline import run_comparison  # noqa: E402
 from dtcond.stats import ci95, mean_ci  # noqa: E402
@@ -84,8 +84,8 @@ METRICS = ("normalized_mae", "normalized_bias", "spearman", "slope", "best_mean_
 def is_continuous(spec) -> bool:
     import gymnasium as gym
 
-    env = OmegaConf.load(conf_dir() / "env" / f"{spec.env}.yaml")
-    made = gym.make(env.id, **(plain(env.kwargs) or {}))
+    env = env_preset(spec.env)
+    made = gym.make(env.id, **env.kwargs)
     try:
         return isinstance(made.action_space, gym.spaces.Box)
     finally:
@@ -95,7 +95,7 @@ def is_continuous(spec) -> bool:
 def dataset_config(name: str, entry: CalibrationDataset, cfg: CalibrationConfig, head: str, **fields) -> ComparisonConfig:
     """The comparison for one dataset and action head: DT only, on this experiment's target grid, no roaming scores;
     ``fields`` are ComparisonConfig fields over these."""
-    env = plain(OmegaConf.load(conf_dir() / "env" / f"{entry.env}.yaml"))
+    env = asdict(env_preset(entry.env))
     dataset_id = f"dtcond/calibration/{entry.dataset or name}-v0"  # entries may share a dataset
     env["collect_episodes"] = entry.episodes
     env["behavior"] = hopper_behavior(cfg, entry.behavior if entry.behavior is not None else env["behavior"], dataset_id)
