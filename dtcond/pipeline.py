@@ -39,12 +39,12 @@ from dtcond.baselines import train_baseline
 from dtcond.checkpoints import load_policy
 from dtcond.collection import ensure_dataset
 from dtcond.config import ComparisonConfig, DatasetConfig, TrainConfig
+from dtcond.console import quiet_libraries
 from dtcond.data import load
 from dtcond.errors import DtcondError
 from dtcond.evaluation import evaluate
 from dtcond.fileio import atomic_write
 from dtcond.oracles import ORACLE_POOL_SEED, run_oracles
-from dtcond.console import quiet_libraries
 from dtcond.report import comparison_table, console_summary, write_report
 from dtcond.results import ResultsStore
 from dtcond.roaming import RoamingScorer, dataset_records
