@@ -33,7 +33,7 @@ from dtcond.errors import DtcondError
 from dtcond.fileio import atomic_write
 from dtcond.frontier import check_budgets
 from dtcond.console import quiet_libraries
-from dtcond.stats import grouped_mean_ci, with_policy_columns
+from dtcond.stats import family_column, grouped_mean_ci, with_policy_columns
 from dtcond.storage import datasets_root
 
 SCHEMA = "base_experiment"  # the name an experiment's config.yaml starts its defaults list with
@@ -128,11 +128,7 @@ def add_gap(df: pd.DataFrame, table: pd.DataFrame, name: str = "gap") -> pd.Data
 def rl_rows(frame: pd.DataFrame) -> pd.DataFrame:
     """The rows of online-RL policies (every checkpoint), from records or a comparison table."""
     frame = with_policy_columns(frame)
-    return frame[frame[_family(frame)].isin(RL_ALGOS)]
-
-
-def _family(frame: pd.DataFrame) -> str:
-    return "policy_kind" if "policy_kind" in frame else "kind"  # records, or a comparison table
+    return frame[frame[family_column(frame)].isin(RL_ALGOS)]
 
 
 def final_checkpoints(table: pd.DataFrame) -> pd.DataFrame:
@@ -140,7 +136,7 @@ def final_checkpoints(table: pd.DataFrame) -> pd.DataFrame:
     rl = rl_rows(table)
     if not len(rl):
         return rl
-    last = rl.groupby(_family(rl))["train_step"].transform(lambda s: max(int(x) for x in s))
+    last = rl.groupby(family_column(rl))["train_step"].transform(lambda s: max(int(x) for x in s))
     return rl[rl["train_step"].astype(int) == last]
 
 

@@ -204,6 +204,11 @@ def grouped_mean_ci(df, column: str, unit: str = "fingerprint") -> tuple[float, 
     return (*mean_ci(vals), int(units.nunique()))
 
 
+def family_column(df) -> str | None:
+    """The column naming each row's policy family: ``policy_kind`` in records, ``kind`` in a comparison table."""
+    return "policy_kind" if "policy_kind" in df else "kind" if "kind" in df else None
+
+
 def with_policy_columns(df):
     """``df`` with its typed policy columns checked: the family from ``policy_kind`` (a comparison table's
     ``kind``), and ``train_step`` as an int or None (None where a record has none). A table without the family
@@ -216,7 +221,7 @@ def with_policy_columns(df):
     """
     import pandas as pd
 
-    kinds = "policy_kind" if "policy_kind" in df else "kind" if "kind" in df else None  # records, or a comparison table
+    kinds = family_column(df)
     if kinds is None:
         raise DtcondError("the table has no policy_kind column, so its policies are unknown (records written by "
                           "dtcond.evaluate carry it; labels are not parsed): evaluate the policies again")
