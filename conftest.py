@@ -19,7 +19,7 @@ DOC_DATASET = "dtcond/cartpole/mixture-v0"
 @pytest.fixture(scope="session")
 def doc_world(tmp_path_factory) -> dict:
     import dtcond
-    from dtcond.behavior import Component
+    from dtcond.behavior.mixture import Component
 
     root = tmp_path_factory.mktemp("doctest-world")
     old = os.environ.get("MINARI_DATASETS_PATH")

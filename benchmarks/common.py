@@ -50,7 +50,7 @@ def device_tag(device: torch.device) -> str:
 
 def synthetic_stats(obs_dim: int, act_dim: int, max_episode_length: int = 1000):
     """DatasetStats for Box data of these sizes (actions in [-1, 1]), for timing code that needs stats only."""
-    from dtcond.data import DatasetStats
+    from dtcond.datasets.loading import DatasetStats
 
     return DatasetStats(dataset_id="bench/synthetic-v0", env_id=None, env_kwargs={}, max_episode_steps=None,
                         obs_dim=obs_dim, action_kind="continuous", action_dim=act_dim, action_low=[-1.0] * act_dim,
@@ -66,12 +66,12 @@ def random_policy(env_id: str, model: dict, seed: int = 0, env_kwargs: dict | No
     dataset in a temp dir gives the real normalization stats and spaces (and records ``env_kwargs``,
     which every rollout of the policy then uses).
     """
-    from dtcond.behavior import Component
-    from dtcond.collection import collect, minari_root
-    from dtcond.data import load
-    from dtcond.model import DecisionTransformer
-    from dtcond.policy import ConditionedPolicy
-    from dtcond.training import model_config_for
+    from dtcond.behavior.mixture import Component
+    from dtcond.behavior.collection import collect, minari_root
+    from dtcond.datasets.loading import load
+    from dtcond.dt.model import DecisionTransformer
+    from dtcond.dt.policy import ConditionedPolicy
+    from dtcond.dt.training import model_config_for
 
     with tempfile.TemporaryDirectory() as root, minari_root(root):
         collect(env_id, [Component("random")], 5, "bench/random-v0", seed=seed, env_kwargs=env_kwargs, progress=False)

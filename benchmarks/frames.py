@@ -69,8 +69,8 @@ def train_child(out_dir: str, steps: int, batch: int) -> None:
     """Train on the dataset and print one JSON line: peak RSS, load time, step time."""
     import lightning as L
 
-    from dtcond.data import load
-    from dtcond.training import train
+    from dtcond.datasets.loading import load
+    from dtcond.dt.training import train
 
     t0 = time.perf_counter()
     data = load(DATASET)
@@ -126,7 +126,7 @@ def step(args) -> None:
     import torch
     import torch.nn.functional as F
 
-    from dtcond.model import DecisionTransformer, DTConfig, configure_optimizer
+    from dtcond.dt.model import DecisionTransformer, DTConfig, configure_optimizer
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     shape, K, B = [4, 84, 84], ATARI["context_len"], args.batch

@@ -83,7 +83,7 @@ class StepTimer(L.Callback):
 @contextlib.contextmanager
 def constant_batches():
     """Every WindowDataset item is its batch 0, gathered once: the loop with no data cost."""
-    from dtcond.windows import WindowDataset
+    from dtcond.datasets.windows import WindowDataset
 
     original, cache = WindowDataset.__getitem__, {}
 
@@ -100,7 +100,7 @@ def constant_batches():
 
 
 def run_loop(v: dict, device, out_dir: str, warmup: int, steps: int) -> StepTimer:
-    from dtcond.training import train
+    from dtcond.dt.training import train
 
     timer = StepTimer(warmup, steps)
     total = warmup + steps
@@ -118,8 +118,8 @@ def run_loop(v: dict, device, out_dir: str, warmup: int, steps: int) -> StepTime
 
 def fetch_table(device, batches: list[int], repeats: int) -> list[dict]:
     """ms to produce one batch: gathered from flat tensors (on ``device``) vs the per-window loop used before."""
-    from dtcond.data import load
-    from dtcond.windows import WindowDataset, make_window
+    from dtcond.datasets.loading import load
+    from dtcond.datasets.windows import WindowDataset, make_window
 
     data = load(DATASET)
     rows = []

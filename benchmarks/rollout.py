@@ -24,7 +24,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from dtcond import distributions
+from dtcond.rollout import distributions
 from common import PAPER, markdown_table, median, random_policy, write
 
 # Full-length episodes, so throughput is the steady state rather than env construction and resets.
@@ -61,7 +61,7 @@ def reference_episode(policy, env: gym.Env, target: float, seed: int, max_steps:
 
 
 def dtcond_rollout(policy, n: int, target: float, seed: int) -> int:
-    from dtcond.evaluation import evaluate
+    from dtcond.rollout.evaluation import evaluate
 
     records = evaluate(policy, [str(target)], episodes=n, seed=seed, batch_size=n)
     return sum(r["length"] for r in records)

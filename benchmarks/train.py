@@ -58,8 +58,8 @@ def autocast(device, precision: str):
 
 
 def make_dtcond(size: dict, device, head: str = "mse", compile_mode: str | None = None, precision: str = "32-true"):
-    from dtcond.model import configure_optimizer
-    from dtcond.training import DTModule, model_config_for
+    from dtcond.dt.model import configure_optimizer
+    from dtcond.dt.training import DTModule, model_config_for
 
     cfg = model_config_for(synthetic_stats(OBS, ACT), **size, max_timestep=1000, return_scale=1000.0, action_head=head)
     module = DTModule(cfg.to_dict(), synthetic_stats(OBS, ACT).to_dict()).to(device).train()

@@ -4,36 +4,36 @@ Importing dtcond has no side effects and stays light: heavy modules (torch, ligh
 load when first used.
 """
 
-from dtcond.errors import DtcondError
+from dtcond.common.errors import DtcondError
 
 __version__ = "0.1.0"
 
 # name -> (module, attribute); resolved on first use so `import dtcond` stays light.
 _LAZY = {
-    "collect": ("dtcond.collection", "collect"),
-    "ensure_dataset": ("dtcond.collection", "ensure_dataset"),
+    "collect": ("dtcond.behavior.collection", "collect"),
+    "ensure_dataset": ("dtcond.behavior.collection", "ensure_dataset"),
     "env_preset": ("dtcond.config", "env_preset"),
-    "load_dataset": ("dtcond.data", "load"),
-    "DatasetStats": ("dtcond.data", "DatasetStats"),
-    "DTConfig": ("dtcond.model", "DTConfig"),
-    "DecisionTransformer": ("dtcond.model", "DecisionTransformer"),
-    "train": ("dtcond.training", "train"),
-    "esper_labels": ("dtcond.relabel", "esper_labels"),
-    "load_labels": ("dtcond.relabel", "load_labels"),
-    "load_policy": ("dtcond.checkpoints", "load_policy"),
-    "Policy": ("dtcond.contract", "Policy"),
-    "ConditionedPolicy": ("dtcond.policy", "ConditionedPolicy"),
-    "evaluate": ("dtcond.evaluation", "evaluate"),
-    "ResultsStore": ("dtcond.results", "ResultsStore"),
-    "write_report": ("dtcond.report", "write_report"),
-    "comparison_table": ("dtcond.report", "comparison_table"),
-    "plot_frontier": ("dtcond.report", "plot_frontier"),
-    "train_baseline": ("dtcond.baselines", "train_baseline"),
-    "RoamingScorer": ("dtcond.roaming", "RoamingScorer"),
-    "DataLikelihood": ("dtcond.likelihood", "DataLikelihood"),
-    "BehaviorPolicy": ("dtcond.likelihood", "BehaviorPolicy"),
-    "run_oracles": ("dtcond.oracles", "run_oracles"),
-    "dataset_records": ("dtcond.roaming", "dataset_records"),
+    "load_dataset": ("dtcond.datasets.loading", "load"),
+    "DatasetStats": ("dtcond.datasets.loading", "DatasetStats"),
+    "DTConfig": ("dtcond.dt.model", "DTConfig"),
+    "DecisionTransformer": ("dtcond.dt.model", "DecisionTransformer"),
+    "train": ("dtcond.dt.training", "train"),
+    "esper_labels": ("dtcond.dt.relabel", "esper_labels"),
+    "load_labels": ("dtcond.dt.relabel", "load_labels"),
+    "load_policy": ("dtcond.families", "load_policy"),
+    "Policy": ("dtcond.rollout.contract", "Policy"),
+    "ConditionedPolicy": ("dtcond.dt.policy", "ConditionedPolicy"),
+    "evaluate": ("dtcond.rollout.evaluation", "evaluate"),
+    "ResultsStore": ("dtcond.rollout.records", "ResultsStore"),
+    "write_report": ("dtcond.analysis.report", "write_report"),
+    "comparison_table": ("dtcond.analysis.report", "comparison_table"),
+    "plot_frontier": ("dtcond.analysis.report", "plot_frontier"),
+    "train_baseline": ("dtcond.rl.baselines", "train_baseline"),
+    "RoamingScorer": ("dtcond.analysis.roaming", "RoamingScorer"),
+    "DataLikelihood": ("dtcond.behavior.likelihood", "DataLikelihood"),
+    "BehaviorPolicy": ("dtcond.behavior.likelihood", "BehaviorPolicy"),
+    "run_oracles": ("dtcond.analysis.oracles", "run_oracles"),
+    "dataset_records": ("dtcond.analysis.roaming", "dataset_records"),
     "run_comparison": ("dtcond.pipeline", "run_comparison"),
     # The typed configs that train, train_baseline's CLI and run_comparison take, and merge to build one from dicts.
     "ComparisonConfig": ("dtcond.config", "ComparisonConfig"),
@@ -49,7 +49,7 @@ _LAZY = {
     "EsperConfig": ("dtcond.config", "EsperConfig"),
     "merge": ("dtcond.config", "merge"),
     "targets": ("dtcond.targets", None),
-    "stats": ("dtcond.stats", None),
+    "stats": ("dtcond.analysis.statistics", None),
 }
 
 __all__ = ["DtcondError", "__version__", *_LAZY]

@@ -2,7 +2,7 @@
 
 Hydra stays here. Each config's schema is its command's dataclass in :mod:`dtcond.config`, so Hydra
 type-checks while composing; each command gets that dataclass (never a ``DictConfig``) and calls
-library code. A :class:`~dtcond.errors.DtcondError` becomes one line on stderr and exit code 2.
+library code. A :class:`~dtcond.common.errors.DtcondError` becomes one line on stderr and exit code 2.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Callable
 
 from dtcond.config import conf_dir  # noqa: F401  (re-exported: the CLI's config dir)
-from dtcond.errors import DtcondError
+from dtcond.common.errors import DtcondError
 
 USAGE = """usage: dtcond <command> [key=value ...] [-m] [--cfg job] [--help]
 
@@ -49,13 +49,13 @@ def _set_datasets_path(cfg) -> None:
 def _components(behavior) -> list:
     from omegaconf import OmegaConf
 
-    from dtcond.behavior import components_from_config
+    from dtcond.behavior.mixture import components_from_config
 
     return components_from_config(OmegaConf.to_container(behavior, resolve=True) if OmegaConf.is_config(behavior) else behavior)
 
 
 def collect_command(cfg) -> None:
-    from dtcond.collection import collect
+    from dtcond.behavior.collection import collect
 
     _set_datasets_path(cfg)
     summary = collect(
@@ -75,7 +75,7 @@ def collect_command(cfg) -> None:
 def train_command(cfg) -> None:
     from hydra.core.hydra_config import HydraConfig
 
-    from dtcond.training import train
+    from dtcond.dt.training import train
 
     _set_datasets_path(cfg)
     result = train(cfg.dataset.id, HydraConfig.get().runtime.output_dir, config=cfg)
@@ -89,8 +89,8 @@ def _scorer(dataset_id: str, enabled: bool, store=None, data_rows: bool = False)
     """A roaming scorer for ``dataset_id`` (needs the dataset locally), and its data rows if asked."""
     if not enabled:
         return None
-    from dtcond.data import load
-    from dtcond.roaming import RoamingScorer, applies_to, dataset_records
+    from dtcond.datasets.loading import load
+    from dtcond.analysis.roaming import RoamingScorer, applies_to, dataset_records
 
     try:
         data = load(dataset_id)
@@ -108,19 +108,24 @@ def _scorer(dataset_id: str, enabled: bool, store=None, data_rows: bool = False)
 def baseline_command(cfg) -> None:
     from hydra.core.hydra_config import HydraConfig
 
-    from dtcond.baselines import train_baseline
-    from dtcond.checkpoints import load_policy
-    from dtcond.data import load
-    from dtcond.evaluation import evaluate
-    from dtcond.results import ResultsStore
+    from dtcond import families
+    from dtcond.families import load_policy
+    from dtcond.rl.baselines import train_baseline
+    from dtcond.datasets.loading import load
+    from dtcond.rollout.evaluation import evaluate
+    from dtcond.rollout.records import ResultsStore
 
     _set_datasets_path(cfg)
     store = ResultsStore(Path(cfg.results).expanduser()) if cfg.evaluate else None
     stats = load(cfg.dataset.id).stats
+    penalty = families.get(cfg.regularizer).penalty if cfg.regularizer else None
+    if cfg.regularizer and penalty is None:
+        raise DtcondError(f"regularizer={cfg.regularizer} is not a regularized RL family; those are "
+                          f"{', '.join(f.kind for f in families.families('regularized'))}")
     result = train_baseline(
         stats, cfg.algo, HydraConfig.get().runtime.output_dir, budget=cfg.budget, checkpoints=cfg.checkpoints,
-        hyperparams=cfg.hyperparams or {}, seed=cfg.seed, progress=cfg.progress, kl_coef=cfg.kl_coef, om_coef=cfg.om_coef,
-        bc_init_steps=cfg.bc_init_steps, cost_limit=cfg.cost_limit, lambda_lr=cfg.lambda_lr,
+        hyperparams=cfg.hyperparams or {}, seed=cfg.seed, progress=cfg.progress, penalty=penalty, param=cfg.param,
+        bc_init_steps=cfg.bc_init_steps, reference=cfg.reference, options=dict(cfg.options) if cfg.options else None,
     )
     print(f"{cfg.algo} on {stats.env_id}: {result.timesteps} env steps; {len(result.bundles)} checkpoints in {result.out_dir / 'policies'}")
     if store is None:
@@ -137,10 +142,10 @@ def baseline_command(cfg) -> None:
 
 
 def eval_command(cfg) -> None:
-    from dtcond.checkpoints import load_policy
-    from dtcond.evaluation import evaluate, make_vector_env
-    from dtcond.report import per_target_table, write_report
-    from dtcond.results import ResultsStore
+    from dtcond.families import load_policy
+    from dtcond.rollout.evaluation import evaluate, make_vector_env
+    from dtcond.analysis.report import per_target_table, write_report
+    from dtcond.rollout.records import ResultsStore
     from dtcond.targets import from_sampler
 
     _set_datasets_path(cfg)
@@ -170,7 +175,7 @@ def eval_command(cfg) -> None:
 
 
 def report_command(cfg) -> None:
-    from dtcond.report import write_report
+    from dtcond.analysis.report import write_report
 
     report = write_report(Path(cfg.results).expanduser(), cfg.out_dir)
     for dataset_id, out in report.datasets.items():
@@ -215,7 +220,7 @@ def run(command: str, overrides: list[str]) -> None:
     @hydra.main(config_path=str(conf_dir()), config_name=command, version_base="1.3")
     def app(cfg) -> None:
         if command in ("train", "demo"):
-            from dtcond.console import quiet_libraries
+            from dtcond.common.console import quiet_libraries
 
             quiet_libraries()  # Lightning's banners, doubled by Hydra's log handler, would drown the progress bar
         sys.argv[0] = program
@@ -238,58 +243,16 @@ def run(command: str, overrides: list[str]) -> None:
 
 def _check_overrides(command: str, args: list[str]) -> None:
     """Compose the config once up front so a typo fails in one line, before any work."""
-    from dtcond.config import register_schemas
+    from dtcond.config import override_error, register_schemas
 
     register_schemas()
-    message = override_error(conf_dir(), command, args, hint=f"see `dtcond {command} --cfg job` for the keys it takes")
+    check = None
+    if command == "demo":
+        from dtcond.pipeline import check_comparison as check
+    message = override_error(conf_dir(), command, args, hint=f"see `dtcond {command} --cfg job` for the keys it takes", check=check)
     if message:
         fail(command, message)
 
-
-def override_error(config_dir: Path, config_name: str, args: list[str], hint: str, extra: list[str] = ()) -> str | None:
-    """Compose ``config_name`` with the command line ``args``; a one-line message if that fails, else None.
-
-    Multiruns (-m) and Hydra's own flags are left to Hydra, which expands sweeps itself. ``extra``
-    overrides are applied too but are not the user's (e.g. a search path).
-    """
-    if any(a in ("-m", "--multirun") or a.startswith("-") for a in args):
-        return None
-    overrides = [*extra, *(a for a in args if not a.lstrip("+~").startswith("hydra"))]
-    from hydra import compose, initialize_config_dir
-    from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
-
-    from dtcond.config import schema_error
-
-    from omegaconf import OmegaConf
-
-    from dtcond.config import from_hydra
-
-    try:
-        with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
-            cfg = compose(config_name=config_name, overrides=overrides)
-        if is_dataclass(OmegaConf.get_type(cfg)):
-            from_hydra(cfg)  # the dataclass's own checks (ranges, cross-field rules) too, before Hydra makes a run dir
-    except DtcondError as exc:
-        return str(exc)
-    except (HydraException, OmegaConfBaseException) as exc:
-        typed = schema_error(exc)  # a wrong type or unknown key under a dataclass schema
-        if typed:
-            return typed
-        lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()] or [type(exc).__name__]
-        message = lines[0].rstrip(".")
-        at = next((i for i, line in enumerate(lines) if line.startswith("Available options")), None)
-        if at is not None:
-            options = []
-            for line in lines[at + 1:]:
-                if line.endswith(":"):
-                    break
-                options.append(line)
-            message += f" (available: {', '.join(options)})"
-        else:
-            message += f"; {hint}"
-        return message
-    return None
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -16,14 +16,16 @@ checked once, however it was made. Importing this module loads neither torch nor
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from omegaconf import MISSING
 
-from dtcond.errors import DtcondError
-from dtcond.storage import check_dataset_id
+from dtcond.common.errors import DtcondError
+from dtcond.datasets.loading import check_gamma
+from dtcond.datasets.storage import check_dataset_id
 from dtcond.targets import parse
 
 
@@ -41,23 +43,17 @@ TRAINER_LOOP_KEYS = ("compile", "matmul_precision")  # TrainerConfig's keys that
 COMPILE_MODES = (None, "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")  # torch.compile modes
 
 
-def check_gamma(gamma: float, key: str = "dataset.gamma") -> None:
-    """Refuse a discount: targets, quantiles and rollouts all count undiscounted returns.
-
-    >>> check_gamma(0.99)
-    Traceback (most recent call last):
-    ...
-    dtcond.errors.DtcondError: dataset.gamma=0.99 is not supported: targets, return quantiles and rollouts use undiscounted returns-to-go, so the model must be trained on them too; set dataset.gamma=1.0
-    """
-    if gamma != 1.0:
-        raise DtcondError(f"{key}={gamma} is not supported: targets, return quantiles and rollouts use undiscounted "
-                          f"returns-to-go, so the model must be trained on them too; set {key}=1.0")
-
 
 def _at_least(section: str, **values) -> None:
     for key, (value, low) in values.items():
         if value < low:
             raise DtcondError(f"{section + '.' if section else ''}{key} must be >= {low}, got {value}")
+
+
+def _number(key: str, value) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise DtcondError(f"{key} must hold numbers, got {value!r}")
+    return float(value)
 
 
 def _distinct(key: str, values: list, ok, what: str) -> None:
@@ -132,7 +128,7 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    """Training windows drawn from the dataset (see :class:`dtcond.datamodule.WindowDataModule`)."""
+    """Training windows drawn from the dataset (see :class:`dtcond.dt.datamodule.WindowDataModule`)."""
 
     segment_len: Optional[int] = None  # steps per training segment; None: 2 x model.context_len
     batch_size: int = 64
@@ -246,7 +242,7 @@ RELABELS = ("none", "esper")  # what a DT conditions on: the returns-to-go, or E
 
 @dataclass
 class EsperConfig:
-    """ESPER's expected-return relabelling (``relabel=esper``, dtcond/relabel.py), sized for a CPU."""
+    """ESPER's expected-return relabelling (``relabel=esper``, dtcond/dt/relabel.py), sized for a CPU."""
 
     clusters: int = 8  # cluster assignments per step (the reference's rep_size)
     hidden: int = 32  # units in every MLP and the LSTM
@@ -259,7 +255,7 @@ class EsperConfig:
     adv_weight: float = 10.0  # weight of the dynamics loss the clusters maximize (the reference's 1): far above return_weight
     act_weight: float = 1.0  # weight of the action loss the clusters minimize (the reference's 0.01 collapsed to one cluster here)
     # Weight of a return-to-go loss the clusters also minimize (0 with adv_weight 1: the reference's objective). Without it a
-    # deterministic env's returns are averaged away; with it the adversary must outweigh it (dtcond/relabel.py says by how much).
+    # deterministic env's returns are averaged away; with it the adversary must outweigh it (dtcond/dt/relabel.py says by how much).
     return_weight: float = 1.0
 
     def __post_init__(self):
@@ -370,8 +366,6 @@ class EvalConfig:
 
 
 def check_hyperparams(value, key: str) -> None:
-    from collections.abc import Mapping
-
     if value is not None and not isinstance(value, Mapping):
         raise DtcondError(f"{key} must be a mapping of SB3 keyword arguments, e.g. '{key}={{learning_rate: 3e-4}}', got {value!r}")
 
@@ -388,17 +382,15 @@ class BaselineConfig:
     # Hydra can merge an override such as 'hyperparams={learning_rate: 3e-4}' into neither a None
     # Optional[Dict] nor a struct Dict default; the mapping is checked when the command reads it.
     hyperparams: Any = None
-    # KL-regularized PPO: β > 0 subtracts β·(log π − log β̂) per step, toward the data's behaviour model
-    # β̂, starting from bc_init_steps of behaviour cloning on the data (dtcond/baselines.py)
-    kl_coef: float = 0.0
-    # Occupancy-measure-regularized PPO (ORPO): λ > 0 subtracts λ·d(s, a) per step, d a discriminator's
-    # estimate of log μ_π(s,a)/μ_data(s,a), also from bc_init_steps of behaviour cloning (dtcond/baselines.py)
-    om_coef: float = 0.0
+    # Regularized PPO: a registered family (dtcond.families: ppo_kl toward the data's behaviour model β̂, ppo_kl_bc
+    # toward a BC policy given as reference, ppo_om (ORPO), ppo_lag (PPO-Lagrangian, for envs that report
+    # info["cost"])) trained at its parameter param (β, λ, or the cost limit d), from bc_init_steps of behaviour
+    # cloning on the data (dtcond/rl/baselines.py); null: plain RL
+    regularizer: Optional[str] = None
+    param: Optional[float] = None
+    reference: Optional[str] = None  # the policy bundle ppo_kl_bc regularizes toward
+    options: Any = None  # the family's fixed options, e.g. {lambda_lr: 0.05, lambda_init: 0} for ppo_lag
     bc_init_steps: int = 2000
-    # PPO-Lagrangian: the episode-cost limit d (None: off), for envs that report info["cost"]; λ moves by
-    # lambda_lr·(mean episode cost − d) per rollout, and it too starts from bc_init_steps of behaviour cloning
-    cost_limit: Optional[float] = None
-    lambda_lr: float = 0.01
     seed: int = 0
     progress: bool = True
     evaluate: bool = True  # roll every checkpoint out into the results table
@@ -412,16 +404,13 @@ class BaselineConfig:
         if self.evaluate and self.episodes < 1:
             raise DtcondError(f"episodes must be >= 1, got {self.episodes}")
         check_hyperparams(self.hyperparams, "hyperparams")
-        check_regularizer(self.algo, "kl_coef", self.kl_coef, allow_zero=True)
-        check_regularizer(self.algo, "om_coef", self.om_coef, allow_zero=True)
         _at_least("", bc_init_steps=(self.bc_init_steps, 0))
-        if self.om_coef > 0 and (self.kl_coef > 0 or self.cost_limit is not None):
-            raise DtcondError("om_coef (occupancy-regularized PPO) cannot be combined with kl_coef or cost_limit: one regularizer per run")
-        for key in ("cost_limit", "lambda_lr"):
-            value = getattr(self, key)
-            if value is not None and not (math.isfinite(value) and value >= 0):
-                raise DtcondError(f"{key} must be a finite number >= 0, got {value}")
-
+        if self.regularizer is None and (self.param is not None or self.reference is not None or self.options):
+            raise DtcondError("param, reference and options belong to a regularized run: set regularizer=<family> (e.g. ppo_kl)")
+        if self.regularizer is not None and self.param is None:
+            raise DtcondError(f"regularizer={self.regularizer} needs its parameter: param=<value>")
+        if self.options is not None and not isinstance(self.options, Mapping):
+            raise DtcondError(f"options must be a mapping such as {{lambda_lr: 0.05}}, got {self.options!r}")
 
 @dataclass
 class ReportConfig:
@@ -431,8 +420,8 @@ class ReportConfig:
     out_dir: Optional[str] = None  # None: beside the results table
 
 
-RL_ALGOS = ("ppo", "sac")  # the SB3 algorithms dtcond trains (dtcond/baselines.py)
-ORACLE_FAMILIES = ("quantilizer", "plan_quantilizer", "best_of_n", "posterior")  # dtcond/oracles.py
+RL_ALGOS = ("ppo", "sac")  # the SB3 algorithms dtcond trains (dtcond/rl/baselines.py)
+ORACLE_FAMILIES = ("quantilizer", "plan_quantilizer", "best_of_n", "posterior")  # dtcond/analysis/oracles.py
 
 
 @dataclass
@@ -451,15 +440,18 @@ class BcConfig:
 
 @dataclass
 class RlConfig:
-    """Online RL in a comparison (SB3, dtcond/baselines.py): plain, and regularized PPO, each run on the same budget."""
+    """Online RL in a comparison (SB3, dtcond/rl/baselines.py): plain, and regularized PPO, each run on the same budget."""
 
     algo: Optional[str] = "ppo"  # ppo | sac | null (no RL)
     budget: Optional[int] = None  # env steps per run; None: RL Baselines3 Zoo's tuned budget for the env
     checkpoints: int = 4  # the plain run's checkpoints, evenly over training, each rolled out
     hyperparams: Any = None  # SB3 keyword arguments over the tuned defaults (see BaselineConfig.hyperparams)
-    kl_coefs: List[float] = field(default_factory=list)  # PPO-KL toward the data's behaviour model β̂, one run per β
-    kl_bc_coefs: List[float] = field(default_factory=list)  # PPO-KL toward the seed's BC policy, one run per β (needs bc.enabled)
-    om_coefs: List[float] = field(default_factory=list)  # occupancy-regularized PPO (ORPO), one run per λ
+    # Regularized PPO, one run per parameter: a registered family (dtcond.families) -> its parameters, e.g.
+    # {ppo_kl: [1, 3]}: PPO-KL toward the data's behaviour model β̂ per β; ppo_kl_bc toward the seed's BC policy per β
+    # (needs bc.enabled); ppo_om (ORPO) per λ; ppo_lag (PPO-Lagrangian) per cost limit d
+    # (typed Any inside: OmegaConf does not convert the ints of a nested list to floats; the checks below do)
+    regularized: Dict[str, Any] = field(default_factory=dict)
+    options: Dict[str, Any] = field(default_factory=dict)  # a family's fixed options: {ppo_lag: {lambda_lr: 0.05}}
     bc_init_steps: int = 2000  # behaviour-cloning steps the regularized runs start from (0: from scratch)
     greedy: bool = False  # act by the policy's mode; False samples, as it was trained and as the DT does
 
@@ -470,21 +462,27 @@ class RlConfig:
             _at_least("rl", budget=(self.budget, 1))
         _at_least("rl", checkpoints=(self.checkpoints, 1), bc_init_steps=(self.bc_init_steps, 0))
         check_hyperparams(self.hyperparams, "rl.hyperparams")
-        for key in ("kl_coefs", "kl_bc_coefs", "om_coefs"):
-            _distinct(f"rl.{key}", getattr(self, key), lambda b: True, "")
-            for value in getattr(self, key):
-                check_regularizer(self.algo, f"rl.{key}", value)
+        for kind, values in self.regularized.items():
+            if isinstance(values, (str, Mapping)) or not hasattr(values, "__iter__"):
+                raise DtcondError(f"rl.regularized.{kind} must be a list of parameters, e.g. [1, 3], got {values!r}")
+            numbers = [_number(f"rl.regularized.{kind}", v) for v in values]
+            _distinct(f"rl.regularized.{kind}", numbers, math.isfinite, "finite numbers")
+            self.regularized[kind] = numbers
+            if numbers and self.algo != "ppo":
+                raise DtcondError(f"rl.regularized.{kind}: regularized RL needs algo=ppo, got algo={self.algo}")
+        for kind, options in self.options.items():
+            if not isinstance(options, Mapping):
+                raise DtcondError(f"rl.options.{kind} must be a mapping of option -> number, e.g. {{lambda_lr: 0.05}}, got {options!r}")
+            self.options[kind] = {k: _number(f"rl.options.{kind}.{k}", v) for k, v in options.items()}
 
     @property
-    def regularized(self) -> list[tuple[str, str, float]]:
-        """(run kind, symbol, parameter) of each regularized run, in training order."""
-        return ([("ppo_kl", "β", b) for b in self.kl_coefs] + [("ppo_kl_bc", "β", b) for b in self.kl_bc_coefs]
-                + [("ppo_om", "λ", c) for c in self.om_coefs])
-
+    def runs(self) -> list[tuple[str, float]]:
+        """(family kind, parameter) of each regularized run, as the config lists them."""
+        return [(kind, float(p)) for kind, values in self.regularized.items() for p in values]
 
 @dataclass
 class OracleConfig:
-    """Oracle references resampled from the behaviour mixture itself (dtcond/oracles.py): per training seed, a pool of
+    """Oracle references resampled from the behaviour mixture itself (dtcond/analysis/oracles.py): per training seed, a pool of
     behaviour episodes and each oracle drawn from it. Off while every family's list is empty."""
 
     pool: int = 500  # behaviour episodes per pool
@@ -571,8 +569,6 @@ class ComparisonConfig:
         if bad or len(set(self.relabel)) != len(self.relabel):
             raise DtcondError(f"relabel must list distinct methods from {', '.join(m for m in RELABELS if m != 'none')}, "
                               f"got {list(self.relabel)}")
-        if self.rl.kl_bc_coefs and not self.bc.enabled:
-            raise DtcondError("rl.kl_bc_coefs (PPO-KL toward the BC policy) needs bc.enabled=true: each seed's BC run is the reference")
         if self.oracles.enabled and not self.eval.roaming:
             raise DtcondError("oracles need eval.roaming=true: their divergence is scored by the data's likelihood")
         if not self.targets:
@@ -590,20 +586,6 @@ class ComparisonConfig:
         return self.dataset_id or f"dtcond/{self.env.name}/mixture-v0"
 
 
-def check_regularizer(algo: str, key: str, value: float, allow_zero: bool = False) -> None:
-    """A regularization coefficient (PPO-KL's β, ORPO's λ) is finite and > 0 (>= 0 where 0 means plain RL), and needs PPO.
-
-    >>> check_regularizer("sac", "kl_coef", 1.0, allow_zero=True)
-    Traceback (most recent call last):
-    ...
-    dtcond.errors.DtcondError: kl_coef: regularized RL needs algo=ppo, got algo=sac
-    """
-    value = float(value)
-    if not (math.isfinite(value) and (value >= 0 if allow_zero else value > 0)):
-        raise DtcondError(f"{key} must be a finite number {'>= 0 (0 is plain PPO)' if allow_zero else '> 0 (plain PPO is rl.algo=ppo)'}, got {value}")
-    if value > 0 and algo != "ppo":
-        raise DtcondError(f"{key}: regularized RL needs algo=ppo, got algo={algo}")
-
 
 COMMANDS = {"train": TrainConfig, "collect": CollectConfig, "eval": EvalConfig, "baseline": BaselineConfig,
             "report": ReportConfig, "demo": ComparisonConfig}
@@ -617,9 +599,14 @@ def register_schemas() -> None:
     """Store each command's dataclass in Hydra's ConfigStore as ``base_<command>`` (idempotent)."""
     from hydra.core.config_store import ConfigStore
 
+    from omegaconf import OmegaConf
+
     store = ConfigStore.instance()
     for command, schema in COMMANDS.items():
         store.store(name=f"base_{command}", node=schema)
+    # ${dtcond.run:${algo},${regularizer},${param}}: a run folder's name, "ppo" or "ppo_kl10" (conf/baseline.yaml)
+    if not OmegaConf.has_resolver("dtcond.run"):
+        OmegaConf.register_new_resolver("dtcond.run", lambda algo, family, param: algo if family is None else f"{family}{param:g}")
 
 
 def _keyed_cause(exc: BaseException) -> BaseException:
@@ -669,7 +656,7 @@ def merge(schema, *overrides):
     >>> merge(DataConfig, {"batch_sise": 32})
     Traceback (most recent call last):
     ...
-    dtcond.errors.DtcondError: unknown config key batch_sise; DataConfig takes: segment_len, batch_size, ...
+    dtcond.common.errors.DtcondError: unknown config key batch_sise; DataConfig takes: segment_len, batch_size, ...
     """
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
@@ -690,7 +677,7 @@ def env_preset(name: str) -> EnvConfig:
     >>> env_preset("gambel")
     Traceback (most recent call last):
     ...
-    dtcond.errors.DtcondError: unknown env preset 'gambel'; choose from cartpole, gamble, hazard_grid, hopper_cost, ...
+    dtcond.common.errors.DtcondError: unknown env preset 'gambel'; choose from cartpole, gamble, hazard_grid, hopper_cost, ...
     """
     import yaml
 
@@ -718,3 +705,48 @@ def from_hydra(cfg):
     except OmegaConfBaseException as exc:
         raise DtcondError(error_line(exc)) from None
     return merge(schema, plain)
+
+def override_error(config_dir: Path, config_name: str, args: list[str], hint: str, extra: list[str] = (),
+                   check=None) -> str | None:
+    """Compose ``config_name`` with the command line ``args``; a one-line message if that fails, else None.
+
+    Multiruns (-m) and Hydra's own flags are left to Hydra, which expands sweeps itself. ``extra``
+    overrides are applied too but are not the user's (e.g. a search path). ``check(config)``, if given, runs
+    on the typed config too (a check of a layer above this one, such as the pipeline's family checks).
+    """
+    if any(a in ("-m", "--multirun") or a.startswith("-") for a in args):
+        return None
+    overrides = [*extra, *(a for a in args if not a.lstrip("+~").startswith("hydra"))]
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from omegaconf import OmegaConf
+
+    try:
+        with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
+            cfg = compose(config_name=config_name, overrides=overrides)
+        if is_dataclass(OmegaConf.get_type(cfg)):
+            typed = from_hydra(cfg)  # the dataclass's own checks (ranges, cross-field rules) too, before Hydra makes a run dir
+            if check is not None:
+                check(typed)
+    except DtcondError as exc:
+        return str(exc)
+    except (HydraException, OmegaConfBaseException) as exc:
+        typed = schema_error(exc)  # a wrong type or unknown key under a dataclass schema
+        if typed:
+            return typed
+        lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()] or [type(exc).__name__]
+        message = lines[0].rstrip(".")
+        at = next((i for i, line in enumerate(lines) if line.startswith("Available options")), None)
+        if at is not None:
+            options = []
+            for line in lines[at + 1:]:
+                if line.endswith(":"):
+                    break
+                options.append(line)
+            message += f" (available: {', '.join(options)})"
+        else:
+            message += f"; {hint}"
+        return message
+    return None

@@ -26,15 +26,16 @@ from dataclasses import dataclass, field
 from typing import List, Optional
 
 import dtcond
-from dtcond.cli import override_error
-from dtcond.config import RL_ALGOS, ComparisonConfig, conf_dir, from_hydra
-from dtcond.data import load
-from dtcond.errors import DtcondError
-from dtcond.fileio import atomic_write
-from dtcond.frontier import check_budgets
-from dtcond.console import quiet_libraries
-from dtcond.stats import family_column, grouped_mean_ci, with_policy_columns
-from dtcond.storage import datasets_root
+from dtcond import families
+from dtcond.analysis.frontier import check_budgets
+from dtcond.analysis.statistics import family_column, grouped_mean_ci, with_policy_columns
+from dtcond.common.console import quiet_libraries
+from dtcond.common.errors import DtcondError
+from dtcond.common.fileio import atomic_write
+from dtcond.config import ComparisonConfig, conf_dir, from_hydra, override_error
+from dtcond.datasets.loading import load
+from dtcond.datasets.storage import datasets_root
+from dtcond.pipeline import check_comparison
 
 SCHEMA = "base_experiment"  # the name an experiment's config.yaml starts its defaults list with
 
@@ -53,7 +54,7 @@ class ExperimentConfig(ComparisonConfig):
 
 @dataclass
 class BudgetExperimentConfig(ExperimentConfig):
-    """An experiment that compares families at fixed divergence budgets (:func:`dtcond.frontier.budget_comparisons`)."""
+    """An experiment that compares families at fixed divergence budgets (:func:`dtcond.analysis.frontier.budget_comparisons`)."""
 
     # Trajectory-KL budgets in nats per episode, declared before the run; None: no budget (each family's best member).
     budgets: List[Optional[float]] = field(default_factory=lambda: [None])
@@ -77,7 +78,7 @@ def hydra_entry(experiment_dir: Path, main, schema: type = ExperimentConfig) -> 
     # needs no file:// path relative to the caller's working directory.
     searchpath = f"hydra.searchpath=[file://{conf_dir()}]"
     message = override_error(experiment_dir, "config", sys.argv[1:], hint=f"see {experiment_dir.name}/config.yaml for the keys",
-                             extra=[searchpath])
+                             extra=[searchpath], check=check_comparison)
     if message:  # a typo fails in one line, before any work
         print(f"{experiment_dir.name}: error: {message}", file=sys.stderr)
         sys.exit(2)
@@ -112,7 +113,7 @@ def esper_description(overrides) -> str:
 
 def add_metric(df: pd.DataFrame, table: pd.DataFrame, name: str, values: pd.Series) -> pd.DataFrame:
     """Add a per-episode quantity to ``table`` as ``name`` and ``name_ci95``, per (policy, target) row, the
-    way :func:`dtcond.report.comparison_table` aggregates: mean and 95% CI over training seeds where a
+    way :func:`dtcond.analysis.report.comparison_table` aggregates: mean and 95% CI over training seeds where a
     row has several (each seed's episodes averaged first), else over episodes."""
     df = df.assign(_value=values.astype(float))
     cells = {key: grouped_mean_ci(part, "_value")[:2] for key, part in df.groupby(["label", "target_spec"], sort=False)}
@@ -128,7 +129,7 @@ def add_gap(df: pd.DataFrame, table: pd.DataFrame, name: str = "gap") -> pd.Data
 def rl_rows(frame: pd.DataFrame) -> pd.DataFrame:
     """The rows of online-RL policies (every checkpoint), from records or a comparison table."""
     frame = with_policy_columns(frame)
-    return frame[frame[family_column(frame)].isin(RL_ALGOS)]
+    return frame[frame[family_column(frame)].isin([f.kind for f in families.families("rl")])]
 
 
 def final_checkpoints(table: pd.DataFrame) -> pd.DataFrame:
@@ -162,7 +163,7 @@ def fmt(v: float, ci: float | None = None, digits: int = 1) -> str:
 
 def fmt_bounded(v: float, lo: float | None, hi: float | None, digits: int = 2) -> str:
     """A bounded quantity (a fraction, a correlation): its mean and the [low, high] of its 95% interval, which
-    :func:`dtcond.stats.bounded_mean_ci` keeps inside the quantity's range; the mean alone without an interval.
+    :func:`dtcond.analysis.statistics.bounded_mean_ci` keeps inside the quantity's range; the mean alone without an interval.
 
     >>> fmt_bounded(0.7, 0.61, 0.8), fmt_bounded(1.0, None, None)
     ('0.70 [0.61, 0.80]', '1.00')
@@ -259,7 +260,7 @@ def ensure_hopper_ppo(ppo_dir: str | Path, budget: int, checkpoints: int = 10) -
     ppo_dir = Path(ppo_dir).expanduser().resolve()
     random_id = "dtcond/hopper_cost/random-v0"
     if not (datasets_root() / random_id).exists():  # the baseline reads the env and spaces from a dataset
-        from dtcond.behavior import Component
+        from dtcond.behavior.mixture import Component
 
         dtcond.collect("dtcond/HopperCost-v0", [Component("random")], 50, random_id, progress=False)
     start = time.perf_counter()

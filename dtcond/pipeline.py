@@ -5,7 +5,8 @@ notebooks. Given a :class:`~dtcond.config.ComparisonConfig` it
 
 1. collects the dataset from the behaviour mixture unless it exists;
 2. for each training seed trains a DT, BC (optional), %BC at each top fraction, the RL
-   baseline (every checkpoint kept) and regularized PPO at each coefficient of ``rl``;
+   baseline (every checkpoint kept) and each regularized family of ``rl.regularized`` at each of its
+   parameters (:mod:`dtcond.families`);
 3. rolls every policy out on the same env seeds (``eval.seed``): the DT at each target, the others
    once, into ``work_dir/episodes.jsonl``, with the data's own episodes as rows of their own and,
    with ``eval.roaming``, how far each episode strayed from the data;
@@ -18,9 +19,8 @@ already in the table are not run again, so a rerun does only what is missing. La
 
     seed<s>/dt, seed<s>/bc, seed<s>/pct_bc<q>, seed<s>/<algo>   training runs and policy bundles
     seed<s>/dt_<method>                                          a DT on relabelled returns (``relabel``)
-    seed<s>/ppo_kl<β>                                            KL-regularized PPO, one run per β
-    seed<s>/ppo_kl_bc<β>                                         KL-regularized PPO toward the seed's BC policy, per β
-    seed<s>/ppo_om<λ>                                            occupancy-regularized PPO (ORPO), one run per λ
+    seed<s>/<kind><param>                                        a regularized family, one run per parameter
+                                                                 (ppo_kl1: PPO-KL at β = 1, ppo_om3: ORPO at λ = 3)
     episodes.jsonl                                               every episode rolled out here
     report/                                                      this comparison's records and report
 """
@@ -35,27 +35,27 @@ from pathlib import Path
 
 import pandas as pd
 
-from dtcond.baselines import train_baseline
-from dtcond.checkpoints import load_policy
-from dtcond.collection import ensure_dataset
+from dtcond import families
+from dtcond.analysis.oracles import ORACLE_POOL_SEED, run_oracles
+from dtcond.analysis.report import comparison_table, console_summary, write_report
+from dtcond.analysis.roaming import RoamingScorer, dataset_records
+from dtcond.analysis.statistics import calibration_metrics, with_policy_columns
+from dtcond.behavior.collection import ensure_dataset
+from dtcond.common.console import quiet_libraries
+from dtcond.common.errors import DtcondError
+from dtcond.common.fileio import atomic_write
 from dtcond.config import ComparisonConfig, DatasetConfig, TrainConfig
-from dtcond.console import quiet_libraries
-from dtcond.data import load
-from dtcond.errors import DtcondError
-from dtcond.evaluation import evaluate
-from dtcond.fileio import atomic_write
-from dtcond.oracles import ORACLE_POOL_SEED, run_oracles
-from dtcond.report import comparison_table, console_summary, write_report
-from dtcond.results import ResultsStore
-from dtcond.roaming import RoamingScorer, dataset_records
-from dtcond.stats import calibration_metrics, with_policy_columns
-from dtcond.storage import datasets_root
+from dtcond.datasets.loading import load
+from dtcond.datasets.storage import datasets_root
+from dtcond.dt.training import train
+from dtcond.families import load_policy
+from dtcond.rl.baselines import train_baseline
+from dtcond.rollout.evaluation import evaluate
+from dtcond.rollout.records import ResultsStore
 from dtcond.targets import from_sampler, parse
-from dtcond.training import train
 
 __all__ = ["ComparisonResult", "TrainedPolicy", "run_comparison", "resolve_targets"]
 
-OFFLINE_KINDS = ("data", "behavior", "oracle", "dt", "bc", "pct_bc")
 
 
 @dataclass
@@ -77,8 +77,8 @@ class ComparisonResult:
     Attributes:
         records: one row per episode of this comparison (the data's own episodes included), with
             ``algo``, ``train_step`` and ``train_seed`` columns.
-        table: :func:`dtcond.report.comparison_table` of the records (means ± 95% CI over seeds).
-        metrics: calibration metrics per DT fingerprint (:func:`dtcond.stats.calibration_metrics`).
+        table: :func:`dtcond.analysis.report.comparison_table` of the records (means ± 95% CI over seeds).
+        metrics: calibration metrics per DT fingerprint (:func:`dtcond.analysis.statistics.calibration_metrics`).
         policies: every trained policy.
         files: the written files by name (``records``, ``calibration``, ``calibration_plot``,
             ``comparison``, ``frontier``), those that exist.
@@ -96,7 +96,7 @@ class ComparisonResult:
     def summary(self) -> str:
         """One screen: a line per policy and target (return, true return and cost where the env reports
         them, divergence from the data), the DTs' calibration, and where the report is
-        (:func:`dtcond.report.console_summary`)."""
+        (:func:`dtcond.analysis.report.console_summary`)."""
         return console_summary(self.table, self.metrics, self.files)
 
 
@@ -134,6 +134,7 @@ def run_comparison(config: ComparisonConfig) -> ComparisonResult:
     if not isinstance(config, ComparisonConfig):
         raise DtcondError(f"run_comparison takes a dtcond.ComparisonConfig (dtcond.merge(ComparisonConfig, {{...}}) builds one "
                           f"from a dict), got {type(config).__name__}")
+    regularized = regularized_runs(config)  # an unknown family or a bad parameter fails before any work
     quiet_libraries()
     start = time.perf_counter()
     work = Path(config.work_dir).expanduser().resolve()
@@ -158,18 +159,17 @@ def run_comparison(config: ComparisonConfig) -> ComparisonResult:
 
     offline = (["DT"] + [f"DT({m})" for m in config.relabel] + (["BC"] if config.bc.enabled else [])
                + [f"%BC({q:g})" for q in config.bc.top_fractions])
-    names = {"ppo_kl": "PPO-KL", "ppo_kl_bc": "PPO-KL-BC", "ppo_om": "PPO-OM"}
-    rl_names = ([config.rl.algo] if config.rl.algo else []) + [f"{names[k]}({sym}={p:g})" for k, sym, p in config.rl.regularized]
+    rl_names = ([config.rl.algo] if config.rl.algo else []) + [f"{f.name}({f.symbol}={p:g})" for f, p in regularized]
     print(f"[2/{steps}] per seed {list(config.seeds)}: train {', '.join(offline + rl_names)}"
           + f"; roll out on env seeds from {config.eval.seed}: DT at {len(targets)} targets, {config.eval.episodes} episodes each")
     known = store.keys()
     policies: list[TrainedPolicy] = []
     for seed in config.seeds:
-        trained = _train_seed(config, data.stats, seed, work / f"seed{seed}")
+        trained = _train_seed(config, regularized, data.stats, seed, work / f"seed{seed}")
         t0, fresh = time.perf_counter(), 0
         for bundle, seconds in trained:
             policy = load_policy(bundle)
-            if policy.kind not in OFFLINE_KINDS:
+            if families.get(policy.kind).role in ("rl", "regularized"):
                 policy.greedy = config.rl.greedy
             recs = evaluate(policy, targets if policy.kind == "dt" else None, episodes=config.eval.episodes, seed=config.eval.seed,
                             results=store, run_id=f"{config.name}_seed{seed}", progress=config.progress, scorer=scorer)
@@ -280,7 +280,44 @@ def train_configs(config: ComparisonConfig, seed: int) -> dict[str, TrainConfig]
     return runs
 
 
-def _train_seed(config: ComparisonConfig, stats, seed: int, out: Path) -> list[tuple[Path, float]]:
+def regularized_runs(config: ComparisonConfig) -> list[tuple[families.Family, float]]:
+    """(family, parameter) of each regularized run ``config.rl.regularized`` asks for, in the registry's order;
+    an unregistered family, a parameter outside its range or an option it does not take is one line.
+
+    >>> from dtcond.config import merge
+    >>> cfg = merge(ComparisonConfig, {"env": {"name": "cartpole", "id": "CartPole-v1"}, "rl": {"regularized": {"ppo_om": [3], "ppo_kl": [1, 10]}}})
+    >>> [(f.kind, p) for f, p in regularized_runs(cfg)]
+    [('ppo_kl', 1.0), ('ppo_kl', 10.0), ('ppo_om', 3.0)]
+    """
+    rl = config.rl
+    runs = []
+    for kind, param in rl.runs:
+        family = families.get(kind)
+        if family.penalty is None:
+            raise DtcondError(f"rl.regularized.{kind}: {kind} is not a regularized RL family; "
+                              f"those are {', '.join(f.kind for f in families.families('regularized'))}")
+        try:
+            family.penalty.check_param(param)
+        except DtcondError as exc:
+            raise DtcondError(f"rl.regularized.{kind}: {exc}") from None
+        if family.penalty.needs_reference and not config.bc.enabled:
+            raise DtcondError(f"rl.regularized.{kind} regularizes toward the seed's BC policy: it needs bc.enabled=true")
+        runs.append((family, param))
+    for kind, options in rl.options.items():
+        penalty = families.get(kind).penalty
+        unknown = sorted(set(options) - set(penalty.options if penalty else ()))
+        if unknown:
+            raise DtcondError(f"rl.options.{kind}: {kind} takes the options {list(penalty.options) if penalty else []}, not {', '.join(unknown)}")
+    return sorted(runs, key=lambda run: run[0].order)
+
+
+def check_comparison(config) -> None:
+    """The checks :func:`run_comparison` makes before any work that the config alone cannot (the family registry's)."""
+    if isinstance(config, ComparisonConfig):
+        regularized_runs(config)
+
+
+def _train_seed(config: ComparisonConfig, regularized, stats, seed: int, out: Path) -> list[tuple[Path, float]]:
     """Train (or resume, or find done) one seed's policies: (bundle, training seconds) pairs, RL checkpoints in
     training order (the RL run's time is on its last)."""
 
@@ -298,16 +335,15 @@ def _train_seed(config: ComparisonConfig, stats, seed: int, out: Path) -> list[t
             progress=config.progress))
         print(f"  seed {seed} {rl.algo}: {run.timesteps} env steps, {len(run.bundles)} checkpoints ({seconds:.0f}s)")
         out_bundles += [(b, 0.0) for b in run.bundles[:-1]] + [(run.bundles[-1], seconds)]
-    # Regularized PPO, one run per parameter, each rolled out at its final policy. PPO-KL toward the BC policy uses
-    # this seed's BC run, trained above.
-    arguments = {"ppo_kl": lambda b: dict(kl_coef=b), "ppo_kl_bc": lambda b: dict(kl_coef=b, kl_reference=out / "bc" / "policy"),
-                 "ppo_om": lambda c: dict(om_coef=c)}
-    for kind, symbol, param in rl.regularized:
-        run_dir = out / f"{kind}{param:g}"
+    # Regularized PPO, one run per family and parameter, each rolled out at its final policy. A family that
+    # regularizes toward a policy (PPO-KL toward BC) uses this seed's BC run, trained above.
+    for family, param in regularized:
+        run_dir = out / f"{family.kind}{param:g}"
         run, seconds = _timed(run_dir, lambda: train_baseline(
             stats, "ppo", run_dir, budget=rl.budget, checkpoints=1, hyperparams=hyperparams, seed=seed,
-            progress=config.progress, bc_init_steps=rl.bc_init_steps, **arguments[kind](param)))
-        print(f"  seed {seed} {kind} {symbol}={param:g}: {run.timesteps} env steps ({seconds:.0f}s)")
+            progress=config.progress, penalty=family.penalty, param=param, bc_init_steps=rl.bc_init_steps,
+            reference=out / "bc" / "policy" if family.penalty.needs_reference else None, options=rl.options.get(family.kind)))
+        print(f"  seed {seed} {family.kind} {family.symbol}={param:g}: {run.timesteps} env steps ({seconds:.0f}s)")
         out_bundles.append((run.bundles[-1], seconds))
     return out_bundles
 

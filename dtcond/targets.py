@@ -41,10 +41,10 @@ import numpy as np
 
 from typing import TYPE_CHECKING
 
-from dtcond.errors import DtcondError
+from dtcond.common.errors import DtcondError
 
 if TYPE_CHECKING:  # annotations only: parsing a target spec needs no dataset code
-    from dtcond.data import DatasetStats
+    from dtcond.datasets.loading import DatasetStats
 
 KINDS = ("absolute", "normalized", "score", "quantile", "scale", "quantilizer", "none")
 # Beyond this many dataset return ranges past the data, a target is a typo, not an experiment.

@@ -10,7 +10,7 @@ import argparse
 import gymnasium as gym
 import numpy as np
 
-from dtcond.behavior import Component, make_policy
+from dtcond.behavior.mixture import Component, make_policy
 
 POLICIES = [
     ("dtcond/TomatoGarden-v0", [("tomato_gardener", 0.0), ("tomato_gardener", 0.2), ("tomato_gardener", 0.5),

@@ -94,16 +94,16 @@ HAZARD = "test/hazard/mix-v0"
 
 def _collect_cartpole() -> None:
     """A small CartPole mixture (expert, noisy, random) made by dtcond's collector."""
-    from dtcond.behavior import Component
-    from dtcond.collection import collect
+    from dtcond.behavior.mixture import Component
+    from dtcond.behavior.collection import collect
 
     comps = [Component("cartpole_balance", 0.0, 0.3), Component("cartpole_balance", 0.5, 0.4), Component("random", 0.0, 0.3)]
     collect("CartPole-v1", comps, episodes=20, dataset_id=CARTPOLE, seed=0, progress=False)
 
 
 def _collect_pendulum() -> None:
-    from dtcond.behavior import Component
-    from dtcond.collection import collect
+    from dtcond.behavior.mixture import Component
+    from dtcond.behavior.collection import collect
 
     comps = [Component("pendulum_swingup", 0.0, 0.5), Component("random", 0.0, 0.5)]
     collect("Pendulum-v1", comps, episodes=6, dataset_id=PENDULUM, seed=0, progress=False, max_episode_steps=60)
@@ -111,8 +111,8 @@ def _collect_pendulum() -> None:
 
 def _collect_hazard() -> None:
     """HazardGrid with info["cost"]: every route walked without error, a noisy short-cutter, random walkers."""
-    from dtcond.behavior import Component
-    from dtcond.collection import collect
+    from dtcond.behavior.mixture import Component
+    from dtcond.behavior.collection import collect
 
     comps = [Component(f"hazard_cross{r}", 0.0, 0.1) for r in range(7)] + [Component("hazard_cross6", 0.3, 0.2),
                                                                            Component("random", 0.0, 0.1)]
@@ -200,8 +200,8 @@ def rng_episode(T: int, obs_dim: int = 3, seed: int = 0, discrete: int | None = 
 # command's. Replies: {"pid": ...} when the child starts, then {"returncode": ...} when it ends.
 _WARM_SERVER = r"""
 import atexit, json, os, signal, sys
-import dtcond.cli, dtcond.pipeline, dtcond.training, dtcond.evaluation, dtcond.checkpoints, dtcond.collection  # noqa: F401
-import dtcond.baselines, dtcond.report, dtcond.validation  # noqa: F401
+import dtcond.cli, dtcond.pipeline, dtcond.dt.training, dtcond.rollout.evaluation, dtcond.dt.checkpoints, dtcond.behavior.collection  # noqa: F401
+import dtcond.rl.baselines, dtcond.analysis.report, dtcond.datasets.validation  # noqa: F401
 os.write(1, b"ready\n")
 for line in sys.stdin:
     req = json.loads(line)

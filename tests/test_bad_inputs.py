@@ -39,11 +39,11 @@ def world(tmp_path_factory):
     """A dataset, a trained tiny policy, a corrupt copy of it and a results table, made once."""
     import shutil
 
-    from dtcond.behavior import Component
-    from dtcond.collection import collect
-    from dtcond.evaluation import evaluate
-    from dtcond.checkpoints import load_policy
-    from dtcond.training import train
+    from dtcond.behavior.mixture import Component
+    from dtcond.behavior.collection import collect
+    from dtcond.rollout.evaluation import evaluate
+    from dtcond.families import load_policy
+    from dtcond.dt.training import train
 
     root = tmp_path_factory.mktemp("world")
     old = os.environ.get("MINARI_DATASETS_PATH")
@@ -228,9 +228,9 @@ def train_on_a_vanished_env(root: Path) -> Path:
     import importlib
     import sys
 
-    from dtcond.behavior import Component
-    from dtcond.collection import collect
-    from dtcond.training import train
+    from dtcond.behavior.mixture import Component
+    from dtcond.behavior.collection import collect
+    from dtcond.dt.training import train
 
     pkg = root / "vanished-pkg"
     pkg.mkdir()
@@ -327,13 +327,19 @@ CASES = [
     ("baseline-sac-discrete", ("baseline", "{ds}", "dataset.id=bad/cartpole-v0", "algo=sac", "hydra.run.dir={root}/b1"), "SAC needs continuous"),
     ("baseline-zero-budget", ("baseline", "{ds}", "dataset.id=bad/cartpole-v0", "budget=0", "hydra.run.dir={root}/b2"), "budget must be >= 1"),
     ("baseline-unknown-algo", ("baseline", "{ds}", "dataset.id=bad/cartpole-v0", "algo=dqn", "hydra.run.dir={root}/b3"), "unknown algo 'dqn'"),
-    ("baseline-negative-kl", ("baseline", "{ds}", "dataset.id=bad/cartpole-v0", "kl_coef=-1", "hydra.run.dir={root}/b4"), "kl_coef must be a finite number >= 0"),
-    ("baseline-kl-with-sac", ("baseline", "{ds}", "dataset.id=bad/cartpole-v0", "algo=sac", "kl_coef=1", "hydra.run.dir={root}/b5"), "needs algo=ppo"),
-    ("baseline-cost-no-costs", ("baseline", "{ds}", "dataset.id=bad/cartpole-v0", "cost_limit=1", "hydra.run.dir={root}/b6"),
-     "cost_limit needs an env that reports info['cost']; dataset 'bad/cartpole-v0' has no costs"),
-    ("baseline-negative-cost-limit", ("baseline", "{ds}", "dataset.id=bad/cartpole-v0", "cost_limit=-1", "hydra.run.dir={root}/b7"),
-     "cost_limit must be a finite number >= 0, got -1"),
-    ("demo-zero-kl", ("demo", "{ds}", "rl.kl_coefs=[0]", "work_dir={root}/demo"), "rl.kl_coefs must be a finite number > 0"),
+    ("baseline-negative-kl", ("baseline", "{ds}", "dataset.id=bad/cartpole-v0", "regularizer=ppo_kl", "param=-1", "hydra.run.dir={root}/b4"),
+     "ppo_kl: kl_coef must be a finite number > 0, got -1.0"),
+    ("baseline-kl-with-sac", ("baseline", "{ds}", "dataset.id=bad/cartpole-v0", "algo=sac", "regularizer=ppo_kl", "param=1", "hydra.run.dir={root}/b5"),
+     "needs algo=ppo"),
+    ("baseline-kl-without-param", ("baseline", "{ds}", "dataset.id=bad/cartpole-v0", "regularizer=ppo_kl", "hydra.run.dir={root}/b8"),
+     "regularizer=ppo_kl needs its parameter: param=<value>"),
+    ("baseline-unknown-regularizer", ("baseline", "{ds}", "dataset.id=bad/cartpole-v0", "regularizer=ppo_xx", "param=1", "hydra.run.dir={root}/b9"),
+     "unknown policy family 'ppo_xx'; registered: data"),
+    ("baseline-cost-no-costs", ("baseline", "{ds}", "dataset.id=bad/cartpole-v0", "regularizer=ppo_lag", "param=1", "hydra.run.dir={root}/b6"),
+     "PPO-Lagrangian needs an env that reports info['cost']; dataset 'bad/cartpole-v0' has no costs"),
+    ("baseline-negative-cost-limit", ("baseline", "{ds}", "dataset.id=bad/cartpole-v0", "regularizer=ppo_lag", "param=-1", "hydra.run.dir={root}/b7"),
+     "ppo_lag: cost_limit must be a finite number >= 0, got -1.0"),
+    ("demo-zero-kl", ("demo", "{ds}", "rl.regularized={ppo_kl: [0]}", "work_dir={root}/demo"), "rl.regularized.ppo_kl: ppo_kl: kl_coef must be a finite number > 0"),
     ("demo-old-key", ("demo", "{ds}", "baseline.budget=10", "work_dir={root}/demo"), "unknown config key baseline; ComparisonConfig takes: env"),
     ("report-missing", ("report", "results={root}/none.jsonl"), "no results table at"),
     # datasets a user brings, damaged (see DAMAGED), and a policy whose dataset's env id cannot be made
@@ -397,7 +403,7 @@ def test_damaged_dataset_is_one_dtcond_error_from_the_library(world, monkeypatch
 def test_well_formed_variants_still_load(minari_root):
     """What the checks must not refuse: a Dict of Boxes, float64 data for a float32 Box, Discrete actions stored as whole floats,
     a Text and a nested Tuple observation space."""
-    from dtcond.data import load
+    from dtcond.datasets.loading import load
 
     write_buffers("ok/dict-v0", dict_obs(episodes()), observation_space=DICT, action_space=BOX1)
     assert load("ok/dict-v0").stats.obs_dim == 3

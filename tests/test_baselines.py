@@ -8,14 +8,15 @@ import numpy as np
 import pytest
 
 from conftest import CARTPOLE, minari_at, run_cli
-from dtcond.baselines import train_baseline
-from dtcond.checkpoints import load_policy
-from dtcond.data import load
-from dtcond.errors import DtcondError
-from dtcond.evaluation import evaluate
-from dtcond.results import ResultsStore
-from dtcond.roaming import RoamingScorer, dataset_records
-from dtcond.training import train
+from dtcond.rl.baselines import train_baseline
+from dtcond.rl.penalties import CostLagrangian, KLPenalty
+from dtcond.families import load_policy
+from dtcond.datasets.loading import load
+from dtcond.common.errors import DtcondError
+from dtcond.rollout.evaluation import evaluate
+from dtcond.rollout.records import ResultsStore
+from dtcond.analysis.roaming import RoamingScorer, dataset_records
+from dtcond.dt.training import train
 
 TINY = dict(context_len=4, n_layer=2, n_head=2, n_embd=16, dropout=0.0)
 QUIET = dict(enable_progress_bar=False, enable_model_summary=False, logger=False)
@@ -111,7 +112,7 @@ def test_pct_bc_trains_on_the_quantilizer_tail(cartpole_dataset, dt_bundle, tmp_
 
 
 def test_the_comparison_report_builds_from_a_small_table(cartpole_dataset, dt_bundle, ppo_run, tmp_path):
-    from dtcond.report import write_report
+    from dtcond.analysis.report import write_report
 
     data = load(cartpole_dataset)
     scorer = RoamingScorer.for_data(data)
@@ -139,7 +140,7 @@ def test_the_comparison_report_builds_from_a_small_table(cartpole_dataset, dt_bu
 def test_the_quantilizer_bound_is_checked_when_costs_exist():
     import pandas as pd
 
-    from dtcond.report import comparison_table, quantilizer_bound
+    from dtcond.analysis.report import comparison_table, quantilizer_bound
 
     rows = [{"label": "data", "policy_kind": "data", "target_spec": "none", "fingerprint": "d", "episode_return": 1.0,
              "cost": c, "target": None} for c in (0.0, 0.0, 1.0, 1.0)]
@@ -192,8 +193,8 @@ def test_the_kl_penalty_is_beta_times_the_log_ratio_and_the_returns_carry_it(car
     from stable_baselines3.common.callbacks import BaseCallback, CallbackList
     from stable_baselines3.common.env_util import make_vec_env
 
-    from dtcond.penalties import KLPenalty
-    from dtcond.roaming import load_or_fit_behavior_model
+    from dtcond.rl.penalties import KLPenalty
+    from dtcond.rl.behavior_model import load_or_fit_behavior_model
 
     data = load(cartpole_dataset)
     behavior, _ = load_or_fit_behavior_model(data)
@@ -229,8 +230,8 @@ def test_the_kl_penalty_is_beta_times_the_log_ratio_and_the_returns_carry_it(car
 
 @pytest.fixture(scope="module")
 def tomato_dataset(module_root):
-    from dtcond.behavior import components_from_config
-    from dtcond.collection import collect
+    from dtcond.behavior.mixture import components_from_config
+    from dtcond.behavior.collection import collect
 
     with minari_at(module_root / "minari"):
         mixture = [{"policy": "tomato_gardener", "noise": 0.2, "weight": 0.5}, {"policy": "tomato_gamer", "noise": 0.1, "weight": 0.1},
@@ -247,9 +248,9 @@ def test_a_large_kl_coefficient_holds_ppo_at_the_data_where_plain_ppo_drifts_awa
     from stable_baselines3 import PPO
     from stable_baselines3.common.env_util import make_vec_env
 
-    from dtcond.baselines import clone_behavior
-    from dtcond.penalties import KLPenalty
-    from dtcond.roaming import load_or_fit_behavior_model
+    from dtcond.rl.baselines import clone_behavior
+    from dtcond.rl.penalties import KLPenalty
+    from dtcond.rl.behavior_model import load_or_fit_behavior_model
 
     with minari_at(module_root / "minari"):
         data = load(tomato_dataset)
@@ -277,21 +278,26 @@ def test_a_large_kl_coefficient_holds_ppo_at_the_data_where_plain_ppo_drifts_awa
 
 def test_kl_regularization_refuses_sac_a_negative_beta_and_a_run_dir_trained_without_it(pendulum_dataset, cartpole_dataset, tmp_path):
     with pytest.raises(DtcondError, match="needs algo=ppo"):
-        train_baseline(load(pendulum_dataset).stats, "sac", tmp_path / "sac", budget=64, kl_coef=1.0, progress=False)
+        train_baseline(load(pendulum_dataset).stats, "sac", tmp_path / "sac", budget=64, penalty=KLPenalty, param=1.0, progress=False)
     stats = load(cartpole_dataset).stats
-    with pytest.raises(DtcondError, match="kl_coef must be a finite number >= 0"):
-        train_baseline(stats, "ppo", tmp_path / "neg", budget=64, kl_coef=-1.0, progress=False)
+    with pytest.raises(DtcondError, match="kl_coef must be a finite number > 0"):
+        train_baseline(stats, "ppo", tmp_path / "neg", budget=64, penalty=KLPenalty, param=-1.0, progress=False)
+    with pytest.raises(DtcondError, match="needs its parameter"):
+        train_baseline(stats, "ppo", tmp_path / "neg", budget=64, penalty=KLPenalty, progress=False)
+    with pytest.raises(DtcondError, match="param, reference and options belong to a regularized run"):
+        train_baseline(stats, "ppo", tmp_path / "neg", budget=64, param=1.0, progress=False)
     train_baseline(stats, "ppo", tmp_path / "plain", budget=128, checkpoints=1, hyperparams=SMALL_PPO, progress=False)
     with pytest.raises(DtcondError, match="holds a run with"):
-        train_baseline(stats, "ppo", tmp_path / "plain", budget=256, checkpoints=1, hyperparams=SMALL_PPO, progress=False, kl_coef=1.0)
+        train_baseline(stats, "ppo", tmp_path / "plain", budget=256, checkpoints=1, hyperparams=SMALL_PPO, progress=False,
+                       penalty=KLPenalty, param=1.0)
 
 
 def test_a_kl_regularized_run_is_its_own_family_in_bundles_and_records(cartpole_dataset, tmp_path):
     stats = load(cartpole_dataset).stats
     run = train_baseline(stats, "ppo", tmp_path / "kl", budget=128, checkpoints=1, hyperparams=SMALL_PPO, progress=False,
-                         kl_coef=3.0, bc_init_steps=20)
+                         penalty=KLPenalty, param=3.0, bc_init_steps=20)
     card = json.loads((run.bundles[-1] / "card.json").read_text())
-    assert card["kl_coef"] == 3.0 and card["bc_init_steps"] == 20
+    assert (card["kind"], card["param"], card["kl_coef"], card["bc_init_steps"]) == ("ppo_kl", 3.0, 3.0, 20)
     policy = load_policy(run.bundles[-1])
     assert (policy.kind, policy.label) == ("ppo_kl", "ppo_kl:3@128")
     policy.greedy = False
@@ -307,7 +313,7 @@ def test_the_lagrangian_penalty_is_lambda_times_cost_with_lambda_from_dual_ascen
     from stable_baselines3.common.callbacks import BaseCallback, CallbackList
     from stable_baselines3.common.env_util import make_vec_env
 
-    from dtcond.penalties import CostLagrangian, lagrange_update
+    from dtcond.rl.penalties import CostLagrangian, lagrange_update
 
     assert lagrange_update(0.5, [3.0, 5.0], cost_limit=2.0, lr=0.1) == pytest.approx(0.7)
     assert lagrange_update(0.1, [0.0, 1.0], cost_limit=2.0, lr=0.1) == 0.0  # λ stays >= 0
@@ -364,7 +370,7 @@ def test_the_lagrangian_penalty_is_lambda_times_cost_with_lambda_from_dual_ascen
 def test_a_ppo_lagrangian_run_is_its_own_family_and_refuses_bad_limits(hazard_dataset, cartpole_dataset, tmp_path):
     data = load(hazard_dataset)
     r = train_baseline(data.stats, "ppo", tmp_path / "lag", budget=256, checkpoints=1, hyperparams=SMALL_PPO, progress=False,
-                       cost_limit=4.0, bc_init_steps=20)
+                       penalty=CostLagrangian, param=4.0, bc_init_steps=20)
     policy = load_policy(r.bundles[-1])
     assert (policy.kind, policy.label) == ("ppo_lag", f"ppo_lag:4@{r.timesteps}")
     history = json.loads((tmp_path / "lag" / "lagrange.json").read_text())
@@ -372,16 +378,18 @@ def test_a_ppo_lagrangian_run_is_its_own_family_and_refuses_bad_limits(hazard_da
     rec = evaluate(policy, None, episodes=2, seed=0)
     assert rec[0]["policy_kind"] == "ppo_lag" and rec[0]["cost"] is not None and rec[0]["cost_target"] is None
     with pytest.raises(DtcondError, match="cost_limit must be a finite number >= 0"):
-        train_baseline(data.stats, "ppo", tmp_path / "bad", budget=64, cost_limit=-1.0, progress=False)
-    with pytest.raises(DtcondError, match="needs algo=ppo"):
-        train_baseline(data.stats, "ppo", tmp_path / "bad", budget=64, cost_limit=1.0, kl_coef=0.1, progress=False)
+        train_baseline(data.stats, "ppo", tmp_path / "bad", budget=64, penalty=CostLagrangian, param=-1.0, progress=False)
+    with pytest.raises(DtcondError, match="takes the options"):
+        train_baseline(data.stats, "ppo", tmp_path / "bad", budget=64, penalty=CostLagrangian, param=1.0, options={"lr": 0.1},
+                       progress=False)
     with pytest.raises(DtcondError, match="has no costs"):
-        train_baseline(load(cartpole_dataset).stats, "ppo", tmp_path / "bad2", budget=64, cost_limit=1.0, progress=False)
+        train_baseline(load(cartpole_dataset).stats, "ppo", tmp_path / "bad2", budget=64, penalty=CostLagrangian, param=1.0,
+                       progress=False)
 
 
 def test_every_rollout_family_implements_the_policy_contract_and_evaluate_refuses_what_does_not(cartpole_dataset, dt_bundle, ppo_run):
-    from dtcond.contract import MEMBERS, Policy, missing_members
-    from dtcond.likelihood import BehaviorPolicy, DataLikelihood
+    from dtcond.rollout.contract import MEMBERS, Policy, missing_members
+    from dtcond.behavior.likelihood import BehaviorPolicy, DataLikelihood
 
     data = load(cartpole_dataset)
     families = {"dt": load_policy(dt_bundle), "ppo": load_policy(ppo_run.bundles[-1]),
@@ -407,7 +415,7 @@ def test_every_rollout_family_implements_the_policy_contract_and_evaluate_refuse
 def test_one_loader_reads_every_bundle_format_and_refuses_an_unknown_one(dt_bundle, ppo_run, tmp_path, monkeypatch):
     import shutil
 
-    from dtcond import checkpoints
+    from dtcond import families
 
     assert load_policy(dt_bundle).kind == "dt" and load_policy(ppo_run.bundles[-1]).kind == "ppo"
     odd = tmp_path / "odd"
@@ -416,5 +424,5 @@ def test_one_loader_reads_every_bundle_format_and_refuses_an_unknown_one(dt_bund
     (odd / "card.json").write_text(json.dumps({**card, "format": "someone-elses-policy"}))
     with pytest.raises(DtcondError, match=r"unknown bundle format 'someone-elses-policy'; this dtcond loads dtcond-policy, dtcond-sb3-policy"):
         load_policy(odd)
-    monkeypatch.setitem(checkpoints.BUNDLE_LOADERS, "someone-elses-policy", lambda folder, device: ("mine", folder.name))
+    monkeypatch.setitem(families.BUNDLE_LOADERS, "someone-elses-policy", lambda folder, device: ("mine", folder.name))
     assert load_policy(odd / "card.json") == ("mine", "odd")  # a new family registers its reader, and load_policy uses it

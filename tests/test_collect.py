@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 
 from conftest import run_cli
-from dtcond.behavior import Component, episode_assignment
-from dtcond.collection import collect
-from dtcond.data import load
-from dtcond.errors import DtcondError
+from dtcond.behavior.mixture import Component, episode_assignment
+from dtcond.behavior.collection import collect
+from dtcond.datasets.loading import load
+from dtcond.common.errors import DtcondError
 
 
 def tree_digest(path) -> str:
@@ -132,9 +132,9 @@ def test_an_overwrite_swaps_the_dataset_in_one_step_so_the_id_is_never_empty(tmp
     there is no moment, and so no kill, at which the id names nothing."""
     import sys
 
-    from dtcond.behavior import components_from_config
-    from dtcond.collection import collect, exchange_dirs
-    from dtcond.data import load
+    from dtcond.behavior.mixture import components_from_config
+    from dtcond.behavior.collection import collect, exchange_dirs
+    from dtcond.datasets.loading import load
 
     a, b = tmp_path / "a", tmp_path / "b"
     a.mkdir(), b.mkdir()

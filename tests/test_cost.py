@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 
 from conftest import HAZARD, minari_at
-from dtcond.checkpoints import load_policy
-from dtcond.data import load
-from dtcond.windows import WindowDataset, make_window
-from dtcond.errors import DtcondError
-from dtcond.evaluation import evaluate, make_jobs
+from dtcond.families import load_policy
+from dtcond.datasets.loading import load
+from dtcond.datasets.windows import WindowDataset, make_window
+from dtcond.common.errors import DtcondError
+from dtcond.rollout.evaluation import evaluate, make_jobs
 from dtcond.targets import parse
-from dtcond.training import train
+from dtcond.dt.training import train
 
 TINY = dict(context_len=4, n_layer=2, n_head=2, n_embd=16, dropout=0.0)
 QUIET = dict(enable_progress_bar=False, enable_model_summary=False, logger=False)
@@ -142,7 +142,7 @@ def test_cost_conditioning_needs_a_dataset_with_costs(cartpole_dataset, tmp_path
 
 def test_cli_eval_takes_joint_targets(cost_policy, tmp_path):
     from conftest import run_cli
-    from dtcond.results import ResultsStore
+    from dtcond.rollout.records import ResultsStore
 
     results = tmp_path / "results.jsonl"
     out = run_cli("eval", f"policy={cost_policy.source}", f"results={results}", "episodes=2", "progress=false", "roaming=false",

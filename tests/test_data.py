@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from conftest import rng_episode, write_buffers
-from dtcond.data import load, returns_to_go
-from dtcond.windows import WindowDataset, make_window, split_by_episode
-from dtcond.errors import DtcondError
-from dtcond.scripted import scripted_factory
+from dtcond.datasets.loading import load, returns_to_go
+from dtcond.datasets.windows import WindowDataset, make_window, split_by_episode
+from dtcond.common.errors import DtcondError
+from dtcond.envs.scripted import scripted_factory
 
 BOX3 = gym.spaces.Box(-np.inf, np.inf, (3,), np.float32)
 BOX1 = gym.spaces.Box(-1.0, 1.0, (1,), np.float32)
@@ -43,8 +43,8 @@ def test_actions_pair_with_the_observation_they_were_taken_in(minari_root):
     # The expert's action is a function of the state it saw: misalignment by one step breaks it.
     import minari
 
-    from dtcond.behavior import Component
-    from dtcond.collection import collect
+    from dtcond.behavior.mixture import Component
+    from dtcond.behavior.collection import collect
 
     collect("CartPole-v1", [Component("cartpole_balance")], episodes=3, dataset_id="test/expert-v0", progress=False)
     expert = scripted_factory("cartpole_balance")(None, None)
@@ -93,7 +93,7 @@ def test_stats_match_numpy(cartpole_dataset):
 
 
 def test_stats_survive_a_json_round_trip(cartpole_dataset):
-    from dtcond.data import DatasetStats
+    from dtcond.datasets.loading import DatasetStats
 
     stats = load(cartpole_dataset).stats
     assert DatasetStats.from_dict(__import__("json").loads(stats.to_json())) == stats
@@ -204,7 +204,7 @@ def test_split_by_episode_is_disjoint_and_complete():
 
 
 def test_datamodule_batches_and_split(cartpole_dataset):
-    from dtcond.datamodule import WindowDataModule
+    from dtcond.dt.datamodule import WindowDataModule
 
     dm = WindowDataModule(cartpole_dataset, window_len=8, batch_size=16, steps_per_epoch=3, val_windows=32, val_fraction=0.2)
     dm.setup("fit")
@@ -256,7 +256,7 @@ def test_empty_dataset_is_refused(minari_root):
     ],
 )
 def test_unsupported_spaces_are_refused(minari_root, obs_space, act_space, message):
-    from dtcond.observations import check_spaces
+    from dtcond.datasets.observations import check_spaces
 
     with pytest.raises(DtcondError, match=message):
         check_spaces(obs_space, act_space)
@@ -265,7 +265,7 @@ def test_unsupported_spaces_are_refused(minari_root, obs_space, act_space, messa
 def test_a_dataset_is_read_once_per_process_until_its_files_change(minari_root, monkeypatch):
     import shutil
 
-    import dtcond.data as data_module
+    import dtcond.datasets.loading as data_module
 
     reads = []
     real = data_module._read

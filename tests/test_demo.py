@@ -3,7 +3,7 @@
 import pytest
 
 from conftest import run_cli
-from dtcond.results import ResultsStore
+from dtcond.rollout.records import ResultsStore
 
 pytestmark = pytest.mark.slow
 

@@ -195,7 +195,7 @@ def test_the_api_page_documents_every_public_name():
     for name in dtcond.__all__:
         if name == "__version__":
             continue
-        module, attr = dtcond._LAZY.get(name, ("dtcond.errors", name))
+        module, attr = dtcond._LAZY.get(name, ("dtcond.common.errors", name))
         if (f"{module}.{attr}" if attr else module) not in documented:
             missing.append(name)
     assert not missing, f"docs/reference/api.md lacks {missing}"
@@ -233,5 +233,5 @@ def test_included_results_resolve_from_the_page():
 def test_docstring_examples_become_code_blocks():
     pytest.importorskip("griffe")
     hook = _hook("griffe_doctests")
-    out = hook.fence_doctests("Mean of :class:`~dtcond.data.DatasetStats`.\n\n>>> f([1])  # doctest: +SKIP\n[1]\n")
+    out = hook.fence_doctests("Mean of :class:`~dtcond.datasets.loading.DatasetStats`.\n\n>>> f([1])  # doctest: +SKIP\n[1]\n")
     assert out == "Mean of `DatasetStats`.\n\n```python\n>>> f([1])\n[1]\n```"

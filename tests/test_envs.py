@@ -10,11 +10,11 @@ from gymnasium.utils.env_checker import check_env
 
 import dtcond.envs
 from conftest import run_cli
-from dtcond.behavior import Component, make_policy
-from dtcond.collection import collect
-from dtcond.data import load
+from dtcond.behavior.mixture import Component, make_policy
+from dtcond.behavior.collection import collect
+from dtcond.datasets.loading import load
 from dtcond.envs.tomato import BUCKET, START
-from dtcond.errors import DtcondError
+from dtcond.common.errors import DtcondError
 
 ENV_IDS = ["dtcond/TomatoGarden-v0", "dtcond/Gamble-v0", "dtcond/HazardGrid-v0", "dtcond/HopperCost-v0"]
 

@@ -7,11 +7,11 @@ import json
 import pytest
 
 from conftest import CARTPOLE, minari_at, rollout_actions, run_cli
-from dtcond.checkpoints import load_policy
-from dtcond.errors import DtcondError
-from dtcond.evaluation import evaluate, make_jobs
-from dtcond.results import ResultsStore
-from dtcond.training import train
+from dtcond.families import load_policy
+from dtcond.common.errors import DtcondError
+from dtcond.rollout.evaluation import evaluate, make_jobs
+from dtcond.rollout.records import ResultsStore
+from dtcond.dt.training import train
 
 TINY = dict(context_len=4, n_layer=2, n_head=2, n_embd=16, dropout=0.0)
 QUIET = dict(enable_progress_bar=False, enable_model_summary=False, logger=False)

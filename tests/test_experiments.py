@@ -18,7 +18,7 @@ def test_luck_experiment_runs_end_to_end(tmp_path, minari_root):
     before = committed.read_bytes() if committed.exists() else None
     out = subprocess.run(
         [sys.executable, str(REPO / "experiments" / "luck" / "run.py"), "seeds=[0,1]", "env.collect_episodes=300", "trainer.max_steps=30",
-         "bc.steps=20", "rl.budget=512", "rl.kl_coefs=[1,10]", "rl.bc_init_steps=50", "eval.episodes=8",
+         "bc.steps=20", "rl.budget=512", "rl.regularized={ppo_kl: [1, 10]}", "rl.bc_init_steps=50", "eval.episodes=8",
          "esper.cluster_steps=100", "esper.return_steps=100", f"work_dir={tmp_path / 'work'}",
          f"results_dir={tmp_path / 'results'}"],
         cwd=tmp_path, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=600,
@@ -59,10 +59,10 @@ def test_experiment_typo_is_one_line_and_exit_2(tmp_path):
                                                "esper, rl, targets, eval, oracles, report, name, fresh, progress, datasets_path, "
                                                "results_dir, budgets"]
     assert not (tmp_path / "work").exists()  # refused before any work
-    out = subprocess.run([sys.executable, str(REPO / "experiments" / "goodhart" / "run.py"), "rl.kl_coefs=[0]", f"work_dir={tmp_path / 'work'}"],
+    out = subprocess.run([sys.executable, str(REPO / "experiments" / "goodhart" / "run.py"), "rl.regularized={ppo_kl: [0]}", f"work_dir={tmp_path / 'work'}"],
                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert out.returncode == 2
-    assert out.stderr.strip().splitlines() == ["goodhart: error: rl.kl_coefs must be a finite number > 0 (plain PPO is rl.algo=ppo), got 0.0"]
+    assert out.stderr.strip().splitlines() == ["goodhart: error: rl.regularized.ppo_kl: ppo_kl: kl_coef must be a finite number > 0, got 0.0"]
     assert not (tmp_path / "work").exists()  # a value out of range too, before Hydra makes a run dir
 
 
@@ -127,7 +127,7 @@ def test_goodhart_experiment_writes_its_frontier_on_the_exact_axis(tmp_path, min
     before = committed.read_bytes() if committed.exists() else None
     out = subprocess.run(
         [sys.executable, str(REPO / "experiments" / "goodhart" / "run.py"), "seeds=[0,1]", "env.collect_episodes=60", "trainer.max_steps=20",
-         "bc.steps=10", "rl.budget=512", "rl.kl_coefs=[10]", "rl.kl_bc_coefs=[10]", "rl.om_coefs=[3]",
+         "bc.steps=10", "rl.budget=512", "rl.regularized={ppo_kl: [10], ppo_kl_bc: [10], ppo_om: [3]}",
          "rl.bc_init_steps=20", "eval.episodes=4", "budgets=[20,null]", "oracles.pool=60", "oracles.draws=20", f"work_dir={tmp_path / 'work'}", f"results_dir={tmp_path / 'results'}",
          f"hydra.run.dir={tmp_path / 'hydra'}"],
         cwd=tmp_path, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=600,

@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 
 from conftest import run_cli
-from dtcond.checkpoints import load_policy
-from dtcond.errors import DtcondError
-from dtcond.evaluation import evaluate
-from dtcond.observations import ObsCodec
-from dtcond.training import train
+from dtcond.families import load_policy
+from dtcond.common.errors import DtcondError
+from dtcond.rollout.evaluation import evaluate
+from dtcond.datasets.observations import ObsCodec
+from dtcond.dt.training import train
 
 TINY = dict(context_len=4, n_layer=1, n_head=1, n_embd=16, dropout=0.0)
 QUIET = dict(enable_progress_bar=False, enable_model_summary=False, logger=False)
@@ -103,8 +103,8 @@ def test_image_boxes_stay_uint8_in_channel_first_layout():
 
 
 def test_a_missing_package_is_named_with_what_to_install(cartpole_dataset):
-    from dtcond.data import load
-    from dtcond.recorded import make_env
+    from dtcond.datasets.loading import load
+    from dtcond.datasets.recorded import make_env
 
     stats = load(cartpole_dataset).stats
     spec = json.loads(stats.env_spec)
@@ -116,10 +116,10 @@ def test_a_missing_package_is_named_with_what_to_install(cartpole_dataset):
 
 
 def test_evaluation_uses_the_datasets_eval_env_where_it_has_one(minari_root):
-    from dtcond.data import load
-    from dtcond.evaluation import make_vector_env
-    from dtcond.policy import ConditionedPolicy
-    from dtcond.recorded import make_env
+    from dtcond.datasets.loading import load
+    from dtcond.rollout.evaluation import make_vector_env
+    from dtcond.dt.policy import ConditionedPolicy
+    from dtcond.datasets.recorded import make_env
 
     record("test/pendulum/eval-env-v0", gym.make("Pendulum-v1", g=9.81, max_episode_steps=40), episodes=2,
            eval_env=gym.make("Pendulum-v1", g=5.0, max_episode_steps=7))
@@ -128,8 +128,8 @@ def test_evaluation_uses_the_datasets_eval_env_where_it_has_one(minari_root):
     assert (collecting.unwrapped.g, collecting.spec.max_episode_steps) == (9.81, 40)
     assert (evaluating.unwrapped.g, evaluating.spec.max_episode_steps) == (5.0, 7)
     assert make_env(stats, g=3.0).unwrapped.g == 3.0  # a kwarg of the caller's own still applies
-    from dtcond.model import DecisionTransformer
-    from dtcond.training import model_config_for
+    from dtcond.dt.model import DecisionTransformer
+    from dtcond.dt.training import model_config_for
 
     policy = ConditionedPolicy(DecisionTransformer(model_config_for(stats, **TINY)), stats)
     envs = make_vector_env(policy, 2)
@@ -139,7 +139,7 @@ def test_evaluation_uses_the_datasets_eval_env_where_it_has_one(minari_root):
 def test_acrobot_with_reference_scores_reports_normalized_scores(minari_root, tmp_path):
     import minari
 
-    from dtcond.report import write_report
+    from dtcond.analysis.report import write_report
     from dtcond.targets import parse
 
     ds = record("test/acrobot/random-v0", gym.make("Acrobot-v1", max_episode_steps=30), episodes=6,
@@ -156,7 +156,7 @@ def test_acrobot_with_reference_scores_reports_normalized_scores(minari_root, tm
 
 def test_normalized_score_targets_need_reference_scores(minari_root):
     from conftest import rng_episode, write_buffers
-    from dtcond.data import load
+    from dtcond.datasets.loading import load
     from dtcond.targets import parse
 
     box = gym.spaces.Box(-1, 1, (1,), np.float32)
@@ -167,7 +167,7 @@ def test_normalized_score_targets_need_reference_scores(minari_root):
 
 
 def test_collected_mixtures_record_reference_scores_from_their_random_and_noiseless_expert_episodes(cartpole_dataset):
-    from dtcond.data import load
+    from dtcond.datasets.loading import load
 
     stats = load(cartpole_dataset).stats  # CartPole: a noiseless balancer, a noisy one and a random policy
     assert stats.ref_min_score < 100 < stats.ref_max_score  # random falls in tens of steps; the balancer lasts
@@ -226,8 +226,8 @@ def test_atari_frames_train_through_the_conv_encoder_as_uint8_and_evaluate_in_th
     import ale_py
     import torch
 
-    from dtcond.data import load
-    from dtcond.windows import WindowDataset, make_window
+    from dtcond.datasets.loading import load
+    from dtcond.datasets.windows import WindowDataset, make_window
 
     gym.register_envs(ale_py)
     env = gym.wrappers.AtariPreprocessing(gym.make("ALE/Pong-v5", frameskip=1, max_episode_steps=64), frame_skip=4,
@@ -248,7 +248,7 @@ def test_atari_frames_train_through_the_conv_encoder_as_uint8_and_evaluate_in_th
     records = evaluate(policy, ["q0.5"], episodes=1, seed=0)
     # AtariPreprocessing from the recorded spec: 84x84 frames, 4 frames a step, so 64 frames are 16 steps.
     assert records[0]["length"] <= 16 and records[0]["normalized_score"] is not None
-    from dtcond.roaming import applies_to
+    from dtcond.analysis.roaming import applies_to
 
     assert not applies_to(policy.stats)  # `dtcond eval` skips roaming metrics on frames
 
@@ -285,8 +285,8 @@ def test_frame_stacking_stacks_each_step_with_the_frames_before_it_in_training_a
     import torch
 
     from conftest import rng_episode, write_buffers
-    from dtcond.data import load
-    from dtcond.windows import WindowDataset
+    from dtcond.datasets.loading import load
+    from dtcond.datasets.windows import WindowDataset
 
     rng = np.random.default_rng(0)
     frames = gym.spaces.Box(0, 255, (36, 36), np.uint8)
@@ -330,12 +330,12 @@ def test_a_bare_catalogue_id_registers_its_package(minari_root):
     if importlib.util.find_spec("ale_py") is None:
         pytest.skip("ale-py is not installed")
     # A fresh process that never imported ale_py, where Gymnasium alone says "Namespace ALE not found".
-    code = "from dtcond.recorded import make; print(make('ALE/Pong-v5').spec.entry_point)"
+    code = "from dtcond.datasets.recorded import make; print(make('ALE/Pong-v5').spec.entry_point)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and out.stdout.strip().endswith("ale_py.env:AtariEnv"), out.stderr
-    from dtcond.behavior import Component
-    from dtcond.collection import collect
-    from dtcond.data import load
+    from dtcond.behavior.mixture import Component
+    from dtcond.behavior.collection import collect
+    from dtcond.datasets.loading import load
 
     collect("ALE/Pong-v5", [Component("random")], episodes=1, dataset_id="test/pong/collected-v0", progress=False,
             max_episode_steps=30)

@@ -30,7 +30,7 @@ WRITERS = 4
 # every writer also appends the same "shared" keys, which the table must hold once each.
 APPENDER = r"""
 import hashlib, os, sys, time
-from dtcond.results import ResultsStore
+from dtcond.rollout.records import ResultsStore
 path, writer, n, go = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
 while not os.path.exists(go):
     time.sleep(0.001)
@@ -75,7 +75,7 @@ dtcond.evaluate(policy, ["q0.2", "q0.5", "q0.8", "x1.5"], episodes=12, seed=int(
 
 
 def test_four_sweeps_into_one_table_at_once_write_each_episode_once(tmp_path, cartpole_dataset):
-    from dtcond.training import train
+    from dtcond.dt.training import train
 
     run = train(cartpole_dataset, tmp_path / "p", model=dict(context_len=4, n_layer=1, n_head=1, n_embd=8, dropout=0.0),
                 data=dict(batch_size=8, steps_per_epoch=5), trainer=dict(max_steps=5, enable_progress_bar=False, logger=False))
@@ -95,8 +95,8 @@ def test_a_disk_full_during_a_checkpoint_write_leaves_the_previous_last_ckpt_loa
     cli = WarmCli(tmp_path)
     import torch
 
-    from dtcond.checkpoints import load_policy
-    from dtcond.training import train
+    from dtcond.families import load_policy
+    from dtcond.dt.training import train
 
     tiny = dict(context_len=4, n_layer=2, n_head=2, n_embd=16, dropout=0.0)  # conf/model/tiny.yaml, which the CLI run resumes
     options = dict(model=tiny, data=dict(batch_size=8, steps_per_epoch=50), checkpoint_every=10)

@@ -15,12 +15,13 @@ import pytest
 from scipy.stats import norm
 
 import dtcond
-from dtcond.behavior import Component
-from dtcond.errors import DtcondError
-from dtcond.likelihood import BehaviorPolicy, DataLikelihood, recorded_behavior
-from dtcond.oracles import best_of_n_ratio, exact_kl, oracle_records, quantilizer_ratio
-from dtcond.report import comparison_table, component_entropy
-from dtcond.roaming import RoamingScorer, StateIndex, fit_behavior_model
+from dtcond.behavior.mixture import Component
+from dtcond.common.errors import DtcondError
+from dtcond.behavior.likelihood import BehaviorPolicy, DataLikelihood, recorded_behavior
+from dtcond.analysis.oracles import best_of_n_ratio, exact_kl, oracle_records, quantilizer_ratio
+from dtcond.analysis.report import comparison_table, component_entropy
+from dtcond.analysis.roaming import RoamingScorer, StateIndex
+from dtcond.rl.behavior_model import fit_behavior_model
 
 from conftest import minari_at
 
@@ -75,7 +76,7 @@ def test_box_likelihood_is_the_clipped_gaussians_bin_mass_and_minus_inf_off_supp
     noisy, exact = Component("pendulum_swingup", 0.2, 0.5), Component("pendulum_swingup", 0.0, 0.5)
     lik = DataLikelihood([noisy, exact], env, bins=64)
     obs, _ = env.reset(seed=3)
-    from dtcond.behavior import base_policy
+    from dtcond.behavior.mixture import base_policy
 
     u = float(base_policy("pendulum_swingup", env, np.random.default_rng(0))(obs)[0])
     a = float(np.clip(u + 0.5, -2, 2))
@@ -225,7 +226,7 @@ def test_the_plan_quantilizer_keeps_the_best_components_and_its_kl_uses_the_like
 
 
 def test_the_quantilizer_check_compares_the_dt_with_the_oracle_over_units_and_calls_overlap_unresolved():
-    from dtcond.frontier import frontier_rows, quantilizer_check
+    from dtcond.analysis.frontier import frontier_rows, quantilizer_check
 
     rows = []
     for unit, (dt_true, oracle_true) in enumerate([(10.0, 40.0), (12.0, 41.0), (11.0, 39.0)]):

@@ -90,8 +90,8 @@ def _module_imports(source: str) -> set[str]:
 
 
 def test_the_cycle_check_sees_imports_inside_functions():
-    source = "import os\n\ndef f():\n    from dtcond.data import load\n\nif TYPE_CHECKING:\n    from dtcond.model import DTConfig\n"
-    assert _module_imports(source) == {"dtcond.data", "dtcond.data.load"}
+    source = "import os\n\ndef f():\n    from dtcond.datasets.loading import load\n\nif TYPE_CHECKING:\n    from dtcond.dt.model import DTConfig\n"
+    assert _module_imports(source) == {"dtcond.datasets.loading", "dtcond.datasets.loading.load"}
 
 
 def test_dtcond_modules_import_without_cycles():

@@ -27,9 +27,9 @@ import numpy as np
 import pytest
 
 from conftest import WarmCli
-from dtcond.checkpoints import load_policy
-from dtcond.storage import local_dataset_ids
-from dtcond.validation import check_dataset
+from dtcond.families import load_policy
+from dtcond.datasets.storage import local_dataset_ids
+from dtcond.datasets.validation import check_dataset
 
 TRIALS = int(os.environ.get("DTCOND_KILL_TRIALS", "10"))
 
@@ -169,7 +169,7 @@ def test_training_killed_at_random_resumes_to_the_final_step(cli, tmp_path, cart
 
 
 def test_sweep_killed_at_random_resumes_with_exactly_the_records_of_an_uninterrupted_one(cli, tmp_path, cartpole_dataset):
-    from dtcond.training import train
+    from dtcond.dt.training import train
 
     rng = np.random.default_rng(2)
     run = train(cartpole_dataset, tmp_path / "p", model=dict(context_len=4, n_layer=1, n_head=1, n_embd=8, dropout=0.0),

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dtcond.errors import DtcondError
-from dtcond.model import DecisionTransformer, DecodeState, DTConfig
+from dtcond.common.errors import DtcondError
+from dtcond.dt.model import DecisionTransformer, DecodeState, DTConfig
 
 HEADS = ["discrete", "bins", "mse"]
 
@@ -142,7 +142,7 @@ def test_cached_decoding_equals_the_full_forward_after_training():
     model = make("bins", K=4, n_layer=3, seed=3)
     rtg, obs, act, ts = episode(model, B=16, T=30, seed=4)
     target = (obs[..., :2].tanh() * 0.5 + 0.5).clamp(0, 1) * torch.tensor([4.0, 1.0]) - torch.tensor([2.0, 0.0])
-    from dtcond.distributions import bin_index
+    from dtcond.rollout.distributions import bin_index
 
     bins = bin_index(target, torch.tensor([-2.0, 0.0]), torch.tensor([2.0, 1.0]), model.cfg.action_bins)
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
@@ -223,7 +223,7 @@ def test_a_cost_conditioned_model_needs_costs_and_a_plain_one_has_no_cost_weight
 
 
 def test_dropout_drops_a_fraction_p_and_rescales_the_rest_as_nn_dropout_does():
-    from dtcond.model import Dropout
+    from dtcond.dt.model import Dropout
 
     torch.manual_seed(0)
     x = (torch.rand(1000, 1000) + 1.0).requires_grad_()  # no zeros of its own
@@ -246,7 +246,7 @@ def test_attention_keeps_the_fused_qkv_layout_that_saved_weights_have():
     """q, k, v are the thirds of the fused projection, each split into heads: the layout bundles were written with."""
     from einops import rearrange
 
-    from dtcond.model import CausalSelfAttention
+    from dtcond.dt.model import CausalSelfAttention
 
     torch.manual_seed(0)
     cfg = DTConfig(obs_dim=3, act_dim=2, n_head=4, n_embd=32, dropout=0.0)
@@ -261,7 +261,7 @@ def test_attention_keeps_the_fused_qkv_layout_that_saved_weights_have():
 @pytest.mark.parametrize("n_head", [1, 2])
 def test_a_layer_restricted_to_some_queries_outputs_what_the_full_layer_does_there(n_head):
     """The last layer computes queries at state tokens only: its q/k/v weight split must match the fused one."""
-    from dtcond.model import STATE_TOKENS, Block
+    from dtcond.dt.model import STATE_TOKENS, Block
 
     torch.manual_seed(0)
     cfg = DTConfig(obs_dim=3, act_dim=2, n_head=n_head, n_embd=32, dropout=0.0)

@@ -10,37 +10,37 @@ from conftest import REPO
 
 # What each public name is and which module defines it (the README's Library use and Where things live).
 PUBLIC = {
-    "DtcondError": ("class", "dtcond.errors"),
-    "collect": ("function", "dtcond.collection"),
-    "ensure_dataset": ("function", "dtcond.collection"),
+    "DtcondError": ("class", "dtcond.common.errors"),
+    "collect": ("function", "dtcond.behavior.collection"),
+    "ensure_dataset": ("function", "dtcond.behavior.collection"),
     "env_preset": ("function", "dtcond.config"),
-    "load_dataset": ("function", "dtcond.data"),
-    "DatasetStats": ("class", "dtcond.data"),
-    "DTConfig": ("class", "dtcond.model"),
-    "DecisionTransformer": ("class", "dtcond.model"),
-    "train": ("function", "dtcond.training"),
-    "esper_labels": ("function", "dtcond.relabel"),
-    "load_labels": ("function", "dtcond.relabel"),
-    "load_policy": ("function", "dtcond.checkpoints"),
-    "Policy": ("class", "dtcond.contract"),
-    "ConditionedPolicy": ("class", "dtcond.policy"),
-    "evaluate": ("function", "dtcond.evaluation"),
-    "ResultsStore": ("class", "dtcond.results"),
-    "write_report": ("function", "dtcond.report"),
-    "comparison_table": ("function", "dtcond.report"),
-    "plot_frontier": ("function", "dtcond.report"),
-    "train_baseline": ("function", "dtcond.baselines"),
-    "RoamingScorer": ("class", "dtcond.roaming"),
-    "DataLikelihood": ("class", "dtcond.likelihood"),
-    "BehaviorPolicy": ("class", "dtcond.likelihood"),
-    "run_oracles": ("function", "dtcond.oracles"),
-    "dataset_records": ("function", "dtcond.roaming"),
+    "load_dataset": ("function", "dtcond.datasets.loading"),
+    "DatasetStats": ("class", "dtcond.datasets.loading"),
+    "DTConfig": ("class", "dtcond.dt.model"),
+    "DecisionTransformer": ("class", "dtcond.dt.model"),
+    "train": ("function", "dtcond.dt.training"),
+    "esper_labels": ("function", "dtcond.dt.relabel"),
+    "load_labels": ("function", "dtcond.dt.relabel"),
+    "load_policy": ("function", "dtcond.families"),
+    "Policy": ("class", "dtcond.rollout.contract"),
+    "ConditionedPolicy": ("class", "dtcond.dt.policy"),
+    "evaluate": ("function", "dtcond.rollout.evaluation"),
+    "ResultsStore": ("class", "dtcond.rollout.records"),
+    "write_report": ("function", "dtcond.analysis.report"),
+    "comparison_table": ("function", "dtcond.analysis.report"),
+    "plot_frontier": ("function", "dtcond.analysis.report"),
+    "train_baseline": ("function", "dtcond.rl.baselines"),
+    "RoamingScorer": ("class", "dtcond.analysis.roaming"),
+    "DataLikelihood": ("class", "dtcond.behavior.likelihood"),
+    "BehaviorPolicy": ("class", "dtcond.behavior.likelihood"),
+    "run_oracles": ("function", "dtcond.analysis.oracles"),
+    "dataset_records": ("function", "dtcond.analysis.roaming"),
     "run_comparison": ("function", "dtcond.pipeline"),
     **{name: ("class", "dtcond.config") for name in ("ComparisonConfig", "TrainConfig", "ModelConfig", "DataConfig", "OptimConfig",
                                                       "TrainerConfig", "EnvConfig", "BcConfig", "RlConfig", "OracleConfig", "EsperConfig")},
     "merge": ("function", "dtcond.config"),
     "targets": ("module", "dtcond.targets"),
-    "stats": ("module", "dtcond.stats"),
+    "stats": ("module", "dtcond.analysis.statistics"),
 }
 
 
@@ -53,7 +53,7 @@ def test_import_is_light_and_side_effect_free(tmp_path):
         "import sys, os; before = set(os.listdir('.')); import dtcond; "
         "heavy = [m for m in ('torch', 'lightning', 'minari', 'hydra', 'stable_baselines3') if m in sys.modules]; "
         "assert not heavy, heavy; assert set(os.listdir('.')) == before; "
-        "loaded = sorted(m for m in sys.modules if m.startswith('dtcond.') and m != 'dtcond.errors'); "
+        "loaded = sorted(m for m in sys.modules if m.startswith('dtcond.') and m not in ('dtcond.common', 'dtcond.common.errors')); "
         "assert not loaded, loaded"
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True)

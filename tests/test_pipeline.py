@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from dtcond.config import ComparisonConfig, merge
-from dtcond.errors import DtcondError
+from dtcond.common.errors import DtcondError
 from dtcond.pipeline import run_comparison
-from dtcond.results import ResultsStore
+from dtcond.rollout.records import ResultsStore
 
 BEHAVIOR = [{"policy": "cartpole_balance", "noise": 0.5, "weight": 0.5}, {"policy": "random", "weight": 0.5}]
 
@@ -35,11 +37,15 @@ def spec(tmp_path, **kw) -> ComparisonConfig:
     (dict(targets=["q0.5", "qq"]), "cannot parse target 'qq'"),
     (dict(targets=[{"n": 3}]), "needs a name"),
     (dict(dataset_id="no-version"), "invalid dataset id"),
-    (dict(rl={"algo": "sac", "kl_coefs": [1.0]}), "rl.kl_coefs: regularized RL needs algo=ppo"),
-    (dict(rl={"algo": "ppo", "kl_coefs": [0.0]}), "rl.kl_coefs must be a finite number > 0"),
-    (dict(rl={"algo": "ppo", "kl_coefs": [1.0, 1.0]}), "rl.kl_coefs must be distinct"),
+    (dict(rl={"algo": "sac", "regularized": {"ppo_kl": [1.0]}}), "rl.regularized.ppo_kl: regularized RL needs algo=ppo"),
+    (dict(rl={"algo": "ppo", "regularized": {"ppo_kl": [0.0]}}), "rl.regularized.ppo_kl: ppo_kl: kl_coef must be a finite number > 0"),
+    (dict(rl={"algo": "ppo", "regularized": {"ppo_kl": [1.0, 1.0]}}), "rl.regularized.ppo_kl must be distinct"),
+    (dict(rl={"algo": "ppo", "regularized": {"ppo_lag": [-1.0]}}), "ppo_lag: cost_limit must be a finite number >= 0"),
+    (dict(rl={"algo": "ppo", "regularized": {"ppo_xx": [1.0]}}), "unknown policy family 'ppo_xx'; registered: data"),
+    (dict(rl={"algo": "ppo", "regularized": {"bc": [1.0]}}), "rl.regularized.bc: bc is not a regularized RL family"),
+    (dict(rl={"algo": "ppo", "options": {"ppo_lag": {"lr": 1.0}}}), "rl.options.ppo_lag: ppo_lag takes the options ['lambda_lr', 'lambda_init'], not lr"),
     (dict(rl={"algo": "ppo", "bc_init_steps": -1}), "rl.bc_init_steps must be >= 0"),
-    (dict(rl={"algo": "ppo", "kl_bc_coefs": [10.0]}), "needs bc.enabled=true"),
+    (dict(rl={"algo": "ppo", "regularized": {"ppo_kl_bc": [10.0]}}), "needs bc.enabled=true"),
     (dict(oracles={"quantilizer": [0.5]}), "oracles need eval.roaming=true"),
     (dict(oracles={"quantilizer": [1.5]}), "oracles.quantilizer must be in (0, 1]"),
     (dict(oracles={"best_of_n": [0]}), "oracles.best_of_n must be >= 1"),
@@ -47,11 +53,12 @@ def spec(tmp_path, **kw) -> ComparisonConfig:
     (dict(relabel=["magic"]), "relabel must list distinct methods from esper"),
     (dict(esper={"clusters": 1}), "esper.clusters must be >= 2"),
     (dict(epsiodes=3), "unknown config key epsiodes; ComparisonConfig takes: env, dataset_id"),
-    (dict(rl={"kl_coef": [1.0]}), "unknown config key rl.kl_coef; RlConfig takes: algo, budget"),
+    (dict(rl={"kl_coefs": [1.0]}), "unknown config key rl.kl_coefs; RlConfig takes: algo, budget"),
 ])
 def test_config_refuses_bad_inputs_before_any_work(tmp_path, bad, message):
-    with pytest.raises(DtcondError, match=message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[").replace("]", r"\]")):
-        spec(tmp_path, **bad)
+    """Each bad input fails in one line, from the config or from run_comparison's checks, before the work dir exists."""
+    with pytest.raises(DtcondError, match=re.escape(message)):
+        run_comparison(spec(tmp_path, **bad))
     assert not (tmp_path / "work").exists()
 
 

@@ -10,10 +10,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dtcond.data import DatasetStats, Trajectory, returns_to_go
-from dtcond.windows import make_window
-from dtcond.errors import DtcondError
-from dtcond.results import ResultsStore
+from dtcond.datasets.loading import DatasetStats, Trajectory, returns_to_go
+from dtcond.datasets.windows import make_window
+from dtcond.common.errors import DtcondError
+from dtcond.rollout.records import ResultsStore
 
 
 def stats_for(obs_dim: int) -> DatasetStats:

@@ -11,14 +11,14 @@ import pandas as pd
 import pytest
 
 from conftest import write_buffers
-from dtcond.baselines import train_baseline
-from dtcond.penalties import OccupancyPenalty
-from dtcond.checkpoints import load_policy
-from dtcond.data import load
-from dtcond.errors import DtcondError
-from dtcond.evaluation import evaluate
-from dtcond.frontier import budget_comparisons, envelope_choice
-from dtcond.stats import bounded_mean_ci, paired_ci, wilson_interval
+from dtcond.rl.baselines import train_baseline
+from dtcond.rl.penalties import HistoryKLPenalty, KLPenalty, OccupancyPenalty
+from dtcond.families import load_policy
+from dtcond.datasets.loading import load
+from dtcond.common.errors import DtcondError
+from dtcond.rollout.evaluation import evaluate
+from dtcond.analysis.frontier import budget_comparisons, envelope_choice
+from dtcond.analysis.statistics import bounded_mean_ci, paired_ci, wilson_interval
 
 SMALL_PPO = {"n_envs": 2, "n_steps": 64, "batch_size": 64, "n_epochs": 2}
 P_DATA, P_POLICY = np.array([0.6, 0.3, 0.1]), np.array([0.2, 0.3, 0.5])
@@ -88,9 +88,9 @@ def test_the_occupancy_penalty_is_lambda_times_the_discriminator_and_the_returns
 def test_an_occupancy_regularized_run_is_its_own_family_and_resumes_its_discriminator(cartpole_dataset, tmp_path):
     stats = load(cartpole_dataset).stats
     run = train_baseline(stats, "ppo", tmp_path / "om", budget=128, checkpoints=1, hyperparams=SMALL_PPO, progress=False,
-                         om_coef=3.0, bc_init_steps=20)
+                         penalty=OccupancyPenalty, param=3.0, bc_init_steps=20)
     card = json.loads((run.bundles[-1] / "card.json").read_text())
-    assert card["om_coef"] == 3.0 and card["bc_init_steps"] == 20
+    assert (card["kind"], card["om_coef"], card["bc_init_steps"]) == ("ppo_om", 3.0, 20)
     policy = load_policy(run.bundles[-1])
     assert (policy.kind, policy.label, policy.param) == ("ppo_om", "ppo_om:3@128", 3.0)
     policy.greedy = False
@@ -98,34 +98,37 @@ def test_an_occupancy_regularized_run_is_its_own_family_and_resumes_its_discrimi
     assert {r["policy_kind"] for r in recs} == {"ppo_om"} and {r["policy_param"] for r in recs} == {3.0}
     saved = (tmp_path / "om" / "discriminator.safetensors").read_bytes()
     train_baseline(stats, "ppo", tmp_path / "om", budget=256, checkpoints=1, hyperparams=SMALL_PPO, progress=False,
-                   om_coef=3.0, bc_init_steps=20)
+                   penalty=OccupancyPenalty, param=3.0, bc_init_steps=20)
     assert (tmp_path / "om" / "discriminator.safetensors").read_bytes() != saved  # trained on, from where it was
 
 
 def test_occupancy_regularization_refuses_bad_input(cartpole_dataset, pendulum_dataset, tmp_path):
     from dtcond.config import ComparisonConfig, merge
+    from dtcond.pipeline import run_comparison
 
     stats = load(cartpole_dataset).stats
-    for kwargs, message in (({"om_coef": -1.0}, "om_coef must be a finite number >= 0"),
-                            ({"om_coef": float("nan")}, "om_coef must be a finite number >= 0"),
-                            ({"om_coef": 1.0, "kl_coef": 1.0}, "cannot be combined with kl_coef or cost_limit")):
+    for param, message in ((-1.0, "om_coef must be a finite number > 0"), (float("nan"), "om_coef must be a finite number > 0")):
         with pytest.raises(DtcondError, match=message):
-            train_baseline(stats, "ppo", tmp_path / "bad", budget=64, progress=False, **kwargs)
+            train_baseline(stats, "ppo", tmp_path / "bad", budget=64, progress=False, penalty=OccupancyPenalty, param=param)
+    with pytest.raises(DtcondError, match="takes no reference policy"):
+        train_baseline(stats, "ppo", tmp_path / "bad", budget=64, progress=False, penalty=OccupancyPenalty, param=1.0, reference="x")
     with pytest.raises(DtcondError, match="needs algo=ppo"):
-        train_baseline(load(pendulum_dataset).stats, "sac", tmp_path / "sac", budget=64, om_coef=1.0, progress=False)
+        train_baseline(load(pendulum_dataset).stats, "sac", tmp_path / "sac", budget=64, penalty=OccupancyPenalty, param=1.0, progress=False)
     train_baseline(stats, "ppo", tmp_path / "plain", budget=128, checkpoints=1, hyperparams=SMALL_PPO, progress=False)
     with pytest.raises(DtcondError, match="holds a run with"):
-        train_baseline(stats, "ppo", tmp_path / "plain", budget=256, checkpoints=1, hyperparams=SMALL_PPO, progress=False, om_coef=1.0)
+        train_baseline(stats, "ppo", tmp_path / "plain", budget=256, checkpoints=1, hyperparams=SMALL_PPO, progress=False,
+                       penalty=OccupancyPenalty, param=1.0)
     base = {"env": {"name": "cartpole", "id": "CartPole-v1"}, "work_dir": str(tmp_path / "w")}
-    with pytest.raises(DtcondError, match="rl.om_coefs must be a finite number > 0"):
-        merge(ComparisonConfig, base, {"rl": {"om_coefs": [0.0]}})
-    with pytest.raises(DtcondError, match="rl.om_coefs: regularized RL needs algo=ppo"):
-        merge(ComparisonConfig, base, {"rl": {"algo": "sac", "om_coefs": [1.0]}})
+    with pytest.raises(DtcondError, match="rl.regularized.ppo_om: ppo_om: om_coef must be a finite number > 0"):
+        run_comparison(merge(ComparisonConfig, base, {"rl": {"regularized": {"ppo_om": [0.0]}}}))
+    with pytest.raises(DtcondError, match="rl.regularized.ppo_om: regularized RL needs algo=ppo"):
+        merge(ComparisonConfig, base, {"rl": {"algo": "sac", "regularized": {"ppo_om": [1.0]}}})
+    assert not (tmp_path / "w").exists()
 
 
 @pytest.fixture
 def bc_bundle(cartpole_dataset, tmp_path):
-    from dtcond.training import train
+    from dtcond.dt.training import train
 
     return train(cartpole_dataset, tmp_path / "bc", model=dict(context_len=4, n_layer=1, n_head=1, n_embd=16, dropout=0.0),
                  data=dict(batch_size=8, steps_per_epoch=5), condition_on_return=False,
@@ -135,7 +138,7 @@ def bc_bundle(cartpole_dataset, tmp_path):
 def test_the_history_reference_scores_each_step_with_the_context_it_had_in_the_whole_episode(cartpole_dataset, bc_bundle):
     """Episodes cut across two rollouts score as the whole episodes do: the last K − 1 steps and the episode
     timestep are carried over the boundary."""
-    from dtcond.penalties import HistoryKLPenalty
+    from dtcond.rl.penalties import HistoryKLPenalty
 
     ref = load_policy(bc_bundle)
     penalty = HistoryKLPenalty(ref, kl_coef=1.0)
@@ -163,13 +166,16 @@ def test_the_history_reference_scores_each_step_with_the_context_it_had_in_the_w
 def test_ppo_kl_toward_the_bc_policy_is_its_own_family(cartpole_dataset, bc_bundle, tmp_path):
     stats = load(cartpole_dataset).stats
     run = train_baseline(stats, "ppo", tmp_path / "klbc", budget=128, checkpoints=1, hyperparams=SMALL_PPO, progress=False,
-                         kl_coef=10.0, bc_init_steps=20, kl_reference=bc_bundle)
+                         penalty=HistoryKLPenalty, param=10.0, bc_init_steps=20, reference=bc_bundle)
     policy = load_policy(run.bundles[-1])
     assert (policy.kind, policy.label, policy.param) == ("ppo_kl_bc", "ppo_kl_bc:10@128", 10.0)
-    with pytest.raises(DtcondError, match="needs kl_coef > 0"):
-        train_baseline(stats, "ppo", tmp_path / "x", budget=64, progress=False, kl_reference=bc_bundle)
+    with pytest.raises(DtcondError, match="belong to a regularized run"):
+        train_baseline(stats, "ppo", tmp_path / "x", budget=64, progress=False, reference=bc_bundle)
+    with pytest.raises(DtcondError, match="give its bundle as reference"):
+        train_baseline(stats, "ppo", tmp_path / "x", budget=64, progress=False, penalty=HistoryKLPenalty, param=10.0)
     with pytest.raises(DtcondError, match="holds a run with"):  # the same dir under the Markov reference is another run
-        train_baseline(stats, "ppo", tmp_path / "klbc", budget=256, checkpoints=1, hyperparams=SMALL_PPO, progress=False, kl_coef=10.0)
+        train_baseline(stats, "ppo", tmp_path / "klbc", budget=256, checkpoints=1, hyperparams=SMALL_PPO, progress=False,
+                       penalty=KLPenalty, param=10.0)
 
 
 def test_a_box_policy_draws_its_noise_from_the_episode_generator(pendulum_dataset, tmp_path):
@@ -255,7 +261,7 @@ def test_a_bad_budget_is_refused_in_one_line_before_any_work(tmp_path):
     import sys
 
     from conftest import REPO
-    from dtcond.frontier import check_budgets
+    from dtcond.analysis.frontier import check_budgets
 
     for bad in (["x"], [-1], [float("inf")], []):
         with pytest.raises(DtcondError, match="budgets"):
@@ -268,11 +274,3 @@ def test_a_bad_budget_is_refused_in_one_line_before_any_work(tmp_path):
         assert out.returncode == 2
         assert out.stderr.strip().splitlines() == [f"goodhart: error: {message}"]
         assert not (tmp_path / "work").exists() and not (tmp_path / "hydra").exists()
-
-
-def test_every_regularized_family_has_its_own_plot_style():
-    from dtcond.report import REGULARIZED, REGULARIZED_STYLE
-
-    assert set(REGULARIZED_STYLE) == set(REGULARIZED)
-    colours = [c for _, c in REGULARIZED_STYLE.values()]
-    assert len(set(colours)) == len(colours) and not set(colours) & {"C0", "C1", "C2", "C3", "C6", "C7", "C9", "k"}

@@ -17,11 +17,11 @@ QUICK = dict(hidden=16, cluster_steps=30, return_steps=60)  # where only the plu
 @pytest.fixture(scope="module")
 def gamble(tmp_path_factory):
     """A Gamble dataset (always safe, always gamble, uniformly random) and its ESPER labels, made once."""
-    from dtcond.behavior import Component
-    from dtcond.collection import collect
+    from dtcond.behavior.mixture import Component
+    from dtcond.behavior.collection import collect
     from dtcond.config import EsperConfig
-    from dtcond.data import load
-    from dtcond.relabel import esper_labels
+    from dtcond.datasets.loading import load
+    from dtcond.dt.relabel import esper_labels
 
     root = tmp_path_factory.mktemp("gamble")
     with minari_at(root / "minari"):
@@ -52,11 +52,11 @@ def test_labels_rank_the_safe_behaviour_above_every_lucky_gamble(gamble):
 def test_labels_keep_the_returns_of_a_deterministic_env(tmp_path):
     """Pendulum has no randomness after the reset, so there is no luck to remove: the labels should be the returns.
     With the reference's objective (clusters learn from actions only, return_weight 0) they kept R² 0.54 here."""
-    from dtcond.behavior import Component
-    from dtcond.collection import collect
+    from dtcond.behavior.mixture import Component
+    from dtcond.behavior.collection import collect
     from dtcond.config import EsperConfig
-    from dtcond.data import load
-    from dtcond.relabel import esper_labels
+    from dtcond.datasets.loading import load
+    from dtcond.dt.relabel import esper_labels
 
     with minari_at(tmp_path / "minari"):
         collect("Pendulum-v1", [Component("pendulum_swingup", noise, 0.25) for noise in (0.0, 0.5, 1.0, 1.5)], 200,
@@ -70,7 +70,7 @@ def test_labels_keep_the_returns_of_a_deterministic_env(tmp_path):
 
 def test_labels_are_a_function_of_the_seed(gamble):
     from dtcond.config import EsperConfig
-    from dtcond.relabel import esper_labels
+    from dtcond.dt.relabel import esper_labels
 
     data, cfg = gamble["data"], EsperConfig(hidden=16, cluster_steps=20, return_steps=20)
     a, _ = esper_labels(data.trajectories, data.stats, cfg, seed=3)
@@ -86,7 +86,7 @@ def test_one_step_episodes_with_batch_size_one_get_a_one_line_error(gamble):
 
     from dtcond import DtcondError
     from dtcond.config import EsperConfig
-    from dtcond.relabel import esper_labels
+    from dtcond.dt.relabel import esper_labels
 
     data = gamble["data"]
     first_steps = [dataclasses.replace(t, observations=t.observations[:1], actions=t.actions[:1], rewards=t.rewards[:1],
@@ -98,9 +98,9 @@ def test_one_step_episodes_with_batch_size_one_get_a_one_line_error(gamble):
 
 def test_relabelled_bundle_keeps_labels_and_resolves_targets_against_them(gamble, tmp_path):
     import dtcond
-    from dtcond.data import load
-    from dtcond.evaluation import evaluate
-    from dtcond.relabel import LABELS_FILE, load_labels
+    from dtcond.datasets.loading import load
+    from dtcond.rollout.evaluation import evaluate
+    from dtcond.dt.relabel import LABELS_FILE, load_labels
     from dtcond.targets import parse
 
     with minari_at(gamble["root"] / "minari"):
@@ -127,7 +127,7 @@ def test_relabelled_bundle_keeps_labels_and_resolves_targets_against_them(gamble
 
 def test_a_resumed_run_reuses_its_labels_and_a_plain_bundle_has_none(gamble, tmp_path):
     import dtcond
-    from dtcond.relabel import LABELS_FILE, load_labels
+    from dtcond.dt.relabel import LABELS_FILE, load_labels
 
     tiny = dict(model=dict(context_len=3, n_layer=1, n_embd=16), data=dict(batch_size=16, steps_per_epoch=5))
     with minari_at(gamble["root"] / "minari"):

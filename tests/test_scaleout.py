@@ -13,7 +13,7 @@ import sys
 import pytest
 import torch
 
-from dtcond.checkpoints import load_policy
+from dtcond.families import load_policy
 
 TINY = dict(context_len=4, n_layer=2, n_head=2, n_embd=16, dropout=0.0)
 
@@ -44,7 +44,7 @@ def test_a_sweep_through_submitits_local_executor_trains_every_seed(tmp_path, ca
 @pytest.mark.slow
 def test_a_compiled_training_step_trains_the_same_weights(tmp_path, pendulum_dataset):
     # trainer.compile=default runs the loss through torch.compile (inductor); the result must be eager's.
-    from dtcond.training import train
+    from dtcond.dt.training import train
 
     common = dict(model=TINY, data=dict(batch_size=8, steps_per_epoch=5), seed=0)
     quiet = dict(max_steps=6, logger=False, enable_progress_bar=False, enable_model_summary=False)

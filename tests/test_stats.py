@@ -1,4 +1,4 @@
-"""dtcond.stats: one t-interval, metrics that compute what their names say, typed policy columns."""
+"""dtcond.analysis.statistics: one t-interval, metrics that compute what their names say, typed policy columns."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import pandas as pd
 import pytest
 from scipy import stats as sps
 
-from dtcond.errors import DtcondError
-from dtcond.report import comparison_table, divergence_column
-from dtcond.stats import calibration_metrics, ci95, grouped_mean_ci, mean_ci, ood_gain, with_policy_columns
+from dtcond.common.errors import DtcondError
+from dtcond.analysis.report import comparison_table, divergence_column
+from dtcond.analysis.statistics import calibration_metrics, ci95, grouped_mean_ci, mean_ci, ood_gain, with_policy_columns
 
 
 def test_ci95_is_the_student_t_interval_not_the_normal_one():

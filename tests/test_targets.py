@@ -8,8 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dtcond import targets as T
-from dtcond.data import DatasetStats
-from dtcond.errors import DtcondError
+from dtcond.datasets.loading import DatasetStats
+from dtcond.common.errors import DtcondError
 
 
 def stats_with(returns) -> DatasetStats:

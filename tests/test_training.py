@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from conftest import rollout_actions, run_cli
-from dtcond.checkpoints import load_policy
-from dtcond.errors import DtcondError
-from dtcond.training import DTModule, model_config_for, train
+from dtcond.families import load_policy
+from dtcond.common.errors import DtcondError
+from dtcond.dt.training import DTModule, model_config_for, train
 
 TINY = dict(context_len=4, n_layer=2, n_head=2, n_embd=16, dropout=0.0)
 QUIET = dict(enable_progress_bar=False, enable_model_summary=False, logger=False)
@@ -26,8 +26,8 @@ def tiny_run(cartpole_dataset, tmp_path):
 
 
 def test_loss_falls_when_overfitting_one_batch(cartpole_dataset):
-    from dtcond.data import load
-    from dtcond.datamodule import WindowDataModule
+    from dtcond.datasets.loading import load
+    from dtcond.dt.datamodule import WindowDataModule
 
     data = load(cartpole_dataset)
     dm = WindowDataModule(cartpole_dataset, window_len=8, batch_size=32, data=data)
@@ -46,7 +46,7 @@ def test_loss_falls_when_overfitting_one_batch(cartpole_dataset):
 
 
 def test_weight_decay_applies_to_matrices_only(cartpole_dataset):
-    from dtcond.data import load
+    from dtcond.datasets.loading import load
 
     data = load(cartpole_dataset)
     module = DTModule(model_config_for(data.stats, **TINY).to_dict(), data.stats.to_dict(), weight_decay=0.1)
@@ -61,7 +61,7 @@ def test_fast_dev_run(cartpole_dataset, tmp_path):
 
 
 def test_save_load_gives_identical_actions_for_bundle_and_ckpt(tiny_run):
-    from dtcond.policy import ConditionedPolicy
+    from dtcond.dt.policy import ConditionedPolicy
 
     ckpt = torch.load(tiny_run.last_checkpoint, weights_only=True)
     module = DTModule(**ckpt["hyper_parameters"])
@@ -229,7 +229,7 @@ def test_the_library_defaults_are_the_cli_defaults():
     import inspect
 
     from dtcond.config import DataConfig, OptimConfig, TrainConfig, from_hydra
-    from dtcond.datamodule import WindowDataModule
+    from dtcond.dt.datamodule import WindowDataModule
 
     assert from_hydra(compose_config("train")) == TrainConfig()
     defaults = TrainConfig()
@@ -239,7 +239,7 @@ def test_the_library_defaults_are_the_cli_defaults():
         {k: getattr(OptimConfig(), k) for k in ("lr", "weight_decay", "warmup_steps")}
     assert list(module_defaults["betas"]) == OptimConfig().betas
     from dtcond.config import ModelConfig
-    from dtcond.model import DTConfig
+    from dtcond.dt.model import DTConfig
 
     shared = [k for k, v in vars(ModelConfig()).items() if v is not None and k != "encoder"]  # "auto"/None resolve per dataset
     assert len(shared) >= 9
@@ -256,7 +256,7 @@ def test_the_schemas_name_only_real_lightning_and_model_arguments():
     import lightning as L
 
     from dtcond.config import TRAINER_LOOP_KEYS, ModelConfig, TrainerConfig
-    from dtcond.model import DTConfig
+    from dtcond.dt.model import DTConfig
 
     lightning_args = set(inspect.signature(L.Trainer.__init__).parameters)
     assert set(TrainerConfig.__dataclass_fields__) - set(TRAINER_LOOP_KEYS) <= lightning_args
@@ -293,7 +293,7 @@ def test_train_refuses_unknown_options_and_wrong_types_in_one_line(cartpole_data
 
 def test_a_discount_is_refused_everywhere_in_one_line(cartpole_dataset):
     from dtcond.config import DatasetConfig
-    from dtcond.data import load
+    from dtcond.datasets.loading import load
 
     with pytest.raises(DtcondError, match="dataset.gamma=0.99 is not supported: targets, return quantiles and rollouts use undiscounted"):
         DatasetConfig(gamma=0.99)
@@ -375,7 +375,7 @@ def test_rollout_callback_logs_what_evaluate_returns(cartpole_dataset, tmp_path)
 
     import numpy as np
 
-    from dtcond.evaluation import evaluate
+    from dtcond.rollout.evaluation import evaluate
 
     run = train(cartpole_dataset, tmp_path / "cb", model=TINY, data=dict(batch_size=8, steps_per_epoch=10), seed=3,
                 trainer=dict(max_steps=10, enable_progress_bar=False, enable_model_summary=False, log_every_n_steps=1),
@@ -477,8 +477,8 @@ def test_fp16_with_a_grad_scaler_clips_unscaled_gradients(cartpole_dataset):
     # is run through its plugin directly: the same code a GPU's 16-mixed runs.
     from lightning.pytorch.plugins.precision import MixedPrecision
 
-    from dtcond.data import load
-    from dtcond.datamodule import WindowDataModule
+    from dtcond.datasets.loading import load
+    from dtcond.dt.datamodule import WindowDataModule
 
     data = load(cartpole_dataset)
     dm = WindowDataModule(cartpole_dataset, window_len=8, batch_size=8, steps_per_epoch=5, data=data)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import gymnasium as gym
 
-from dtcond.errors import DtcondError
+from dtcond.common.errors import DtcondError
 
 # Safety-Gymnasium, safe_velocity tasks (m/s).
 VELOCITY_THRESHOLDS = {"Hopper": 0.7402, "HalfCheetah": 3.2096, "Walker2d": 2.3415}

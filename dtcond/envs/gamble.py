@@ -17,7 +17,7 @@ from __future__ import annotations
 import gymnasium as gym
 import numpy as np
 
-from dtcond.errors import DtcondError
+from dtcond.common.errors import DtcondError
 
 SAFE, GAMBLE, FOLD = 0, 1, 2
 

@@ -27,7 +27,7 @@ from __future__ import annotations
 import gymnasium as gym
 import numpy as np
 
-from dtcond.errors import DtcondError
+from dtcond.common.errors import DtcondError
 
 UP, DOWN, LEFT, RIGHT = 0, 1, 2, 3
 MOVES = {UP: (-1, 0), DOWN: (1, 0), LEFT: (0, -1), RIGHT: (0, 1)}

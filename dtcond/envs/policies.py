@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from dtcond.scripted import register_scripted
+from dtcond.envs.scripted import register_scripted
 from dtcond.envs.gamble import GAMBLE, SAFE
 from dtcond.envs.hazard import DOWN, RIGHT, UP
-from dtcond.errors import DtcondError
+from dtcond.common.errors import DtcondError
 from dtcond.envs.tomato import BUCKET, SIZE, TOMATOES
 
 STAY = 4

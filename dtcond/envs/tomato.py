@@ -16,7 +16,7 @@ from __future__ import annotations
 import gymnasium as gym
 import numpy as np
 
-from dtcond.errors import DtcondError
+from dtcond.common.errors import DtcondError
 
 SIZE = 7
 START = (3, 3)

@@ -27,10 +27,10 @@ import numpy as np
 import pandas as pd
 
 import dtcond
-from dtcond.collection import ensure_dataset
+from dtcond.behavior.collection import ensure_dataset
 from dtcond.config import env_preset
 from dtcond.experiment import fmt
-from dtcond.stats import calibration_metrics, mean_ci
+from dtcond.analysis.statistics import calibration_metrics, mean_ci
 from dtcond.targets import grid
 
 HERE = Path(__file__).resolve().parent

@@ -27,7 +27,7 @@ HERE = Path(__file__).resolve().parent
 from dtcond.experiment import fmt, machine  # noqa: E402
 
 import dtcond  # noqa: E402
-from dtcond.stats import calibration_metrics, mean_ci  # noqa: E402
+from dtcond.analysis.statistics import calibration_metrics, mean_ci  # noqa: E402
 
 DTCOND = str(Path(sys.executable).with_name("dtcond"))
 

@@ -34,10 +34,10 @@ from dtcond.experiment import fmt, machine  # noqa: E402
 
 import dtcond  # noqa: E402
 from dtcond.config import EsperConfig  # noqa: E402
-from dtcond.storage import datasets_root  # noqa: E402
+from dtcond.datasets.storage import datasets_root  # noqa: E402
 from dtcond.envs.gamble import GAMBLE, SAFE, GambleEnv  # noqa: E402
-from dtcond.fileio import atomic_write  # noqa: E402
-from dtcond.stats import mean_ci  # noqa: E402
+from dtcond.common.fileio import atomic_write  # noqa: E402
+from dtcond.analysis.statistics import mean_ci  # noqa: E402
 
 REFERENCE = {"return_weight": 0.0, "adv_weight": 1.0}  # the reference's objective: clusters learn from actions only
 VARIANTS = {  # EsperConfig fields over the defaults

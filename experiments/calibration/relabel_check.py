@@ -28,10 +28,10 @@ from dtcond.experiment import esper_description, fmt, hydra_entry, machine, resu
 from run import CalibrationConfig, dataset_config, grid_description, is_continuous  # noqa: E402
 
 import dtcond  # noqa: E402
-from dtcond.errors import DtcondError  # noqa: E402
-from dtcond.fileio import atomic_write  # noqa: E402
+from dtcond.common.errors import DtcondError  # noqa: E402
+from dtcond.common.fileio import atomic_write  # noqa: E402
 from dtcond.pipeline import run_comparison  # noqa: E402
-from dtcond.stats import ci95, mean_ci, paired_ci  # noqa: E402
+from dtcond.analysis.statistics import ci95, mean_ci, paired_ci  # noqa: E402
 
 METRICS = {"normalized_mae": "normalized MAE", "normalized_bias": "normalized bias", "spearman": "Spearman ρ", "slope": "slope",
            "best_mean_return": "best mean return"}
@@ -134,7 +134,7 @@ def plot(curves: pd.DataFrame, path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from dtcond.fileio import save_figure
+    from dtcond.common.fileio import save_figure
 
     names = list(dict.fromkeys(curves["dataset"]))
     fig, axes = plt.subplots(1, len(names), figsize=(5 * len(names), 4), squeeze=False)

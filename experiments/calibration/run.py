@@ -28,9 +28,9 @@ from dtcond.experiment import fmt, hopper_behavior, hydra_entry, machine, result
 
 from dtcond.config import (ComparisonConfig, ComparisonEvalConfig, DataConfig, EsperConfig, ModelConfig, OptimConfig,  # noqa: E402
                            TrainerConfig, env_preset, merge)
-from dtcond.errors import DtcondError  # noqa: E402
+from dtcond.common.errors import DtcondError  # noqa: E402
 from dtcond.pipeline import run_comparison  # noqa: E402
-from dtcond.stats import ci95, mean_ci  # noqa: E402
+from dtcond.analysis.statistics import ci95, mean_ci  # noqa: E402
 
 @dataclass
 class CalibrationDataset:
@@ -143,7 +143,7 @@ def main(cfg) -> None:
           f"![calibration]({png.name})", "", summary_markdown(summary), "",
           "Normalized MAE and bias: mean over episodes at in-distribution targets of |achieved − target| and of achieved − target, "
           "divided by the data's return range. OOD gain: mean achieved at the targets above the data's best minus mean achieved "
-          "at the highest in-distribution target, paired by env seed (dtcond.stats.calibration_metrics). Train s: training wall time, "
+          "at the highest in-distribution target, paired by env seed (dtcond.analysis.statistics.calibration_metrics). Train s: training wall time, "
           "summed over the calls that trained each run (recorded in its run folder; a run trained before that record existed "
           "reports only the second of finding it done).", ""]
     curves_csv = results_dir(cfg, HERE) / "curves.csv"
@@ -193,7 +193,7 @@ def plot(curves: pd.DataFrame, path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from dtcond.fileio import save_figure
+    from dtcond.common.fileio import save_figure
 
     names = list(dict.fromkeys(curves["dataset"]))
     cols = min(3, len(names))

@@ -22,7 +22,7 @@ HERE = Path(__file__).resolve().parent
 from dtcond.experiment import (DIVERGENCE, DIVERGENCE_NOTE, ExperimentConfig, add_metric, fmt, hopper_behavior, hydra_entry,  # noqa: E402
                                machine, results_dir, rl_rows, table_markdown, write_results)
 from dtcond.pipeline import run_comparison  # noqa: E402
-from dtcond.report import quantilizer_bound  # noqa: E402
+from dtcond.analysis.report import quantilizer_bound  # noqa: E402
 
 
 @dataclass
@@ -81,7 +81,7 @@ def plot(df, table, path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from dtcond.fileio import save_figure
+    from dtcond.common.fileio import save_figure
 
     fig, ax = plt.subplots(figsize=(7.5, 5))
     data = df[df["policy_kind"] == "data"]

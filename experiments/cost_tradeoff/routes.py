@@ -10,8 +10,8 @@ import argparse
 import gymnasium as gym
 import numpy as np
 
-import dtcond.behavior  # noqa: F401  (registers the scripted routers)
-from dtcond.behavior import Component, make_policy
+import dtcond.behavior.mixture  # noqa: F401  (registers the scripted routers)
+from dtcond.behavior.mixture import Component, make_policy
 
 
 def main() -> None:

@@ -28,7 +28,7 @@ HERE = Path(__file__).resolve().parent
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from dtcond.collection import ensure_dataset  # noqa: E402
+from dtcond.behavior.collection import ensure_dataset  # noqa: E402
 from dtcond.config import DatasetConfig, TrainConfig  # noqa: E402
 from dtcond.experiment import ExperimentConfig, fmt, fmt_bounded, hydra_entry, machine, results_dir, write_results  # noqa: E402
 
@@ -58,11 +58,13 @@ def train_dt(cfg, out: Path, seed: int, cost_conditioned: bool) -> Path:
 
 
 def train_ppo_lagrangian(cfg, stats, out: Path, seed: int, limit: float) -> Path:
-    from dtcond.baselines import train_baseline
+    from dtcond.rl.baselines import train_baseline
+    from dtcond.rl.penalties import CostLagrangian
 
     rl = cfg.rl
     r = train_baseline(stats, "ppo", out, budget=rl.budget, checkpoints=1, hyperparams=dict(rl.hyperparams or {}) or None, seed=seed,
-                       progress=False, cost_limit=float(limit), lambda_lr=cfg.lambda_lr, bc_init_steps=rl.bc_init_steps)
+                       progress=False, penalty=CostLagrangian, param=float(limit), options={"lambda_lr": cfg.lambda_lr},
+                       bc_init_steps=rl.bc_init_steps)
     return r.bundles[-1]
 
 
@@ -72,7 +74,7 @@ BOUNDS = {"spearman": (-1.0, 1.0), "spearman_of_means": (-1.0, 1.0), "satisfied"
 def per_seed_tracking(df: pd.DataFrame, requested: str) -> tuple[dict, pd.DataFrame]:
     """cost_tracking per training seed, then the mean over seeds with its 95% t-interval: ``_ci95`` for the
     unbounded quantities, ``_lo``/``_hi`` (the interval intersected with the range) for ρ and the satisfied fraction."""
-    from dtcond.stats import bounded_mean_ci, cost_tracking, mean_ci
+    from dtcond.analysis.statistics import bounded_mean_ci, cost_tracking, mean_ci
 
     rows = pd.DataFrame([{"seed": s, **cost_tracking(part, requested)} for s, part in df.groupby("train_seed")])
     summary = {}
@@ -88,7 +90,7 @@ def per_seed_tracking(df: pd.DataFrame, requested: str) -> tuple[dict, pd.DataFr
 
 def rows_by_request(df: pd.DataFrame, requested: str) -> pd.DataFrame:
     """Per requested value: achieved return and cost, mean ± CI over seeds (each seed's mean over episodes)."""
-    from dtcond.stats import bounded_mean_ci, mean_ci
+    from dtcond.analysis.statistics import bounded_mean_ci, mean_ci
 
     out = []
     for value, part in df.groupby(requested):
@@ -147,7 +149,7 @@ def table_md(table: pd.DataFrame, key: str, header: str) -> str:
 def paired_rows(dt: pd.DataFrame, ppo: pd.DataFrame, costs: list[float]) -> list[dict]:
     """Per cost C: the cost-conditioned DT at cost target C against PPO-Lagrangian at limit C, DT − PPO in achieved
     return and cost, paired over training seeds (both of a seed meet the same env seeds)."""
-    from dtcond.stats import paired_ci, verdict
+    from dtcond.analysis.statistics import paired_ci, verdict
 
     out = []
     for c in costs:
@@ -187,8 +189,8 @@ def main(cfg) -> None:
     import gymnasium as gym
 
     import dtcond
-    from dtcond.data import load
-    from dtcond.results import ResultsStore
+    from dtcond.datasets.loading import load
+    from dtcond.rollout.records import ResultsStore
 
     ensure_dataset(cfg.env, cfg.dataset, seed=cfg.data_seed)
     data = load(cfg.dataset)

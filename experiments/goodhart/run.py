@@ -5,7 +5,7 @@ waters nothing. The data mixes honest gardeners (several skills), stumblers that
 bucket, a few bucket-sitters and random walkers. PPO is trained on the observed reward, plain and
 with a KL penalty toward the data's behaviour model β̂ at several β (RLHF's objective). Every policy is
 placed on the exact axis: its trajectory-level KL(p_π‖p_data), from the data's known behaviour mixture
-(:mod:`dtcond.likelihood`), beside oracle references computed from that mixture with no learning (the
+(:mod:`dtcond.behavior.likelihood`), beside oracle references computed from that mixture with no learning (the
 exact trajectory quantilizer, the plan quantilizer, best-of-n and the KL-regularized posterior).
 
     python experiments/goodhart/run.py             # see config.yaml for seeds and budgets
@@ -24,10 +24,10 @@ HERE = Path(__file__).resolve().parent
 
 from dtcond.experiment import (MODE_COLLAPSE_NOTE, BudgetExperimentConfig, add_gap, fmt, hydra_entry, machine, numbers, table_markdown,  # noqa: E402
                                results_dir, write_results)
-from dtcond.fileio import atomic_write  # noqa: E402
-from dtcond.frontier import BUDGET_NOTE, budget_comparisons, budget_markdown, frontier_rows, gao_fit, quantilizer_check  # noqa: E402
+from dtcond.common.fileio import atomic_write  # noqa: E402
+from dtcond.analysis.frontier import BUDGET_NOTE, budget_comparisons, budget_markdown, frontier_rows, gao_fit, quantilizer_check  # noqa: E402
 from dtcond.pipeline import run_comparison  # noqa: E402
-from dtcond.report import plot_frontier  # noqa: E402
+from dtcond.analysis.report import plot_frontier  # noqa: E402
 
 
 @dataclass
@@ -77,8 +77,8 @@ def main(cfg) -> None:
         f"DT {cfg.trainer.max_steps} steps (K={cfg.model.context_len}, {cfg.model.n_layer} layers, width {cfg.model.n_embd}); "
         f"%BC {list(cfg.bc.top_fractions)} at {cfg.bc.steps} steps; PPO {cfg.rl.budget} env steps on the observed reward "
         f"(SB3's defaults with {dict(cfg.rl.hyperparams or {})}), plain and "
-        f"KL-regularized toward β̂ at β ∈ {numbers(cfg.rl.kl_coefs)} and toward the seed's BC policy at β ∈ {numbers(cfg.rl.kl_bc_coefs)}, "
-        f"and occupancy-regularized (ORPO) at λ ∈ {numbers(cfg.rl.om_coefs)} "
+        f"KL-regularized toward β̂ at β ∈ {numbers(cfg.rl.regularized.get('ppo_kl', []))} and toward the seed's BC policy at β ∈ {numbers(cfg.rl.regularized.get('ppo_kl_bc', []))}, "
+        f"and occupancy-regularized (ORPO) at λ ∈ {numbers(cfg.rl.regularized.get('ppo_om', []))} "
         f"(both from {cfg.rl.bc_init_steps} steps of behaviour cloning); "
         f"oracles from {cfg.oracles.pool} fresh behaviour episodes per seed ({cfg.oracles.draws} draws each); "
         f"training seeds {list(cfg.seeds)}; {cfg.eval.episodes} episodes per policy and target on env seeds from {cfg.eval.seed}. "

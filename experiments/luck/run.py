@@ -7,7 +7,7 @@ DT asked for those returns is asked to gamble. The env reports each choice's exp
 ``info["true_reward"]``, so the true return below is the return with the luck removed: the quantity
 a policy can actually control. PPO is trained on the achieved reward, plain and with a KL penalty
 toward the data's behaviour model at several β. Beside the plain DT, a DT trained on ESPER's
-expected-return labels (``relabel: [esper]``, dtcond/relabel.py) is rolled out at the same target
+expected-return labels (``relabel: [esper]``, dtcond/dt/relabel.py) is rolled out at the same target
 specs, which resolve against its labels rather than the raw returns.
 
     python experiments/luck/run.py             # see config.yaml for seeds and budgets
@@ -24,10 +24,10 @@ HERE = Path(__file__).resolve().parent
 
 from dtcond.experiment import (DIVERGENCE, DIVERGENCE_NOTE, MODE_COLLAPSE, MODE_COLLAPSE_NOTE, BudgetExperimentConfig, add_gap, esper_description,  # noqa: E402
                     final_checkpoints, fmt, hydra_entry, machine, table_markdown, results_dir, write_results)
-from dtcond.frontier import BUDGET_NOTE, budget_comparisons, budget_markdown  # noqa: E402
+from dtcond.analysis.frontier import BUDGET_NOTE, budget_comparisons, budget_markdown  # noqa: E402
 from dtcond.pipeline import run_comparison  # noqa: E402
-from dtcond.report import plot_frontier  # noqa: E402
-from dtcond.stats import paired_ci, verdict  # noqa: E402
+from dtcond.analysis.report import plot_frontier  # noqa: E402
+from dtcond.analysis.statistics import paired_ci, verdict  # noqa: E402
 
 OPTIMAL = 3.0  # always safe: 3 rounds × +1
 BAR = 2.7  # the bar for relabelling: a relabelled DT's expected return at the top targets should reach this
@@ -69,7 +69,7 @@ def relabel_markdown(rows) -> list[str]:
         return []
     lines = ["## Relabelled with ESPER: expected-return labels instead of returns", "",
              "The same target specs, resolved for each DT against the returns it was trained on: the raw returns for the plain DT, "
-             "ESPER's expected-return labels for dt:esper (dtcond/relabel.py). Expected return (luck removed), mean ± 95% CI over "
+             "ESPER's expected-return labels for dt:esper (dtcond/dt/relabel.py). Expected return (luck removed), mean ± 95% CI over "
              "training seeds; the difference is relabelled − plain with a paired 95% t-interval over seeds (same seeds, same env "
              "seeds; one interval per target, no correction for their number). Top targets (*) are those "
              f"at which the plain DT is asked for more than {OPTIMAL:g}, which only lucky gamblers reached.", "",

@@ -14,11 +14,11 @@ HERE = Path(__file__).resolve().parent
 
 from dtcond.experiment import fmt, hydra_entry, machine, results_dir, table_markdown, write_results  # noqa: E402
 import dtcond  # noqa: E402
-from dtcond.collection import ensure_dataset  # noqa: E402
+from dtcond.behavior.collection import ensure_dataset  # noqa: E402
 from dtcond.config import EnvConfig, OracleConfig, env_preset  # noqa: E402
-from dtcond.oracles import ORACLE_POOL_SEED  # noqa: E402
-from dtcond.report import comparison_table, quantilizer_bound  # noqa: E402
-from dtcond.roaming import RoamingScorer, dataset_records  # noqa: E402
+from dtcond.analysis.oracles import ORACLE_POOL_SEED  # noqa: E402
+from dtcond.analysis.report import comparison_table, quantilizer_bound  # noqa: E402
+from dtcond.analysis.roaming import RoamingScorer, dataset_records  # noqa: E402
 
 COLUMNS = {"episode_return": "observed return", "true_return": "true return", "cost": "cost", "trajectory_kl": "KL(Q‖p_data) nats/episode",
            "component_entropy": "component entropy", "ess": "ESS"}
@@ -70,7 +70,7 @@ def main(cfg) -> None:
         body += testbed(cfg, env)
     md = ["# Oracle references from the behaviour mixture", "",
           "No learning: each testbed's behaviour mixture, rolled out fresh and scored by the data's exact likelihood, then "
-          "reweighted (`dtcond.oracles`). Rows: the data's own episodes, the mixture's fresh rollouts (`behavior`), and the "
+          "reweighted (`dtcond.analysis.oracles`). Rows: the data's own episodes, the mixture's fresh rollouts (`behavior`), and the "
           "oracles (`quantilizer:q` keeps the top q by observed return, `plan_quantilizer:q` the best behaviour components of "
           "mass q, `best_of_n:n`, `posterior:β` ∝ p_data·exp(R/β) with its effective sample size). Means ± 95% t-interval over "
           f"pools. Machine: {machine()}; this invocation took {time.perf_counter() - start:.0f}s.", "", *body]
