@@ -2,6 +2,26 @@
 
 Importing dtcond has no side effects and stays light: heavy modules (torch, lightning, minari)
 load when first used.
+
+The package in layers, lowest first; a module imports only from its own layer and the ones below it (each
+layer's docstring says so, and ``tests/test_imports.py`` checks it):
+
+==============  ==============================================================================================
+``common``      the error type, atomic writes, console quieting
+``envs``        the safety testbeds and their scripted behaviours
+``datasets``    local Minari datasets: storage, validation, observations, loading, windows, the recorded env
+``targets``     target specs: how a user names the return to condition on
+``config``      one typed config per command and concept
+``rollout``     the policy contract, action distributions, batched evaluation, the results table
+``behavior``    behaviour mixtures, collection, the data's exact likelihood
+``dt``          the Decision Transformer: model, training, relabelling, the conditioned policy, bundles
+``rl``          SB3 PPO/SAC, the regularizers' penalties, the behaviour model β̂, SB3 bundles
+``families``    the family registry, and loading any family's policy
+``analysis``    statistics, roaming scores, oracles, frontiers, reports
+``pipeline``    the comparison pipeline (``run_comparison``)
+``experiment``  what an experiment script is built from
+``cli``         the ``dtcond`` command
+==============  ==============================================================================================
 """
 
 from dtcond.common.errors import DtcondError

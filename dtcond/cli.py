@@ -3,6 +3,9 @@
 Hydra stays here. Each config's schema is its command's dataclass in :mod:`dtcond.config`, so Hydra
 type-checks while composing; each command gets that dataclass (never a ``DictConfig``) and calls
 library code. A :class:`~dtcond.common.errors.DtcondError` becomes one line on stderr and exit code 2.
+
+Layer 14: may import common, envs, datasets, targets, config, rollout, behavior, dt, rl, families, analysis,
+pipeline, experiment (the layers below it; the package docstring lists them).
 """
 
 from __future__ import annotations

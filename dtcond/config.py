@@ -11,6 +11,8 @@ The library takes the same dataclasses, or plain dicts merged onto them with :fu
 
 Checks that a type cannot express (``batch_size >= 1``) run in ``__post_init__``, so a config is
 checked once, however it was made. Importing this module loads neither torch nor Hydra.
+
+Layer 5: may import common, envs, datasets, targets (the layers below it; the package docstring lists them).
 """
 
 from __future__ import annotations

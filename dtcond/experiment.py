@@ -9,6 +9,9 @@ needs no path tricks. The comparison itself (dataset, per-seed training of DT, %
 env seeds, scoring) is :func:`dtcond.pipeline.run_comparison`; heavy files (datasets, checkpoints, the
 per-episode table) go under ``work_dir``, and the small tables and plots that state the result go to the
 folder's ``results/``, which is committed.
+
+Layer 13: may import common, envs, datasets, targets, config, rollout, behavior, dt, rl, families, analysis,
+pipeline (the layers below it; the package docstring lists them).
 """
 
 from __future__ import annotations

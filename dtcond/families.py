@@ -15,8 +15,8 @@ call; ``docs/development.md`` shows a worked example.
 >>> [f.kind for f in families("regularized")]
 ['ppo_kl', 'ppo_kl_bc', 'ppo_om', 'ppo_lag']
 
-Layer: imports ``dtcond.common``, ``dtcond.datasets``, ``dtcond.dt`` and ``dtcond.rl``; read by
-``dtcond.analysis``, the pipeline and the CLI.
+Layer 10: may import common, envs, datasets, targets, config, rollout, behavior, dt, rl (the layers below it; the
+package docstring lists them).
 """
 
 from __future__ import annotations

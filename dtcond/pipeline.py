@@ -23,6 +23,9 @@ already in the table are not run again, so a rerun does only what is missing. La
                                                                  (ppo_kl1: PPO-KL at β = 1, ppo_om3: ORPO at λ = 3)
     episodes.jsonl                                               every episode rolled out here
     report/                                                      this comparison's records and report
+
+Layer 12: may import common, envs, datasets, targets, config, rollout, behavior, dt, rl, families, analysis (the
+layers below it; the package docstring lists them).
 """
 
 from __future__ import annotations

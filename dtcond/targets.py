@@ -29,6 +29,8 @@ data episode uniformly from the top-q fraction (by return) of the episodes whose
 conditions on that episode's (return, cost) pair — Taylor's quantilizer over the feasible behaviour;
 ``quantilizer:q,cost=C`` draws the return from the top-q fraction of all episodes and conditions on
 cost C. A joint target also carries ``P_data(C <= c)`` and ``P_data(G >= g, C <= c)``.
+
+Layer 4: may import common, envs, datasets (the layers below it; the package docstring lists them).
 """
 
 from __future__ import annotations

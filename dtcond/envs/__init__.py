@@ -17,6 +17,8 @@ the entry point, so ``gym.make`` finds these ids. From your own code:
 >>> obs, info = env.reset(seed=0)
 >>> obs.shape
 (6,)
+
+Layer 2: may import common (the layers below it; the package docstring lists them).
 """
 
 from gymnasium.envs.registration import register, registry
