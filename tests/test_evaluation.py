@@ -230,3 +230,17 @@ def test_reset_refuses_a_bad_target_in_one_line(cartpole_policy, bad, message):
     with pytest.raises(DtcondError, match=message) as err:
         cartpole_policy.reset(target=bad)
     assert "\n" not in str(err.value)
+
+
+def test_an_episode_record_with_a_column_the_schema_does_not_know_is_refused_not_a_nan_column(tmp_path):
+    from dtcond.rollout.records import COLUMNS, ResultsStore, episode_record
+
+    good = episode_record("k1", "dt", "dt", "abc", episode_return=1.0, trajectory_kl=0.5)
+    assert set(good) <= set(COLUMNS)
+    with pytest.raises(DtcondError, match="columns the schema does not know: episode_retrun"):
+        episode_record("k2", "dt", "dt", "abc", episode_retrun=1.0)
+    store = ResultsStore(tmp_path / "r.jsonl")
+    with pytest.raises(DtcondError, match="trajectory_kll"):
+        store.append([good, {**good, "key": "k3", "trajectory_kll": 2.0}])
+    assert store.read() == []  # refused before anything was written
+    assert store.append([good]) == 1

@@ -39,6 +39,7 @@ from scipy.special import logsumexp
 
 from dtcond.config import ORACLE_FAMILIES, OracleConfig
 from dtcond.common.errors import DtcondError
+from dtcond.rollout.records import episode_record
 
 FAMILIES = ORACLE_FAMILIES
 ORACLE_POOL_SEED = 100_000  # pools roll out on env seeds of their own: the comparison's eval seed + this + training seed
@@ -150,14 +151,13 @@ def oracle_records(pool: list[dict], family: str, param: float, draws: int, seed
     spec = f"{family}:{param:g}"
     out = []
     for j, i in enumerate(picks):
-        rec = dict(pool[i])
         kl = float(np.log(ratio[i]))
-        rec.update({
-            "key": f"oracle|{pool[i]['fingerprint']}|{spec}|seed{seed}|draw{j}", "policy_kind": "oracle",
+        rec = episode_record(**{
+            **pool[i], "key": f"oracle|{pool[i]['fingerprint']}|{spec}|seed{seed}|draw{j}", "policy_kind": "oracle",
             "label": "oracle", "target_spec": spec, "oracle_family": family, "oracle_param": float(param),
             "pool_episode": int(pool[i]["episode"]), "episode": j, "fingerprint": f"oracle-pool{seed}",
-            "logp_policy": rec["logp_data"] + kl if rec.get("logp_data") is not None else None,
-            "trajectory_kl": kl, "trajectory_kl_per_step": kl / max(int(rec["length"]), 1),
+            "logp_policy": pool[i]["logp_data"] + kl if pool[i].get("logp_data") is not None else None,
+            "trajectory_kl": kl, "trajectory_kl_per_step": kl / max(int(pool[i]["length"]), 1),
             "trajectory_kl_conditional": None, "ess": ess, "ess_ok": None if ess is None else bool(ess >= MIN_ESS),
             "pool_size": len(pool),
         })

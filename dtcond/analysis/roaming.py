@@ -32,6 +32,7 @@ import torch
 from dtcond.datasets.loading import DatasetStats, OfflineData
 from dtcond.rl.behavior_model import BINS, BehaviorModel, load_or_fit_behavior_model
 from dtcond.rollout import distributions
+from dtcond.rollout.records import check_columns, episode_record
 
 
 def applies_to(stats) -> bool:
@@ -207,30 +208,27 @@ def dataset_records(data: OfflineData, scorer: RoamingScorer | None = None) -> l
     """The dataset itself as rows of the results table (policy kind "data"), one per episode."""
     records = []
     for i, traj in enumerate(data.trajectories):
-        rec = {
-            "key": f"data|{data.stats.dataset_id}|ep{i}",
-            "run_id": "data",
-            "policy_kind": "data",
-            "label": "data",
-            "train_step": None,
-            "policy": data.stats.dataset_id,
-            "fingerprint": "data",
-            "env_id": data.stats.env_id,
-            "dataset_id": data.stats.dataset_id,
-            "target_spec": "none",
-            "target": None,
-            "target_quantile": None,
-            "ood": False,
-            "seed": None,
-            "episode": i,
-            "episode_return": traj.episode_return,
-            "length": len(traj),
-            "terminated": traj.terminated,
-            "truncated": traj.truncated,
-            "true_return": float(traj.true_rewards.sum()) if traj.true_rewards is not None else None,
-            "cost": float(traj.costs.sum()) if traj.costs is not None else None,
-        }
+        rec = episode_record(
+            f"data|{data.stats.dataset_id}|ep{i}", "data", "data", "data",
+            run_id="data",
+            train_step=None,
+            policy=data.stats.dataset_id,
+            env_id=data.stats.env_id,
+            dataset_id=data.stats.dataset_id,
+            target_spec="none",
+            target=None,
+            target_quantile=None,
+            ood=False,
+            seed=None,
+            episode=i,
+            episode_return=traj.episode_return,
+            length=len(traj),
+            terminated=traj.terminated,
+            truncated=traj.truncated,
+            true_return=float(traj.true_rewards.sum()) if traj.true_rewards is not None else None,
+            cost=float(traj.costs.sum()) if traj.costs is not None else None,
+        )
         if scorer is not None:
-            rec.update(scorer.score_episode(traj.observations, traj.actions, in_data=True))
+            rec.update(check_columns(scorer.score_episode(traj.observations, traj.actions, in_data=True)))
         records.append(rec)
     return records

@@ -29,7 +29,7 @@ import gymnasium as gym
 import numpy as np
 from dtcond.rollout.contract import check_policy
 from dtcond.common.errors import DtcondError
-from dtcond.rollout.records import ResultsStore
+from dtcond.rollout.records import ResultsStore, check_columns, episode_record
 from dtcond.targets import ResolvedTarget, TargetSpec, parse
 import dtcond.envs  # noqa: F401  (registers the dtcond/* env ids)
 
@@ -230,43 +230,40 @@ def _rollout(policy, jobs: list[Job], run_id: str, env_kwargs: dict | None, env_
             elapsed = time.perf_counter() - start
             for i in active[done]:
                 r, job = resolved[i], jobs[i]
-                record = {
-                    "key": job.key(fingerprint, env_id or policy.env_id),
-                    "run_id": run_id,
-                    "policy_kind": policy.kind,
-                    "train_step": train_step,
-                    "label": policy.label,
-                    "policy_param": policy.param,  # β, q or a cost limit: typed, not read off the label
-                    "policy": policy.source,
-                    "fingerprint": fingerprint,
-                    "env_id": env_id or policy.env_id,
-                    "dataset_id": policy.stats.dataset_id,
-                    "target_spec": str(job.spec),
-                    "target": r.value,
-                    "target_quantile": r.quantile,
-                    "ood": r.ood,
-                    "seed": job.seed,
-                    "episode": job.episode,
-                    "env_seed": job.env_seed,
-                    "episode_return": float(returns[i]),
-                    "normalized_score": policy.stats.normalized_score(float(returns[i])),  # None without reference scores
-                    "length": int(lengths[i]),
-                    "terminated": bool(terminated[i]),
-                    "truncated": bool(truncated[i]),
-                    "true_return": float(true_returns[i]) if seen["true_reward"] else None,
-                    "cost": float(costs[i]) if seen["cost"] else None,
-                    "cost_target": r.cost,  # the cost-to-go the episode started from (joint targets), else None
-                    "cost_target_quantile": r.cost_quantile,
-                    "joint_quantile": r.joint_quantile,
-                    "greedy": bool(policy.greedy),
-                    "wall_time": elapsed,
-                }
+                record = episode_record(
+                    job.key(fingerprint, env_id or policy.env_id), policy.kind, policy.label, fingerprint,
+                    run_id=run_id,
+                    train_step=train_step,
+                    policy_param=policy.param,  # β, q or a cost limit: typed, not read off the label
+                    policy=policy.source,
+                    env_id=env_id or policy.env_id,
+                    dataset_id=policy.stats.dataset_id,
+                    target_spec=str(job.spec),
+                    target=r.value,
+                    target_quantile=r.quantile,
+                    ood=r.ood,
+                    seed=job.seed,
+                    episode=job.episode,
+                    env_seed=job.env_seed,
+                    episode_return=float(returns[i]),
+                    normalized_score=policy.stats.normalized_score(float(returns[i])),  # None without reference scores
+                    length=int(lengths[i]),
+                    terminated=bool(terminated[i]),
+                    truncated=bool(truncated[i]),
+                    true_return=float(true_returns[i]) if seen["true_reward"] else None,
+                    cost=float(costs[i]) if seen["cost"] else None,
+                    cost_target=r.cost,  # the cost-to-go the episode started from (joint targets), else None
+                    cost_target_quantile=r.cost_quantile,
+                    joint_quantile=r.joint_quantile,
+                    greedy=bool(policy.greedy),
+                    wall_time=elapsed,
+                )
                 if history is not None:
                     h = history[i]
                     obs_h, act_h = np.stack(h["obs"]), np.stack(h["actions"])
                     marginal = _marginal_log_prob(policy, job.spec, scorer, obs_h, act_h, np.asarray(h["rewards"]))
-                    record.update(scorer.score_episode(obs_h, act_h, np.stack(h["probs"]) if h["probs"] else None,
-                                                       logp_policy_marginal=marginal))
+                    record.update(check_columns(scorer.score_episode(obs_h, act_h, np.stack(h["probs"]) if h["probs"] else None,
+                                                                     logp_policy_marginal=marginal)))
                     history[i] = None
                 yield record
             keep = np.flatnonzero(~done)

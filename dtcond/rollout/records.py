@@ -1,4 +1,10 @@
-"""The results table: one JSON object per line, appended under a lock, readable by pandas.
+"""Episode records and the results table: one JSON object per line, appended under a lock, readable by pandas.
+
+Every row of every table is an episode record: a policy's episode (:func:`dtcond.evaluate`), one of the data's own
+episodes (:func:`dtcond.analysis.roaming.dataset_records`) or an oracle's draw (:mod:`dtcond.analysis.oracles`).
+:data:`COLUMNS` is the one schema: :func:`episode_record` builds a record and refuses a column it does not know, and
+:meth:`ResultsStore.append` refuses one too, so a misspelt key is an error rather than a silent NaN column. A
+record's family is its ``policy_kind``, in records and tables alike.
 
 Appends take an exclusive ``flock`` on the file, so several sweeps (joblib jobs, SLURM tasks on a
 shared filesystem that honours locks) can write one table. A crash mid-append leaves at most one
@@ -15,6 +21,93 @@ import os
 from pathlib import Path
 
 from dtcond.common.errors import DtcondError
+
+# The episode record's columns: name -> what it holds. A record holds a subset (a column that does not apply is
+# absent or None); a key outside this schema is refused.
+COLUMNS: dict[str, str] = {
+    # identity: which policy, target and episode
+    "key": "identifies the episode: the policy's fingerprint, env, target spec and env seed",
+    "run_id": "the run that rolled it out",
+    "policy_kind": "the policy's family (dtcond.families): dt, bc, pct_bc, ppo, ppo_kl, ..., data, behavior, oracle",
+    "policy_param": "the family's parameter: β, λ, q, a cost limit; None when it has none",
+    "train_step": "the policy's training step (RL: env steps); None where it has none",
+    "train_seed": "the training seed of a comparison",
+    "label": "a display string rendered from kind, param and step; never parsed back",
+    "policy": "where the policy was loaded from",
+    "fingerprint": "identifies the weights and acting mode",
+    "greedy": "the policy acted by its mode",
+    "env_id": "the env the episode ran in",
+    "dataset_id": "the dataset the policy was trained on",
+    "target_spec": "the target as the user named it (none for unconditioned policies)",
+    "target": "the resolved return-to-go at the start",
+    "target_quantile": "P_data(G >= target)",
+    "ood": "the target is beyond the data's best return",
+    "cost_target": "the cost-to-go the episode started from (joint targets)",
+    "cost_target_quantile": "P_data(C <= cost target)",
+    "joint_quantile": "P_data(G >= target, C <= cost target)",
+    "seed": "the evaluation seed",
+    "episode": "the episode's index for its target",
+    "env_seed": "the env seed it was reset with",
+    # outcome
+    "episode_return": "the observed return",
+    "normalized_score": "the return in the dataset's reference-score units",
+    "true_return": "the true task performance where the env reports it (info['true_reward'])",
+    "cost": "the episode's cost where the env reports it (info['cost'])",
+    "length": "steps",
+    "terminated": "ended by the env",
+    "truncated": "cut by a time limit",
+    "wall_time": "seconds from the batch's start",
+    # divergence from the data (dtcond.analysis.roaming, dtcond.behavior.likelihood)
+    "cross_entropy_behavior": "mean −log β̂(a|s) over the actions taken",
+    "kl_behavior": "mean per-step KL(π(·|s)‖β̂(·|s))",
+    "entropy": "the policy's mean action entropy per step",
+    "novelty": "mean distance to the nearest dataset state",
+    "novel_fraction": "fraction of steps farther from the data than its own 99th percentile",
+    "trajectory_signature": "a hash of the discretized action sequence",
+    "logp_data": "log p_data(τ), up to the dynamics",
+    "logp_policy": "Σ log π(a_t|h_t) of the policy's actions",
+    "logp_policy_marginal": "log p_π(τ) marginal over the target's distribution",
+    "trajectory_kl": "log p_π(τ) − log p_data(τ): its mean estimates KL(p_π‖p_data)",
+    "trajectory_kl_per_step": "trajectory_kl / length",
+    "trajectory_kl_conditional": "the given-the-target trajectory KL of a per-episode target",
+    "support_violation": "an action no behaviour component takes (p_data(τ) = 0)",
+    "kl_estimator": "which estimator the KL columns come from",
+    "component_loglik": "log p_k(τ) per behaviour component",
+    "component_posterior": "p(k|τ) per behaviour component",
+    "component_posterior_entropy": "the entropy of p(k|τ), nats",
+    # oracles (dtcond.analysis.oracles)
+    "oracle_family": "quantilizer, plan_quantilizer, best_of_n or posterior",
+    "oracle_param": "its q, n or β",
+    "pool_episode": "the behaviour episode drawn",
+    "pool_size": "behaviour episodes in the pool",
+    "ess": "the pool's effective sample size under the oracle's weights",
+    "ess_ok": "ess is at least the minimum the oracles trust",
+}
+
+
+def check_columns(record: dict) -> dict:
+    """``record``, or a one-line error naming the columns :data:`COLUMNS` does not know.
+
+    >>> check_columns({"key": "k", "episode_retrun": 3.0})
+    Traceback (most recent call last):
+    ...
+    dtcond.common.errors.DtcondError: an episode record has columns the schema does not know: episode_retrun (dtcond.rollout.records.COLUMNS)
+    """
+    unknown = [k for k in record if k not in COLUMNS]
+    if unknown:
+        raise DtcondError(f"an episode record has columns the schema does not know: {', '.join(sorted(unknown))} "
+                          "(dtcond.rollout.records.COLUMNS)")
+    return record
+
+
+def episode_record(key: str, policy_kind: str, label: str, fingerprint: str, **columns) -> dict:
+    """One episode record: its identity and whatever other columns of :data:`COLUMNS` apply; an unknown column
+    is refused.
+
+    >>> episode_record("data|ds|ep0", "data", "data", "data", episode_return=3.0)["policy_kind"]
+    'data'
+    """
+    return check_columns({"key": key, "policy_kind": policy_kind, "label": label, "fingerprint": fingerprint, **columns})
 
 
 class ResultsStore:
@@ -55,9 +148,12 @@ class ResultsStore:
         return {r["key"] for r in self.read() if "key" in r}
 
     def append(self, records: list[dict]) -> int:
-        """Append the records whose key is not in the table yet; returns how many were written."""
+        """Append the records whose key is not in the table yet; returns how many were written. A record with a
+        column outside :data:`COLUMNS` is refused before anything is written."""
         if not records:
             return 0
+        for record in records:
+            check_columns(record)
         fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
