@@ -16,7 +16,13 @@ from dtcond.datasets.loading import load
 from dtcond.envs.tomato import BUCKET, START
 from dtcond.common.errors import DtcondError
 
-ENV_IDS = ["dtcond/TomatoGarden-v0", "dtcond/Gamble-v0", "dtcond/HazardGrid-v0", "dtcond/HopperCost-v0"]
+# Every testbed dtcond registers, read from Gymnasium's registry (not a hand-kept list).
+ENV_IDS = sorted(env_id for env_id in gym.registry if env_id.startswith("dtcond/"))
+
+
+def test_the_checked_testbeds_are_every_registered_one():
+    assert {"dtcond/TomatoGarden-v0", "dtcond/Gamble-v0", "dtcond/HazardGrid-v0", "dtcond/HopperCost-v0",
+            "dtcond/HalfCheetahCost-v0", "dtcond/Walker2dCost-v0"} <= set(ENV_IDS)
 
 
 @pytest.mark.parametrize("env_id", ENV_IDS)

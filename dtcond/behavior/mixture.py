@@ -17,9 +17,9 @@ import numpy as np
 # registry (dtcond.envs.scripted), not this module, so there is no cycle.
 import dtcond.envs.policies  # noqa: F401
 from dtcond.common.errors import DtcondError
-from dtcond.envs.scripted import Policy, PolicyFactory, register_scripted, scripted_factory, scripted_policies
+from dtcond.envs.scripted import ActFn, ActFnFactory, register_scripted, scripted_factory, scripted_policies
 
-__all__ = ["Component", "Policy", "PolicyFactory", "base_policy", "check_mixture", "components_from_config", "episode_assignment",
+__all__ = ["Component", "ActFn", "ActFnFactory", "base_policy", "check_mixture", "components_from_config", "episode_assignment",
            "make_policy", "register_scripted", "scripted_policies"]
 
 
@@ -98,7 +98,7 @@ def episode_assignment(components: list[Component], episodes: int, seed: int) ->
     return np.random.default_rng(seed).permutation(order)
 
 
-def make_policy(component: Component, env: gym.Env, rng: np.random.Generator) -> Policy:
+def make_policy(component: Component, env: gym.Env, rng: np.random.Generator) -> ActFn:
     """Build a component's policy for ``env``, noise included."""
     base = base_policy(component.policy, env, rng)
     if component.noise == 0:
@@ -132,7 +132,7 @@ def make_policy(component: Component, env: gym.Env, rng: np.random.Generator) ->
     return gaussian
 
 
-def base_policy(spec: str, env: gym.Env, rng: np.random.Generator) -> Policy:
+def base_policy(spec: str, env: gym.Env, rng: np.random.Generator) -> ActFn:
     """A component's policy before its noise: "random", a registered scripted name, or "sb3:<path.zip>"."""
     space = env.action_space
     if spec == "random":
@@ -149,7 +149,7 @@ def base_policy(spec: str, env: gym.Env, rng: np.random.Generator) -> Policy:
     )
 
 
-def _sb3_policy(path: str, env: gym.Env) -> Policy:
+def _sb3_policy(path: str, env: gym.Env) -> ActFn:
     """A deterministic SB3 policy. SB3 zips hold pickled objects: load only checkpoints you trust."""
     import os
     import zipfile

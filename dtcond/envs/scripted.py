@@ -12,14 +12,15 @@ from typing import Callable
 import gymnasium as gym
 import numpy as np
 
-Policy = Callable[[np.ndarray], "np.ndarray | int"]
+# A behaviour as a function obs -> action (not a dtcond.Policy, the rollout contract: no batch, no distribution).
+ActFn = Callable[[np.ndarray], "np.ndarray | int"]
 # factory(env, rng) -> policy
-PolicyFactory = Callable[[gym.Env, np.random.Generator], Policy]
+ActFnFactory = Callable[[gym.Env, np.random.Generator], ActFn]
 
-_SCRIPTED: dict[str, PolicyFactory] = {}
+_SCRIPTED: dict[str, ActFnFactory] = {}
 
 
-def register_scripted(name: str, factory: PolicyFactory | None = None):
+def register_scripted(name: str, factory: ActFnFactory | None = None):
     """Register a scripted behaviour policy under ``name`` (usable as a decorator).
 
     The factory's policy maps an observation to an action. One that draws from ``rng`` must also
@@ -34,7 +35,7 @@ def register_scripted(name: str, factory: PolicyFactory | None = None):
     True
     """
 
-    def add(f: PolicyFactory) -> PolicyFactory:
+    def add(f: ActFnFactory) -> ActFnFactory:
         _SCRIPTED[name] = f
         return f
 
@@ -51,7 +52,7 @@ def scripted_policies() -> list[str]:
     return sorted(_SCRIPTED)
 
 
-def scripted_factory(name: str) -> PolicyFactory | None:
+def scripted_factory(name: str) -> ActFnFactory | None:
     """The factory registered under ``name``, or None.
 
     >>> scripted_factory("no_such_policy") is None
