@@ -163,3 +163,14 @@ def test_export_last_keeps_the_final_weights(cartpole_dataset, tmp_path):
     last = torch.load(run.last_checkpoint, weights_only=True)["state_dict"]
     assert all(torch.equal(v, last[f"model.{k}"]) for k, v in bundle.items())
     assert run.best_step is None
+
+
+def test_the_per_step_decomposition_sums_to_the_trajectory_kl(tomato):
+    """kl_by_step, the reverse KL by step, adds up to each episode's trajectory KL (the K=1 reference: the data's
+    Markov marginal, which pays at some steps and not others)."""
+    _, data, scorer = tomato
+    records = evaluate(WindowPosteriorPolicy(scorer.likelihood, data.stats, 1), None, episodes=10, seed=3, scorer=scorer)
+    for r in records:
+        assert len(r["kl_by_step"]) == r["length"]
+        assert sum(r["kl_by_step"]) == pytest.approx(r["trajectory_kl"], abs=1e-3)
+    assert np.mean([r["trajectory_kl"] for r in records]) > 0.1
