@@ -368,6 +368,9 @@ def train(dataset_id: str, out_dir: str | Path, config: TrainConfig | None = Non
     if last.exists() and not cfg.resume:
         raise DtcondError(f"{last} exists; resume=true continues it, or choose another output dir")
 
+    from dtcond.console import drop_adverts
+
+    drop_adverts()
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     offline = load(dataset_id, gamma=cfg.dataset.gamma)
     from dtcond.relabel import LABELS_FILE, relabel_cached
