@@ -426,12 +426,14 @@ def train(dataset_id: str, out_dir: str | Path, config: TrainConfig | None = Non
     best = None
     if validates and cfg.export == "best":  # kept across resumes: its state travels in last.ckpt
         best = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor="val/loss", mode="min", save_top_k=1,
-                               enable_version_counter=False, save_weights_only=True)
+                               enable_version_counter=False, save_weights_only=True, save_on_train_epoch_end=False)
         extra.append(best)
     if validates and cfg.early_stopping > 0:
         from lightning.pytorch.callbacks import EarlyStopping
 
-        extra.append(EarlyStopping(monitor="val/loss", mode="min", patience=cfg.early_stopping, verbose=False))
+        # checked after each validation (not at an epoch's end, which max_steps may reach before any validation)
+        extra.append(EarlyStopping(monitor="val/loss", mode="min", patience=cfg.early_stopping, verbose=False,
+                                   check_on_train_epoch_end=False, strict=False))
     from lightning.fabric.utilities.exceptions import MisconfigurationException
 
     try:
