@@ -22,7 +22,7 @@ QUIET = dict(enable_progress_bar=False, enable_model_summary=False, logger=False
 @pytest.fixture
 def tiny_run(cartpole_dataset, tmp_path):
     return train(cartpole_dataset, tmp_path / "run", model=TINY, data=dict(batch_size=16, steps_per_epoch=10),
-                 trainer=dict(max_steps=30, **QUIET), checkpoint_every=10)
+                 trainer=dict(max_steps=30, **QUIET), checkpoint_every=10, export="last")  # the bundle is last.ckpt's weights
 
 
 def test_loss_falls_when_overfitting_one_batch(cartpole_dataset):
