@@ -84,8 +84,27 @@ def train_command(cfg) -> None:
     result = train(cfg.dataset.id, HydraConfig.get().runtime.output_dir, config=cfg)
     val = f"{result.val_loss:.4f}" if result.val_loss is not None else "n/a"
     print(f"trained {cfg.dataset.id}: {result.global_step} steps, val/loss {val}")
+    print("  " + fidelity_line(result))
     print(f"  policy bundle  {result.bundle}")
     print(f"  checkpoint     {result.last_checkpoint}")
+
+
+def fidelity_line(result) -> str:
+    """How close the exported weights are to the data, in one line: the forward KL per step where the dataset
+    recorded its behaviour (plain BC), the NLL gap for a conditioned or filtered model, or why neither."""
+    import json
+
+    card = json.loads((result.bundle / "card.json").read_text())
+    fid = card.get("extra", {}).get("fidelity") or {}
+    val = fid.get("val") or {}
+    chosen = f"best val/loss at step {fid['best_step']}" if fid.get("best_step") is not None else "last step"
+    if "val/kl_data" in val:
+        return (f"fidelity       forward KL to the data {val['val/kl_data']:.4f} nats/step (NLL {val['val/nll']:.4f}, the data's "
+                f"exact conditional {val['val/data_nll']:.4f}); exported the {chosen}")
+    if "val/nll_gap" in val:
+        return (f"fidelity       NLL {val['val/nll']:.4f} nats/step against the data's exact conditional {val['val/data_nll']:.4f} "
+                f"(a conditioned or filtered model may go below it); exported the {chosen}")
+    return f"fidelity       no exact reference: {fid.get('reference_note') or 'no validation episodes'}; exported the {chosen}"
 
 
 def _scorer(dataset_id: str, enabled: bool, store=None, data_rows: bool = False):

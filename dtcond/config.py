@@ -310,10 +310,16 @@ class TrainConfig:
     relabel: str = "none"  # esper: condition on ESPER's expected-return labels, learned before training (see esper)
     esper: EsperConfig = field(default_factory=EsperConfig)
     checkpoint_every: int = 250  # steps between last.ckpt saves
+    export: str = "best"  # the weights the policy bundle gets: best (lowest val/loss; last without a val set) | last
+    early_stopping: int = 4  # stop after this many validations without a lower val/loss; 0: never
     resume: bool = True  # false: refuse an output dir that already has a checkpoint
     datasets_path: Optional[str] = None  # CLI: default $MINARI_DATASETS_PATH, else ~/.minari/datasets
 
     def __post_init__(self):
+        if self.export not in ("best", "last"):
+            raise DtcondError(f"export must be best or last, got {self.export!r}")
+        if self.early_stopping < 0:
+            raise DtcondError(f"early_stopping must be >= 0 (0: never), got {self.early_stopping}")
         if self.checkpoint_every < 1:
             raise DtcondError(f"checkpoint_every must be >= 1, got {self.checkpoint_every}")
         if self.top_fraction is not None and not 0 < self.top_fraction <= 1:

@@ -70,7 +70,7 @@ class TrainedPolicy:
     kind: str
     bundle: Path
     fingerprint: str
-    train_seconds: float  # wall time of every call that trained it, summed (see _timed)
+    train_seconds: float  # wall time of every call that trained it, summed (see timed_run)
 
 
 @dataclass
@@ -326,14 +326,14 @@ def _train_seed(config: ComparisonConfig, regularized, stats, seed: int, out: Pa
 
     out_bundles = []
     for name, train_config in train_configs(config, seed).items():
-        run, seconds = _timed(out / name, lambda: train(config.dataset, out / name, config=train_config))
+        run, seconds = timed_run(out / name, lambda: train(config.dataset, out / name, config=train_config))
         val = f"{run.val_loss:.4f}" if run.val_loss is not None else "n/a"
         print(f"  seed {seed} {name}: {run.global_step} steps, val/loss {val} ({seconds:.0f}s)")
         out_bundles.append((run.bundle, seconds))
     rl = config.rl
     hyperparams = dict(rl.hyperparams) if rl.hyperparams else None
     if rl.algo:
-        run, seconds = _timed(out / rl.algo, lambda: train_baseline(
+        run, seconds = timed_run(out / rl.algo, lambda: train_baseline(
             stats, rl.algo, out / rl.algo, budget=rl.budget, checkpoints=rl.checkpoints, hyperparams=hyperparams, seed=seed,
             progress=config.progress))
         print(f"  seed {seed} {rl.algo}: {run.timesteps} env steps, {len(run.bundles)} checkpoints ({seconds:.0f}s)")
@@ -342,7 +342,7 @@ def _train_seed(config: ComparisonConfig, regularized, stats, seed: int, out: Pa
     # regularizes toward a policy (PPO-KL toward BC) uses this seed's BC run, trained above.
     for family, param in regularized:
         run_dir = out / f"{family.kind}{param:g}"
-        run, seconds = _timed(run_dir, lambda: train_baseline(
+        run, seconds = timed_run(run_dir, lambda: train_baseline(
             stats, "ppo", run_dir, budget=rl.budget, checkpoints=1, hyperparams=hyperparams, seed=seed,
             progress=config.progress, penalty=family.penalty, param=param, bc_init_steps=rl.bc_init_steps,
             reference=out / "bc" / "policy" if family.penalty.needs_reference else None, options=rl.options.get(family.kind)))
@@ -354,7 +354,7 @@ def _train_seed(config: ComparisonConfig, regularized, stats, seed: int, out: Pa
 TRAIN_SECONDS = "train_seconds.json"
 
 
-def _timed(run_dir: Path, call):
+def timed_run(run_dir: Path, call):
     """``call()`` (a training call that writes ``run_dir``) and the wall seconds spent training that run dir.
 
     Each call adds its own time to ``run_dir/checkpoints/train_seconds.json``, so a rerun that finds the

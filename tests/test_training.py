@@ -22,7 +22,7 @@ QUIET = dict(enable_progress_bar=False, enable_model_summary=False, logger=False
 @pytest.fixture
 def tiny_run(cartpole_dataset, tmp_path):
     return train(cartpole_dataset, tmp_path / "run", model=TINY, data=dict(batch_size=16, steps_per_epoch=10),
-                 trainer=dict(max_steps=30, **QUIET), checkpoint_every=10)
+                 trainer=dict(max_steps=30, **QUIET), checkpoint_every=10, export="last")  # the bundle is last.ckpt's weights
 
 
 def test_loss_falls_when_overfitting_one_batch(cartpole_dataset):
@@ -315,7 +315,9 @@ def test_train_with_no_options_trains_the_cpu_preset_and_stops(cartpole_dataset,
     from dtcond.config import TrainConfig
 
     r = train(cartpole_dataset, tmp_path / "default")
-    assert r.global_step == TrainConfig().trainer.max_steps == 1500
+    preset = TrainConfig()
+    assert (preset.trainer.max_steps, preset.export, preset.early_stopping) == (1500, "best", 4)
+    assert r.best_step <= r.global_step <= 1500  # up to the preset's steps, or stopped early; the best step exported
     policy = load_policy(r.bundle)
     assert (policy.config.n_embd, policy.config.context_len) == (64, 20)
     assert (tmp_path / "default" / "logs" / "metrics.csv").exists()

@@ -79,6 +79,9 @@ class RoamingScorer:
       mean over-estimates the KL by the mutual information between target and trajectory;
     - ``support_violation``: the episode took an action no behaviour component takes (p_data(τ) = 0, so
       the KL is infinite); ``trajectory_kl`` is then None;
+    - ``kl_by_step``: log π(a_t|h_t) − log p_data(a_t|h_t) at each step (given the target; p_data's the mixture's
+      posterior predictive), summing to ``trajectory_kl_conditional`` (``trajectory_kl`` for a fixed target): its
+      mean over episodes at step t is where along the episode the trajectory KL accrues;
     - ``component_loglik`` and ``component_posterior``: log p_k(τ) and p(k|τ) per behaviour component, and
       ``component_posterior_entropy`` (nats): how ambiguous the episode's component is.
     ``kl_estimator`` says which estimator the numbers come from ("exact"), None without a likelihood.
@@ -103,7 +106,7 @@ class RoamingScorer:
         """The trajectory-level fields of the class doc for one episode (all None without a likelihood)."""
         out = dict.fromkeys(("logp_data", "logp_policy", "logp_policy_marginal", "trajectory_kl", "trajectory_kl_conditional",
                              "trajectory_kl_per_step", "support_violation", "kl_estimator", "component_loglik",
-                             "component_posterior", "component_posterior_entropy"))
+                             "component_posterior", "component_posterior_entropy", "kl_by_step"))
         lik = self.likelihood
         if lik is None:
             return out
@@ -120,8 +123,11 @@ class RoamingScorer:
             return out
         if probs is None:
             return out
-        logp = float(action_log_probs(probs, actions, self.stats, lik.bins).sum())
+        logp_steps = action_log_probs(probs, actions, self.stats, lik.bins)  # (T,) log π(a_t|h_t)
+        logp = float(logp_steps.sum())
         out["logp_policy"] = logp
+        if np.isfinite(logp_data):  # where along the episode the nats accrue: log π(a_t|h_t) − log p_data(a_t|h_t)
+            out["kl_by_step"] = [round(float(x), 5) for x in logp_steps - lik.predictive_log_probs(obs, actions)]
         if logp_policy_marginal is not None:
             out["logp_policy_marginal"] = float(logp_policy_marginal)
         if np.isfinite(logp_data):

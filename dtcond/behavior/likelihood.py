@@ -203,6 +203,25 @@ class DataLikelihood:
         """log p_data(τ) (up to the dynamics' terms): log Σ_k w_k Π_t π_k(a_t|s_t)."""
         return float(logsumexp(self.log_weights + self.component_log_likelihoods(obs, actions)))
 
+    def predictive_log_probs(self, obs: np.ndarray, actions: np.ndarray) -> np.ndarray:
+        """log p_data(a_t | h_t) at every step of one episode, (T,): the mixture's posterior predictive given the
+        episode so far, Σ_k p(k | h_t) π_k(a_t|s_t) with p(k | h_t) ∝ w_k Π_{j<t} π_k(a_j|s_j). By the chain rule
+        the steps sum to :meth:`log_prob`; their mean over a data episode's steps estimates the data's conditional
+        entropy per step, the floor of any model's NLL on the same positions.
+
+        >>> import gymnasium as gym
+        >>> lik = DataLikelihood([Component("random", weight=0.5), Component("cartpole_balance", noise=0.2, weight=0.5)],
+        ...                      gym.make("CartPole-v1"))
+        >>> obs, acts = np.zeros((3, 4), dtype=np.float32), np.array([0, 0, 1])
+        >>> bool(np.isclose(lik.predictive_log_probs(obs, acts).sum(), lik.log_prob(obs, acts)))
+        True
+        """
+        steps = self.step_log_probs(obs, actions)  # (T, K)
+        before = np.concatenate([np.zeros((1, steps.shape[1])), np.cumsum(steps, 0)[:-1]])  # Σ_{j<t}, (T, K)
+        with np.errstate(invalid="ignore"):
+            prior = self.log_weights + before
+            return logsumexp(prior + steps, axis=1) - logsumexp(prior, axis=1)
+
     def posterior(self, component_ll: np.ndarray, log_weights: np.ndarray | None = None) -> np.ndarray:
         """p(k | τ) ∝ w_k p_k(τ) from :meth:`component_log_likelihoods`, (K,)."""
         z = (self.log_weights if log_weights is None else log_weights) + np.asarray(component_ll, dtype=np.float64)
@@ -306,3 +325,68 @@ class BehaviorPolicy:
             return base
         noise = norm.ppf(np.clip(u[2:], 1e-12, 1 - 1e-12)) * c.noise * (high - low) / 2.0
         return np.clip(base + noise, low, high)
+
+
+class WindowPosteriorPolicy(BehaviorPolicy):
+    """The data's posterior predictive given only the last ``window`` steps, as a policy: no learning.
+
+    At step t it samples from Σ_k p(k | s_{t-K+1..t}, a_{t-K+1..t-1}) π_k(·|s_t) with
+    p(k | ...) ∝ w_k Π_{j=t-K+1}^{t-1} π_k(a_j|s_j): the component evidence of the K − 1 actions a K-step
+    window holds (the DT's band: a token at step t sees steps t−K+1 … t). ``window=1`` is the Markov marginal
+    Σ_k w_k π_k(·|s_t); ``window=None`` keeps the whole episode, which is the data itself (its per-episode
+    trajectory KL is exactly 0). It reports its per-step distribution, so the exact trajectory KL of its
+    episodes shows what forgetting older evidence costs. It is a reference, not a strict floor: a learned
+    K-context model also sees the window's first state and the timestep, which carry some evidence of the
+    component that this posterior ignores. Discrete actions only.
+
+    >>> import gymnasium as gym
+    >>> from dtcond.behavior.mixture import Component
+    >>> lik = DataLikelihood([Component("random", weight=0.5), Component("cartpole_balance", noise=0.2, weight=0.5)],
+    ...                      gym.make("CartPole-v1"))
+    >>> WindowPosteriorPolicy(lik, stats=None, window=1).label
+    'window K=1'
+    """
+
+    kind = "window_posterior"
+
+    def __init__(self, likelihood: DataLikelihood, stats, window: int | None, label: str | None = None):
+        if window is not None and int(window) < 1:
+            raise DtcondError(f"window must be >= 1 (or None: the whole episode), got {window}")
+        if not likelihood.discrete:
+            raise DtcondError("WindowPosteriorPolicy reports its predictive for Discrete actions only")
+        self.window = None if window is None else int(window)
+        self.likelihood = likelihood
+        self.stats = stats
+        self.weights = np.array([c.weight for c in likelihood.components], dtype=np.float64)
+        with np.errstate(divide="ignore"):
+            self.log_weights = np.log(self.weights)
+        self.label = label or f"window K={'all' if window is None else window}"
+        self.param = None if window is None else float(window)
+        self.source = getattr(stats, "dataset_id", None)
+        self.draws_per_step = 2
+
+    @property
+    def fingerprint(self) -> str:
+        return f"window{self.window}-{self.likelihood.fingerprint}"
+
+    def begin(self, n: int):
+        keep = 0 if self.window is None else self.window - 1
+        return {"total": np.zeros((n, len(self.weights))),  # whole episode: Σ_j log π_k(a_j|s_j)
+                "recent": np.zeros((n, keep, len(self.weights)))}  # the last K − 1 steps' terms, oldest first
+
+    def act_batch(self, state, obs: np.ndarray, rtg: np.ndarray, uniforms: np.ndarray, ctg: np.ndarray | None = None):
+        lik, A = self.likelihood, len(obs)
+        u = np.asarray(uniforms, dtype=np.float64).reshape(A, -1)
+        evidence = state["total"] if self.window is None else state["recent"].sum(1)  # (A, K)
+        z = self.log_weights + evidence
+        post = np.exp(z - logsumexp(z, axis=1, keepdims=True))  # p(k | window)
+        probs = lik.step_probs(obs)  # (A, K, n)
+        predictive = np.einsum("ak,akn->an", post, probs)
+        actions = np.minimum((np.cumsum(predictive, -1) < u[:, 1:2]).sum(-1), predictive.shape[-1] - 1)
+        with np.errstate(divide="ignore"):
+            step = np.log(probs[np.arange(A), :, actions])  # (A, K)
+        recent = state["recent"]
+        if recent.shape[1]:
+            recent = np.concatenate([recent[:, 1:], step[:, None]], axis=1)
+        new = {"total": state["total"] + step, "recent": recent}
+        return actions + int(lik.action_space.start), predictive, new

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import lightning as L
+import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
@@ -41,6 +42,7 @@ class WindowDataModule(L.LightningDataModule):
         seed: int = 0,
         data: OfflineData | None = None,
         frame_stack: int = 1,
+        val_reference=None,
     ):
         super().__init__()
         self.dataset_id = dataset_id
@@ -55,6 +57,9 @@ class WindowDataModule(L.LightningDataModule):
         self.seed = seed
         self.data = data
         self.frame_stack = frame_stack  # image observations: frames per state (the model's frame_stack)
+        # trajectory -> (T,) log p_data(a_t | h_t): the data's exact conditional, gathered beside each val window
+        # as ``data_logp`` (see DTModule.validation_step); None for a dataset without recorded behaviour
+        self.val_reference = val_reference
         self.train_set: WindowDataset | None = None
         self.val_set: WindowDataset | None = None
 
@@ -72,6 +77,9 @@ class WindowDataModule(L.LightningDataModule):
                 # A fixed set of windows (seed+1, epoch 0), so val loss is comparable across epochs.
                 self.val_set = WindowDataset([trajs[i] for i in val_idx], stats, self.window_len, self.val_windows,
                                              self.seed + 1, batch_size=self.batch_size, frame_stack=self.frame_stack)
+                if self.val_reference is not None:
+                    logp = [np.asarray(self.val_reference(trajs[i]), dtype=np.float32) for i in val_idx]
+                    self.val_set.fields["data_logp"] = torch.from_numpy(np.concatenate([*logp, np.zeros(1, np.float32)]))
         device = self.device
         if self.on_device and device.type == "cuda":
             if self.num_workers:

@@ -95,6 +95,20 @@ class DTModule(L.LightningModule):
         A mask-weighted mean rather than ``pred[mask]``: shapes do not depend on the data, so the step
         needs no device-to-host sync and compiles into one graph.
         """
+        per_step = self.step_losses(batch)  # (B, T)
+        mask = batch["mask"].flatten().to(per_step.dtype)  # (B*T,)
+        return (per_step.flatten() * mask).sum() / mask.sum()
+
+    @property
+    def exact_reference(self) -> bool:
+        """Whether the data's exact conditional p_data(a_t | h_t) is what this model is trained to match: plain BC
+        on the whole data. A return-conditioned model (the DT) or a filtered one (%BC) targets the data's
+        conditional given a return, which the mixture's posterior predictive is not."""
+        return not self.hparams.condition_on_return and self.hparams.top_fraction is None
+
+    def step_losses(self, batch: dict) -> torch.Tensor:
+        """Each step's loss, (B, T), padding included (the caller masks it): the action NLL (nats; for the binned
+        head, of the bins, so a log-density up to :attr:`log_bin_width`), or the MSE head's squared error."""
         rtg = batch["returns_to_go"]
         if not self.hparams.condition_on_return:
             rtg = torch.zeros_like(rtg)  # plain behaviour cloning: same network, no return signal
@@ -104,6 +118,7 @@ class DTModule(L.LightningModule):
         pred = self.model(rtg, batch["observations"], batch["actions"], batch["timesteps"], batch["mask"], costs_to_go=ctg)
         if self.config.discrete:
             per_step = F.cross_entropy(pred.flatten(0, 1), batch["actions"].flatten(), reduction="none")  # (B*T,)
+            per_step = per_step.view(batch["actions"].shape[:2])  # (B, T)
         elif self.config.binned:  # log-likelihood of each dimension's bin: the density up to a constant
             target = bin_index(batch["actions"], *self.model.action_bounds, self.config.action_bins)  # (B, T, act_dim)
             per_step = F.cross_entropy(pred.flatten(0, 2), target.flatten(), reduction="none")  # (B*T*act_dim,)
@@ -111,8 +126,16 @@ class DTModule(L.LightningModule):
         else:  # squared error in units of half the action range, so every action dimension counts alike
             err = (pred - batch["actions"]) / self.model.action_half  # (B, T, act_dim)
             per_step = err.pow(2).mean(-1)  # (B, T)
-        mask = batch["mask"].flatten().to(per_step.dtype)  # (B*T,)
-        return (per_step.flatten() * mask).sum() / mask.sum()
+        return per_step
+
+    @property
+    def log_bin_width(self) -> float:
+        """Σ_d log(bin width d) of the binned head (0 for Discrete actions): its NLL of the bins plus this is the
+        NLL of its piecewise-uniform density, the units of the data's likelihood on the same grid."""
+        if self.config.discrete:
+            return 0.0
+        low, high = self.model.action_bounds
+        return float(torch.log((high - low) / self.config.action_bins).sum())
 
     def compile_loss(self, mode: str | None) -> None:
         """Train through ``torch.compile(action_loss, mode=mode)`` (``None``: eager); validation stays eager.
@@ -137,7 +160,29 @@ class DTModule(L.LightningModule):
         return self._common_step(batch, "train")
 
     def validation_step(self, batch, batch_idx):
-        return self._common_step(batch, "val")
+        if "data_logp" not in batch or not (self.config.discrete or self.config.binned):
+            return self._common_step(batch, "val")
+        return self._ground_truth_step(batch)
+
+    def _ground_truth_step(self, batch: dict) -> torch.Tensor:
+        """Validation against the data's exact conditional (``data_logp``: log p_data(a_t | h_t), gathered with the
+        windows): ``val/nll`` (the model's, nats per step), ``val/data_nll`` (the data's own, whose mean estimates its
+        conditional entropy on the same positions) and their difference, the forward KL per step
+        KL(p_data(·|h_t) ‖ π(·|h_t)) — ``val/kl_data`` for plain BC, ``val/nll_gap`` for a model that conditions on a
+        return or imitates a filtered tail (its target is not the mixture's posterior, so the gap may be negative)."""
+        per_step = self.step_losses(batch)  # (B, T)
+        mask = batch["mask"].to(per_step.dtype)
+        n = mask.sum()
+        loss = (per_step * mask).sum() / n
+        nll = loss + self.log_bin_width
+        data_nll = -(batch["data_logp"].to(per_step.dtype) * mask).sum() / n
+        positions = int(n.item())
+        log = dict(on_step=False, on_epoch=True, sync_dist=True, batch_size=positions)
+        self.log("val/loss", loss, prog_bar=True, **log)
+        self.log("val/nll", nll, **log)
+        self.log("val/data_nll", data_nll, **log)
+        self.log("val/kl_data" if self.exact_reference else "val/nll_gap", nll - data_nll, prog_bar=self.exact_reference, **log)
+        return loss
 
     def on_train_epoch_start(self) -> None:
         dm = getattr(self.trainer, "datamodule", None)
@@ -269,6 +314,8 @@ class TrainResult:
     last_checkpoint: Path
     global_step: int
     val_loss: float | None
+    val_metrics: dict | None = None  # the exported weights' val/* metrics (val/kl_data where the data recorded its behaviour)
+    best_step: int | None = None  # the step of the exported weights when export="best" found a best checkpoint
 
 
 # Keyword overrides train() takes: TrainConfig's fields but the CLI-only ones (the dataset is train()'s argument).
@@ -321,6 +368,9 @@ def train(dataset_id: str, out_dir: str | Path, config: TrainConfig | None = Non
     if last.exists() and not cfg.resume:
         raise DtcondError(f"{last} exists; resume=true continues it, or choose another output dir")
 
+    from dtcond.common.console import drop_adverts
+
+    drop_adverts()
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     offline = load(dataset_id, gamma=cfg.dataset.gamma)
     from dtcond.dt.relabel import LABELS_FILE, relabel_cached
@@ -345,7 +395,11 @@ def train(dataset_id: str, out_dir: str | Path, config: TrainConfig | None = Non
     if segment < model_cfg.context_len:
         raise DtcondError(f"data.segment_len ({segment}) must be >= model.context_len ({model_cfg.context_len})")
     data = {k: v for k, v in asdict(cfg.data).items() if k != "segment_len"}
-    dm = WindowDataModule(dataset_id, window_len=segment, seed=cfg.seed, data=offline, frame_stack=model_cfg.frame_stack, **data)
+    reference, why = ground_truth_reference(dataset_id, offline.stats, model_cfg)
+    dm = WindowDataModule(dataset_id, window_len=segment, seed=cfg.seed, data=offline, frame_stack=model_cfg.frame_stack,
+                          val_reference=reference, **data)
+    dm.setup()  # the split is known now: without held-out episodes there is no best checkpoint to pick
+    validates = dm.val_set is not None and cfg.trainer.limit_val_batches not in (0, 0.0)
     o = cfg.optim
     module = DTModule(model_cfg.to_dict(), offline.stats.to_dict(), lr=o.lr, weight_decay=o.weight_decay,
                       warmup_steps=o.warmup_steps, betas=tuple(o.betas),
@@ -369,6 +423,17 @@ def train(dataset_id: str, out_dir: str | Path, config: TrainConfig | None = Non
     if trainer["enable_progress_bar"] is not False and not any(isinstance(c, ProgressBar) for c in extra):
         extra.append(EpochOfBar())
     checkpoint = ModelCheckpoint(dirpath=ckpt_dir, save_last=True, save_top_k=0, every_n_train_steps=cfg.checkpoint_every)
+    best = None
+    if validates and cfg.export == "best":  # kept across resumes: its state travels in last.ckpt
+        best = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor="val/loss", mode="min", save_top_k=1,
+                               enable_version_counter=False, save_weights_only=True, save_on_train_epoch_end=False)
+        extra.append(best)
+    if validates and cfg.early_stopping > 0:
+        from lightning.pytorch.callbacks import EarlyStopping
+
+        # checked after each validation (not at an epoch's end, which max_steps may reach before any validation)
+        extra.append(EarlyStopping(monitor="val/loss", mode="min", patience=cfg.early_stopping, verbose=False,
+                                   check_on_train_epoch_end=False, strict=False))
     from lightning.fabric.utilities.exceptions import MisconfigurationException
 
     try:
@@ -403,14 +468,53 @@ def train(dataset_id: str, out_dir: str | Path, config: TrainConfig | None = Non
 
             wandb.finish()  # Lightning leaves the run open; the next train() in this process would reuse it
     bundle = out_dir / "policy"
+    best_step = None
+    if best is not None and best.best_model_path and Path(best.best_model_path).is_file():
+        saved = torch.load(best.best_model_path, map_location="cpu", weights_only=True)
+        module.load_state_dict(saved["state_dict"])
+        best_step = int(saved["global_step"])
+    val_metrics = None
+    if validates and not pl_trainer.fast_dev_run:  # the exported weights' own val metrics, on the fixed val windows
+        measured = pl_trainer.validate(module, datamodule=dm, verbose=False)
+        val_metrics = {k: float(v) for k, v in (measured[0] if measured else {}).items()}
+    fidelity = {"export": cfg.export if best_step is not None or cfg.export == "last" else "last",
+                "best_step": best_step, "val": val_metrics,
+                "kl_data": None if val_metrics is None else val_metrics.get("val/kl_data"),
+                "reference": "exact" if reference is not None else None, "reference_note": why}
     if pl_trainer.is_global_zero:  # under DDP every rank gets here, with the same weights
-        save_bundle(module, bundle, extra={"global_step": pl_trainer.global_step, "seed": cfg.seed})
+        save_bundle(module, bundle, extra={"global_step": pl_trainer.global_step, "seed": cfg.seed, "fidelity": fidelity})
         if labels is not None:  # the per-step labels the DT was trained on travel with it
             from dtcond.dt.relabel import save_labels
 
             save_labels(labels, bundle / LABELS_FILE, label_meta)
-    val = pl_trainer.callback_metrics.get("val/loss")
-    return TrainResult(out_dir, bundle, last, pl_trainer.global_step, float(val) if val is not None else None)
+    val = (val_metrics or {}).get("val/loss", pl_trainer.callback_metrics.get("val/loss"))
+    return TrainResult(out_dir, bundle, last, pl_trainer.global_step, float(val) if val is not None else None,
+                       val_metrics, best_step)
+
+
+def ground_truth_reference(dataset_id: str, stats: DatasetStats, model_cfg: DTConfig):
+    """(trajectory -> log p_data(a_t | h_t) per step, None) for a dataset that recorded its behaviour mixture, on the
+    model's action grid; else (None, the reason training logs only the NLL)."""
+    from dtcond.behavior.likelihood import DataLikelihood, recorded_behavior
+
+    if recorded_behavior(dataset_id) is None:
+        return None, "the dataset recorded no behaviour mixture (not collected by dtcond collect): only the NLL is logged"
+    if not (model_cfg.discrete or model_cfg.binned):
+        return None, "a deterministic action head (action_head=mse) has no likelihood to compare"
+    if model_cfg.cost_conditioned:
+        return None, "a cost-conditioned model's target is the data given a cost, not the mixture's posterior"
+    try:
+        base = DataLikelihood.for_dataset(dataset_id, stats=stats)
+    except DtcondError as exc:
+        return None, str(exc)
+    lik = base if model_cfg.discrete else DataLikelihood(base.components, _likelihood_env(stats), bins=model_cfg.action_bins)
+    return (lambda traj: lik.predictive_log_probs(traj.observations, traj.actions)), None
+
+
+def _likelihood_env(stats: DatasetStats):
+    from dtcond.datasets.recorded import make_env
+
+    return make_env(stats, stats.env_id, **stats.env_kwargs)
 
 
 def top_episodes(offline, fraction: float):

@@ -167,9 +167,22 @@ def _marginal_log_prob(policy, spec: TargetSpec, scorer, obs, actions, rewards) 
     support = spec.support(policy.stats)
     if support is None:
         return None
+    return marginal_over_targets(lambda g: policy.episode_log_prob(obs, actions, rewards, g), support)
+
+
+def marginal_over_targets(log_prob, support) -> float:
+    """log (1/n) Σ_i π(τ | g_i) over the n equally likely targets in ``support``, with one call of ``log_prob``
+    (targets -> log π(τ | g) per target) per *distinct* target, weighted by how often it occurs: the cost grows
+    with the number of distinct returns (about a hundred on TomatoGarden), not with the size of the data.
+
+    >>> round(marginal_over_targets(lambda g: -np.asarray(g, dtype=float), [1.0, 1.0, 2.0]), 6)
+    -1.236617
+    """
     from scipy.special import logsumexp
 
-    return float(logsumexp(policy.episode_log_prob(obs, actions, rewards, support)) - math.log(len(support)))
+    support = np.asarray(support, dtype=np.float64)
+    values, counts = np.unique(support, return_counts=True)
+    return float(logsumexp(np.asarray(log_prob(values), dtype=np.float64) + np.log(counts)) - math.log(len(support)))
 
 
 def _rollout(policy, jobs: list[Job], run_id: str, env_kwargs: dict | None, env_id: str | None,

@@ -75,6 +75,7 @@ COLUMNS: dict[str, str] = {
     "component_loglik": "log p_k(τ) per behaviour component",
     "component_posterior": "p(k|τ) per behaviour component",
     "component_posterior_entropy": "the entropy of p(k|τ), nats",
+    "kl_by_step": "log π(a_t|h_t) − log p_data(a_t|h_t) per step: where along the episode the trajectory KL accrues",
     # oracles (dtcond.analysis.oracles)
     "oracle_family": "quantilizer, plan_quantilizer, best_of_n or posterior",
     "oracle_param": "its q, n or β",
