@@ -29,7 +29,8 @@ for a fraction of episodes (one unit), :func:`bounded_mean_ci` for a mean over s
 intersected with the quantity's range, which loses no coverage because the true mean lies in it.
 
 One rule for every bounded quantity (:data:`BOUNDED`: a rank correlation in [−1, 1], an entropy ≥ 0, an effective
-sample size in [1, n], a fraction in [0, 1]): its interval is the t-interval intersected with that range
+sample size in [1, n], a fraction in [0, 1]; not an action entropy, which for a Box action is a differential entropy
+and can be negative): its interval is the t-interval intersected with that range
 (:func:`bounded_interval`, by column name through :func:`bounds_of`), shown as ``mean [low, high]``, never as
 ``mean ± half`` reaching outside the range. Every results table goes through it.
 
@@ -158,11 +159,11 @@ INF = float("inf")
 # pool size it was computed over (``n`` in :func:`bounds_of`).
 BOUNDED: dict[str, tuple[float, float]] = {
     "spearman": (-1.0, 1.0), "spearman_of_means": (-1.0, 1.0), "r2": (0.0, 1.0),
-    "entropy": (0.0, INF), "component_entropy": (0.0, INF), "component_posterior_entropy": (0.0, INF),
+    "component_entropy": (0.0, INF), "component_posterior_entropy": (0.0, INF),  # over the data's components (discrete)
     "ess": (1.0, INF),
     "satisfied": (0.0, 1.0), "novel_fraction": (0.0, 1.0), "distinct_trajectories": (0.0, 1.0), "support_violation": (0.0, 1.0),
 }
-_HEADERS = ((("spearman", "ρ"), "spearman"), (("r²",), "r2"), (("entropy",), "entropy"), (("ess",), "ess"),
+_HEADERS = ((("spearman", "ρ"), "spearman"), (("r²",), "r2"), (("component entropy",), "component_entropy"), (("ess",), "ess"),
             (("satisfied", "within the requested", "fraction", "share", "distinct traj"), "satisfied"))
 
 
