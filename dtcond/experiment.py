@@ -33,7 +33,7 @@ from dtcond.errors import DtcondError
 from dtcond.fileio import atomic_write
 from dtcond.frontier import check_budgets
 from dtcond.console import quiet_libraries
-from dtcond.stats import family_column, grouped_mean_ci, with_policy_columns
+from dtcond.stats import bounded_interval, family_column, grouped_mean_ci, with_policy_columns
 from dtcond.storage import datasets_root
 
 SCHEMA = "base_experiment"  # the name an experiment's config.yaml starts its defaults list with
@@ -185,14 +185,21 @@ MODE_COLLAPSE_NOTE = ("Mode collapse: action entropy is the policy's mean per-st
 
 
 def table_markdown(table: pd.DataFrame, columns: dict[str, str]) -> str:
-    """A compact markdown table of the comparison: ``columns`` maps column → header; CIs shown where present."""
+    """A compact markdown table of the comparison: ``columns`` maps column → header; CIs shown where present, a bounded
+    quantity's as ``mean [low, high]`` inside its range (:func:`dtcond.stats.bounded_interval`), and an ESS below
+    :data:`dtcond.oracles.MIN_ESS` flagged."""
     head = ["policy", "target", "seeds", *columns.values()]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for _, r in table.iterrows():
         cells = [r["label"], r["target_spec"], str(r["seeds"])]
         for col in columns:
             digits = 2 if col in DIGITS_2 else 1
-            cells.append(fmt(r.get(col, float("nan")), r.get(f"{col}_ci95"), digits))
+            v, ci = r.get(col, float("nan")), r.get(f"{col}_ci95")
+            span = bounded_interval(col, v, ci) if v is not None and ci is not None else None
+            cell = fmt_bounded(v, *span, digits) if span else fmt(v, ci, digits)
+            if col == "ess" and r.get("ess_ok") is False:
+                cell += " (low: not evidence)"
+            cells.append(cell)
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

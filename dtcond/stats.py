@@ -158,7 +158,7 @@ INF = float("inf")
 # The range of each bounded quantity, by its column name in records, tables and summaries. An ESS's upper end is the
 # pool size it was computed over (``n`` in :func:`bounds_of`).
 BOUNDED: dict[str, tuple[float, float]] = {
-    "spearman": (-1.0, 1.0), "spearman_of_means": (-1.0, 1.0), "r2": (0.0, 1.0),
+    "spearman": (-1.0, 1.0), "spearman_of_means": (-1.0, 1.0), "r2": (-INF, 1.0),  # an out-of-sample R² can be < 0
     "component_entropy": (0.0, INF), "component_posterior_entropy": (0.0, INF),  # over the data's components (discrete)
     "ess": (1.0, INF),
     "satisfied": (0.0, 1.0), "novel_fraction": (0.0, 1.0), "distinct_trajectories": (0.0, 1.0), "support_violation": (0.0, 1.0),
@@ -205,7 +205,7 @@ def bounded_interval(name: str, mean: float, half: float, n: float | None = None
     bounds = bounds_of(name, n)
     if bounds is None or not (math.isfinite(mean) and math.isfinite(half)):
         return None
-    return max(bounds[0], round(mean - half, 12)), min(bounds[1], round(mean + half, 12))
+    return max(bounds[0], mean - half), min(bounds[1], mean + half)
 
 
 def verdict(diff: float, halfwidth: float, higher: str, lower: str) -> str:
