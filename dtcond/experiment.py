@@ -33,6 +33,7 @@ from dtcond.errors import DtcondError
 from dtcond.fileio import atomic_write
 from dtcond.frontier import check_budgets
 from dtcond.console import quiet_libraries
+from dtcond.oracles import MIN_ESS
 from dtcond.stats import bounded_interval, family_column, grouped_mean_ci, with_policy_columns
 from dtcond.storage import datasets_root
 
@@ -197,7 +198,7 @@ def table_markdown(table: pd.DataFrame, columns: dict[str, str]) -> str:
             v, ci = r.get(col, float("nan")), r.get(f"{col}_ci95")
             span = bounded_interval(col, v, ci) if v is not None and ci is not None else None
             cell = fmt_bounded(v, *span, digits) if span else fmt(v, ci, digits)
-            if col == "ess" and r.get("ess_ok") is False:
+            if col == "ess" and (r.get("ess_ok") is False or (v is not None and math.isfinite(v) and v < MIN_ESS)):
                 cell += " (low: not evidence)"
             cells.append(cell)
         lines.append("| " + " | ".join(cells) + " |")
