@@ -31,7 +31,8 @@ from typing import List, Optional
 import dtcond
 from dtcond import families
 from dtcond.analysis.frontier import check_budgets
-from dtcond.analysis.statistics import family_column, grouped_mean_ci, with_policy_columns
+from dtcond.analysis.oracles import MIN_ESS
+from dtcond.analysis.statistics import bounded_interval, family_column, grouped_mean_ci, with_policy_columns
 from dtcond.common.console import quiet_libraries
 from dtcond.common.errors import DtcondError
 from dtcond.common.fileio import atomic_write
@@ -189,14 +190,21 @@ MODE_COLLAPSE_NOTE = ("Mode collapse: action entropy is the policy's mean per-st
 
 
 def table_markdown(table: pd.DataFrame, columns: dict[str, str]) -> str:
-    """A compact markdown table of the comparison: ``columns`` maps column → header; CIs shown where present."""
+    """A compact markdown table of the comparison: ``columns`` maps column → header; CIs shown where present, a bounded
+    quantity's as ``mean [low, high]`` inside its range (:func:`dtcond.analysis.statistics.bounded_interval`), and an ESS below
+    :data:`dtcond.analysis.oracles.MIN_ESS` flagged."""
     head = ["policy", "target", "seeds", *columns.values()]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for _, r in table.iterrows():
         cells = [r["label"], r["target_spec"], str(r["seeds"])]
         for col in columns:
             digits = 2 if col in DIGITS_2 else 1
-            cells.append(fmt(r.get(col, float("nan")), r.get(f"{col}_ci95"), digits))
+            v, ci = r.get(col, float("nan")), r.get(f"{col}_ci95")
+            span = bounded_interval(col, v, ci) if v is not None and ci is not None else None
+            cell = fmt_bounded(v, *span, digits) if span else fmt(v, ci, digits)
+            if col == "ess" and (r.get("ess_ok") is False or (v is not None and math.isfinite(v) and v < MIN_ESS)):
+                cell += " (low: not evidence)"
+            cells.append(cell)
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

@@ -23,8 +23,8 @@ import numpy as np
 
 from dtcond import families
 from dtcond.analysis.oracles import MIN_ESS
+from dtcond.analysis.statistics import bounded_interval, difference_ci, mean_ci, paired_ci, verdict
 from dtcond.common.errors import DtcondError
-from dtcond.analysis.statistics import difference_ci, mean_ci, paired_ci, verdict
 
 METRICS = ("true_return", "episode_return", "trajectory_kl", "trajectory_kl_per_step", "trajectory_kl_conditional", "kl_behavior",
            "component_entropy", "cost", "ess")
@@ -53,7 +53,8 @@ def row_identity(row) -> tuple[str, object]:
 
 
 def frontier_rows(table) -> list[dict]:
-    """One row per family and parameter: mean, ``_lo``/``_hi`` (95% interval) and ``_ci95`` for each metric."""
+    """One row per family and parameter: mean, ``_lo``/``_hi`` (95% interval, inside a bounded quantity's range:
+    :func:`dtcond.analysis.statistics.bounded_interval`) and ``_ci95`` (the t half-width) for each metric."""
     rows = []
     for _, r in table.iterrows():
         r = r.to_dict()
@@ -67,8 +68,9 @@ def frontier_rows(table) -> list[dict]:
             ci = float(ci) if ci is not None else float("nan")
             out[name] = v if math.isfinite(v) else (v if v == float("inf") else None)
             out[f"{name}_ci95"] = ci if math.isfinite(ci) else None
-            out[f"{name}_lo"] = v - ci if math.isfinite(v) and math.isfinite(ci) else None
-            out[f"{name}_hi"] = v + ci if math.isfinite(v) and math.isfinite(ci) else None
+            span = bounded_interval(m, v, ci) if math.isfinite(v) and math.isfinite(ci) else None  # in the quantity's range
+            out[f"{name}_lo"] = (span[0] if span else v - ci) if math.isfinite(v) and math.isfinite(ci) else None
+            out[f"{name}_hi"] = (span[1] if span else v + ci) if math.isfinite(v) and math.isfinite(ci) else None
         if r.get("kind") == "oracle" and r.get("oracle_family") == "posterior":
             out["ess_ok"] = bool(r.get("ess", 0) >= MIN_ESS)
         rows.append(out)

@@ -293,8 +293,10 @@ def _param_column(table):
 
 
 def quantilizer_bound(table, df) -> list[dict]:
-    """Taylor's bound for a q-quantilizer of the data: E_π[cost] ≤ E_data[cost] / q."""
-    data = df[df["policy_kind"] == "data"]
+    """Taylor's bound for a q-quantilizer of the data: E_π[cost] ≤ E_data[cost] / q, with the verdict of E_π[cost]'s
+    interval ("holds", "violated", "unresolved"). ``df``: the episodes; None takes the data's mean cost from the
+    table's data row (the same mean)."""
+    data = df[df["policy_kind"] == "data"] if df is not None else table[table["kind"] == "data"]
     if not len(data) or "cost" not in data or data["cost"].isna().all():
         return []
     data_cost = float(data["cost"].astype(float).mean())

@@ -28,6 +28,12 @@ Bounded quantities (fractions, probabilities) keep their intervals in bounds: :f
 for a fraction of episodes (one unit), :func:`bounded_mean_ci` for a mean over seeds — the t-interval
 intersected with the quantity's range, which loses no coverage because the true mean lies in it.
 
+One rule for every bounded quantity (:data:`BOUNDED`: a rank correlation in [−1, 1], an entropy ≥ 0, an effective
+sample size in [1, n], a fraction in [0, 1]; not an action entropy, which for a Box action is a differential entropy
+and can be negative): its interval is the t-interval intersected with that range
+(:func:`bounded_interval`, by column name through :func:`bounds_of`), shown as ``mean [low, high]``, never as
+``mean ± half`` reaching outside the range. Every results table goes through it.
+
 ``ood_gain``: mean achieved over the OOD targets above the data's range minus mean achieved at the
 highest in-distribution target (fixed before looking at the results, unlike the best of several
 means, whose max is biased upwards and would bias the gain down). Episodes are paired: evaluation
@@ -42,6 +48,7 @@ q, a cost limit) and ``train_step``; ``label`` is for display only and is never 
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 
@@ -145,6 +152,60 @@ def bounded_mean_ci(values, low: float = 0.0, high: float = 1.0, level: float = 
     if not math.isfinite(h):
         return m, float("nan"), float("nan")
     return m, max(low, m - h), min(high, m + h)
+
+
+INF = float("inf")
+# The range of each bounded quantity, by its column name in records, tables and summaries. An ESS's upper end is the
+# pool size it was computed over (``n`` in :func:`bounds_of`).
+BOUNDED: dict[str, tuple[float, float]] = {
+    "spearman": (-1.0, 1.0), "spearman_of_means": (-1.0, 1.0), "r2": (-INF, 1.0),  # an out-of-sample R² can be < 0
+    "component_entropy": (0.0, INF), "component_posterior_entropy": (0.0, INF),  # over the data's components (discrete)
+    "ess": (1.0, INF),
+    "satisfied": (0.0, 1.0), "novel_fraction": (0.0, 1.0), "distinct_trajectories": (0.0, 1.0), "support_violation": (0.0, 1.0),
+}
+_HEADERS = ((("spearman", "ρ"), "spearman"), (("r²",), "r2"), (("component entropy",), "component_entropy"), (("ess",), "ess"),
+            (("satisfied", "within the requested", "fraction", "share", "distinct traj"), "satisfied"))
+
+
+def bounds_of(name: str, n: float | None = None) -> tuple[float, float] | None:
+    """The range of the bounded quantity a column (or a table header) names, None for an unbounded one.
+
+    >>> bounds_of("spearman"), bounds_of("Spearman ρ"), bounds_of("component entropy"), bounds_of("ess", 1000)
+    ((-1.0, 1.0), (-1.0, 1.0), (0.0, inf), (1.0, 1000.0))
+    >>> bounds_of("true_return") is None, bounds_of("spearman_ci95") is None
+    (True, True)
+    """
+    key = str(name).strip()
+    if key.endswith(("_ci95", "_lo", "_hi")):
+        return None
+    found = BOUNDED.get(key)
+    if found is None and "cross" not in key.lower():  # a cross-entropy of densities can be negative
+        low = key.lower()
+        words = set(re.split(r"[^a-zα-ω²]+", low))
+        for needles, column in _HEADERS:
+            if any((w in words) if w in ("ess", "ρ", "r²") else (w in low) for w in needles):
+                found = BOUNDED[column]
+                break
+    if found is None:
+        return None
+    if key.lower().split()[0:1] == ["ess"] or key == "ess":
+        return (found[0], float(n) if n else found[1])
+    return found
+
+
+def bounded_interval(name: str, mean: float, half: float, n: float | None = None) -> tuple[float, float] | None:
+    """The interval ``mean ± half`` of the quantity ``name`` intersected with its range (:data:`BOUNDED`); None when
+    the quantity is unbounded or the interval is not finite. It loses no coverage: the true mean lies in the range.
+
+    >>> bounded_interval("spearman", 0.81, 0.28)
+    (0.53, 1.0)
+    >>> bounded_interval("true_return", 1.0, 2.0) is None
+    True
+    """
+    bounds = bounds_of(name, n)
+    if bounds is None or not (math.isfinite(mean) and math.isfinite(half)):
+        return None
+    return max(bounds[0], mean - half), min(bounds[1], mean + half)
 
 
 def verdict(diff: float, halfwidth: float, higher: str, lower: str) -> str:

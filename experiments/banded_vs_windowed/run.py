@@ -11,6 +11,7 @@ Both are evaluated on the same target grid with the same episode seeds. Run from
 
     python experiments/banded_vs_windowed/run.py                 # CartPole + Pendulum, seeds 0 1 2
     python experiments/banded_vs_windowed/run.py --seeds 0 --steps 500
+    python experiments/banded_vs_windowed/run.py --from-summary   # re-render summary.md from results/summary.json
 
 Datasets are made with `dtcond collect` defaults if missing (under $MINARI_DATASETS_PATH).
 Writes results/<env>.jsonl, results/summary.md and results/summary.json beside this file.
@@ -29,8 +30,8 @@ import pandas as pd
 import dtcond
 from dtcond.behavior.collection import ensure_dataset
 from dtcond.config import env_preset
-from dtcond.experiment import fmt
-from dtcond.analysis.statistics import calibration_metrics, mean_ci
+from dtcond.experiment import fmt, fmt_bounded
+from dtcond.analysis.statistics import bounded_interval, calibration_metrics, mean_ci, t_halfwidth, verdict
 from dtcond.targets import grid
 
 HERE = Path(__file__).resolve().parent
@@ -47,7 +48,13 @@ def main() -> None:
     ap.add_argument("--work", default="outputs/experiments/banded_vs_windowed")
     ap.add_argument("--finished-only", action="store_true",
                     help="summarize the (env, seed) pairs whose two runs have finished; train nothing new")
+    ap.add_argument("--from-summary", action="store_true",
+                    help="re-render summary.md from the per-seed rows in results/summary.json; train and roll out nothing")
     args = ap.parse_args()
+    if args.from_summary:
+        rows = json.loads((HERE / "results" / "summary.json").read_text())
+        (HERE / "results" / "summary.md").write_text(summary_markdown(pd.DataFrame(rows), args.steps, args.episodes))
+        return
     # The CPU preset (ModelConfig, OptimConfig, DataConfig and TrainerConfig defaults: K=20, 3 layers, width 64, lr 1e-3,
     # batches of 64); the two variants differ only in segment length and decoding.
     trainer = dict(max_steps=args.steps, enable_progress_bar=False)
@@ -82,22 +89,45 @@ def main() -> None:
                 print(json.dumps(rows[-1]))
     table = pd.DataFrame(rows)
     (HERE / "results" / "summary.json").write_text(json.dumps(rows, indent=1))
+    md = summary_markdown(table, args.steps, args.episodes)
+    (HERE / "results" / "summary.md").write_text(md)
+    print(md)
+
+
+def summary_markdown(table: pd.DataFrame, steps: int, episodes: int) -> str:
+    """The summary of the per-seed rows: each variant's mean and interval, and banded − windowed paired by seed, at
+    95% and with a Bonferroni correction for the number of comparisons (one per env and metric). A bounded metric
+    (Spearman ρ) shows its interval intersected with its range (``dtcond.analysis.statistics.bounded_interval``)."""
+    m = table.groupby("env").ngroups * len(METRICS)
+    level = 1 - 0.05 / m
     md = ["# Banded (cached) vs windowed (recompute) Decision Transformer", "",
-          f"Same data, size (K=20, 3 layers, width 64), {args.steps} steps, lr 1e-3; grid of 7 targets p5..p95, "
-          f"{args.episodes} episodes each; seeds " + "; ".join(f"{e} {sorted(set(table[table['env'] == e]['seed']))}" for e in table["env"].unique())
-          + "; 2 CPU cores. Mean ± 95% t interval over seeds (none with one seed); "
-          "the last column is banded − windowed paired by seed.", "",
-          "| env | metric | windowed (original) | banded + cache (dtcond) | banded − windowed |", "| --- | --- | --- | --- | --- |"]
+          f"Same data, size (K=20, 3 layers, width 64), {steps} steps, lr 1e-3; grid of 7 targets p5..p95, "
+          f"{episodes} episodes each; seeds " + "; ".join(f"{e} {sorted(set(table[table['env'] == e]['seed']))}" for e in table["env"].unique())
+          + "; 2 CPU cores. Mean and 95% t interval over seeds (none with one seed); Spearman ρ's interval is shown as "
+          "[low, high], kept inside [−1, 1]. The last columns are banded − windowed paired by seed: "
+          f"{m} comparisons (one per env and metric), each at 95% on its own and, in the Bonferroni column, at "
+          f"1 − 0.05/{m}; \"unresolved\": the interval contains 0.", "",
+          "| env | metric | windowed (original) | banded + cache (dtcond) | banded − windowed (95%) | verdict | Bonferroni interval "
+          "| verdict (Bonferroni) |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for env, part in table.groupby("env", sort=False):
         w = part[part["variant"] == "windowed"].set_index("seed")
         b = part[part["variant"] == "banded"].set_index("seed").loc[w.index]
         for metric in METRICS:
-            cells = [fmt(*mean_ci(x[metric].to_numpy(float)), digits=3) for x in (w, b)]
-            cells.append(fmt(*mean_ci((b[metric] - w[metric]).to_numpy(float)), digits=3))
+            cells = [_level(metric, x[metric].to_numpy(float)) for x in (w, b)]
+            diff = (b[metric] - w[metric]).to_numpy(float)
+            d, h = mean_ci(diff)
+            hb = t_halfwidth(diff, level)
+            cells += [fmt(d, h, digits=3), verdict(d, h, "banded higher", "windowed higher"), f"± {hb:.3f}",
+                      verdict(d, hb, "banded higher", "windowed higher")]
             md.append(f"| {env} | {metric} | " + " | ".join(cells) + " |")
     md += ["", "Per seed:", "", table.round(3).to_markdown(index=False), ""]
-    (HERE / "results" / "summary.md").write_text("\n".join(md))
-    print("\n".join(md))
+    return "\n".join(md)
+
+
+def _level(metric: str, values) -> str:
+    mean, half = mean_ci(values)
+    bounded = bounded_interval(metric, mean, half)
+    return fmt_bounded(mean, *bounded, digits=3) if bounded else fmt(mean, half, digits=3)
 
 
 if __name__ == "__main__":

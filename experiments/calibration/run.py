@@ -13,6 +13,7 @@ The training and rollouts are dtcond.pipeline.run_comparison with the DT alone.
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -24,13 +25,14 @@ from omegaconf import MISSING
 
 HERE = Path(__file__).resolve().parent
 
-from dtcond.experiment import fmt, hopper_behavior, hydra_entry, machine, results_dir, write_results  # noqa: E402
+from dtcond.experiment import fmt, fmt_bounded, hopper_behavior, hydra_entry, machine, results_dir, write_results  # noqa: E402
+from dtcond.common.fileio import atomic_write  # noqa: E402
 
 from dtcond.config import (ComparisonConfig, ComparisonEvalConfig, DataConfig, EsperConfig, ModelConfig, OptimConfig,  # noqa: E402
                            TrainerConfig, env_preset, merge)
 from dtcond.common.errors import DtcondError  # noqa: E402
 from dtcond.pipeline import run_comparison  # noqa: E402
-from dtcond.analysis.statistics import ci95, mean_ci  # noqa: E402
+from dtcond.analysis.statistics import bounded_interval, ci95, mean_ci  # noqa: E402
 
 @dataclass
 class CalibrationDataset:
@@ -66,6 +68,7 @@ class CalibrationConfig:
     seeds: List[int] = field(default_factory=lambda: [0, 1, 2])
     results_dir: Optional[str] = None  # None: results/ beside this file (committed)
     only: Optional[List[str]] = None  # dataset names to run; None: all
+    analyse_only: bool = False  # re-render summary.md's table from results/summary.json; train and roll out nothing
     heads: List[str] = field(default_factory=lambda: ["bins", "mse"])  # Box-action datasets run once per head (Discrete once)
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -109,6 +112,14 @@ def dataset_config(name: str, entry: CalibrationDataset, cfg: CalibrationConfig,
 
 def main(cfg) -> None:
     start = time.perf_counter()
+    if cfg.analyse_only:  # the committed per-dataset summary; the page's header and notes are kept
+        out = results_dir(cfg, HERE)
+        summary = pd.DataFrame(json.loads((out / "summary.json").read_text())["summary"])
+        lines = (out / "summary.md").read_text().split("\n")
+        first = next(i for i, line in enumerate(lines) if line.startswith("| dataset |"))
+        last = next(i for i in range(first, len(lines)) if not lines[i].startswith("|"))
+        atomic_write(out / "summary.md", "\n".join([*lines[:first], summary_markdown(summary), *lines[last:]]))
+        return
     names = list(cfg.only) if cfg.only else list(cfg.datasets)
     unknown = set(names) - set(cfg.datasets)
     if unknown:
@@ -180,11 +191,17 @@ def summary_markdown(s: pd.DataFrame) -> str:
     for _, r in s.iterrows():
         lines.append(f"| {r['dataset']} | {r['head']} | {r['budget']} | {r['seeds']} | {fmt(r['normalized_mae'], r['normalized_mae_ci95'], 3)} "
                      f"| {fmt(r['normalized_bias'], r['normalized_bias_ci95'], 3)} "
-                     f"| {fmt(r['spearman'], r['spearman_ci95'], 2)} | {fmt(r['slope'], r['slope_ci95'], 2)} "
+                     f"| {_bounded('spearman', r, 2)} | {fmt(r['slope'], r['slope_ci95'], 2)} "
                      f"| {fmt(r['best_mean_return'], r['best_mean_return_ci95'])} | {r['data_p95']:.1f} / {r['data_best']:.1f} "
                      f"| {fmt(r['saturation_target'], r['saturation_target_ci95'])} "
                      f"| {fmt(r['ood_gain'], r['ood_gain_ci95'])} | {r['train_s']:.0f} |")
     return "\n".join(lines)
+
+
+def _bounded(col: str, r, digits: int) -> str:
+    """A bounded quantity's mean and 95% interval kept in its range (dtcond.analysis.statistics.bounded_interval)."""
+    span = bounded_interval(col, r[col], r[f"{col}_ci95"]) if r[col] is not None else None
+    return fmt_bounded(r[col], *span, digits) if span else fmt(r[col], r[f"{col}_ci95"], digits)
 
 
 def plot(curves: pd.DataFrame, path: Path) -> Path:

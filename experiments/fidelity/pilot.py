@@ -1,38 +1,66 @@
-"""One-seed pilot of a BC setting on TomatoGarden, outside the study: python experiments/fidelity/pilot.py EPISODES,K,SEGMENT,STEPS,BATCH,DROPOUT ...
+"""One-seed pilots of BC settings on TomatoGarden, outside the study, to choose what the study sweeps.
 
-Each spec trains BC (best-validation export), rolls it out 100 episodes on env seeds from 1000 and appends a row
-(trajectory KL mean and 1.96 s.e. over episodes, val/kl_data, wall time) to results/pilot.jsonl."""
-import os, sys, time, json
-from pathlib import Path
-import numpy as np, torch
-torch.set_num_threads(1)
-import warnings; warnings.filterwarnings("ignore")
-import logging; logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
-import dtcond
-from dtcond.behavior.collection import ensure_dataset
-from dtcond.config import env_preset
-from dtcond.analysis.roaming import RoamingScorer
-from dtcond.rollout.evaluation import evaluate
-from dtcond.dt.training import train
+    python experiments/fidelity/pilot.py EPISODES,K,SEGMENT,STEPS,BATCH,DROPOUT [...]
+
+Each spec trains BC (best-validation export) on the preset mixture collected at EPISODES episodes, with context K,
+training segments of SEGMENT steps, STEPS steps of batch BATCH and the given dropout; rolls it out 100 episodes on
+env seeds from 1000, scored by the data's exact likelihood; and adds a row to ``results/pilot.json`` (trajectory KL
+mean and 95% t-interval over the episodes, the validation metrics, wall times). A spec already there is skipped.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
 from dataclasses import replace
-env = env_preset("tomato")
-out = "outputs/experiments/fidelity/pilot"
-for spec in sys.argv[1:]:
-    eps, K, seg, steps, bs, drop = spec.split(",")
-    eps, K, seg, steps, bs, drop = int(eps), int(K), int(seg), int(steps), int(bs), float(drop)
-    ds = f"dtcond/tomato/fidelity-{eps}-v0"
-    ensure_dataset(replace(env, collect_episodes=eps), ds, seed=0)
-    t = time.time()
-    r = train(ds, f"{out}/bc_{spec.replace(',', '_')}", model={"context_len": K, "dropout": drop},
-              data={"segment_len": seg, "val_windows": 256, "batch_size": bs},
-              trainer={"max_steps": steps, "enable_progress_bar": False, "logger": False}, condition_on_return=False, checkpoint_every=250)
-    tt = time.time() - t
-    data = dtcond.load_dataset(ds); scorer = RoamingScorer.for_data(data)
-    pol = dtcond.load_policy(r.bundle)
-    t2 = time.time()
-    recs = evaluate(pol, None, episodes=100, seed=1000, scorer=scorer)
-    kl = np.array([x["trajectory_kl"] for x in recs], float)
-    row = dict(spec=spec, train_s=tt, eval_s=time.time() - t2, steps=r.global_step, best=r.best_step, val=r.val_metrics, kl=kl.mean(), ci=1.96*kl.std(ddof=1)/10,
-               true=float(np.mean([x["true_return"] for x in recs])))
-    print(json.dumps(row), flush=True)
-    Path(out).mkdir(parents=True, exist_ok=True); open(Path(__file__).parent / "results" / "pilot.jsonl", "a").write(json.dumps(row) + "\n")
+from pathlib import Path
+
+import numpy as np
+
+import dtcond
+from dtcond.analysis.roaming import RoamingScorer
+from dtcond.analysis.statistics import mean_ci
+from dtcond.behavior.collection import ensure_dataset
+from dtcond.common.fileio import atomic_write
+from dtcond.config import env_preset
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results" / "pilot.json"
+WORK = Path("outputs/experiments/fidelity/pilot")
+
+
+def pilot(spec: str) -> dict:
+    episodes, K, segment, steps, batch, dropout = spec.split(",")
+    dataset = f"dtcond/tomato/fidelity-{int(episodes)}-v0"
+    ensure_dataset(replace(env_preset("tomato"), collect_episodes=int(episodes)), dataset, seed=0)
+    t0 = time.perf_counter()
+    run = dtcond.train(dataset, WORK / f"bc_{spec.replace(',', '_')}", model={"context_len": int(K), "dropout": float(dropout)},
+                       data={"segment_len": int(segment), "val_windows": 256, "batch_size": int(batch)},
+                       trainer={"max_steps": int(steps), "enable_progress_bar": False, "logger": False},
+                       condition_on_return=False, checkpoint_every=250)
+    train_s = time.perf_counter() - t0
+    scorer = RoamingScorer.for_data(dtcond.load_dataset(dataset))
+    t1 = time.perf_counter()
+    records = dtcond.evaluate(dtcond.load_policy(run.bundle), None, episodes=100, seed=1000, scorer=scorer, progress=False)
+    kl, ci = mean_ci(np.array([r["trajectory_kl"] for r in records], float))
+    return {"spec": spec, "family": "bc", "episodes": int(episodes), "K": int(K), "segment_len": int(segment), "steps": run.global_step,
+            "best_step": run.best_step, "batch_size": int(batch), "dropout": float(dropout), "val": run.val_metrics,
+            "trajectory_kl": kl, "trajectory_kl_ci95": ci, "eval_episodes": len(records),
+            "true_return": float(np.mean([r["true_return"] for r in records])), "train_seconds": train_s,
+            "eval_seconds": time.perf_counter() - t1, "threads": __import__("torch").get_num_threads()}
+
+
+def main(specs: list[str]) -> None:
+    rows = json.loads(RESULTS.read_text()) if RESULTS.exists() else []
+    for spec in specs:
+        if any(r["spec"] == spec for r in rows):
+            print(f"{spec}: done already")
+            continue
+        rows.append(pilot(spec))
+        atomic_write(RESULTS, json.dumps(rows, indent=1).encode())
+        print(json.dumps(rows[-1]), flush=True)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

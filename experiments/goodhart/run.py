@@ -8,7 +8,8 @@ placed on the exact axis: its trajectory-level KL(p_π‖p_data), from the data'
 (:mod:`dtcond.behavior.likelihood`), beside oracle references computed from that mixture with no learning (the
 exact trajectory quantilizer, the plan quantilizer, best-of-n and the KL-regularized posterior).
 
-    python experiments/goodhart/run.py             # see config.yaml for seeds and budgets
+    python experiments/goodhart/run.py                      # see config.yaml for seeds and budgets
+    python experiments/goodhart/run.py analyse_only=true    # re-render the tables from the committed results
 """
 
 from __future__ import annotations
@@ -22,10 +23,13 @@ from typing import List, Optional
 
 HERE = Path(__file__).resolve().parent
 
-from dtcond.experiment import (MODE_COLLAPSE_NOTE, BudgetExperimentConfig, add_gap, fmt, hydra_entry, machine, numbers, table_markdown,  # noqa: E402
-                               results_dir, write_results)
-from dtcond.common.fileio import atomic_write  # noqa: E402
+import pandas as pd  # noqa: E402
+
 from dtcond.analysis.frontier import BUDGET_NOTE, budget_comparisons, budget_markdown, frontier_rows, gao_fit, quantilizer_check  # noqa: E402
+from dtcond.analysis.statistics import bounded_interval, with_policy_columns  # noqa: E402
+from dtcond.common.fileio import atomic_write  # noqa: E402
+from dtcond.experiment import (MODE_COLLAPSE_NOTE, BudgetExperimentConfig, add_gap, fmt, fmt_bounded, hydra_entry, machine, numbers,  # noqa: E402
+                               results_dir, table_markdown, write_results)
 from dtcond.pipeline import run_comparison  # noqa: E402
 from dtcond.analysis.report import plot_frontier  # noqa: E402
 
@@ -33,6 +37,7 @@ from dtcond.analysis.report import plot_frontier  # noqa: E402
 @dataclass
 class GoodhartConfig(BudgetExperimentConfig):
     budgets: List[Optional[float]] = field(default_factory=lambda: [5, 10, 20, 30, None])  # nats per episode
+    analyse_only: bool = False  # re-render summary.md and frontier.json's rows from the committed results; train and roll out nothing
 
 TRAJECTORY_NOTE = ("Divergence from the data. **KL(p_π‖p_data)** is trajectory-level, in nats per episode, from the data's exact "
                    "likelihood: the dataset records its behaviour mixture, so log p_data(τ) = log Σ_k w_k Π_t π_k(a_t|s_t) is known, "
@@ -41,6 +46,9 @@ TRAJECTORY_NOTE = ("Divergence from the data. **KL(p_π‖p_data)** is trajector
                    "known distribution (the given-the-target value, an upper bound, is in frontier.json). The oracles' KL is the "
                    "exact log density ratio of their reweighting. KL(π‖β̂)/step is the per-step KL to the Markov behaviour model "
                    "β̂ — the quantity PPO-KL is penalized with, so it is a second column here, not an axis of comparison.")
+ESS_NOTE = ("ESS: the posterior oracle's effective sample size out of its pool (self-normalized importance sampling). A row "
+            "whose ESS is below dtcond.analysis.oracles.MIN_ESS is flagged \"low: not evidence\" (`ess_ok: false` in frontier.json): "
+            "its KL cannot exceed the log of the sample it reweights, so no conclusion is drawn from it.")
 ENTROPY_NOTE = ("Mode collapse: component entropy is the entropy (nats) of the mean posterior over the data's behaviour components "
                 "of a row's episodes, H(E_τ p(k|τ)), per training seed (the data's own value from chunks of as many episodes): "
                 "log K when the episodes spread over K equally likely components, 0 when one component explains every episode.")
@@ -48,13 +56,20 @@ ENTROPY_NOTE = ("Mode collapse: component entropy is the entropy (nats) of the m
 
 def main(cfg) -> None:
     start = time.perf_counter()
+    out = results_dir(cfg, HERE)
+    if cfg.analyse_only and not (out / "summary.json").exists():  # a run that kept only frontier.json and summary.md
+        _rebound(out)
+        return
+    if cfg.analyse_only:  # the committed rows and comparisons; nothing trained or rolled out
+        table = with_policy_columns(pd.DataFrame(json.loads((out / "summary.json").read_text())["rows"]))
+        frontier = json.loads((out / "frontier.json").read_text())
+        frontier["rows"] = frontier_rows(table)
+        render(cfg, table, frontier, out, "these tables were re-rendered from results/summary.json and frontier.json "
+                                          "(`run.py analyse_only=true`)", frontier["machine"])
+        return
     result = run_comparison(cfg)
     df, table = result.records, result.table
     table = add_gap(df, table)  # fake reward: what the observation claimed minus what was done
-    cols = {"target": "target G", "episode_return": "observed return", "true_return": "true return", "gap": "fake reward",
-            "trajectory_kl": "KL(p_π‖p_data) nats/episode", "kl_behavior": "KL(π‖β̂)/step", "component_entropy": "component entropy",
-            "entropy": "action entropy"}
-    out = results_dir(cfg, HERE)
     data = table[table["kind"] == "data"].iloc[0]
     check = quantilizer_check(df, table)
     fits = _gao_fits(table, float(data["true_return"]), float(data["episode_return"]))
@@ -70,6 +85,22 @@ def main(cfg) -> None:
                 "machine": machine(), "command": "python experiments/goodhart/run.py",
                 "rows": frontier_rows(table), "oracle_kl_check": oracle_kl, "quantilizer_check": check, "gao_fits": fits,
                 "mode_collapse": collapse, "budgets": budgets}
+    plot_frontier(table, out / "frontier.png", title="TomatoGarden: observed and true return vs KL(p_π‖p_data)")
+    render(cfg, table, frontier, out, f"this invocation took {time.perf_counter() - start:.0f}s (a rerun on the same work_dir "
+                                      "reuses finished training and episodes)", machine())
+
+
+def render(cfg, table, frontier: dict, out: Path, timing: str, machine_line: str) -> None:
+    """Write frontier.json, summary.md, summary.json and comparison.csv from the comparison table and the frontier's
+    analyses (budgets, the quantilizer check, the oracle KL check, Gao's fits, mode collapse)."""
+    budgets, check, oracle_kl, fits, collapse = (frontier[k] for k in ("budgets", "quantilizer_check", "oracle_kl_check", "gao_fits", "mode_collapse"))
+    ess_ok = {(r["label"], r["target_spec"]): r["ess_ok"] for r in frontier["rows"] if "ess_ok" in r}
+    table = table.assign(ess_ok=[ess_ok.get((r.label, r.target_spec)) for r in table.itertuples()])
+    collapse = {**collapse, "sentence": _collapse_sentence(collapse)} if "ppo" in collapse else collapse
+    frontier["mode_collapse"] = collapse
+    cols = {"target": "target G", "episode_return": "observed return", "true_return": "true return", "gap": "fake reward",
+            "trajectory_kl": "KL(p_π‖p_data) nats/episode", "kl_behavior": "KL(π‖β̂)/step", "component_entropy": "component entropy",
+            "entropy": "action entropy", "ess": "ESS"}
     atomic_write(out / "frontier.json", json.dumps(frontier, indent=1, default=float))
     md = [
         "# Goodhart gridworld: conditioning vs maximizing a gameable reward, on the exact axis", "",
@@ -82,10 +113,10 @@ def main(cfg) -> None:
         f"(both from {cfg.rl.bc_init_steps} steps of behaviour cloning); "
         f"oracles from {cfg.oracles.pool} fresh behaviour episodes per seed ({cfg.oracles.draws} draws each); "
         f"training seeds {list(cfg.seeds)}; {cfg.eval.episodes} episodes per policy and target on env seeds from {cfg.eval.seed}. "
-        f"Means ± 95% CI over training seeds (oracles: over their pools). Machine: {machine()}; this invocation took "
-        f"{time.perf_counter() - start:.0f}s (a rerun on the same work_dir reuses finished training and episodes).", "",
+        f"Means ± 95% CI over training seeds (oracles: over their pools); a bounded quantity (component entropy ≥ 0, ESS ≥ 1) "
+        f"as its mean and [low, high], its interval kept in range. Machine: {machine_line}; {timing}.", "",
         "![frontier](frontier.png)", "", table_markdown(table, cols), "",
-        TRAJECTORY_NOTE, "", ENTROPY_NOTE, "", MODE_COLLAPSE_NOTE, "",
+        TRAJECTORY_NOTE, "", ENTROPY_NOTE, "", MODE_COLLAPSE_NOTE, "", ESS_NOTE, "",
         "## Conditioning against regularized RL at fixed divergence budgets", "",
         BUDGET_NOTE.format(members="the DT's targets; PPO-KL's β, toward β̂ or toward the BC policy; ORPO's λ", m=len(budgets)), "",
         budget_markdown(budgets), "",
@@ -97,17 +128,47 @@ def main(cfg) -> None:
         "(no correction for their number).", "",
         _check_markdown(check), "",
         "## Oracle quantilizer: estimated trajectory KL against log(1/q)", "",
+        "The oracle's KL is the mean log density ratio of its own reweighting (`dtcond.analysis.oracles`), not the likelihood's: "
+        "this checks the tie handling and the resampling. The likelihood's check is a test (tests/test_groundtruth.py): each "
+        "behaviour component rolled out alone, scored by the likelihood, has trajectory KL at most log(1/w_k), and at that "
+        "bound for a component no other could have played.", "",
         "| q | log(1/q) | estimated KL | relative error |", "|---|---|---|---|",
         *[f"| {r['q']:g} | {r['log_1_over_q']:.3f} | {r['trajectory_kl']:.3f} | {100 * r['relative_error']:+.1f}% |" for r in oracle_kl], "",
         "## Gao et al.'s functional forms (gain over the data's mean return against d = √KL)", "",
+        "Gao et al. fit α, β > 0: a gain that rises, then falls. A fit with negative α and β has the opposite shape (a gain "
+        "that falls, then rises), which the form was not made for; its R² does not make it Gao's curve.", "",
         "| curve | return | form | α | β | R² | points |", "|---|---|---|---|---|---|---|",
         *[f"| {f['curve']} | {f['return']} | {f['form']} | {fmt(f['alpha'], None, 2)} | {fmt(f['beta'], None, 2)} | {fmt(f['r2'], None, 2)} "
           f"| {f['points']} |" for f in fits], "",
         "## Mode collapse on the exact likelihood", "", collapse["sentence"], "",
     ]
-    plot_frontier(table, out / "frontier.png", title="TomatoGarden: observed and true return vs KL(p_π‖p_data)")
-    write_results(out, "\n".join(md), {"rows": table.to_dict(orient="records")}, table)
+    write_results(out, "\n".join(md), {"rows": table.drop(columns=["ess_ok"]).to_dict(orient="records")}, table.drop(columns=["ess_ok"]))
     print("\n".join(md))
+
+
+def _rebound(out: Path) -> None:
+    """Bounded quantities of a results folder that holds no summary.json: frontier.json's rows get ``_lo``/``_hi`` in
+    range, and summary.md's component-entropy cells are rewritten as mean [low, high] from frontier.json's exact
+    means and half-widths (rows matched by policy and target)."""
+    frontier = json.loads((out / "frontier.json").read_text())
+    for r in frontier["rows"]:
+        for m in ("component_entropy", "ess"):
+            if r.get(m) is not None and r.get(f"{m}_ci95") is not None:
+                r[f"{m}_lo"], r[f"{m}_hi"] = bounded_interval(m, r[m], r[f"{m}_ci95"])
+    atomic_write(out / "frontier.json", json.dumps(frontier, indent=1, default=float))
+    rows = {(r["label"], r["target_spec"]): r for r in frontier["rows"]}
+    lines = (out / "summary.md").read_text().split("\n")
+    head = next(i for i, line in enumerate(lines) if line.startswith("| policy |"))
+    col = [c.strip() for c in lines[head].strip("|").split("|")].index("component entropy")
+    for i in range(head + 2, len(lines)):
+        if not lines[i].startswith("|"):
+            break
+        cells = [c.strip() for c in lines[i].strip("|").split("|")]
+        r = rows.get((cells[0], cells[1]))
+        if r and r.get("component_entropy_ci95") is not None:
+            cells[col] = fmt_bounded(r["component_entropy"], r["component_entropy_lo"], r["component_entropy_hi"], 1)
+            lines[i] = "| " + " | ".join(cells) + " |"
+    atomic_write(out / "summary.md", "\n".join(lines))
 
 
 def _check_markdown(check: list[dict]) -> str:
@@ -147,10 +208,18 @@ def _collapse(table) -> dict:
     ppo = ppo.loc[ppo["train_step"].map(lambda s: -1 if s is None else s).idxmax()]
     d, dc, p, pc = (float(x) for x in (data["component_entropy"], data["component_entropy_ci95"], ppo["component_entropy"], ppo["component_entropy_ci95"]))
     separated = abs(d - p) > (dc if math.isfinite(dc) else 0) + (pc if math.isfinite(pc) else 0)
-    sentence = (f"Component entropy: the data {fmt(d, dc, 2)} nats, plain PPO at its last checkpoint ({ppo['label']}) {fmt(p, pc, 2)}; "
-                + ("the two intervals do not overlap: PPO's episodes collapse onto fewer of the data's behaviours."
-                   if separated else "the intervals overlap: this measure does not separate PPO from the data here (unresolved)."))
-    return {"data": d, "data_ci95": dc, "ppo": p, "ppo_ci95": pc, "ppo_label": ppo["label"], "separated": bool(separated), "sentence": sentence}
+    out = {"data": d, "data_ci95": dc, "ppo": p, "ppo_ci95": pc, "ppo_label": ppo["label"], "separated": bool(separated)}
+    return {**out, "sentence": _collapse_sentence(out)}
+
+
+def _collapse_sentence(c: dict) -> str:
+    def show(v, ci):
+        span = bounded_interval("component_entropy", v, ci)
+        return fmt_bounded(v, *span) if span else fmt(v, ci, 2)
+    return (f"Component entropy: the data {show(c['data'], c['data_ci95'])} nats, plain PPO at its last checkpoint ({c['ppo_label']}) "
+            f"{show(c['ppo'], c['ppo_ci95'])}; "
+            + ("the two intervals do not overlap: PPO's episodes collapse onto fewer of the data's behaviours."
+               if c["separated"] else "the intervals overlap: this measure does not separate PPO from the data here (unresolved)."))
 
 
 if __name__ == "__main__":
