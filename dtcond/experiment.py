@@ -32,7 +32,7 @@ import dtcond
 from dtcond import families
 from dtcond.analysis.frontier import check_budgets
 from dtcond.analysis.oracles import MIN_ESS
-from dtcond.analysis.statistics import bounded_interval, family_column, grouped_mean_ci, with_policy_columns
+from dtcond.analysis.statistics import bounded_interval, grouped_mean_ci, with_policy_columns
 from dtcond.common.console import quiet_libraries
 from dtcond.common.errors import DtcondError
 from dtcond.common.fileio import atomic_write
@@ -133,7 +133,7 @@ def add_gap(df: pd.DataFrame, table: pd.DataFrame, name: str = "gap") -> pd.Data
 def rl_rows(frame: pd.DataFrame) -> pd.DataFrame:
     """The rows of online-RL policies (every checkpoint), from records or a comparison table."""
     frame = with_policy_columns(frame)
-    return frame[frame[family_column(frame)].isin([f.kind for f in families.families("rl")])]
+    return frame[frame["policy_kind"].isin([f.kind for f in families.families("rl")])]
 
 
 def final_checkpoints(table: pd.DataFrame) -> pd.DataFrame:
@@ -141,7 +141,7 @@ def final_checkpoints(table: pd.DataFrame) -> pd.DataFrame:
     rl = rl_rows(table)
     if not len(rl):
         return rl
-    last = rl.groupby(family_column(rl))["train_step"].transform(lambda s: max(int(x) for x in s))
+    last = rl.groupby("policy_kind")["train_step"].transform(lambda s: max(int(x) for x in s))
     return rl[rl["train_step"].astype(int) == last]
 
 

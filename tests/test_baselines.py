@@ -130,7 +130,7 @@ def test_the_comparison_report_builds_from_a_small_table(cartpole_dataset, dt_bu
     assert out.comparison == tmp_path / "comparison.md" and out.frontier == tmp_path / "comparison_frontier.png"
     assert {"data", "dt", "bc", "ppo@128", "ppo@256"} <= set(comp["label"])
     assert comp.loc[comp["label"] == "data", "episodes"].item() == 20
-    assert comp.loc[comp["kind"] == "ppo", "train_step"].tolist() == [128, 256]  # typed columns, in training order
+    assert comp.loc[comp["policy_kind"] == "ppo", "train_step"].tolist() == [128, 256]  # typed columns, in training order
     md = (tmp_path / "comparison.md").read_text()
     assert "| KL(π‖β̂) | cross-entropy H(π,β̂) |" in md and "![frontier](comparison_frontier.png)" in md
     assert (tmp_path / "comparison_frontier.png").stat().st_size > 10_000

@@ -29,10 +29,10 @@ def test_luck_experiment_runs_end_to_end(tmp_path, minari_root):
     assert {"data", "dt", "dt:esper", "pct_bc:0.1"} <= {label for label, _ in rows}
     # the relabelled DT at every target the plain one met, each resolved against its own returns
     assert {r["target_spec"] for r in summary["relabelled"]} == {spec for label, spec in rows if label == "dt"}
-    assert any(r["kind"] == "ppo" and r["train_step"] > 0 for r in summary["rows"])
-    assert all(r["seeds"] == 2 for r in summary["rows"] if r["kind"] != "data")
+    assert any(r["policy_kind"] == "ppo" and r["train_step"] > 0 for r in summary["rows"])
+    assert all(r["seeds"] == 2 for r in summary["rows"] if r["policy_kind"] != "data")
     # one PPO rollout (2048 steps) is the least a run takes, whatever the budget
-    assert {r["label"].split("@")[0] for r in summary["rows"] if r["kind"] == "ppo_kl"} == {"ppo_kl:1", "ppo_kl:10"}
+    assert {r["label"].split("@")[0] for r in summary["rows"] if r["policy_kind"] == "ppo_kl"} == {"ppo_kl:1", "ppo_kl:10"}
     # plain and relabelled DT each against PPO-KL at every budget of the config, the Bonferroni count over all of them
     budgets = [None if b is None else float(b) for b in (0.25, 0.5, 1, 2, None)]
     assert [(e["reference"]["family"], e["budget"]) for e in summary["budgets"]] == [(f, b) for f in ("conditioning", "dt:esper") for b in budgets]

@@ -83,7 +83,7 @@ def test_comparison_is_per_seed_on_shared_env_seeds_and_resumes(tmp_path, capsys
     assert len(policies) == 2 * (3 * 2 + 2)  # per seed: DT at 3 targets and %BC, 2 episodes each
     # Every policy and target met the same env seeds, whatever its training seed.
     assert policies.groupby(["train_seed", "label", "target_spec"])["env_seed"].apply(frozenset).nunique() == 1
-    assert set(first.table.loc[first.table["kind"] != "data", "seeds"]) == {2}
+    assert set(first.table.loc[first.table["policy_kind"] != "data", "seeds"]) == {2}
     assert set(first.metrics) == set(policies.loc[policies["policy_kind"] == "dt", "fingerprint"])
     episodes = ResultsStore(tmp_path / "work" / "episodes.jsonl")
     stored = len(episodes.read())

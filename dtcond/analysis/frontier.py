@@ -34,12 +34,12 @@ NAMES = {"episode_return": "observed_return"}  # the frontier's name for the rew
 def row_identity(row) -> tuple[str, object]:
     """(family, param) of a comparison-table row, from its typed columns (the label is display only).
 
-    >>> row_identity({"kind": "oracle", "oracle_family": "quantilizer", "oracle_param": 0.1})
+    >>> row_identity({"policy_kind": "oracle", "oracle_family": "quantilizer", "oracle_param": 0.1})
     ('oracle_quantilizer', 0.1)
-    >>> row_identity({"kind": "dt", "label": "dt", "target_spec": "q0.5"})
+    >>> row_identity({"policy_kind": "dt", "label": "dt", "target_spec": "q0.5"})
     ('dt', 'q0.5')
     """
-    kind, label = row.get("kind"), row.get("label")
+    kind, label = row.get("policy_kind"), row.get("label")
     if kind == "oracle":
         return f"oracle_{row['oracle_family']}", float(row["oracle_param"])
     if kind == "dt":
@@ -71,7 +71,7 @@ def frontier_rows(table) -> list[dict]:
             span = bounded_interval(m, v, ci) if math.isfinite(v) and math.isfinite(ci) else None  # in the quantity's range
             out[f"{name}_lo"] = (span[0] if span else v - ci) if math.isfinite(v) and math.isfinite(ci) else None
             out[f"{name}_hi"] = (span[1] if span else v + ci) if math.isfinite(v) and math.isfinite(ci) else None
-        if r.get("kind") == "oracle" and r.get("oracle_family") == "posterior":
+        if r.get("policy_kind") == "oracle" and r.get("oracle_family") == "posterior":
             out["ess_ok"] = bool(r.get("ess", 0) >= MIN_ESS)
         rows.append(out)
     return rows

@@ -223,14 +223,14 @@ def comparison_table(df):
     """One row per (policy label, target spec): means ± 95% CI (:func:`dtcond.analysis.statistics.grouped_mean_ci`:
     over training seeds — one fingerprint each — where a row has several, else over episodes).
 
-    Columns: ``label``, ``kind``, ``train_step``, ``target_spec``, ``seeds``, ``episodes``,
+    Columns: ``label``, ``policy_kind``, ``train_step``, ``target_spec``, ``seeds``, ``episodes``,
     each metric with its ``_ci95``, the target error as ``mae`` and ``bias``, and the share of
     distinct trajectories.
 
     >>> import pandas as pd
     >>> df = pd.DataFrame({"label": "ppo@500", "policy_kind": "ppo", "train_step": 500, "target_spec": "none", "target": None,
     ...                    "fingerprint": ["a", "a", "b", "b"], "episode_return": [1.0, 3.0, 5.0, 7.0]})
-    >>> comparison_table(df)[["kind", "train_step", "seeds", "episode_return"]].values.tolist()
+    >>> comparison_table(df)[["policy_kind", "train_step", "seeds", "episode_return"]].values.tolist()
     [['ppo', 500, 2, 4.0]]
     """
     import pandas as pd
@@ -241,7 +241,7 @@ def comparison_table(df):
     rows = []
     for (label, spec), part in df.groupby(["label", "target_spec"], sort=False):
         steps = part["train_step"].dropna().unique()
-        row = {"label": label, "kind": part["policy_kind"].iloc[0],
+        row = {"label": label, "policy_kind": part["policy_kind"].iloc[0],
                "train_step": int(steps[0]) if len(steps) == 1 else None, "target_spec": spec,
                "seeds": part["fingerprint"].nunique(), "episodes": len(part)}
         for col in ("episode_return", *METRIC_COLUMNS):
@@ -272,14 +272,14 @@ def comparison_table(df):
     table = pd.DataFrame(rows)
     table["train_step"] = pd.Series([None if pd.isna(s) else int(s) for s in table["train_step"]], dtype=object)
     # RL checkpoints in training order (25k before 100k) after the offline policies.
-    table["_o"] = table["kind"].map(families.order)
+    table["_o"] = table["policy_kind"].map(families.order)
     table["_steps"] = table["train_step"].map(lambda s: -1 if s is None else s)
     regularized = [f.kind for f in families.families("regularized")]
-    table["_beta"] = _param_column(table).where(table["kind"].isin(regularized), 0.0).fillna(0.0)  # regularized RL in order of β / λ / d
+    table["_beta"] = _param_column(table).where(table["policy_kind"].isin(regularized), 0.0).fillna(0.0)  # regularized RL in order of β / λ / d
     table["_family"] = table["oracle_family"].fillna("") if "oracle_family" in table else ""
     if "oracle_param" in table:  # oracles by family, then parameter
         table["_beta"] = table["oracle_param"].fillna(table["_beta"])
-    return (table.sort_values(["_o", "kind", "_family", "_beta", "_steps", "label", "target", "target_spec"])
+    return (table.sort_values(["_o", "policy_kind", "_family", "_beta", "_steps", "label", "target", "target_spec"])
             .drop(columns=["_o", "_steps", "_beta", "_family"]).reset_index(drop=True))
 
 
@@ -296,7 +296,7 @@ def quantilizer_bound(table, df) -> list[dict]:
     """Taylor's bound for a q-quantilizer of the data: E_π[cost] ≤ E_data[cost] / q, with the verdict of E_π[cost]'s
     interval ("holds", "violated", "unresolved"). ``df``: the episodes; None takes the data's mean cost from the
     table's data row (the same mean)."""
-    data = df[df["policy_kind"] == "data"] if df is not None else table[table["kind"] == "data"]
+    data = df[df["policy_kind"] == "data"] if df is not None else table[table["policy_kind"] == "data"]
     if not len(data) or "cost" not in data or data["cost"].isna().all():
         return []
     data_cost = float(data["cost"].astype(float).mean())
@@ -350,22 +350,22 @@ def plot_frontier(table, path: Path, title: str = "") -> Path:
     offline = [(f.kind, *f.style) for f in families.families() if f.kind in ("data", "dt", "bc", "pct_bc")]
     for ax, col in zip(axes[0], ["episode_return", "true_return"] if has_true else ["episode_return"]):
         t = table[table[x].notna() & table[col].notna()]
-        data_rows = table[(table["kind"] == "data") & table[col].notna()]
-        if len(data_rows) and t[t["kind"] == "data"].empty:  # the data has no KL to itself: a reference line
+        data_rows = table[(table["policy_kind"] == "data") & table[col].notna()]
+        if len(data_rows) and t[t["policy_kind"] == "data"].empty:  # the data has no KL to itself: a reference line
             ax.axhline(float(data_rows[col].iloc[0]), ls="--", color="k", lw=0.8, label="data (mean)")
-        relabelled = (t["kind"] == "dt") & (t["label"] != "dt")  # DTs on relabelled returns (dt:esper): a colour of their own
-        groups = [(kind, t[(t["kind"] == kind) & ~relabelled], marker, color) for kind, marker, color in offline]
+        relabelled = (t["policy_kind"] == "dt") & (t["label"] != "dt")  # DTs on relabelled returns (dt:esper): a colour of their own
+        groups = [(kind, t[(t["policy_kind"] == kind) & ~relabelled], marker, color) for kind, marker, color in offline]
         groups += [(label, part, "o", f"C{4 - j}") for j, (label, part) in enumerate(t[relabelled].groupby("label", sort=False))]
         for name, part, marker, color in groups:
             if len(part):
                 ax.errorbar(part[x], part[col], yerr=part[f"{col}_ci95"] if f"{col}_ci95" in part else None,
                             fmt=marker, color=color, capsize=2, label=name)
                 for r in part.itertuples():
-                    note = r.target_spec if r.kind == "dt" else r.label
+                    note = r.target_spec if r.policy_kind == "dt" else r.label
                     ax.annotate(note, (getattr(r, x), getattr(r, col)), fontsize=6, xytext=(3, 3), textcoords="offset points")
         # Oracles from the behaviour mixture: one curve per family, in order of its parameter.
         if "oracle_family" in t:
-            for family, part in t[t["kind"] == "oracle"].groupby("oracle_family", sort=False):
+            for family, part in t[t["policy_kind"] == "oracle"].groupby("oracle_family", sort=False):
                 part = part.sort_values("oracle_param")
                 fmt, color = families.ORACLE_STYLES.get(family, families.get("oracle").style)
                 ax.errorbar(part[x], part[col], yerr=part[f"{col}_ci95"] if f"{col}_ci95" in part else None, fmt=fmt, color=color,
@@ -373,14 +373,14 @@ def plot_frontier(table, path: Path, title: str = "") -> Path:
                 for r in part.itertuples():
                     ax.annotate(f"{r.oracle_param:g}", (getattr(r, x), getattr(r, col)), fontsize=6, color=color, xytext=(3, -8),
                                 textcoords="offset points")
-        behavior = t[t["kind"] == "behavior"]
+        behavior = t[t["policy_kind"] == "behavior"]
         if len(behavior):
             fmt, color = families.get("behavior").style
             ax.errorbar(behavior[x], behavior[col], yerr=behavior[f"{col}_ci95"] if f"{col}_ci95" in behavior else None, fmt=fmt,
                         color=color, capsize=2, label=families.get("behavior").name)
-        rl = t[~t["kind"].isin([k for k, _, _ in offline] + ["oracle", "behavior"])]
-        regularized = rl["kind"].map(lambda k: families.describe(k).role == "regularized").astype(bool)  # bool even when empty
-        for algo, part in rl[~regularized].groupby("kind"):
+        rl = t[~t["policy_kind"].isin([k for k, _, _ in offline] + ["oracle", "behavior"])]
+        regularized = rl["policy_kind"].map(lambda k: families.describe(k).role == "regularized").astype(bool)  # bool even when empty
+        for algo, part in rl[~regularized].groupby("policy_kind"):
             part = part.assign(_steps=part["train_step"].map(lambda s: -1 if s is None else s)).sort_values("_steps")
             fmt, color = families.describe(algo).style
             ax.plot(part[x], part[col], fmt, color=color, label=f"{families.describe(algo).name} over training")
@@ -390,7 +390,7 @@ def plot_frontier(table, path: Path, title: str = "") -> Path:
                     ax.annotate(step, (getattr(r, x), getattr(r, col)), fontsize=6, color=color, xytext=(3, -8), textcoords="offset points")
         # Regularized RL (PPO-KL by β, ORPO by λ, PPO-Lagrangian by cost limit): each parameter's final policy,
         # joined in order of the parameter (the RL side of the frontier).
-        for kind, part in rl[regularized].groupby("kind"):
+        for kind, part in rl[regularized].groupby("policy_kind"):
             part = part.assign(beta=_param_column(part), _steps=part["train_step"].map(lambda s: -1 if s is None else s))
             part = part.sort_values("_steps").groupby("beta").tail(1).sort_values("beta")
             family = families.get(kind)
@@ -597,7 +597,7 @@ def console_summary(table, metrics: dict, files: dict) -> str:
             return f"{name} {r['true_return']:.1f} (observed {r['episode_return']:.1f}, {kl})"
 
 
-        kinds = t["kind"]
+        kinds = t["policy_kind"]
         conditioned = families.families("conditioned")
         parts = [(f"conditioned ({', '.join(f.name for f in conditioned)})", best(t[kinds.isin([f.kind for f in conditioned])]))]
         parts += [(f.name, best(t[kinds == f.kind])) for f in families.families("regularized")]  # every regularized family

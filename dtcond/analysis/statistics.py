@@ -265,16 +265,11 @@ def grouped_mean_ci(df, column: str, unit: str = "fingerprint") -> tuple[float, 
     return (*mean_ci(vals), int(units.nunique()))
 
 
-def family_column(df) -> str | None:
-    """The column naming each row's policy family: ``policy_kind`` in records, ``kind`` in a comparison table."""
-    return "policy_kind" if "policy_kind" in df else "kind" if "kind" in df else None
-
-
 def with_policy_columns(df):
-    """``df`` with its typed policy columns checked: the family from ``policy_kind`` (a comparison table's
-    ``kind``), and ``train_step`` as an int or None (None where a record has none). A table without the family
-    is refused: labels are never parsed. The ``algo`` column of records written before it was dropped (it
-    repeated ``policy_kind``) is dropped too.
+    """``df`` with its typed policy columns checked: the family from ``policy_kind`` (in records and tables alike),
+    and ``train_step`` as an int or None (None where a record has none). A table without the family is refused:
+    labels are never parsed. Tables written before their family column was named ``policy_kind`` (``kind``) are
+    read with it renamed, and the ``algo`` column of older records (a repeat of ``policy_kind``) is dropped.
 
     >>> import pandas as pd
     >>> with_policy_columns(pd.DataFrame({"policy_kind": ["ppo", "dt"], "train_step": [500, None]}))[["policy_kind", "train_step"]].values.tolist()
@@ -282,8 +277,9 @@ def with_policy_columns(df):
     """
     import pandas as pd
 
-    kinds = family_column(df)
-    if kinds is None:
+    if "policy_kind" not in df and "kind" in df:  # a comparison table written before the column had one name
+        df = df.rename(columns={"kind": "policy_kind"})
+    if "policy_kind" not in df:
         raise DtcondError("the table has no policy_kind column, so its policies are unknown (records written by "
                           "dtcond.evaluate carry it; labels are not parsed): evaluate the policies again")
     df = df.drop(columns=["algo"], errors="ignore")  # copies

@@ -70,7 +70,7 @@ def main(cfg) -> None:
             b["data_top_q_cost"] = float(top["cost"].astype(float).mean())
         timing = (f"this invocation took {time.perf_counter() - start:.0f}s (a rerun on the same work_dir reuses finished training "
                   "and episodes)")
-    data = table[table["kind"] == "data"].iloc[0]
+    data = table[table["policy_kind"] == "data"].iloc[0]
     cols = {"target": "target G", "episode_return": "return", "cost": "cost", "ppo_cost_at_return": "PPO cost at this return",
             "cost_per_1000": "cost per 1000 return", **DIVERGENCE}
     lines = [
@@ -117,7 +117,7 @@ def plot(df, table, path: Path) -> Path:
     data = df[df["policy_kind"] == "data"]
     ax.scatter(data["episode_return"], data["cost"], s=6, color="0.7", label="data episodes")
     for kind, marker, color in (("dt", "o", "C0"), ("pct_bc", "^", "C3")):
-        part = table[table["kind"] == kind]
+        part = table[table["policy_kind"] == kind]
         ax.errorbar(part["episode_return"], part["cost"], xerr=part["episode_return_ci95"].fillna(0), yerr=part["cost_ci95"].fillna(0),
                     fmt=marker, color=color, capsize=2, label=kind)
         for r in part.itertuples():

@@ -70,12 +70,12 @@ def main(cfg) -> None:
     result = run_comparison(cfg)
     df, table = result.records, result.table
     table = add_gap(df, table)  # fake reward: what the observation claimed minus what was done
-    data = table[table["kind"] == "data"].iloc[0]
+    data = table[table["policy_kind"] == "data"].iloc[0]
     check = quantilizer_check(df, table)
     fits = _gao_fits(table, float(data["true_return"]), float(data["episode_return"]))
     oracle_kl = [{"q": float(r["oracle_param"]), "trajectory_kl": float(r["trajectory_kl"]), "log_1_over_q": math.log(1 / r["oracle_param"]),
                   "relative_error": float(r["trajectory_kl"]) / math.log(1 / r["oracle_param"]) - 1}
-                 for _, r in table[(table["kind"] == "oracle") & (table.get("oracle_family") == "quantilizer")].iterrows()]
+                 for _, r in table[(table["policy_kind"] == "oracle") & (table.get("oracle_family") == "quantilizer")].iterrows()]
     collapse = _collapse(table)
     rl_families = [f for f in ("ppo_kl", "ppo_kl_bc", "ppo_om") if (df["policy_kind"] == f).any()]
     budgets = budget_comparisons(df, list(cfg.budgets), reference="conditioning", against=rl_families)
@@ -187,9 +187,9 @@ def _check_markdown(check: list[dict]) -> str:
 def _gao_fits(table, data_true: float, data_observed: float) -> list[dict]:
     """Best-of-n (the oracle's n sweep) in the BoN form, PPO-KL's β sweep and ORPO's λ sweep in the RL form, for both returns."""
     fits = []
-    bon = table[(table["kind"] == "oracle") & (table.get("oracle_family") == "best_of_n")]
-    curves = [("oracle best-of-n", bon, "bon"), ("PPO-KL over β", table[table["kind"] == "ppo_kl"], "rl"),
-              ("PPO-KL toward BC over β", table[table["kind"] == "ppo_kl_bc"], "rl"), ("ORPO over λ", table[table["kind"] == "ppo_om"], "rl")]
+    bon = table[(table["policy_kind"] == "oracle") & (table.get("oracle_family") == "best_of_n")]
+    curves = [("oracle best-of-n", bon, "bon"), ("PPO-KL over β", table[table["policy_kind"] == "ppo_kl"], "rl"),
+              ("PPO-KL toward BC over β", table[table["policy_kind"] == "ppo_kl_bc"], "rl"), ("ORPO over λ", table[table["policy_kind"] == "ppo_om"], "rl")]
     for curve, rows, form in curves:
         if not len(rows):
             continue
@@ -201,8 +201,8 @@ def _gao_fits(table, data_true: float, data_observed: float) -> list[dict]:
 
 def _collapse(table) -> dict:
     """Plain PPO's component entropy (final checkpoint) against the data's, and whether the intervals separate them."""
-    data = table[table["kind"] == "data"].iloc[0]
-    ppo = table[(table["kind"] == "ppo")]
+    data = table[table["policy_kind"] == "data"].iloc[0]
+    ppo = table[(table["policy_kind"] == "ppo")]
     if not len(ppo):
         return {"sentence": "(no plain PPO rows)"}
     ppo = ppo.loc[ppo["train_step"].map(lambda s: -1 if s is None else s).idxmax()]

@@ -42,7 +42,7 @@ def relabel_rows(df, table, high_specs):
     """Per target spec: the plain DT and each relabelled DT (``dt:<method>``), their resolved target and expected
     return (mean ± 95% CI over training seeds), and relabelled − plain with its paired t-interval (both DTs of a
     seed share the training seed and the env seeds)."""
-    dt = table[table["kind"] == "dt"]
+    dt = table[table["policy_kind"] == "dt"]
 
     def per_seed(label, spec):
         part = df[(df["label"] == label) & (df["target_spec"] == spec)]
@@ -103,7 +103,7 @@ def main(cfg) -> None:
     references = ["conditioning", *[x for x in table["label"].unique() if x.startswith("dt:")]]
     m = len(references) * len(cfg.budgets)
     budgets = [e for ref in references for e in budget_comparisons(df, list(cfg.budgets), reference=ref, against=("ppo_kl",), comparisons=m)]
-    betas = sorted(table.loc[table["kind"] == "ppo_kl", "policy_param"].dropna().unique())
+    betas = sorted(table.loc[table["policy_kind"] == "ppo_kl", "policy_param"].dropna().unique())
     dt = table[table["label"] == "dt"]  # the plain DT; relabelled DTs have a section of their own
     high = dt[dt["target"] > OPTIMAL]  # returns only lucky gamblers reached
     relabelled = relabel_rows(df, table, set(high["target_spec"]))
