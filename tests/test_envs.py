@@ -26,7 +26,8 @@ def test_the_checked_testbeds_are_every_registered_one():
 
 
 @pytest.mark.parametrize("env_id", ENV_IDS)
-def test_registered_envs_pass_the_gymnasium_checker(env_id):
+def test_registered_envs_pass_the_gymnasium_checker(env_id, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # MuJoCo writes its warnings (MUJOCO_LOG.TXT) into the working directory
     env = gym.make(env_id)
     # MuJoCo's renderer needs a display
     check_env(env.unwrapped, skip_render_check=env_id.endswith("Cost-v0"))
