@@ -229,7 +229,7 @@ def clone_behavior(policy, data, steps: int, seed: int = 0, batch_size: int = 25
 
 
 def _check_same_run(out_dir: Path, identity: dict, resuming: bool) -> None:
-    """Refuse to resume a run trained with another objective (a plain PPO run under kl_coef=1, say)."""
+    """Refuse to resume a run trained with another objective (a plain PPO run resumed as PPO-KL, say)."""
     path = out_dir / "run.json"
     if path.exists():
         try:

@@ -3,7 +3,7 @@
 Each rewrites a finished rollout's rewards and recomputes its returns and advantages, so the penalty on later
 steps is in every return, as the objective asks. :func:`dtcond.rl.baselines.train_baseline` attaches them.
 
-**KL-regularized PPO** (``kl_coef`` β > 0) maximizes E[Σ r_t − β·KL(π(·|s_t)‖β̂(·|s_t))], the RLHF
+**KL-regularized PPO** (family ``ppo_kl``, its ``kl_coef`` β > 0) maximizes E[Σ r_t − β·KL(π(·|s_t)‖β̂(·|s_t))], the RLHF
 objective with the data's behaviour model β̂ (:mod:`dtcond.analysis.roaming`) as the reference policy: its
 optimum is the posterior β̂(τ)·exp(r(τ)/β) (Korbak, Perez & Buckley 2022). As in RLHF (TRL's PPO
 trainer), each sampled step's reward gets the penalty −β·(log π(a|s) − log β̂(a|s)), whose expectation
@@ -12,7 +12,7 @@ so the penalty on future steps is in the returns, as the objective asks. The pol
 behaviour cloning on the data (``bc_init_steps``), as RLHF starts from the prior: a large β then
 stays at the data and β → 0 is plain PPO.
 
-**PPO-Lagrangian** (``cost_limit`` d, for envs that report ``info["cost"]``) maximizes E[Σ r_t] subject
+**PPO-Lagrangian** (family ``ppo_lag``, its ``cost_limit`` d, for envs that report ``info["cost"]``) maximizes E[Σ r_t] subject
 to E[Σ c_t] <= d through the Lagrangian E[Σ r_t − λ·c_t], with the multiplier λ >= 0 moved by dual
 ascent on the episode cost, in the one-critic form of RCPO (Tessler et al. 2019): :class:`CostLagrangian`
 updates λ after each rollout, then subtracts λ·c_t from its rewards before the advantages are computed.
@@ -20,7 +20,7 @@ updates λ after each rollout, then subtracts λ·c_t from its rewards before th
 ``bc_init_steps`` of behaviour cloning on the data: from a random policy, the early episodes' high
 cost drives λ up before the goal is ever reached, and PPO settles on never moving.
 
-**Occupancy-measure-regularized PPO** (``om_coef`` λ > 0; ORPO, Laidlaw, Singhal & Dragan 2024) regularizes
+**Occupancy-measure-regularized PPO** (family ``ppo_om``, its ``om_coef`` λ > 0; ORPO, Laidlaw, Singhal & Dragan 2024) regularizes
 the policy's state–action *occupancy* μ_π toward the data's μ_D instead of its per-step action distribution:
 it maximizes E[Σ r_t] − λ·KL(μ_π‖μ_D). As in the reference implementation (cassidylaidlaw/orpo, its
 ``om_divergence_type="kl"``), a discriminator d(s, a) is trained by logistic regression to tell the
