@@ -4,7 +4,7 @@ Each rewrites a finished rollout's rewards and recomputes its returns and advant
 steps is in every return, as the objective asks. :func:`dtcond.rl.baselines.train_baseline` attaches them.
 
 **KL-regularized PPO** (family ``ppo_kl``, its ``kl_coef`` β > 0) maximizes E[Σ r_t − β·KL(π(·|s_t)‖β̂(·|s_t))], the RLHF
-objective with the data's behaviour model β̂ (:mod:`dtcond.analysis.roaming`) as the reference policy: its
+objective with the data's behaviour model β̂ (:mod:`dtcond.rl.behavior_model`) as the reference policy: its
 optimum is the posterior β̂(τ)·exp(r(τ)/β) (Korbak, Perez & Buckley 2022). As in RLHF (TRL's PPO
 trainer), each sampled step's reward gets the penalty −β·(log π(a|s) − log β̂(a|s)), whose expectation
 under π is −β·KL; :class:`KLPenalty` applies it to every rollout before the advantages are computed,
