@@ -415,6 +415,8 @@ class BaselineConfig:
         _at_least("", bc_init_steps=(self.bc_init_steps, 0))
         if self.regularizer is None and (self.param is not None or self.reference is not None or self.options):
             raise DtcondError("param, reference and options belong to a regularized run: set regularizer=<family> (e.g. ppo_kl)")
+        if self.regularizer is not None and self.algo != "ppo":
+            raise DtcondError(f"regularizer={self.regularizer}: regularized RL needs algo=ppo, got algo={self.algo}")
         if self.regularizer is not None and self.param is None:
             raise DtcondError(f"regularizer={self.regularizer} needs its parameter: param=<value>")
         if self.options is not None and not isinstance(self.options, Mapping):

@@ -237,4 +237,4 @@ def test_an_experiment_trains_what_its_config_says():
         "dt": (3000, None, True), "bc": (1500, None, False), "pct_bc0.1": (1500, 0.1, False), "pct_bc0.25": (1500, 0.25, False)}
     assert all(c.seed == 3 and c.model.context_len == 10 and c.data.val_windows == 256 and c.trainer.logger is False
                and c.dataset.id == "dtcond/tomato/mixture-v0" for c in runs.values())
-    assert [(k, p) for k, _, p in cfg.rl.regularized][:2] == [("ppo_kl", 0.3), ("ppo_kl", 1.0)] and len(cfg.rl.regularized) == 13
+    assert cfg.rl.runs[:2] == [("ppo_kl", 0.3), ("ppo_kl", 1.0)] and len(cfg.rl.runs) == 13

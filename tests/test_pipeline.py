@@ -97,9 +97,14 @@ def test_comparison_is_per_seed_on_shared_env_seeds_and_resumes(tmp_path, capsys
     took = {(p.seed, p.label): p.train_seconds for p in first.policies}
     assert all(p.train_seconds >= took[(p.seed, p.label)] > 0 for p in again.policies)
 
-    # More training steps continue the runs: new weights, whose episodes alone make the result.
+    # More training steps continue the runs from their checkpoints; each exports its best-validation weights (new
+    # ones, or the earlier best), and only weights not rolled out before get new episodes.
     longer = run_comparison(spec(tmp_path, trainer=dict(max_steps=12, logger=False)))
+    import torch
+
+    last = sorted((tmp_path / "work").rglob("checkpoints/last.ckpt"))
+    assert len(last) == 4 and {torch.load(p, weights_only=True)["global_step"] for p in last} == {12}
     fingerprints = set(longer.records.loc[longer.records["policy_kind"] != "data", "fingerprint"])
     assert fingerprints == {p.fingerprint for p in longer.policies}
-    assert not fingerprints & set(policies["fingerprint"])
-    assert len(longer.records) == len(df) and len(episodes.read()) == stored + len(policies)
+    fresh = longer.records["fingerprint"].isin(fingerprints - set(policies["fingerprint"]))
+    assert len(longer.records) == len(df) and len(episodes.read()) == stored + int(fresh.sum())
