@@ -452,7 +452,7 @@ class BcConfig:
 class RlConfig:
     """Online RL in a comparison (SB3, dtcond/rl/baselines.py): plain, and regularized PPO, each run on the same budget."""
 
-    algo: Optional[str] = "ppo"  # ppo | sac | null (no RL)
+    algo: Optional[str] = "ppo"  # ppo | sac | null (no plain RL run; regularized runs are PPO either way)
     budget: Optional[int] = None  # env steps per run; None: RL Baselines3 Zoo's tuned budget for the env
     checkpoints: int = 4  # the plain run's checkpoints, evenly over training, each rolled out
     hyperparams: Any = None  # SB3 keyword arguments over the tuned defaults (see BaselineConfig.hyperparams)
@@ -478,8 +478,8 @@ class RlConfig:
             numbers = [_number(f"rl.regularized.{kind}", v) for v in values]
             _distinct(f"rl.regularized.{kind}", numbers, math.isfinite, "finite numbers")
             self.regularized[kind] = numbers
-            if numbers and self.algo != "ppo":
-                raise DtcondError(f"rl.regularized.{kind}: regularized RL needs algo=ppo, got algo={self.algo}")
+            if numbers and self.algo not in ("ppo", None):  # they share budget and hyperparams with the plain run
+                raise DtcondError(f"rl.regularized.{kind}: regularized RL needs algo=ppo (or null: no plain run), got algo={self.algo}")
         for kind, options in self.options.items():
             if not isinstance(options, Mapping):
                 raise DtcondError(f"rl.options.{kind} must be a mapping of option -> number, e.g. {{lambda_lr: 0.05}}, got {options!r}")

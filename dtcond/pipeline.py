@@ -285,7 +285,7 @@ def train_configs(config: ComparisonConfig, seed: int) -> dict[str, TrainConfig]
 
 def regularized_runs(config: ComparisonConfig) -> list[tuple[families.Family, float]]:
     """(family, parameter) of each regularized run ``config.rl.regularized`` asks for, in the registry's order;
-    an unregistered family, a parameter outside its range or an option it does not take is one line.
+    an unregistered family, a parameter outside its range or an option it does not take (or a bad value of one) is one line.
 
     >>> from dtcond.config import merge
     >>> cfg = merge(ComparisonConfig, {"env": {"name": "cartpole", "id": "CartPole-v1"}, "rl": {"regularized": {"ppo_om": [3], "ppo_kl": [1, 10]}}})
@@ -311,6 +311,11 @@ def regularized_runs(config: ComparisonConfig) -> list[tuple[families.Family, fl
         unknown = sorted(set(options) - set(penalty.options if penalty else ()))
         if unknown:
             raise DtcondError(f"rl.options.{kind}: {kind} takes the options {list(penalty.options) if penalty else []}, not {', '.join(unknown)}")
+        try:
+            if penalty is not None:
+                penalty.check_options(options)
+        except DtcondError as exc:
+            raise DtcondError(f"rl.options.{kind}: {exc}") from None
     return sorted(runs, key=lambda run: run[0].order)
 
 

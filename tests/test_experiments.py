@@ -226,6 +226,24 @@ def test_every_experiment_config_composes_into_its_typed_schema(name):
             check(getattr(cfg, key), value, key)
 
 
+def test_the_cost_tradeoff_experiment_trains_through_the_pipeline():
+    """Its two comparisons train the cost-conditioned DT with PPO-Lagrangian at each cost limit, and the return-only DT,
+    from the config's sections: nothing else (no BC, no plain PPO)."""
+    from dtcond.pipeline import regularized_runs, train_configs
+
+    cfg, _ = compose_experiment("cost_tradeoff")
+    cost, return_only = cfg.comparisons().values()
+    for comparison, conditioned in ((cost, True), (return_only, False)):
+        runs = train_configs(comparison, seed=3)
+        assert list(runs) == ["dt"] and comparison.rl.algo is None
+        dt = runs["dt"]
+        assert (dt.model.cost_conditioned, dt.seed, dt.trainer.max_steps, dt.checkpoint_every, dt.model.context_len) == (conditioned, 3, 1500, 250, 10)
+    assert [(f.kind, p) for f, p in regularized_runs(cost)] == [("ppo_lag", c) for c in (0, 1, 4, 9, 16, 25, 36)]
+    assert cost.rl.options == {"ppo_lag": {"lambda_lr": 0.001}} and (cost.rl.budget, cost.rl.bc_init_steps) == (100_000, 2000)
+    assert regularized_runs(return_only) == [] and return_only.targets == ["5", "5.5", "6", "6.5", "7", "7.5", "8"]
+    assert cost.targets[:2] == ["5,cost=0", "5,cost=1"] and "quantilizer:0.25,cost<=36" in cost.targets
+
+
 def test_an_experiment_trains_what_its_config_says():
     """The Goodhart config reaches each training run unchanged: no translator sits between YAML and train()."""
     from dtcond.pipeline import train_configs

@@ -44,6 +44,7 @@ def spec(tmp_path, **kw) -> ComparisonConfig:
     (dict(rl={"algo": "ppo", "regularized": {"ppo_xx": [1.0]}}), "unknown policy family 'ppo_xx'; registered: data"),
     (dict(rl={"algo": "ppo", "regularized": {"bc": [1.0]}}), "rl.regularized.bc: bc is not a regularized RL family"),
     (dict(rl={"algo": "ppo", "options": {"ppo_lag": {"lr": 1.0}}}), "rl.options.ppo_lag: ppo_lag takes the options ['lambda_lr', 'lambda_init'], not lr"),
+    (dict(rl={"algo": None, "options": {"ppo_lag": {"lambda_lr": -1.0}}}), "rl.options.ppo_lag: lambda_lr must be a finite number >= 0, got -1.0"),
     (dict(rl={"algo": "ppo", "bc_init_steps": -1}), "rl.bc_init_steps must be >= 0"),
     (dict(rl={"algo": "ppo", "regularized": {"ppo_kl_bc": [10.0]}}), "needs bc.enabled=true"),
     (dict(oracles={"quantilizer": [0.5]}), "oracles need eval.roaming=true"),
@@ -60,6 +61,14 @@ def test_config_refuses_bad_inputs_before_any_work(tmp_path, bad, message):
     with pytest.raises(DtcondError, match=re.escape(message)):
         run_comparison(spec(tmp_path, **bad))
     assert not (tmp_path / "work").exists()
+
+
+def test_regularized_runs_need_no_plain_rl_run(tmp_path):
+    """rl.algo=null trains no plain RL run; the regularized runs are PPO either way."""
+    from dtcond.pipeline import regularized_runs
+
+    config = spec(tmp_path, rl={"algo": None, "regularized": {"ppo_lag": [0, 4]}, "options": {"ppo_lag": {"lambda_lr": 0.001}}})
+    assert [(f.kind, p) for f, p in regularized_runs(config)] == [("ppo_lag", 0.0), ("ppo_lag", 4.0)]
 
 
 def test_run_comparison_takes_a_comparison_config(tmp_path):

@@ -203,6 +203,7 @@ def _check_penalty(algo: str, penalty, param, reference, options) -> None:
     unknown = sorted(set(options or {}) - set(penalty.options))
     if unknown:
         raise DtcondError(f"{penalty.kind} takes the options {list(penalty.options) or 'none'}, not {', '.join(unknown)}")
+    penalty.check_options(options or {})
 
 
 def clone_behavior(policy, data, steps: int, seed: int = 0, batch_size: int = 256, lr: float = 1e-3) -> float:

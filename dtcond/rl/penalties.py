@@ -89,6 +89,10 @@ class Penalty(BaseCallback):
         if isinstance(param, bool) or not isinstance(param, (int, float)) or not (math.isfinite(param) and param > 0):
             raise DtcondError(f"{cls.kind}: {cls.param_key} must be a finite number > 0, got {param!r}")
 
+    @classmethod
+    def check_options(cls, options: dict) -> None:
+        """Refuse a bad value of one of its fixed options (the names are checked against ``options`` elsewhere)."""
+
     @property
     def param(self) -> float:
         return float(getattr(self, self.param_key))
@@ -361,6 +365,10 @@ class CostLagrangian(Penalty):
     def check_param(cls, param) -> None:
         if isinstance(param, bool) or not isinstance(param, (int, float)) or not (math.isfinite(param) and param >= 0):
             raise DtcondError(f"{cls.kind}: cost_limit must be a finite number >= 0, got {param!r}")
+
+    @classmethod
+    def check_options(cls, options: dict) -> None:
+        check_lagrangian(0.0, options.get("lambda_lr", 0.0), options.get("lambda_init", 0.0))  # an absent one: a valid stand-in
 
     @classmethod
     def build(cls, param: float, run: PenaltyRun) -> CostLagrangian:

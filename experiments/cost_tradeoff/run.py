@@ -12,14 +12,19 @@ PPO-Lagrangian at each cost limit, then ask:
 - PPO-Lagrangian at the same cost limits: achieved cost vs the limit;
 - the return-only DT at the routes' returns: the cost it incurs when nobody asks.
 
+Training and rollouts are two :func:`dtcond.pipeline.run_comparison` calls (:meth:`CostTradeoffConfig.comparisons`):
+the cost-conditioned DT at every joint target with PPO-Lagrangian at each cost limit, and the return-only DT at
+its targets. This script reads their records.
+
     python experiments/cost_tradeoff/run.py          # see config.yaml for seeds and budgets
 """
 
 from __future__ import annotations
 
+import json
 import os
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import List
 
@@ -28,44 +33,62 @@ HERE = Path(__file__).resolve().parent
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from dtcond.behavior.collection import ensure_dataset  # noqa: E402
-from dtcond.config import DatasetConfig, TrainConfig  # noqa: E402
+from dtcond.common.errors import DtcondError  # noqa: E402
+from dtcond.config import ComparisonConfig  # noqa: E402
 from dtcond.experiment import ExperimentConfig, fmt, fmt_bounded, hydra_entry, machine, results_dir, write_results  # noqa: E402
+from dtcond.pipeline import regularized_runs, run_comparison  # noqa: E402
 
 
 @dataclass
 class CostTradeoffConfig(ExperimentConfig):
-    """ComparisonConfig's sections (model, data, optim, trainer, rl, eval) and the targets this experiment sweeps."""
+    """ComparisonConfig's sections and the targets this experiment sweeps.
+
+    :meth:`comparisons` builds the two comparisons run from it; each sets its own ``model.cost_conditioned`` and
+    ``targets`` (from the keys below, so the section's ``targets`` is not read), and the first trains PPO-Lagrangian
+    at each of ``cost_targets`` (``rl.regularized.ppo_lag``), with ``rl.options.ppo_lag`` as its options.
+    """
 
     return_target: float = 5.0  # the return every joint target asks for
     high_return_target: float = 8.0  # a return only the costly routes reach
     cost_targets: List[float] = field(default_factory=lambda: [0, 1, 4, 9, 16, 25, 36])  # requested episode costs = PPO-Lagrangian's limits
     quantilizer_q: float = 0.25  # the joint quantilizer: return from the top q, cost from the bottom q
     return_only_targets: List[float] = field(default_factory=lambda: [5, 5.5, 6, 6.5, 7, 7.5, 8])  # the return-only DT's targets
-    lambda_lr: float = 0.01  # PPO-Lagrangian: λ moves by lambda_lr·(mean episode cost − limit) per rollout
 
+    def __post_init__(self):
+        super().__post_init__()
+        if self.rl.regularized:
+            raise DtcondError("rl.regularized: this experiment trains PPO-Lagrangian at each of cost_targets (its cost "
+                              "limits) and no other regularized family; set cost_targets instead")
+        for key in ("cost_targets", "return_only_targets"):
+            values = [float(v) for v in getattr(self, key)]
+            if not values or len(set(values)) != len(values):
+                raise DtcondError(f"{key} must list at least one value, each once, got {values}")
+        for comparison in self.comparisons().values():
+            regularized_runs(comparison)  # the pipeline's checks (cost limits >= 0, PPO-Lagrangian's options), before any work
 
-def train_dt(cfg, out: Path, seed: int, cost_conditioned: bool) -> Path:
-    import dtcond
+    def joint_targets(self) -> dict[str, list[str]]:
+        """The cost-conditioned DT's targets by the page's group: ``R,cost=C`` (``dt_cost``), ``R_high,cost=C``
+        (``dt_cost_high``) and ``quantilizer:q,cost<=C`` (``dt_cost_quantilizer``), C over ``cost_targets``."""
+        costs = [float(c) for c in self.cost_targets]
+        R, R_high, q = float(self.return_target), float(self.high_return_target), float(self.quantilizer_q)
+        return {"dt_cost": [f"{R:g},cost={c:g}" for c in costs], "dt_cost_high": [f"{R_high:g},cost={c:g}" for c in costs],
+                "dt_cost_quantilizer": [f"quantilizer:{q:g},cost<={c:g}" for c in costs]}
 
-    bundle = out / "policy"
-    if (bundle / "card.json").exists():
-        return bundle
-    dtcond.train(cfg.dataset, out, config=TrainConfig(
-        dataset=DatasetConfig(name=cfg.env.name, id=cfg.dataset), model=replace(cfg.model, cost_conditioned=cost_conditioned),
-        data=cfg.data, optim=cfg.optim, trainer=replace(cfg.trainer, enable_progress_bar=False), seed=seed))
-    return bundle
-
-
-def train_ppo_lagrangian(cfg, stats, out: Path, seed: int, limit: float) -> Path:
-    from dtcond.rl.baselines import train_baseline
-    from dtcond.rl.penalties import CostLagrangian
-
-    rl = cfg.rl
-    r = train_baseline(stats, "ppo", out, budget=rl.budget, checkpoints=1, hyperparams=dict(rl.hyperparams or {}) or None, seed=seed,
-                       progress=False, penalty=CostLagrangian, param=float(limit), options={"lambda_lr": cfg.lambda_lr},
-                       bc_init_steps=rl.bc_init_steps)
-    return r.bundles[-1]
+    def comparisons(self) -> dict[str, ComparisonConfig]:
+        """The comparisons this experiment runs, by name: ``cost`` (the cost-conditioned DT at the joint targets
+        ``R,cost=C``, ``R_high,cost=C`` and ``quantilizer:q,cost<=C``, and PPO-Lagrangian at each limit C) and
+        ``return_only`` (the return-only DT at ``return_only_targets``), each in its own folder under ``work_dir``."""
+        base = {f.name: getattr(self, f.name) for f in fields(ComparisonConfig)}
+        work, joint = Path(self.work_dir), [spec for specs in self.joint_targets().values() for spec in specs]
+        return {
+            "cost": ComparisonConfig(**{**base, "name": f"{self.name}_cost", "work_dir": str(work / "cost"), "targets": joint,
+                                        "model": replace(self.model, cost_conditioned=True),
+                                        "rl": replace(self.rl, regularized={"ppo_lag": [float(c) for c in self.cost_targets]})}),
+            "return_only": ComparisonConfig(**{**base, "name": f"{self.name}_return_only", "work_dir": str(work / "return_only"),
+                                               "targets": [f"{float(g):g}" for g in self.return_only_targets],
+                                               "model": replace(self.model, cost_conditioned=False),
+                                               "rl": replace(self.rl, algo=None, regularized={})}),
+        }
 
 
 BOUNDS = {"spearman": (-1.0, 1.0), "spearman_of_means": (-1.0, 1.0), "satisfied": (0.0, 1.0)}  # bounded: intervals kept inside
@@ -188,44 +211,32 @@ def main(cfg) -> None:
     os.environ.setdefault("MINARI_DATASETS_PATH", str(work / "datasets"))
     import gymnasium as gym
 
-    import dtcond
     from dtcond.datasets.loading import load
-    from dtcond.rollout.records import ResultsStore
 
-    ensure_dataset(cfg.env, cfg.dataset, seed=cfg.data_seed)
-    data = load(cfg.dataset)
-    store = ResultsStore(work / "episodes.jsonl")
     R, R_high = float(cfg.return_target), float(cfg.high_return_target)
     costs = [float(c) for c in cfg.cost_targets]
     n, eval_seed = cfg.eval.episodes, cfg.eval.seed
     q = float(cfg.quantilizer_q)
-    frames = []
+    results = {name: run_comparison(comparison) for name, comparison in cfg.comparisons().items()}
+    data = load(cfg.dataset)
+    lag_card = next(json.loads((p.bundle / "card.json").read_text()) for p in results["cost"].policies if p.kind == "ppo_lag")
 
-    def run(policy, targets, family, seed, extra=None):
-        recs = dtcond.evaluate(policy, targets, episodes=n, seed=eval_seed, results=store, run_id=f"{family}/seed{seed}")
-        frames.append(pd.DataFrame(recs).assign(family=family, train_seed=seed, **(extra or {})))
-
-    for seed in cfg.seeds:
-        seed = int(seed)
-        cost_dt = dtcond.load_policy(train_dt(cfg, work / "dt_cost" / f"seed{seed}", seed, cost_conditioned=True))
-        run(cost_dt, [f"{R:g},cost={c:g}" for c in costs], "dt_cost", seed)
-        run(cost_dt, [f"{R_high:g},cost={c:g}" for c in costs], "dt_cost_high", seed)
-        run(cost_dt, [f"quantilizer:{q:g},cost<={c:g}" for c in costs], "dt_cost_quantilizer", seed)
-        ret_dt = dtcond.load_policy(train_dt(cfg, work / "dt" / f"seed{seed}", seed, cost_conditioned=False))
-        run(ret_dt, [f"{float(g):g}" for g in cfg.return_only_targets], "dt_return_only", seed)
-        for limit in costs:
-            bundle = train_ppo_lagrangian(cfg, data.stats, work / "ppo_lag" / f"limit{limit:g}" / f"seed{seed}", seed, limit)
-            ppo = dtcond.load_policy(bundle)
-            ppo.greedy = cfg.rl.greedy
-            run(ppo, None, "ppo_lag", seed, {"cost_limit": limit})
+    # Each group of rows is named by the targets it was asked for (a spec asked for by two groups serves both).
+    cost_records, ret_records = results["cost"].records, results["return_only"].records
+    dt = cost_records[cost_records["policy_kind"] == "dt"]
+    frames = [dt[dt["target_spec"].isin(specs)].assign(group=group) for group, specs in cfg.joint_targets().items()]
+    frames.append(ret_records[ret_records["policy_kind"] == "dt"].assign(group="dt_return_only"))
+    lag = cost_records[cost_records["policy_kind"] == "ppo_lag"]
+    frames.append(lag.assign(group="ppo_lag", cost_limit=lag["policy_param"].astype(float)))
     df = pd.concat(frames, ignore_index=True)
+    df["train_seed"] = df["train_seed"].astype(int)  # float in the records, whose data rows have none
 
     from dtcond.targets import parse
 
     df["cost_bound"] = [parse(s).cost.value if s != "none" and parse(s).cost is not None else np.nan for s in df["target_spec"]]
-    fixed, high = df[df.family == "dt_cost"], df[df.family == "dt_cost_high"]
-    quant = df[df.family == "dt_cost_quantilizer"]
-    ppo, ret_only = df[df.family == "ppo_lag"], df[df.family == "dt_return_only"]
+    fixed, high = df[df.group == "dt_cost"], df[df.group == "dt_cost_high"]
+    quant = df[df.group == "dt_cost_quantilizer"]
+    ppo, ret_only = df[df.group == "ppo_lag"], df[df.group == "dt_return_only"]
     track = {"dt_cost": per_seed_tracking(fixed, "cost_target"), "dt_cost_high": per_seed_tracking(high, "cost_target"),
              "ppo_lag": per_seed_tracking(ppo, "cost_limit"), "dt_cost_quantilizer": per_seed_tracking(quant, "cost_bound")}
     t_fixed, t_high, t_ppo = rows_by_request(fixed, "cost_target"), rows_by_request(high, "cost_target"), rows_by_request(ppo, "cost_limit")
@@ -255,7 +266,7 @@ def main(cfg) -> None:
         f"{R:g} have costs {np.percentile(c_data[near], 10):g} (p10) … {np.percentile(c_data[near], 90):g} (p90). "
         f"DTs: {cfg.trainer.max_steps} steps, batch {cfg.data.batch_size} (K={cfg.model.context_len}, {cfg.model.n_layer} layers, width "
         f"{cfg.model.n_embd}); cost-to-go embedded into the return token. PPO-Lagrangian: {cfg.rl.budget} env steps per cost limit, "
-        f"λ learning rate {cfg.lambda_lr}, from {cfg.rl.bc_init_steps} steps of behaviour cloning, rolled out by sampling. "
+        f"λ learning rate {lag_card['lambda_lr']:g}, from {cfg.rl.bc_init_steps} steps of behaviour cloning, rolled out by sampling. "
         f"Training seeds {list(cfg.seeds)}; {n} episodes per policy and target on env seeds from {eval_seed}. "
         f"Machine: {machine()}; this invocation took {time.perf_counter() - start:.0f}s (a rerun on the same work_dir reuses "
         "finished training and episodes).", "",
