@@ -48,7 +48,7 @@ def test_the_default_demo_sets_conditioning_beside_kl_regularized_ppo_on_a_gamea
     header = next(line for line in result.stdout.splitlines() if "observed return" in line)
     assert "true return" in header and "KL(p_π‖p_data)" in header and "KL(π‖β̂)" in header and "entropy" in header
     best = next(line for line in result.stdout.splitlines() if "highest true return" in line)
-    assert "conditioned (DT, BC, %BC)" in best and "KL-regularized RL: ppo_kl:" in best and "plain RL: ppo@" in best
+    assert "conditioned (DT, BC, %BC)" in best and "PPO-KL: ppo_kl:" in best and "plain RL: ppo@" in best
     labels = {r["label"] for r in ResultsStore(tmp_path / "demo" / "episodes.jsonl").read()}
     assert {"ppo_kl:1@256", "ppo_kl:10@256", "ppo_kl:100@256", "ppo@256", "pct_bc:0.1"} <= labels
     rows = [r for r in ResultsStore(tmp_path / "demo" / "episodes.jsonl").read() if r["label"].startswith("ppo")]

@@ -27,7 +27,8 @@ WRITERS = 4
 
 # One appender: waits for the start signal, then appends its records in batches of 1-4. Each record
 # carries a payload larger than a pipe buffer (so unlocked writes could interleave) and its digest;
-# every writer also appends the same "shared" keys, which the table must hold once each.
+# every writer also appends the same "shared" keys, which the table must hold once each. The records use the schema's
+# columns (run_id: the writer, policy: the payload, fingerprint: its digest), which the table checks.
 APPENDER = r"""
 import hashlib, os, sys, time
 from dtcond.rollout.records import ResultsStore
@@ -37,7 +38,7 @@ while not os.path.exists(go):
 store = ResultsStore(path)
 def record(key, i):
     payload = f"{key}:" + str(i) * (6000 + 97 * i)
-    return {"key": key, "writer": writer, "payload": payload, "digest": hashlib.sha256(payload.encode()).hexdigest()}
+    return {"key": key, "run_id": str(writer), "policy": payload, "fingerprint": hashlib.sha256(payload.encode()).hexdigest()}
 mine = [record(f"w{writer}-r{i}", i) for i in range(n)] + [record(f"shared-{i}", i) for i in range(n // 4)]
 i = 0
 while i < len(mine):
@@ -60,8 +61,8 @@ def test_four_processes_appending_to_one_table_lose_interleave_and_duplicate_not
     expected = {f"w{w}-r{i}" for w in range(WRITERS) for i in range(n)} | {f"shared-{i}" for i in range(n // 4)}
     assert len(keys) == len(set(keys))  # nothing duplicated, the shared keys included
     assert set(keys) == expected  # nothing lost
-    assert all(hashlib.sha256(r["payload"].encode()).hexdigest() == r["digest"] for r in rows)  # nothing torn or mixed
-    writers = {r["writer"] for r in rows if r["key"].startswith("shared-")}
+    assert all(hashlib.sha256(r["policy"].encode()).hexdigest() == r["fingerprint"] for r in rows)  # nothing torn or mixed
+    writers = {int(r["run_id"]) for r in rows if r["key"].startswith("shared-")}
     print(f"\nCONCURRENT appends: {WRITERS} processes, {len(rows)} records of {len(expected)} expected, 0 lost, 0 interleaved, "
           f"0 duplicated; the shared keys were won by writers {sorted(writers)}")
 

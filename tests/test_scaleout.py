@@ -33,7 +33,7 @@ def test_a_sweep_through_submitits_local_executor_trains_every_seed(tmp_path, ca
     assert [b.parent.name for b in bundles] == ["cartpole_seed0_0", "cartpole_seed1_1"]
     for seed, bundle in enumerate(bundles):
         card = json.loads((bundle / "card.json").read_text())
-        assert card["extra"] == {"global_step": 5, "seed": seed}
+        assert (card["extra"]["global_step"], card["extra"]["seed"]) == (5, seed)
         assert torch.load(bundle.parent / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 5
     weights = [load_policy(b).model.state_dict() for b in bundles]
     assert any(not torch.equal(weights[0][k], weights[1][k]) for k in weights[0])  # two seeds, two models
