@@ -177,6 +177,42 @@ def fmt_bounded(v: float, lo: float | None, hi: float | None, digits: int = 2) -
     return f"{v:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]" if lo is not None and math.isfinite(lo) else f"{v:.{digits}f}"
 
 
+def fmt_interval(name: str, v: float, ci: float | None, digits: int = 1, n: float | None = None) -> str:
+    """A mean and its 95% interval as a results table writes them: the quantity ``name`` (a column or a header) if
+    bounded as ``mean [low, high]`` inside its range (:func:`dtcond.analysis.statistics.bounded_interval`), else as
+    ``mean ± half`` (:func:`fmt`).
+
+    >>> fmt_interval("spearman", 0.93, 0.12, 2), fmt_interval("R² label vs return", 0.892, 0.157, 3), fmt_interval("slope", 0.85, 0.1, 2)
+    ('0.93 [0.81, 1.00]', '0.892 [0.735, 1.000]', '0.85 ± 0.10')
+    """
+    span = bounded_interval(name, v, ci, n) if v is not None and ci is not None else None
+    return fmt_bounded(v, *span, digits) if span else fmt(v, ci, digits)
+
+
+def replace_tables(markdown: str, tables: list[str]) -> str:
+    r"""``markdown`` with its tables (runs of lines starting with "|"), in order, replaced by ``tables``: a page
+    re-rendered from its committed results keeps its header and notes.
+
+    >>> replace_tables("# t\n\n| a |\n|---|\n| 1 ± 2 |\n\nnote", ["| a |\n|---|\n| 1 [0, 3] |"])
+    '# t\n\n| a |\n|---|\n| 1 [0, 3] |\n\nnote'
+    """
+    lines, out, i, k = markdown.split("\n"), [], 0, 0
+    while i < len(lines):
+        if lines[i].startswith("|"):
+            if k >= len(tables):
+                raise DtcondError(f"the page has more tables than the {len(tables)} given")
+            out += tables[k].split("\n")
+            k += 1
+            while i < len(lines) and lines[i].startswith("|"):
+                i += 1
+            continue
+        out.append(lines[i])
+        i += 1
+    if k != len(tables):
+        raise DtcondError(f"the page has {k} tables, not {len(tables)}")
+    return "\n".join(out)
+
+
 DIVERGENCE = {"kl_behavior": "KL(π‖β̂)", "cross_entropy_behavior": "cross-entropy under β̂"}  # nats/step
 DIVERGENCE_NOTE = ("Divergence from the data, in nats per step, against a behaviour model β̂ fitted to the data: KL(π‖β̂) is the "
                    "exact KL from the policy's action distribution to β̂'s (– where that distribution is unknown, as for the "
@@ -200,8 +236,7 @@ def table_markdown(table: pd.DataFrame, columns: dict[str, str]) -> str:
         for col in columns:
             digits = 2 if col in DIGITS_2 else 1
             v, ci = r.get(col, float("nan")), r.get(f"{col}_ci95")
-            span = bounded_interval(col, v, ci) if v is not None and ci is not None else None
-            cell = fmt_bounded(v, *span, digits) if span else fmt(v, ci, digits)
+            cell = fmt_interval(col, v, ci, digits)
             if col == "ess" and (r.get("ess_ok") is False or (v is not None and math.isfinite(v) and v < MIN_ESS)):
                 cell += " (low: not evidence)"
             cells.append(cell)

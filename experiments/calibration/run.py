@@ -25,14 +25,14 @@ from omegaconf import MISSING
 
 HERE = Path(__file__).resolve().parent
 
-from dtcond.experiment import fmt, fmt_bounded, hopper_behavior, hydra_entry, machine, results_dir, write_results  # noqa: E402
+from dtcond.experiment import fmt, fmt_interval, hopper_behavior, hydra_entry, machine, results_dir, write_results  # noqa: E402
 from dtcond.common.fileio import atomic_write  # noqa: E402
 
 from dtcond.config import (ComparisonConfig, ComparisonEvalConfig, DataConfig, EsperConfig, ModelConfig, OptimConfig,  # noqa: E402
                            TrainerConfig, env_preset, merge)
 from dtcond.common.errors import DtcondError  # noqa: E402
 from dtcond.pipeline import run_comparison  # noqa: E402
-from dtcond.analysis.statistics import bounded_interval, ci95, mean_ci  # noqa: E402
+from dtcond.analysis.statistics import ci95, mean_ci  # noqa: E402
 
 @dataclass
 class CalibrationDataset:
@@ -68,7 +68,7 @@ class CalibrationConfig:
     seeds: List[int] = field(default_factory=lambda: [0, 1, 2])
     results_dir: Optional[str] = None  # None: results/ beside this file (committed)
     only: Optional[List[str]] = None  # dataset names to run; None: all
-    analyse_only: bool = False  # re-render summary.md's table from results/summary.json; train and roll out nothing
+    analyse_only: bool = False  # re-render summary.md's table from results/summary.json (relabel_check.py: relabel_check.md from relabel_check.json); train and roll out nothing
     heads: List[str] = field(default_factory=lambda: ["bins", "mse"])  # Box-action datasets run once per head (Discrete once)
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -191,17 +191,11 @@ def summary_markdown(s: pd.DataFrame) -> str:
     for _, r in s.iterrows():
         lines.append(f"| {r['dataset']} | {r['head']} | {r['budget']} | {r['seeds']} | {fmt(r['normalized_mae'], r['normalized_mae_ci95'], 3)} "
                      f"| {fmt(r['normalized_bias'], r['normalized_bias_ci95'], 3)} "
-                     f"| {_bounded('spearman', r, 2)} | {fmt(r['slope'], r['slope_ci95'], 2)} "
+                     f"| {fmt_interval('spearman', r['spearman'], r['spearman_ci95'], 2)} | {fmt(r['slope'], r['slope_ci95'], 2)} "
                      f"| {fmt(r['best_mean_return'], r['best_mean_return_ci95'])} | {r['data_p95']:.1f} / {r['data_best']:.1f} "
                      f"| {fmt(r['saturation_target'], r['saturation_target_ci95'])} "
                      f"| {fmt(r['ood_gain'], r['ood_gain_ci95'])} | {r['train_s']:.0f} |")
     return "\n".join(lines)
-
-
-def _bounded(col: str, r, digits: int) -> str:
-    """A bounded quantity's mean and 95% interval kept in its range (dtcond.analysis.statistics.bounded_interval)."""
-    span = bounded_interval(col, r[col], r[f"{col}_ci95"]) if r[col] is not None else None
-    return fmt_bounded(r[col], *span, digits) if span else fmt(r[col], r[f"{col}_ci95"], digits)
 
 
 def plot(curves: pd.DataFrame, path: Path) -> Path:
