@@ -173,7 +173,6 @@ def test_the_sweep_reads_every_kind_of_results_table():
 # expected to fail until it is re-rendered (strict: the entry must go when it passes).
 PENDING_RERENDER = {
     "experiments/calibration/results/esper_label_quality.md": "esper_label_quality.py renders R² as mean ± half",
-    "experiments/calibration/results/relabel_check.md": "relabel_check.py renders ρ as mean ± half",
 }
 
 

@@ -10,6 +10,7 @@ with its paired interval (the two DTs of one training seed share that seed and t
 
     python experiments/calibration/relabel_check.py
     python experiments/calibration/relabel_check.py 'relabel_check.datasets=[cartpole_mixed]' 'seeds=[0]' train.steps=200   # a smoke run
+    python experiments/calibration/relabel_check.py analyse_only=true   # re-render relabel_check.md's table from relabel_check.json
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import pandas as pd
 
 HERE = Path(__file__).resolve().parent
 
-from dtcond.experiment import esper_description, fmt, hydra_entry, machine, results_dir  # noqa: E402
+from dtcond.experiment import esper_description, fmt, fmt_interval, hydra_entry, machine, replace_tables, results_dir  # noqa: E402
 from run import CalibrationConfig, dataset_config, grid_description, is_continuous  # noqa: E402
 
 import dtcond  # noqa: E402
@@ -39,6 +40,11 @@ METRICS = {"normalized_mae": "normalized MAE", "normalized_bias": "normalized bi
 
 def main(cfg) -> None:
     start = time.perf_counter()
+    if cfg.analyse_only:  # the committed summary; the page's header and notes are kept
+        out = results_dir(cfg, HERE)
+        summary = json.loads((out / "relabel_check.json").read_text())["summary"]
+        atomic_write(out / "relabel_check.md", replace_tables((out / "relabel_check.md").read_text(), [summary_markdown(summary)]))
+        return
     check = cfg.relabel_check
     unknown = set(check.datasets) - set(cfg.datasets)
     if unknown:
@@ -66,7 +72,7 @@ def main(cfg) -> None:
           f"DT (K={cfg.model.context_len}, {cfg.model.n_layer} layers, width {cfg.model.n_embd}), {cfg.trainer.max_steps} steps per run, "
           f"plain and on ESPER labels (EsperConfig: {esper_description(check.esper)}); training seeds {list(cfg.seeds)}; the same "
           f"absolute targets for both ({grid_description(cfg.grid)} and n{list(cfg.normalized_ood)}), {cfg.eval.episodes} episodes per target on env seeds from {cfg.eval.seed}. Box actions: the {check.head} head. "
-          f"Means ± 95% CI over seeds; in-distribution metrics as in summary.md. Machine: {machine()}; this invocation took "
+          f"Means ± 95% CI over seeds (Spearman ρ's shown as [low, high], kept in [−1, 1]); in-distribution metrics as in summary.md. Machine: {machine()}; this invocation took "
           f"{time.perf_counter() - start:.0f}s (a rerun reuses finished training and episodes; the first run took about 20 min).", "", f"![calibration, plain vs relabelled]({png.name})", "", summary_markdown(summary), "",
           "Within the plain CI: the relabelled DT's mean lies inside the plain DT's 95% interval; worse by more than the plain CI: it "
           "lies outside that interval on the harmful side (a higher MAE, a bias or slope further from 0 or 1, a lower Spearman ρ "
@@ -122,8 +128,8 @@ def summary_markdown(summary: list[dict]) -> str:
              "|---|---|---|---|---|---|---|"]
     for r in summary:
         digits = 1 if r["metric"] == "best_mean_return" else 3
-        lines.append(f"| {r['dataset']} | {METRICS[r['metric']]} | {fmt(r['plain'], r['plain_ci95'], digits)} "
-                     f"| {fmt(r['relabelled'], r['relabelled_ci95'], digits)} | {fmt(r['difference'], r['difference_ci95'], digits)} "
+        lines.append(f"| {r['dataset']} | {METRICS[r['metric']]} | {fmt_interval(r['metric'], r['plain'], r['plain_ci95'], digits)} "
+                     f"| {fmt_interval(r['metric'], r['relabelled'], r['relabelled_ci95'], digits)} | {fmt(r['difference'], r['difference_ci95'], digits)} "
                      f"| {'yes' if r['within_plain_ci'] else 'no'} | {'yes' if r['worse_than_plain_ci'] else 'no'} |")
     return "\n".join(lines)
 
