@@ -6,13 +6,15 @@ ideal label is the return with the luck taken out: the sum of each choice's expe
 script learns the labels (``dtcond.esper_labels``, no DT trained) for a few ``EsperConfig`` variants
 and seeds and reports, per dataset, how well each episode's first-step label matches its raw return
 (R² and Spearman ρ) or, on Gamble, its luck-free return (R²) and how much it still follows the luck
-(correlation of the label's error with the luck). Means ± 95% t-interval over seeds.
+(correlation of the label's error with the luck). Means ± 95% t-interval over seeds (R² and ρ: [low, high], kept in
+their range).
 
 The calibration datasets are made by calibration/run.py, Gamble's by luck/run.py (run them first). A
 rerun reuses the finished rows in ``--work``, keyed by the full EsperConfig. Run from the repo root:
 
     python experiments/calibration/esper_label_quality.py                       # the committed result: ~35 min, 1 shared core
     python experiments/calibration/esper_label_quality.py --datasets pendulum_mixed --seeds 0 --variants default
+    python experiments/calibration/esper_label_quality.py --from-summary   # re-render the tables from esper_label_quality.json
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from scipy.stats import spearmanr
 
 HERE = Path(__file__).resolve().parent
 
-from dtcond.experiment import fmt, machine  # noqa: E402
+from dtcond.experiment import fmt_interval, machine, replace_tables  # noqa: E402
 
 import dtcond  # noqa: E402
 from dtcond.config import EsperConfig  # noqa: E402
@@ -84,15 +86,31 @@ def config_key(overrides: dict) -> str:
 
 
 def table(rows: pd.DataFrame, metrics: dict) -> tuple[list[str], list[dict]]:
-    lines = ["| dataset | EsperConfig | " + " | ".join(metrics.values()) + " |", "|---|---|" + "---|" * len(metrics)]
     summary = []
     for (name, variant), g in rows.groupby(["dataset", "variant"], sort=False):
         cells = {k: mean_ci(g[k]) for k in metrics}
         summary.append({"dataset": name, "variant": variant, "overrides": VARIANTS[variant], "config": json.loads(config_key(VARIANTS[variant])),
                         "seeds": g["seed"].tolist(), **{k: {"mean": m, "ci95": c} for k, (m, c) in cells.items()}})
-        lines.append(f"| {name} | {variant} {VARIANTS[variant] or ''} | "
-                     + " | ".join(fmt(m, c, 1 if k == "clusters_used" else 3) for k, (m, c) in cells.items()) + " |")
-    return lines, summary
+    return table_lines(summary, metrics), summary
+
+
+def table_lines(summary: list[dict], metrics: dict) -> list[str]:
+    """The markdown table of ``summary``'s rows: a bounded quantity (R², ρ, by its header) as mean [low, high] in its range."""
+    lines = ["| dataset | EsperConfig | " + " | ".join(metrics.values()) + " |", "|---|---|" + "---|" * len(metrics)]
+    for r in summary:
+        lines.append(f"| {r['dataset']} | {r['variant']} {r['overrides'] or ''} | "
+                     + " | ".join(fmt_interval(head, r[k]["mean"], r[k]["ci95"], 1 if k == "clusters_used" else 3)
+                                  for k, head in metrics.items()) + " |")
+    return lines
+
+
+def from_summary(out: Path) -> None:
+    """Re-render esper_label_quality.md's tables from the committed summary; the page's header and notes are kept."""
+    summary = json.loads((out / "esper_label_quality.json").read_text())["summary"]
+    deterministic = [r for r in summary if r["dataset"] != "gamble"]
+    luck = [r for r in summary if r["dataset"] == "gamble"]
+    tables = ["\n".join(table_lines(part, metrics)) for part, metrics in ((deterministic, METRICS), (luck, LUCK_METRICS)) if part]
+    atomic_write(out / "esper_label_quality.md", replace_tables((out / "esper_label_quality.md").read_text(), tables))
 
 
 def main() -> None:
@@ -104,7 +122,15 @@ def main() -> None:
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     ap.add_argument("--work", default="outputs/experiments/calibration/esper_label_quality.jsonl",
                     help="finished (dataset, EsperConfig, seed) rows, reused by a rerun")
+    ap.add_argument("--results-dir", default=str(HERE / "results"))
+    ap.add_argument("--from-summary", action="store_true",
+                    help="re-render the tables of esper_label_quality.md from the summary in esper_label_quality.json (the "
+                         "page's header and notes kept); learn no labels")
     args = ap.parse_args()
+    out = Path(args.results_dir)
+    if args.from_summary:
+        from_summary(out)
+        return
     start = time.perf_counter()
     work = Path(args.work)
     done = {}
@@ -137,9 +163,9 @@ def main() -> None:
     deterministic, luck = frame[frame["dataset"] != "gamble"], frame[frame["dataset"] == "gamble"]
     lines, summary = table(deterministic, METRICS) if len(deterministic) else ([], [])
     luck_lines, luck_summary = table(luck, LUCK_METRICS) if len(luck) else ([], [])
-    out = HERE / "results"
+    out.mkdir(parents=True, exist_ok=True)
     md = ["# How much of the returns ESPER's labels keep, and how much of the luck they remove", "",
-          f"Labels from `dtcond.esper_labels` (no DT trained); seeds {args.seeds}; means ± 95% t-interval over seeds. "
+          f"Labels from `dtcond.esper_labels` (no DT trained); seeds {args.seeds}; means ± 95% t-interval over seeds (R² and ρ: [low, high], kept in their range). "
           f"Machine: {machine()}; this invocation took {time.perf_counter() - start:.0f}s (a rerun reuses finished rows; one labelling took "
           f"{frame['seconds'].min():.0f}-{frame['seconds'].max():.0f}s on one thread of a shared core). "
           f"Command: `python experiments/calibration/esper_label_quality.py {' '.join(sys.argv[1:])}`. "
