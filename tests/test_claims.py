@@ -171,8 +171,7 @@ def test_the_sweep_reads_every_kind_of_results_table():
 
 # Tables written by a script that has no analyse-only path yet: re-rendering them needs its episodes again. Each is
 # expected to fail until it is re-rendered (strict: the entry must go when it passes).
-PENDING_RERENDER = {
-}
+PENDING_RERENDER: dict[str, str] = {}
 
 
 @pytest.mark.parametrize("path", [pytest.param(p, marks=pytest.mark.xfail(reason=PENDING_RERENDER[p.relative_to(REPO).as_posix()], strict=True))
@@ -213,6 +212,26 @@ def test_the_goodhart_tables_are_re_rendered_from_the_committed_results_with_bou
     assert md == (REPO / "experiments/goodhart/results/summary.md").read_text()
     assert "6.0 [2.4, 9.6] (low: not evidence)" in md  # the posterior at β = 1: ESS flagged
     assert not _out_of_bounds_text(out / "summary.md")
+
+
+@pytest.mark.parametrize("command", [["cli_defaults.py", "--from-summary", "--results-dir={out}"],
+                                     ["relabel_check.py", "analyse_only=true", "results_dir={out}"],
+                                     ["esper_label_quality.py", "--from-summary", "--results-dir={out}"]], ids=lambda c: c[0])
+def test_the_calibration_side_pages_are_re_rendered_from_their_committed_json_with_bounded_intervals(command, tmp_path):
+    import shutil
+    import subprocess
+    import sys
+
+    out = tmp_path / "results"
+    shutil.copytree(REPO / "experiments" / "calibration" / "results", out)
+    page = command[0].replace(".py", ".md")
+    stale = ["| stale |" if line.startswith("|") else line for line in (out / page).read_text().split("\n")]
+    (out / page).write_text("\n".join(stale))  # the re-render rewrites every table and keeps the rest of the page
+    script, *args = command
+    subprocess.run([sys.executable, str(REPO / "experiments" / "calibration" / script), *(a.format(out=out) for a in args)],
+                   cwd=tmp_path, check=True, capture_output=True, timeout=300)
+    assert (out / page).read_text() == (REPO / "experiments" / "calibration" / "results" / page).read_text()  # committed = re-rendered
+    assert not _out_of_bounds_text(out / page)
 
 
 def _out_of_bounds_text(path):
