@@ -19,7 +19,7 @@ from pathlib import Path
 from mkdocs.exceptions import PluginError
 from mkdocs.structure.files import File
 
-EXTRA = ("experiments/*/results/*", "benchmarks/results/*", "notebooks/*.ipynb")
+EXTRA = ("experiments/*/results/*", "experiments/*/results/rerun/*", "benchmarks/results/*", "notebooks/*.ipynb")
 INCLUDE = re.compile(r"^<!-- include: (?P<path>\S+) -->[ \t]*$", re.M)
 LINK = re.compile(r"(?P<pre>!?\[[^\]]*\]\()(?P<target>[^)\s]+)(?P<post>[^)]*\))")
 HEADING = re.compile(r"^(#{1,5}) ", re.M)
