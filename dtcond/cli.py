@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import sys
-from dataclasses import is_dataclass
 
 import numpy as np
 from pathlib import Path
