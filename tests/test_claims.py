@@ -198,6 +198,7 @@ def _analyse(experiment: str, tmp_path, *overrides: str):
     return out
 
 
+@pytest.mark.slow  # runs an experiment script's analyse-only path in a subprocess
 def test_the_hopper_bound_verdicts_come_from_the_committed_rows_with_their_intervals(tmp_path):
     out = _analyse("cost", tmp_path)
     bound = {b["target_spec"] if b["label"] == "dt" else b["label"]: b for b in json.loads((out / "summary.json").read_text())["bound"]}
@@ -206,6 +207,7 @@ def test_the_hopper_bound_verdicts_come_from_the_committed_rows_with_their_inter
     assert (out / "summary.md").read_text() == (REPO / "experiments/cost/results/summary.md").read_text()  # committed = re-rendered
 
 
+@pytest.mark.slow  # runs an experiment script's analyse-only path in a subprocess
 def test_the_goodhart_tables_are_re_rendered_from_the_committed_results_with_bounded_intervals(tmp_path):
     out = _analyse("goodhart", tmp_path)
     md = (out / "summary.md").read_text()
@@ -214,6 +216,7 @@ def test_the_goodhart_tables_are_re_rendered_from_the_committed_results_with_bou
     assert not _out_of_bounds_text(out / "summary.md")
 
 
+@pytest.mark.slow  # runs each script in a subprocess
 @pytest.mark.parametrize("command", [["cli_defaults.py", "--from-summary", "--results-dir={out}"],
                                      ["relabel_check.py", "analyse_only=true", "results_dir={out}"],
                                      ["esper_label_quality.py", "--from-summary", "--results-dir={out}"]], ids=lambda c: c[0])

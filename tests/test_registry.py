@@ -66,6 +66,7 @@ def test_the_registry_refuses_a_family_it_cannot_show_or_train():
     assert "nope" not in families.frontier_groups()
 
 
+@pytest.mark.slow  # trains a DT and three PPO runs through the pipeline
 def test_a_new_regularized_family_is_one_class_and_one_registration(step_family, tmp_path, monkeypatch):
     """Registered, the throwaway family trains through the pipeline and appears in the console summary, the frontier
     plot and the budget comparisons, with nothing else edited."""
