@@ -15,7 +15,7 @@ layer's docstring says so, and ``tests/test_imports.py`` checks it):
 ``rollout``     the policy contract, action distributions, batched evaluation, the results table
 ``behavior``    behaviour mixtures, collection, the data's exact likelihood
 ``dt``          the Decision Transformer: model, training, relabelling, the conditioned policy, bundles
-``rl``          SB3 PPO/SAC, the regularizers' penalties, the behaviour model β̂, SB3 bundles
+``rl``          SB3 PPO/SAC, the regularizers' penalties, the behaviour model β̂, SB3 bundles, RL fine-tuning of the transformer
 ``families``    the family registry, and loading any family's policy
 ``analysis``    statistics, roaming scores, oracles, frontiers, reports
 ``pipeline``    the comparison pipeline (``run_comparison``)
@@ -49,6 +49,8 @@ _LAZY = {
     "comparison_table": ("dtcond.analysis.report", "comparison_table"),
     "plot_frontier": ("dtcond.analysis.report", "plot_frontier"),
     "train_baseline": ("dtcond.rl.baselines", "train_baseline"),
+    "finetune": ("dtcond.rl.finetune", "finetune"),
+    "kl_to_posterior": ("dtcond.analysis.oracles", "kl_to_posterior"),
     "RoamingScorer": ("dtcond.analysis.roaming", "RoamingScorer"),
     "DataLikelihood": ("dtcond.behavior.likelihood", "DataLikelihood"),
     "BehaviorPolicy": ("dtcond.behavior.likelihood", "BehaviorPolicy"),
@@ -66,6 +68,7 @@ _LAZY = {
     "BcConfig": ("dtcond.config", "BcConfig"),
     "RlConfig": ("dtcond.config", "RlConfig"),
     "OracleConfig": ("dtcond.config", "OracleConfig"),
+    "FinetuneConfig": ("dtcond.config", "FinetuneConfig"),
     "EsperConfig": ("dtcond.config", "EsperConfig"),
     "merge": ("dtcond.config", "merge"),
     "targets": ("dtcond.targets", None),

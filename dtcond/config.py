@@ -491,6 +491,40 @@ class RlConfig:
         return [(kind, float(p)) for kind, values in self.regularized.items() for p in values]
 
 @dataclass
+class FinetuneConfig:
+    """RL fine-tuning of a trained transformer (dtcond/rl/finetune.py): RLOO on the observed reward with a per-step
+    KL penalty toward its frozen pretrained copy, one run per β; and one unregularized run whose snapshots stop at
+    KL thresholds. Off while both lists are empty."""
+
+    betas: List[float] = field(default_factory=list)  # β > 0 of the penalized runs: E[R] − β·KL(p_π‖p_prior)
+    thresholds: List[float] = field(default_factory=list)  # nats/episode: early-stopped snapshots of the unregularized run
+    prior: str = "bc"  # the pretrained model: the seed's plain BC transformer
+    updates: int = 200  # policy-gradient updates per run
+    episodes: int = 32  # on-policy episodes per update (the leave-one-out group)
+    lr: float = 1e-4  # Adam's step size; the loss is in units of the data's return scale
+    max_grad_norm: float = 1.0
+    check_every: int = 10  # updates between held-out KL checks (early stopping, resume points)
+    check_episodes: int = 64  # held-out episodes per check
+    prior_pool: int = 1000  # the prior's own episodes per seed, for the posterior's normalizer Z (a comparison with betas)
+
+    def __post_init__(self):
+        _at_least("finetune", updates=(self.updates, 1), episodes=(self.episodes, 2), check_every=(self.check_every, 1),
+                  check_episodes=(self.check_episodes, 2), prior_pool=(self.prior_pool, 2))
+        self.betas = [_number("finetune.betas", b) for b in self.betas]
+        self.thresholds = [_number("finetune.thresholds", t) for t in self.thresholds]
+        _distinct("finetune.betas", self.betas, lambda b: 0 < b < math.inf, "finite and > 0")
+        _distinct("finetune.thresholds", self.thresholds, lambda t: 0 < t < math.inf, "finite and > 0")
+        if self.prior != "bc":
+            raise DtcondError(f"finetune.prior must be 'bc' (the seed's BC transformer), got {self.prior!r}")
+        if not (self.lr > 0 and math.isfinite(self.lr)) or not self.max_grad_norm > 0:
+            raise DtcondError(f"finetune.lr and finetune.max_grad_norm must be positive, got {self.lr}, {self.max_grad_norm}")
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.betas or self.thresholds)
+
+
+@dataclass
 class OracleConfig:
     """Oracle references resampled from the behaviour mixture itself (dtcond/analysis/oracles.py): per training seed, a pool of
     behaviour episodes and each oracle drawn from it. Off while every family's list is empty."""
@@ -557,6 +591,7 @@ class ComparisonConfig:
     relabel: List[str] = field(default_factory=list)  # also a DT on relabelled returns per method (esper), labelled dt:<method>
     esper: EsperConfig = field(default_factory=EsperConfig)
     rl: RlConfig = field(default_factory=RlConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)  # RL fine-tuning of each seed's BC transformer
     # The DT's targets: spec strings (q0.9, x1.5, quantilizer:0.1), numbers, or sampler dicts ({name: grid, n: 7}).
     targets: List[Any] = field(default_factory=_default_targets)
     eval: ComparisonEvalConfig = field(default_factory=ComparisonEvalConfig)
@@ -579,6 +614,8 @@ class ComparisonConfig:
         if bad or len(set(self.relabel)) != len(self.relabel):
             raise DtcondError(f"relabel must list distinct methods from {', '.join(m for m in RELABELS if m != 'none')}, "
                               f"got {list(self.relabel)}")
+        if self.finetune.enabled and not self.bc.enabled:
+            raise DtcondError("finetune.betas / finetune.thresholds fine-tune each seed's BC transformer: they need bc.enabled=true")
         if self.oracles.enabled and not self.eval.roaming:
             raise DtcondError("oracles need eval.roaming=true: their divergence is scored by the data's likelihood")
         if not self.targets:

@@ -2,7 +2,8 @@
 
 A *family* is what a record's ``policy_kind`` names: the data's own episodes, the behaviour mixture rolled out
 afresh, the oracles, the DT and BC/%BC (trained by :func:`dtcond.train`), plain online RL (SB3 PPO/SAC) and
-each regularized RL method (PPO with a :class:`~dtcond.rl.penalties.Penalty`). Its entry says how it is shown
+each regularized RL method (PPO with a :class:`~dtcond.rl.penalties.Penalty`) and RL fine-tuning of the BC
+transformer itself (:mod:`dtcond.rl.finetune`: with a KL penalty, and early-stopped). Its entry says how it is shown
 (name, parameter symbol, plot style, place in tables), which budget comparison it belongs to, and how it is
 trained (a regularized family: its penalty class). Policies load by their bundle card's ``format``
 (:func:`load_policy`), whatever trained them.
@@ -31,7 +32,7 @@ from dtcond.rl.penalties import CostLagrangian, HistoryKLPenalty, KLPenalty, Occ
 from dtcond.rl.sb3_policy import CARD_FORMAT as SB3_CARD_FORMAT
 from dtcond.rl.sb3_policy import load_sb3_bundle
 
-ROLES = ("data", "oracle", "conditioned", "rl", "regularized")
+ROLES = ("data", "oracle", "conditioned", "rl", "regularized", "finetuned")
 
 
 @dataclass(frozen=True)
@@ -39,8 +40,9 @@ class Family:
     """One policy kind: how records, tables and plots show it and how it is trained.
 
     ``role``: ``data`` (the data's episodes, the behaviour mixture), ``oracle`` (reweighted behaviour rollouts),
-    ``conditioned`` (the DT and BC/%BC, trained by :func:`dtcond.train`), ``rl`` (plain SB3 PPO/SAC) or
-    ``regularized`` (PPO with ``penalty``, one run per parameter).
+    ``conditioned`` (the DT and BC/%BC, trained by :func:`dtcond.train`), ``rl`` (plain SB3 PPO/SAC),
+    ``regularized`` (PPO with ``penalty``, one run per parameter) or ``finetuned`` (the BC transformer itself
+    fine-tuned by RL, :mod:`dtcond.rl.finetune`).
     """
 
     kind: str  # the records' policy_kind
@@ -130,6 +132,8 @@ for _family in (
     Family("ppo_om", "PPO-OM", "regularized", ("-P", "indigo"), order=5.2, symbol="λ", frontier="ppo_om", penalty=OccupancyPenalty),
     Family("ppo_lag", "PPO-Lagrangian", "regularized", ("->", "crimson"), order=5.3, symbol="d", frontier="ppo_lag",
            penalty=CostLagrangian),
+    Family("rlft_kl", "RLFT-KL", "finetuned", ("-*", "darkorange"), order=6, symbol="β", frontier="rlft_kl"),
+    Family("rlft_stop", "RLFT-stop", "finetuned", ("--h", "olive"), order=6.1, symbol="KL≤", frontier="rlft_stop"),
 ):
     register(_family)
 

@@ -53,6 +53,7 @@ from dtcond.datasets.storage import datasets_root
 from dtcond.dt.training import train
 from dtcond.families import load_policy
 from dtcond.rl.baselines import train_baseline
+from dtcond.rl.finetune import KL_KIND, STOP_KIND, PriorScorer, finetune, prior_pool
 from dtcond.rollout.evaluation import evaluate
 from dtcond.rollout.records import ResultsStore
 from dtcond.targets import from_sampler, parse
@@ -163,6 +164,8 @@ def run_comparison(config: ComparisonConfig) -> ComparisonResult:
     offline = (["DT"] + [f"DT({m})" for m in config.relabel] + (["BC"] if config.bc.enabled else [])
                + [f"%BC({q:g})" for q in config.bc.top_fractions])
     rl_names = ([config.rl.algo] if config.rl.algo else []) + [f"{f.name}({f.symbol}={p:g})" for f, p in regularized]
+    rl_names += [f"RLFT-KL(β={b:g})" for b in config.finetune.betas]
+    rl_names += [f"RLFT-stop(KL≤{', '.join(f'{t:g}' for t in config.finetune.thresholds)})"] if config.finetune.thresholds else []
     print(f"[2/{steps}] per seed {list(config.seeds)}: train {', '.join(offline + rl_names)}"
           + f"; roll out on env seeds from {config.eval.seed}: DT at {len(targets)} targets, {config.eval.episodes} episodes each")
     known = store.keys()
@@ -174,8 +177,10 @@ def run_comparison(config: ComparisonConfig) -> ComparisonResult:
             policy = load_policy(bundle)
             if families.get(policy.kind).role in ("rl", "regularized"):
                 policy.greedy = config.rl.greedy
+            # an RL-fine-tuned transformer's episodes also carry their exact log-ratio to the BC model it started from
+            scores = PriorScorer(policy, work / f"seed{seed}" / "bc" / "policy", scorer) if policy.kind in (KL_KIND, STOP_KIND) else scorer
             recs = evaluate(policy, targets if policy.kind == "dt" else None, episodes=config.eval.episodes, seed=config.eval.seed,
-                            results=store, run_id=f"{config.name}_seed{seed}", progress=config.progress, scorer=scorer)
+                            results=store, run_id=f"{config.name}_seed{seed}", progress=config.progress, scorer=scores)
             fresh += sum(r["key"] not in known for r in recs)
             records += [{**r, "train_seed": seed} for r in recs]
             policies.append(TrainedPolicy(seed, policy.label, policy.kind, Path(bundle), policy.fingerprint, seconds))
@@ -353,7 +358,25 @@ def _train_seed(config: ComparisonConfig, regularized, stats, seed: int, out: Pa
             reference=out / "bc" / "policy" if family.penalty.needs_reference else None, options=rl.options.get(family.kind)))
         print(f"  seed {seed} {family.kind} {family.symbol}={param:g}: {run.timesteps} env steps ({seconds:.0f}s)")
         out_bundles.append((run.bundles[-1], seconds))
-    return out_bundles
+    return out_bundles + _finetune_seed(config, seed, out)
+
+
+def _finetune_seed(config: ComparisonConfig, seed: int, out: Path) -> list[tuple[Path, float]]:
+    """RL fine-tuning of this seed's BC transformer: one run per β, and one unregularized run whose snapshots stop at
+    the KL thresholds; with betas, also the prior's own pool of episodes (the posterior's normalizer)."""
+    ft, prior = config.finetune, out / "bc" / "policy"
+    runs = [(b, out / f"rlft_kl{b:g}", []) for b in ft.betas] + ([(0.0, out / "rlft_stop", ft.thresholds)] if ft.thresholds else [])
+    bundles = []
+    for beta, run_dir, thresholds in runs:
+        result, seconds = timed_run(run_dir, lambda: finetune(prior, run_dir, beta=beta, config=ft, thresholds=thresholds,
+                                                              seed=seed, progress=config.progress))
+        kl = result.history[-1]["kl"]
+        print(f"  seed {seed} rlft β={beta:g}: {result.updates} updates, held-out KL to the prior {kl:.1f} nats ({seconds:.0f}s)")
+        # the final policy first: a threshold the run never crossed snapshots the same weights, which then share its episodes
+        bundles += [(result.bundle, seconds)] + [(path, 0.0) for path in result.snapshots.values()]
+    if ft.betas:
+        prior_pool(prior, ft.prior_pool, seed, out / "rlft_prior_pool.json")
+    return bundles
 
 
 TRAIN_SECONDS = "train_seconds.json"

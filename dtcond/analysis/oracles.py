@@ -94,6 +94,78 @@ def posterior_ratio(returns: np.ndarray, beta: float) -> tuple[np.ndarray, float
     return w * len(w), float(1.0 / (w ** 2).sum())
 
 
+def kl_to_posterior(log_ratio, returns, beta: float, prior_returns, prior_true_returns=None) -> dict:
+    """How far a policy π is from the posterior its KL-regularized objective promises, P_β(τ) = p_prior(τ)·exp(R(τ)/β)/Z:
+
+        KL(p_π ‖ P_β) = E_π[log p_π(τ) − log p_prior(τ) − R(τ)/β] + log Z,   Z = E_prior[exp(R/β)],
+
+    from π's episodes (``log_ratio``: log p_π(τ) − log p_prior(τ), exact when both policies are known; ``returns``:
+    their observed returns R) and the prior's own episodes (``prior_returns``), which estimate log Z by
+    log mean exp(R/β). That estimate is biased low when few prior episodes carry the weight, so ``ess`` (the prior
+    sample's effective size under the weights) comes with it and ``ess_ok`` marks it below :data:`MIN_ESS`. With
+    ``prior_true_returns`` the posterior's own observed and true return are estimated by the same weights.
+
+    ``kl`` is ≈ 0 for episodes of the posterior itself and ≈ KL(p_prior‖P_β) for the prior's:
+
+    >>> rng = np.random.default_rng(0); R = np.array([0.0, 1.0, 2.0]); prior = np.array([0.6, 0.3, 0.1])
+    >>> post = prior * np.exp(R) / (prior * np.exp(R)).sum()                       # β = 1
+    >>> x, pool = rng.choice(3, 20000, p=post), rng.choice(3, 20000, p=prior)
+    >>> abs(kl_to_posterior(np.log(post / prior)[x], R[x], 1.0, R[pool])["kl"]) < 0.05      # only log Z's sampling error
+    True
+    """
+    log_ratio, returns = np.asarray(log_ratio, dtype=np.float64), np.asarray(returns, dtype=np.float64)
+    if len(log_ratio) != len(returns) or not len(returns):
+        raise DtcondError(f"kl_to_posterior needs one log-ratio per episode, got {len(log_ratio)} log-ratios and {len(returns)} returns")
+    prior_returns = np.asarray(prior_returns, dtype=np.float64)
+    _, ess = posterior_ratio(prior_returns, beta)  # also refuses a bad β
+    log_z = float(logsumexp(prior_returns / beta) - math.log(len(prior_returns)))
+    terms = log_ratio - returns / beta + log_z
+    out = {"kl": float(terms.mean()), "kl_se": float(terms.std(ddof=1) / math.sqrt(len(terms))) if len(terms) > 1 else None,
+           "log_z": log_z, "ess": ess, "ess_ok": bool(ess >= MIN_ESS), "episodes": int(len(terms)), "pool": int(len(prior_returns))}
+    if prior_true_returns is not None:
+        w = np.exp(prior_returns / beta - logsumexp(prior_returns / beta))  # the posterior's weights on the prior's episodes
+        true = np.asarray([np.nan if t is None else t for t in prior_true_returns], dtype=np.float64)
+        out["posterior_return"] = float((w * prior_returns).sum())
+        out["posterior_true_return"] = float((w * true).sum()) if np.isfinite(true).all() else None
+    return out
+
+
+def posterior_gaps(df, pools: dict, kind: str = "rlft_kl") -> list[dict]:
+    """Per β of an RL-fine-tuned family (records of ``kind`` with ``log_ratio_prior``), the distance to its promised
+    posterior p_prior·exp(R/β)/Z: :func:`kl_to_posterior` per training seed (``pools``: seed -> that seed's prior pool,
+    :func:`dtcond.rl.finetune.prior_pool`), then mean and 95% t-interval over seeds, beside the posterior's own observed
+    and true return (the prior's pool reweighted) and the fine-tuned policy's. A seed whose pool has an ESS below
+    :data:`MIN_ESS` counts in ``low_ess_seeds``."""
+    from dtcond.analysis.statistics import mean_ci
+
+    part = df[(df["policy_kind"] == kind) & df["policy_param"].notna()]
+    part = part[part["policy_param"].astype(float) > 0]
+    rows = []
+    for beta, by_beta in part.groupby(part["policy_param"].astype(float)):
+        per = []
+        for seed, s in by_beta.groupby("train_seed"):
+            pool = pools.get(int(seed))
+            if pool is None or s["log_ratio_prior"].isna().any():
+                continue
+            gap = kl_to_posterior(s["log_ratio_prior"].astype(float), s["episode_return"].astype(float), float(beta),
+                                  pool["returns"], pool.get("true_returns"))
+            true = s["true_return"].astype(float).mean() if "true_return" in s and s["true_return"].notna().all() else float("nan")
+            per.append({**gap, "seed": int(seed), "return": float(s["episode_return"].astype(float).mean()), "true_return": true,
+                        "kl_prior": float(s["log_ratio_prior"].astype(float).mean())})
+        if not per:
+            continue
+        row = {"family": kind, "beta": float(beta), "seeds": [p["seed"] for p in per],
+               "low_ess_seeds": [p["seed"] for p in per if not p["ess_ok"]], "ess_per_seed": [p["ess"] for p in per]}
+        for name, key in (("kl_to_posterior", "kl"), ("kl_to_prior", "kl_prior"), ("return", "return"), ("true_return", "true_return"),
+                          ("posterior_return", "posterior_return"), ("posterior_true_return", "posterior_true_return"),
+                          ("log_z", "log_z")):
+            values = [np.nan if p.get(key) is None else p[key] for p in per]
+            mean, ci = mean_ci(values)
+            row[name], row[f"{name}_ci95"], row[f"{name}_per_seed"] = mean, ci, values
+        rows.append(row)
+    return rows
+
+
 def plan_quantilizer_weights(component_returns: np.ndarray, weights: np.ndarray, q: float) -> np.ndarray:
     """w' over components: the top components by expected return keep their weight up to a total of q
     (the boundary component keeps a part), renormalized to 1.

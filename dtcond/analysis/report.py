@@ -181,7 +181,7 @@ def _reference_groups(others):
 
 METRIC_COLUMNS = ("true_return", "cost", "normalized_score", "kl_behavior", "cross_entropy_behavior", "novelty", "novel_fraction", "entropy",
                   "trajectory_kl", "trajectory_kl_per_step", "trajectory_kl_conditional", "component_posterior_entropy",
-                  "support_violation", "ess")
+                  "support_violation", "ess", "log_ratio_prior")
 TRAJECTORY_KL_LABEL = "KL(p_π‖p_data) (nats/episode, exact likelihood)"
 
 
@@ -274,7 +274,7 @@ def comparison_table(df):
     # RL checkpoints in training order (25k before 100k) after the offline policies.
     table["_o"] = table["policy_kind"].map(families.order)
     table["_steps"] = table["train_step"].map(lambda s: -1 if s is None else s)
-    regularized = [f.kind for f in families.families("regularized")]
+    regularized = [f.kind for f in families.families("regularized") + families.families("finetuned")]
     table["_beta"] = _param_column(table).where(table["policy_kind"].isin(regularized), 0.0).fillna(0.0)  # regularized RL in order of β / λ / d
     table["_family"] = table["oracle_family"].fillna("") if "oracle_family" in table else ""
     if "oracle_param" in table:  # oracles by family, then parameter
@@ -379,7 +379,7 @@ def plot_frontier(table, path: Path, title: str = "") -> Path:
             ax.errorbar(behavior[x], behavior[col], yerr=behavior[f"{col}_ci95"] if f"{col}_ci95" in behavior else None, fmt=fmt,
                         color=color, capsize=2, label=families.get("behavior").name)
         rl = t[~t["policy_kind"].isin([k for k, _, _ in offline] + ["oracle", "behavior"])]
-        regularized = rl["policy_kind"].map(lambda k: families.describe(k).role == "regularized").astype(bool)  # bool even when empty
+        regularized = rl["policy_kind"].map(lambda k: families.describe(k).role in ("regularized", "finetuned")).astype(bool)  # bool even when empty
         for algo, part in rl[~regularized].groupby("policy_kind"):
             part = part.assign(_steps=part["train_step"].map(lambda s: -1 if s is None else s)).sort_values("_steps")
             fmt, color = families.describe(algo).style
@@ -388,8 +388,8 @@ def plot_frontier(table, path: Path, title: str = "") -> Path:
                 if r.train_step is not None:
                     step = f"{r.train_step // 1000}k" if r.train_step >= 1000 else str(r.train_step)
                     ax.annotate(step, (getattr(r, x), getattr(r, col)), fontsize=6, color=color, xytext=(3, -8), textcoords="offset points")
-        # Regularized RL (PPO-KL by β, ORPO by λ, PPO-Lagrangian by cost limit): each parameter's final policy,
-        # joined in order of the parameter (the RL side of the frontier).
+        # Regularized RL (PPO-KL by β, ORPO by λ, PPO-Lagrangian by cost limit) and RL fine-tuning of the transformer
+        # (by β, by KL threshold): each parameter's final policy, joined in order of the parameter (the RL side of the frontier).
         for kind, part in rl[regularized].groupby("policy_kind"):
             part = part.assign(beta=_param_column(part), _steps=part["train_step"].map(lambda s: -1 if s is None else s))
             part = part.sort_values("_steps").groupby("beta").tail(1).sort_values("beta")
@@ -600,7 +600,7 @@ def console_summary(table, metrics: dict, files: dict) -> str:
         kinds = t["policy_kind"]
         conditioned = families.families("conditioned")
         parts = [(f"conditioned ({', '.join(f.name for f in conditioned)})", best(t[kinds.isin([f.kind for f in conditioned])]))]
-        parts += [(f.name, best(t[kinds == f.kind])) for f in families.families("regularized")]  # every regularized family
+        parts += [(f.name, best(t[kinds == f.kind])) for f in families.families("regularized") + families.families("finetuned")]
         parts += [("plain RL", best(t[kinds.isin([f.kind for f in families.families("rl")])]))]
         lines.append("  highest true return: " + "; ".join(f"{name}: {b}" for name, b in parts if b))
     for key in ("comparison", "calibration", "calibration_plot", "frontier"):

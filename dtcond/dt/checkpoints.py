@@ -26,8 +26,12 @@ CARD_FORMAT = "dtcond-policy"
 CARD_VERSION = 1
 
 
-def save_bundle(module, path: str | Path, extra: dict | None = None) -> Path:
+def save_bundle(module, path: str | Path, extra: dict | None = None, kind: str | None = None,
+                param: float | None = None) -> Path:
     """Export a trained module (anything with ``.model``, ``.config``, ``.stats``) as a policy bundle.
+
+    ``kind`` and ``param`` name the family when it is not the one the training hyperparameters imply (dt, bc,
+    pct_bc): an RL-fine-tuned transformer is the same network under another family.
 
     Each file is written to a temp name and renamed, and the card last, so a reader never sees a
     card whose weights are missing.
@@ -52,7 +56,8 @@ def save_bundle(module, path: str | Path, extra: dict | None = None) -> Path:
             "max_episode_steps": module.stats.max_episode_steps,
         },
         "condition_on_return": bool(hp.get("condition_on_return", True)),
-        "kind": policy_kind(hp),
+        "kind": kind or policy_kind(hp),
+        "param": None if param is None else float(param),
         "extra": extra or {},
     }
     atomic_write(path / "model.safetensors", save(state))
@@ -91,8 +96,10 @@ def _dt_policy(config, stats, state, card, path: Path, device):
         first = str(exc).strip().splitlines()
         raise DtcondError(f"{path}: the weights do not match the model config in its card ({first[1].strip() if len(first) > 1 else first[0]})") from None
     step = (card.get("extra") or {}).get("global_step")
+    param = card.get("param")
     return ConditionedPolicy(model.to(device).eval(), stats, condition_on_return=card.get("condition_on_return", True),
-                             source=str(path), kind=card.get("kind"), train_step=int(step) if step is not None else None)
+                             source=str(path), kind=card.get("kind"), train_step=int(step) if step is not None else None,
+                             param=float(param) if isinstance(param, (int, float)) else None)
 
 
 def _read_bundle(folder: Path):

@@ -55,6 +55,34 @@ def weights_hash(module: torch.nn.Module) -> str:
 
 
 
+def action_log_probs(model: DecisionTransformer, rtg: torch.Tensor, obs: torch.Tensor, actions: torch.Tensor,
+                     timesteps: torch.Tensor, mask: torch.Tensor | None = None, temperature: float = 1.0,
+                     greedy: bool = False) -> torch.Tensor:
+    """log π(a_t | h_t) at every step of a batch of teacher-forced sequences: (B, T), differentiable.
+
+    The full forward, which cached decoding equals, so these are the log-probabilities of the actions the policy
+    sampled. Box actions score as the binned head samples them: a log-density on its bins (the log of each bin's
+    mass minus the log of its width). ``greedy``: the policy that plays the mode, log 1 at the argmax, else −inf.
+    """
+    cfg = model.cfg
+    if not (cfg.discrete or cfg.binned):
+        raise DtcondError("a deterministic action head (action_head='mse') gives no action likelihood")
+    pred = model(rtg, obs, actions, timesteps, mask)  # (B, T, n) or (B, T, d, bins)
+    if cfg.discrete:
+        idx = actions.long()[..., None]  # (B, T, 1)
+    else:
+        low, high = model.action_bounds
+        idx = distributions.bin_index(actions, low, high, pred.shape[-1])[..., None]  # (B, T, d, 1)
+    if greedy:
+        logp = torch.where(pred.argmax(-1, keepdim=True) == idx, 0.0, -math.inf)[..., 0]
+    else:
+        logp = torch.log_softmax(pred.float() / temperature, -1).gather(-1, idx)[..., 0]
+    if not cfg.discrete:
+        low, high = model.action_bounds
+        logp = (logp - torch.log(distributions.bin_width(low, high, pred.shape[-1]))).sum(-1)  # (B, T)
+    return logp
+
+
 class _Window:
     """The last K steps of every running episode, recomputed in full each step (``decode="window"``)."""
 
@@ -112,7 +140,7 @@ class ConditionedPolicy:
 
     def __init__(self, model: DecisionTransformer, stats: DatasetStats, condition_on_return: bool = True,
                  greedy: bool = False, temperature: float = 1.0, source: str | None = None, decode: str = "cached",
-                 kind: str | None = None, train_step: int | None = None):
+                 kind: str | None = None, train_step: int | None = None, param: float | None = None):
         self.model = model.eval()
         self.stats = stats
         self.condition_on_return = condition_on_return
@@ -121,6 +149,7 @@ class ConditionedPolicy:
         self.source = source
         self.decode = decode
         self._kind = kind
+        self._param = None if param is None else float(param)  # a family's own parameter (fine-tuning's β), from its card
         self.train_step = train_step  # optimizer steps the weights were trained for, when known
         self._weights_hash = None
         self._episode = None
@@ -155,11 +184,16 @@ class ConditionedPolicy:
         relabel = (self.stats.extra.get("relabel") or {}).get("method")
         if self.kind == "dt" and relabel:
             return f"dt:{relabel}"
+        if self._param is not None:
+            return f"{self.kind}:{self._param:g}"
         return f"{self.kind}:{q:g}" if self.kind == "pct_bc" and q else self.kind
 
     @property
     def param(self) -> float | None:
-        """The family's parameter: %BC's top fraction q, else None."""
+        """The family's parameter: the one its card names (an RL-fine-tuned transformer's β or KL threshold), else
+        %BC's top fraction q, else None."""
+        if self._param is not None:
+            return self._param
         q = self.stats.extra.get("top_fraction")
         return float(q) if self.kind == "pct_bc" and q else None
 
@@ -281,8 +315,6 @@ class ConditionedPolicy:
         cfg = self.config
         if cfg.cost_conditioned:
             raise DtcondError("episode_log_prob scores return-conditioned policies; this one is cost-conditioned too")
-        if not (cfg.discrete or cfg.binned):
-            raise DtcondError("a deterministic action head (action_head='mse') gives no action likelihood")
         T = len(obs)
         obs_t = torch.as_tensor(self.stats.normalize_obs(obs), device=self.device)[None]  # (1, T, obs_dim)
         spent = np.concatenate([[0.0], np.cumsum(np.asarray(rewards, dtype=np.float64))[:-1]])  # (T,)
@@ -294,20 +326,9 @@ class ConditionedPolicy:
             g = np.asarray(targets[start : start + 64], dtype=np.float64)
             rtg = (g[:, None] - spent[None]) if self.condition_on_return else np.zeros((len(g), T))
             B = len(g)
-            pred = self.model(torch.as_tensor(rtg, dtype=torch.float32, device=self.device), obs_t.expand(B, -1, -1),
-                              act_t.expand(B, *act_t.shape[1:]), ts.expand(B, -1))  # (B, T, n) or (B, T, d, bins)
-            if cfg.discrete:
-                idx = act_t.expand(B, -1)[..., None]  # (B, T, 1)
-            else:
-                low, high = self.model.action_bounds
-                idx = distributions.bin_index(act_t.expand(B, -1, -1), low, high, pred.shape[-1])[..., None]  # (B, T, d, 1)
-            if self.greedy:  # the policy it runs is the mode: log 1 where the action is the argmax, else -inf
-                logp = torch.where(pred.argmax(-1, keepdim=True) == idx, 0.0, -math.inf)[..., 0]
-            else:
-                logp = torch.log_softmax(pred.float() / self.temperature, -1).gather(-1, idx)[..., 0]
-            if not cfg.discrete:
-                low, high = self.model.action_bounds
-                logp = (logp - torch.log(distributions.bin_width(low, high, pred.shape[-1]))).sum(-1)  # (B, T)
+            logp = action_log_probs(self.model, torch.as_tensor(rtg, dtype=torch.float32, device=self.device),
+                                    obs_t.expand(B, -1, -1), act_t.expand(B, *act_t.shape[1:]), ts.expand(B, -1),
+                                    temperature=self.temperature, greedy=self.greedy)  # (B, T)
             out.append(logp.double().cpu().numpy())
         return np.concatenate(out)
 

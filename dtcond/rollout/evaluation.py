@@ -185,9 +185,30 @@ def marginal_over_targets(log_prob, support) -> float:
     return float(logsumexp(np.asarray(log_prob(values), dtype=np.float64) + np.log(counts)) - math.log(len(support)))
 
 
+def rollout_episodes(policy, episodes: int, seed: int, targets=None, env_kwargs: dict | None = None,
+                     batch_size: int = 256) -> list[tuple[dict, dict]]:
+    """``episodes`` episodes per target, each as (its record, its history): ``history`` holds the episode's
+    ``obs`` (T, ...) as the policy saw them (encoded), ``actions`` (T, ...) and ``rewards`` (T,), in episode order.
+    Seeded as :func:`evaluate` is (the same ``seed`` gives the same episodes), but nothing is stored: for code that
+    learns from the episodes, such as :mod:`dtcond.rl.finetune`.
+
+    >>> [(r["episode_return"], h["rewards"].shape) for r, h in rollout_episodes(policy, 2, seed=7)]   # doctest: +SKIP
+    [(12.0, (100,)), (9.0, (100,))]
+    """
+    check_policy(policy)
+    jobs = make_jobs(targets if targets is not None else ["none"], episodes, seed)
+    out: list[tuple[dict, dict]] = []
+    for start in range(0, len(jobs), batch_size):
+        batch = jobs[start : start + batch_size]
+        out += list(_rollout(policy, batch, "", env_kwargs, None, policy.fingerprint, keep_history=True))
+    order = {job.key(policy.fingerprint, policy.env_id): i for i, job in enumerate(jobs)}
+    return sorted(out, key=lambda pair: order[pair[0]["key"]])
+
+
 def _rollout(policy, jobs: list[Job], run_id: str, env_kwargs: dict | None, env_id: str | None,
-             fingerprint: str, scorer=None):
-    """Run one batch of jobs to the end of every episode, yielding records as episodes finish."""
+             fingerprint: str, scorer=None, keep_history: bool = False):
+    """Run one batch of jobs to the end of every episode, yielding records as episodes finish (with
+    ``keep_history``, (record, history) pairs)."""
     n = len(jobs)
     envs = make_vector_env(policy, n, env_kwargs, env_id)
     resolved: list[ResolvedTarget] = [job.spec.resolve(policy.stats, job.target_rng()) for job in jobs]
@@ -202,7 +223,8 @@ def _rollout(policy, jobs: list[Job], run_id: str, env_kwargs: dict | None, env_
     train_step = policy.train_step
     train_step = int(train_step) if train_step is not None else None
     # Per-episode histories only when a scorer needs them (roaming metrics).
-    history = [{"obs": [], "actions": [], "probs": [], "rewards": []} for _ in range(n)] if scorer is not None else None
+    want_history = scorer is not None or keep_history
+    history = [{"obs": [], "actions": [], "probs": [], "rewards": []} for _ in range(n)] if want_history else None
     actions_all = np.zeros(envs.action_space.shape, dtype=envs.action_space.dtype)
     active = np.arange(n)
     state = policy.begin(n)
@@ -271,14 +293,17 @@ def _rollout(policy, jobs: list[Job], run_id: str, env_kwargs: dict | None, env_
                     greedy=bool(policy.greedy),
                     wall_time=elapsed,
                 )
-                if history is not None:
-                    h = history[i]
-                    obs_h, act_h = np.stack(h["obs"]), np.stack(h["actions"])
-                    marginal = _marginal_log_prob(policy, job.spec, scorer, obs_h, act_h, np.asarray(h["rewards"]))
+                if history is None:
+                    yield record
+                    continue
+                h = history[i]
+                history[i] = None
+                obs_h, act_h, rew_h = np.stack(h["obs"]), np.stack(h["actions"]), np.asarray(h["rewards"])
+                if scorer is not None:
+                    marginal = _marginal_log_prob(policy, job.spec, scorer, obs_h, act_h, rew_h)
                     record.update(check_columns(scorer.score_episode(obs_h, act_h, np.stack(h["probs"]) if h["probs"] else None,
                                                                      logp_policy_marginal=marginal)))
-                    history[i] = None
-                yield record
+                yield (record, {"obs": obs_h, "actions": act_h, "rewards": rew_h}) if keep_history else record
             keep = np.flatnonzero(~done)
             active = active[keep]
             state = policy.keep(state, keep)

@@ -76,6 +76,8 @@ COLUMNS: dict[str, str] = {
     "component_posterior": "p(k|τ) per behaviour component",
     "component_posterior_entropy": "the entropy of p(k|τ), nats",
     "kl_by_step": "log π(a_t|h_t) − log p_data(a_t|h_t) per step: where along the episode the trajectory KL accrues",
+    # RL fine-tuning of a transformer (dtcond.rl.finetune)
+    "log_ratio_prior": "log p_π(τ) − log p_prior(τ) of an RL-fine-tuned policy: its mean estimates KL(p_π‖p_prior)",
     # oracles (dtcond.analysis.oracles)
     "oracle_family": "quantilizer, plan_quantilizer, best_of_n or posterior",
     "oracle_param": "its q, n or β",
