@@ -177,3 +177,32 @@ def test_bad_inputs_are_one_line_errors(bandit, tmp_path):
             finetune(bandit["prior"], tmp_path / "z", episodes=1)
         with pytest.raises(DtcondError, match="thresholds must be finite and > 0"):
             finetune(bandit["prior"], tmp_path / "w", thresholds=[0.0])
+
+
+@pytest.mark.slow  # an end-to-end comparison: collect, DT and BC per seed, fine-tuning, evaluation
+def test_a_comparison_fine_tunes_each_seeds_bc_and_measures_the_distance_to_its_posterior(tmp_path):
+    from dtcond.analysis.oracles import posterior_gaps
+    from dtcond.config import ComparisonConfig, merge
+    from dtcond.pipeline import run_comparison
+
+    config = merge(ComparisonConfig, {
+        "env": {"name": "bandit", "id": "dtcond/Gamble-v0", "kwargs": {"rounds": 1}, "collect_episodes": 200,
+                "behavior": [{"policy": "gamble_safe", "weight": 0.5}, {"policy": "random", "weight": 0.5}]},
+        "work_dir": str(tmp_path / "work"), "seeds": [0, 1], "progress": False, "report": False, "targets": ["q0.5"],
+        "model": {"context_len": 1, "n_layer": 1, "n_head": 1, "n_embd": 8}, "trainer": {"max_steps": 30}, "rl": {"algo": None},
+        "finetune": {"betas": [1.0], "thresholds": [0.05], "updates": 6, "episodes": 8, "lr": 3e-3, "check_every": 2,
+                     "check_episodes": 16, "prior_pool": 200},
+        "eval": {"episodes": 12}})
+    result = run_comparison(config)
+    df = result.records
+    tuned = df[df["policy_kind"].isin(["rlft_kl", "rlft_stop"])]
+    assert set(tuned["label"]) >= {"rlft_kl:1", "rlft_kl:0"} and tuned["log_ratio_prior"].notna().all()
+    pools = {s: json.loads((tmp_path / "work" / f"seed{s}" / "rlft_prior_pool.json").read_text()) for s in (0, 1)}
+    [row] = posterior_gaps(df, pools)
+    assert row["beta"] == 1.0 and row["seeds"] == [0, 1] and math.isfinite(row["kl_to_posterior"])
+    # the same quantity by hand for seed 0: E_π[log p_π/p_BC − R/β] + log mean_pool exp(R/β)
+    s0 = tuned[(tuned["label"] == "rlft_kl:1") & (tuned["train_seed"] == 0)]
+    r = np.asarray(pools[0]["returns"])
+    by_hand = float((s0["log_ratio_prior"] - s0["episode_return"]).mean() + np.log(np.exp(r).mean()))
+    assert row["kl_to_posterior_per_seed"][0] == pytest.approx(by_hand)
+    assert (tmp_path / "work" / "seed0" / "rlft_stop" / "stop-0.05" / "policy" / "card.json").is_file()
