@@ -91,8 +91,60 @@ def main(cfg) -> None:
                                                     kl="log_ratio_prior"),
                 "train_seconds": {label: s for label, s in seconds.items()}, "wall_seconds": time.perf_counter() - start}
     plot_frontier(table, out / "frontier.png", title="TomatoGarden: conditioning vs RL fine-tuning of the same transformer")
+    plot_questions(table, out / "questions.png")
     render(cfg, table, frontier, out, f"this invocation took {time.perf_counter() - start:.0f}s (a rerun on the same work_dir "
                                       "reuses finished training and episodes)", machine())
+
+
+def plot_questions(table, path: Path) -> Path:
+    """The headline figure: one panel per question, on the same axes (true return against KL(p_π‖p_data); bars: 95%
+    intervals of the true return over seeds, the KL's are in the table) — imitation
+    (BC beside the data), conditioning (the DT's targets beside the oracle quantilizer) and RL fine-tuning (RLFT-KL by β
+    and RLFT-stop by threshold beside the data's posterior)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from dtcond import families
+
+    t = table[table["trajectory_kl"].notna() & table["true_return"].notna()]
+    data = table[table["policy_kind"] == "data"].iloc[0]
+    oracle = t[t["policy_kind"] == "oracle"]
+    panels = [
+        ("imitation", [("bc", t[t["policy_kind"] == "bc"], "label")], []),
+        ("conditioning", [("dt", t[(t["policy_kind"] == "dt") & (t["label"] == "dt")], "target_spec")], ["quantilizer"]),
+        ("RL fine-tuning of the same BC transformer",
+         [("bc", t[t["policy_kind"] == "bc"], "label")]
+         + [(k, t[t["policy_kind"] == k].sort_values("policy_param"), "label") for k in ("rlft_kl", "rlft_stop")], ["posterior"]),
+    ]
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.6), sharex=True, sharey=True)
+    for ax, (title, groups, oracles) in zip(axes, panels):
+        ax.axhline(float(data["true_return"]), ls="--", color="k", lw=0.8, label="data (KL 0)")
+        for kind, part, note in groups:
+            fmt_, color = families.describe(kind).style
+            ax.errorbar(part["trajectory_kl"], part["true_return"], yerr=part["true_return_ci95"], fmt=fmt_, color=color, capsize=2,
+                        lw=1, label=families.describe(kind).name + (" (the prior)" if kind == "bc" and len(groups) > 1 else ""))
+            for r in part.itertuples():
+                ax.annotate(str(getattr(r, note)), (r.trajectory_kl, r.true_return), fontsize=6, xytext=(3, 3), textcoords="offset points")
+        for fam in oracles:
+            part = oracle[oracle["oracle_family"] == fam].sort_values("oracle_param")
+            fmt_, color = families.ORACLE_STYLES[fam]
+            ax.errorbar(part["trajectory_kl"], part["true_return"], yerr=part["true_return_ci95"], fmt=fmt_, color=color,
+                        capsize=2, lw=1, mfc="none", label=f"oracle {fam} (of the data)")
+            for r in part.itertuples():
+                ax.annotate(f"{r.oracle_param:g}", (r.trajectory_kl, r.true_return), fontsize=6, color=color, xytext=(3, -8),
+                            textcoords="offset points")
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("KL(p_π‖p_data), nats per episode (exact)")
+        ax.set_xscale("symlog", linthresh=1.0)
+        ax.set_xlim(left=0)
+        ax.legend(fontsize=7, loc="lower left")
+    axes[0].set_ylabel("true return")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
 
 
 def render(cfg, table, frontier: dict, out: Path, timing: str, machine_line: str) -> None:
@@ -115,7 +167,8 @@ def render(cfg, table, frontier: dict, out: Path, timing: str, machine_line: str
         f"{list(cfg.seeds)}; {cfg.eval.episodes} episodes per policy and target on env seeds from {cfg.eval.seed}. Means ± 95% "
         f"CI over training seeds (oracles: over their pools). Machine: {machine_line}; {timing}."
         + (f" One RL fine-tuning run took {min(run_minutes):.1f}–{max(run_minutes):.1f} min." if run_minutes else ""), "",
-        "![frontier](frontier.png)", "", table_markdown(table, cols), "",
+        "![three questions](questions.png)", "", "Every row, observed return too: ![frontier](frontier.png)", "",
+        table_markdown(table, cols), "",
         "## 1. Does KL-regularized fine-tuning reach its posterior?", "", POSTERIOR_NOTE.format(episodes=cfg.eval.episodes), "",
         "| β | seeds | KL to the posterior | KL(p_π‖p_BC) | observed return | true return | posterior's observed return "
         "| posterior's true return | low-ESS seeds |", "|---|---|---|---|---|---|---|---|---|",
