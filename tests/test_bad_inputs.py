@@ -52,7 +52,8 @@ def world(tmp_path_factory):
         collect("CartPole-v1", [Component("cartpole_balance", 0.5, 0.5), Component("random", weight=0.5)], 12,
                 "bad/cartpole-v0", progress=False)
         run = train("bad/cartpole-v0", root / "run", model=dict(context_len=4, n_layer=1, n_head=1, n_embd=8, dropout=0.0),
-                    data=dict(batch_size=8, steps_per_epoch=5), trainer=dict(max_steps=5, enable_progress_bar=False, logger=False))
+                    data=dict(batch_size=8, steps_per_epoch=5, val_windows=32),
+                    trainer=dict(max_steps=5, enable_progress_bar=False, logger=False))
         evaluate(load_policy(run.bundle), ["q0.5"], episodes=2, results=root / "results.jsonl")
         for name, (build, _) in DAMAGED.items():
             build(root / "datasets", f"dmg/{name}-v0")
@@ -249,7 +250,8 @@ def train_on_a_vanished_env(root: Path) -> Path:
     with pytest.raises(gym.error.Error):
         gym.spec(VANISHED)  # gone for training, as on a machine without the env's package
     run = train("gone/cartpole-v0", root / "gone-run", model=dict(context_len=4, n_layer=1, n_head=1, n_embd=8, dropout=0.0),
-                data=dict(batch_size=8, steps_per_epoch=5), trainer=dict(max_steps=5, enable_progress_bar=False, logger=False))
+                data=dict(batch_size=8, steps_per_epoch=5, val_windows=32),
+                trainer=dict(max_steps=5, enable_progress_bar=False, logger=False))
     return run.bundle
 
 

@@ -34,7 +34,7 @@ def ppo_run(module_root):
 @pytest.fixture(scope="module")
 def dt_bundle(module_root):
     with minari_at(module_root / "minari"):
-        return train(CARTPOLE, module_root / "dt", model=TINY, data=dict(batch_size=8, steps_per_epoch=5),
+        return train(CARTPOLE, module_root / "dt", model=TINY, data=dict(batch_size=8, steps_per_epoch=5, val_windows=32),
                      trainer=dict(max_steps=5, **QUIET)).bundle
 
 
@@ -100,7 +100,7 @@ def test_novelty_is_zero_on_the_data_and_grows_with_shift(cartpole_dataset):
 
 
 def test_pct_bc_trains_on_the_quantilizer_tail(cartpole_dataset, dt_bundle, tmp_path):
-    r = train(cartpole_dataset, tmp_path / "pbc", model=TINY, data=dict(batch_size=8, steps_per_epoch=5),
+    r = train(cartpole_dataset, tmp_path / "pbc", model=TINY, data=dict(batch_size=8, steps_per_epoch=5, val_windows=32),
               trainer=dict(max_steps=5, **QUIET), condition_on_return=False, top_fraction=0.25)
     policy = load_policy(r.bundle)
     assert policy.kind == "pct_bc" and policy.label == "pct_bc:0.25" and not policy.condition_on_return
@@ -119,7 +119,8 @@ def test_the_comparison_report_builds_from_a_small_table(cartpole_dataset, dt_bu
     store = ResultsStore(tmp_path / "results.jsonl")
     store.append(dataset_records(data, scorer))
     evaluate(load_policy(dt_bundle), ["q0.2", "q0.8", "x1.5", "quantilizer:0.25"], episodes=2, results=store, scorer=scorer)
-    bc = load_policy(train(cartpole_dataset, tmp_path / "bc", model=TINY, data=dict(batch_size=8, steps_per_epoch=5),
+    bc = load_policy(train(cartpole_dataset, tmp_path / "bc", model=TINY,
+                           data=dict(batch_size=8, steps_per_epoch=5, val_windows=32),
                            trainer=dict(max_steps=5, **QUIET), condition_on_return=False).bundle)
     evaluate(bc, episodes=2, results=store, scorer=scorer)
     for bundle in ppo_run.bundles:

@@ -26,7 +26,8 @@ JOINT = ["6,cost=4", "8,cost<=q0.5", "quantilizer:0.5,cost<=9", "quantilizer:0.5
 def cost_bundle(module_root):
     """One tiny cost-conditioned DT on the HazardGrid data: the module's tests only read it."""
     with minari_at(module_root / "minari"):
-        return train(HAZARD, module_root / "cost", model={**TINY, "cost_conditioned": True}, data=dict(batch_size=16, steps_per_epoch=20),
+        return train(HAZARD, module_root / "cost", model={**TINY, "cost_conditioned": True},
+                     data=dict(batch_size=16, steps_per_epoch=20, val_windows=32),
                      trainer=dict(max_steps=40, **QUIET)).bundle
 
 
@@ -92,7 +93,7 @@ def test_the_cost_to_go_changes_what_the_policy_does(cost_policy):
 
 def test_window_decoding_equals_cached_decoding_with_a_cost_to_go(hazard_dataset, tmp_path):
     r = train(hazard_dataset, tmp_path / "one", model={**TINY, "n_layer": 1, "cost_conditioned": True},
-              data=dict(batch_size=16, steps_per_epoch=20), trainer=dict(max_steps=20, **QUIET))
+              data=dict(batch_size=16, steps_per_epoch=20, val_windows=32), trainer=dict(max_steps=20, **QUIET))
     policy = load_policy(r.bundle)
     cached = evaluate(policy, JOINT, episodes=2, seed=5)
     policy.decode = "window"
@@ -105,7 +106,7 @@ def test_cost_and_return_only_policies_refuse_each_others_targets(cost_policy, h
         evaluate(cost_policy, ["q0.9"], episodes=1)
     with pytest.raises(DtcondError, match="reset\\(target=..., cost=...\\)"):
         cost_policy.reset(5.0)
-    r = train(hazard_dataset, tmp_path / "plain", model=TINY, data=dict(batch_size=16, steps_per_epoch=5),
+    r = train(hazard_dataset, tmp_path / "plain", model=TINY, data=dict(batch_size=16, steps_per_epoch=5, val_windows=32),
               trainer=dict(max_steps=5, **QUIET))
     plain = load_policy(r.bundle)
     assert not plain.cost_conditioned
@@ -118,7 +119,7 @@ def test_cost_and_return_only_policies_refuse_each_others_targets(cost_policy, h
 
 def test_a_bundle_written_without_cost_fields_loads_and_acts_unchanged(hazard_dataset, tmp_path):
     # A bundle as the code before cost conditioning wrote it: no cost keys in the model config or the stats.
-    r = train(hazard_dataset, tmp_path / "plain", model=TINY, data=dict(batch_size=16, steps_per_epoch=5),
+    r = train(hazard_dataset, tmp_path / "plain", model=TINY, data=dict(batch_size=16, steps_per_epoch=5, val_windows=32),
               trainer=dict(max_steps=5, **QUIET))
     card_path = r.bundle / "card.json"
     card = json.loads(card_path.read_text())

@@ -22,7 +22,7 @@ SPECS = ["q0.1", "q0.9", "x1.5", "quantilizer:0.25"]
 def cartpole_bundle(module_root):
     """One tiny CartPole model for the module's tests: they read it and never change it."""
     with minari_at(module_root / "minari"):
-        return train(CARTPOLE, module_root / "cp", model=TINY, data=dict(batch_size=16, steps_per_epoch=20),
+        return train(CARTPOLE, module_root / "cp", model=TINY, data=dict(batch_size=16, steps_per_epoch=20, val_windows=32),
                      trainer=dict(max_steps=40, **QUIET)).bundle
 
 
@@ -34,7 +34,7 @@ def cartpole_policy(cartpole_bundle, cartpole_dataset):
 
 @pytest.fixture
 def pendulum_policy(pendulum_dataset, tmp_path):
-    r = train(pendulum_dataset, tmp_path / "pd", model=TINY, data=dict(batch_size=16, steps_per_epoch=20),
+    r = train(pendulum_dataset, tmp_path / "pd", model=TINY, data=dict(batch_size=16, steps_per_epoch=20, val_windows=32),
               trainer=dict(max_steps=20, **QUIET))
     return load_policy(r.bundle)
 
@@ -185,7 +185,8 @@ def test_multirun_with_joblib_writes_one_consistent_table(cartpole_policy, tmp_p
 def test_window_decoding_equals_cached_decoding_for_one_layer(cartpole_dataset, tmp_path):
     # With one layer a token's keys depend on its own embedding only, so recomputing the last K
     # steps and reading them from the banded cache are the same computation.
-    r = train(cartpole_dataset, tmp_path / "one", model={**TINY, "n_layer": 1}, data=dict(batch_size=16, steps_per_epoch=20),
+    r = train(cartpole_dataset, tmp_path / "one", model={**TINY, "n_layer": 1},
+              data=dict(batch_size=16, steps_per_epoch=20, val_windows=32),
               trainer=dict(max_steps=30, **QUIET))
     policy = load_policy(r.bundle)
     cached = evaluate(policy, SPECS, episodes=2, seed=5)

@@ -79,7 +79,8 @@ def test_four_sweeps_into_one_table_at_once_write_each_episode_once(tmp_path, ca
     from dtcond.dt.training import train
 
     run = train(cartpole_dataset, tmp_path / "p", model=dict(context_len=4, n_layer=1, n_head=1, n_embd=8, dropout=0.0),
-                data=dict(batch_size=8, steps_per_epoch=5), trainer=dict(max_steps=5, enable_progress_bar=False, logger=False))
+                data=dict(batch_size=8, steps_per_epoch=5, val_windows=32),
+                trainer=dict(max_steps=5, enable_progress_bar=False, logger=False))
     path = tmp_path / "results.jsonl"
     # Two sweeps per seed: the pairs race to run and write the very same episodes.
     procs = [subprocess.Popen([sys.executable, "-c", SWEEP, str(run.bundle), str(seed), str(path)]) for seed in (0, 1, 0, 1)]

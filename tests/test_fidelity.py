@@ -148,6 +148,22 @@ def test_the_best_validation_checkpoint_is_the_one_exported(cartpole_dataset, tm
     card = json.loads((run.bundle / "card.json").read_text())
     assert card["extra"]["fidelity"]["best_step"] == 10 and card["extra"]["fidelity"]["export"] == "best"
     assert card["extra"]["fidelity"]["val"]["val/loss"] == pytest.approx(run.val_loss)
+    assert card["extra"]["fidelity"]["val"] == _validate_again(run, cartpole_dataset, best)  # the exported weights' own
+
+
+def _validate_again(run, dataset_id, state_dict) -> dict:
+    """A fresh validation of ``state_dict`` on the run's own val windows (TINY, segment 2 x context, seed 0)."""
+    import lightning as L
+
+    from dtcond.datasets.loading import load
+
+    module = DTModule(**torch.load(run.last_checkpoint, weights_only=True)["hyper_parameters"])
+    module.load_state_dict(state_dict)
+    data = load(dataset_id)
+    reference, _ = ground_truth_reference(dataset_id, data.stats, module.config)
+    dm = WindowDataModule(dataset_id, window_len=2 * module.config.context_len, batch_size=16, data=data, val_reference=reference)
+    trainer = L.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False)
+    return {k: float(v) for k, v in trainer.validate(module, datamodule=dm, verbose=False)[0].items()}
 
 
 def test_early_stopping_ends_a_run_whose_validation_loss_stops_falling(cartpole_dataset, tmp_path):

@@ -131,7 +131,7 @@ def bc_bundle(cartpole_dataset, tmp_path):
     from dtcond.dt.training import train
 
     return train(cartpole_dataset, tmp_path / "bc", model=dict(context_len=4, n_layer=1, n_head=1, n_embd=16, dropout=0.0),
-                 data=dict(batch_size=8, steps_per_epoch=5), condition_on_return=False,
+                 data=dict(batch_size=8, steps_per_epoch=5, val_windows=32), condition_on_return=False,
                  trainer=dict(max_steps=5, enable_progress_bar=False, enable_model_summary=False, logger=False)).bundle
 
 

@@ -21,7 +21,7 @@ QUIET = dict(enable_progress_bar=False, enable_model_summary=False, logger=False
 
 @pytest.fixture
 def tiny_run(cartpole_dataset, tmp_path):
-    return train(cartpole_dataset, tmp_path / "run", model=TINY, data=dict(batch_size=16, steps_per_epoch=10),
+    return train(cartpole_dataset, tmp_path / "run", model=TINY, data=dict(batch_size=16, steps_per_epoch=10, val_windows=32),
                  trainer=dict(max_steps=30, **QUIET), checkpoint_every=10, export="last")  # the bundle is last.ckpt's weights
 
 
@@ -83,7 +83,7 @@ def test_the_bundle_describes_itself(tiny_run, cartpole_dataset):
 
 
 def test_resume_continues_the_step_count(cartpole_dataset, tmp_path):
-    args = dict(model=TINY, data=dict(batch_size=8, steps_per_epoch=10), checkpoint_every=10)
+    args = dict(model=TINY, data=dict(batch_size=8, steps_per_epoch=10, val_windows=32), checkpoint_every=10)
     first = train(cartpole_dataset, tmp_path / "r", trainer=dict(max_steps=20, **QUIET), **args)
     assert first.global_step == 20
     resumed = train(cartpole_dataset, tmp_path / "r", trainer=dict(max_steps=35, **QUIET), **args)
@@ -96,7 +96,7 @@ def test_resume_continues_the_step_count(cartpole_dataset, tmp_path):
 def test_a_rerun_with_the_same_seed_and_threads_gives_the_same_weights_and_another_seed_does_not(cartpole_dataset, tmp_path):
     from safetensors.torch import load_file
 
-    args = dict(model=TINY, data=dict(batch_size=8, steps_per_epoch=10), trainer=dict(max_steps=20, **QUIET))
+    args = dict(model=TINY, data=dict(batch_size=8, steps_per_epoch=10, val_windows=32), trainer=dict(max_steps=20, **QUIET))
     weights = {name: load_file(str(train(cartpole_dataset, tmp_path / name, seed=seed, **args).bundle / "model.safetensors"))
                for name, seed in (("a", 3), ("b", 3), ("c", 4))}
     assert weights["a"].keys() == weights["b"].keys()
@@ -168,7 +168,7 @@ def test_context_longer_than_any_episode_is_refused(cartpole_dataset, tmp_path):
 
 def test_cli_trains_resumes_and_rejects_unknown_keys(tmp_path, cartpole_dataset):
     base = ("train", "model=tiny", f"dataset.id={cartpole_dataset}", "data.batch_size=8", "data.steps_per_epoch=10",
-            "checkpoint_every=10", "trainer.enable_progress_bar=false")
+            "data.val_windows=32", "checkpoint_every=10", "trainer.enable_progress_bar=false")
     out = run_cli(*base, "trainer.max_steps=20", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     assert "trained test/cartpole/mix-v0: 20 steps" in out.stdout
@@ -273,7 +273,7 @@ def test_progress_bar_counts_epochs_out_of_a_finite_total(cartpole_dataset, tmp_
         def on_train_batch_end(self, trainer, *args):
             seen.append((trainer.max_epochs, trainer.progress_bar_callback.train_progress_bar.desc))
 
-    r = train(cartpole_dataset, tmp_path / "bar", model=TINY, data=dict(batch_size=8, steps_per_epoch=10),
+    r = train(cartpole_dataset, tmp_path / "bar", model=TINY, data=dict(batch_size=8, steps_per_epoch=10, val_windows=32),
               trainer=dict(max_steps=25, enable_model_summary=False, logger=False), callbacks=[Watch()])
     assert r.global_step == 25
     assert {m for m, _ in seen} == {3} and [d.rstrip(": ") for _, d in seen][::10] == ["Epoch 0/2", "Epoch 1/2", "Epoch 2/2"]
@@ -379,7 +379,8 @@ def test_rollout_callback_logs_what_evaluate_returns(cartpole_dataset, tmp_path)
 
     from dtcond.rollout.evaluation import evaluate
 
-    run = train(cartpole_dataset, tmp_path / "cb", model=TINY, data=dict(batch_size=8, steps_per_epoch=10), seed=3,
+    run = train(cartpole_dataset, tmp_path / "cb", model=TINY, data=dict(batch_size=8, steps_per_epoch=10, val_windows=32),
+                seed=3,
                 trainer=dict(max_steps=10, enable_progress_bar=False, enable_model_summary=False, log_every_n_steps=1),
                 rollouts=dict(every_n_steps=5, targets=["q0.2", "q0.9"], episodes=2))  # as `dtcond train rollouts.every_n_steps=5`
     rows = list(csv.DictReader(open(tmp_path / "cb" / "logs" / "metrics.csv")))
@@ -434,7 +435,7 @@ def test_a_bundle_written_before_the_binned_head_loads_as_the_mean_head(pendulum
     import numpy as np
 
     run = train(pendulum_dataset, tmp_path / "old", model={**TINY, "action_head": "mse"},
-                data=dict(batch_size=8, steps_per_epoch=5), trainer=dict(max_steps=5, enable_progress_bar=False))
+                data=dict(batch_size=8, steps_per_epoch=5, val_windows=32), trainer=dict(max_steps=5, enable_progress_bar=False))
     card_path = run.bundle / "card.json"
     card = json.loads(card_path.read_text())
     del card["model"]["action_head"], card["model"]["action_bins"]
@@ -465,7 +466,8 @@ def test_every_precision_trains_with_gradient_clipping(request, tmp_path, precis
     # Lightning refuses to clip a fused AdamW's gradients under mixed precision; dtcond must pick one it can clip.
     clip = 1e-3  # far below any gradient norm at init, so every step is clipped
     norms = GradNorm()
-    r = train(request.getfixturevalue(dataset), tmp_path / precision, model=TINY, data=dict(batch_size=8, steps_per_epoch=5),
+    r = train(request.getfixturevalue(dataset), tmp_path / precision, model=TINY,
+              data=dict(batch_size=8, steps_per_epoch=5, val_windows=32),
               trainer=dict(max_steps=4, precision=precision, gradient_clip_val=clip, **QUIET), callbacks=[norms])
     assert r.global_step == 4 and len(norms.norms) == 4
     assert max(norms.norms) <= clip * 1.01

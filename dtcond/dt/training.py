@@ -243,6 +243,23 @@ class RolloutCallback(L.Callback):
             logger.log_metrics(metrics, step=step)
 
 
+class ValidationRecord(L.Callback):
+    """The ``val/*`` metrics of each validation this run made, by the global step of the weights it measured.
+
+    The weights only change at an optimizer step, so a later measurement of the weights of a recorded step (the
+    exported best checkpoint, or the final weights when the last validation came after the last step) would repeat
+    one of these; :func:`train` reads them back instead of validating again. Sanity checks are not recorded.
+    """
+
+    def __init__(self):
+        self.by_step: dict[int, dict[str, float]] = {}
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if trainer.sanity_checking:
+            return
+        self.by_step[trainer.global_step] = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+
+
 class EpochsFromSteps(L.Callback):
     """Sets ``max_epochs`` from ``max_steps`` once the epoch's length is known, so a progress bar reads ``Epoch 5/6``.
 
@@ -423,7 +440,10 @@ def train(dataset_id: str, out_dir: str | Path, config: TrainConfig | None = Non
     if trainer["enable_progress_bar"] is not False and not any(isinstance(c, ProgressBar) for c in extra):
         extra.append(EpochOfBar())
     checkpoint = ModelCheckpoint(dirpath=ckpt_dir, save_last=True, save_top_k=0, every_n_train_steps=cfg.checkpoint_every)
-    best = None
+    best, record = None, None
+    if validates:
+        record = ValidationRecord()
+        extra.append(record)
     if validates and cfg.export == "best":  # kept across resumes: its state travels in last.ckpt
         best = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor="val/loss", mode="min", save_top_k=1,
                                enable_version_counter=False, save_weights_only=True, save_on_train_epoch_end=False)
@@ -475,8 +495,10 @@ def train(dataset_id: str, out_dir: str | Path, config: TrainConfig | None = Non
         best_step = int(saved["global_step"])
     val_metrics = None
     if validates and not pl_trainer.fast_dev_run:  # the exported weights' own val metrics, on the fixed val windows
-        measured = pl_trainer.validate(module, datamodule=dm, verbose=False)
-        val_metrics = {k: float(v) for k, v in (measured[0] if measured else {}).items()}
+        val_metrics = record.by_step.get(pl_trainer.global_step if best_step is None else best_step)
+        if val_metrics is None:  # not measured in this run (a best checkpoint from before a resume, a final partial epoch)
+            measured = pl_trainer.validate(module, datamodule=dm, verbose=False)
+            val_metrics = {k: float(v) for k, v in (measured[0] if measured else {}).items()}
     fidelity = {"export": cfg.export if best_step is not None or cfg.export == "last" else "last",
                 "best_step": best_step, "val": val_metrics,
                 "kl_data": None if val_metrics is None else val_metrics.get("val/kl_data"),
