@@ -27,6 +27,7 @@ commands:
   train     fit a Decision Transformer on a dataset; writes last.ckpt and a policy bundle
   eval      roll out a policy at many target returns into a results table (+ calibration report)
   baseline  online RL (SB3 PPO/SAC) on a dataset's env; every checkpoint evaluated into the table
+  finetune  RL fine-tuning of a BC transformer on its env's reward, KL-penalized toward its frozen copy
   report    calibration metrics, plot and markdown from a results table
   demo      end to end: collect -> DT, BC, %BC, PPO -> target sweep -> calibration and comparison report
 
@@ -162,6 +163,38 @@ def baseline_command(cfg) -> None:
     print(f"  results: {store.path}")
 
 
+def finetune_command(cfg) -> None:
+    from hydra.core.hydra_config import HydraConfig
+
+    from dtcond.families import load_policy
+    from dtcond.rl.finetune import PriorScorer, finetune
+    from dtcond.rollout.evaluation import evaluate
+    from dtcond.rollout.records import ResultsStore
+
+    _set_datasets_path(cfg)
+    store = ResultsStore(Path(cfg.results).expanduser()) if cfg.evaluate else None
+    prior = Path(cfg.policy).expanduser()
+    result = finetune(prior, HydraConfig.get().runtime.output_dir, beta=cfg.beta, config=cfg.finetune, seed=cfg.seed,
+                      progress=cfg.progress)
+    last = result.history[-1]
+    print(f"fine-tuned {prior} at β={cfg.beta:g}: {result.updates} updates ({result.seconds:.0f}s), held-out KL to the prior "
+          f"{last['kl']:.2f} ± {1.96 * last['kl_se']:.2f} nats, return {last['return']:.1f}; policy {result.bundle}")
+    for threshold, path in result.snapshots.items():
+        print(f"  stopped at KL ≤ {threshold:g}: {path}")
+    if store is None:
+        return
+    policy = load_policy(result.bundle)
+    scorer = _scorer(policy.stats.dataset_id, cfg.roaming, store, data_rows=True)
+    for bundle in [result.bundle, *result.snapshots.values()]:
+        policy = load_policy(bundle)
+        recs = evaluate(policy, episodes=cfg.episodes, seed=cfg.seed, results=store, run_id=f"rlft_seed{cfg.seed}",
+                        scorer=PriorScorer(policy, prior, scorer))
+        kl = [r["trajectory_kl"] for r in recs if r.get("trajectory_kl") is not None]
+        print(f"  {policy.label:>16}: return {np.mean([r['episode_return'] for r in recs]):9.1f}   KL to the prior "
+              f"{np.mean([r['log_ratio_prior'] for r in recs]):.2f}" + (f"   KL(p_π‖p_data) {np.mean(kl):.1f}" if kl else ""))
+    print(f"  results: {store.path}")
+
+
 def eval_command(cfg) -> None:
     from dtcond.families import load_policy
     from dtcond.rollout.evaluation import evaluate, make_vector_env
@@ -225,6 +258,7 @@ COMMANDS: dict[str, Callable] = {
     "train": train_command,
     "eval": eval_command,
     "baseline": baseline_command,
+    "finetune": finetune_command,
     "report": report_command,
     "demo": demo_command,
 }

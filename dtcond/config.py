@@ -634,8 +634,33 @@ class ComparisonConfig:
 
 
 
+@dataclass
+class FinetuneCommandConfig:
+    """``dtcond finetune``: RL fine-tuning of a BC transformer (a bundle of ``dtcond train condition_on_return=false``) on
+    its env's observed reward, KL-penalized toward its frozen copy (dtcond/rl/finetune.py); each policy it writes evaluated."""
+
+    policy: str = MISSING  # the BC policy bundle to start from (the prior)
+    beta: float = 0.0  # the KL penalty's β; 0: unregularized (with finetune.thresholds: early-stopped snapshots)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)  # updates, episodes, lr, thresholds, checks
+    seed: int = 0
+    progress: bool = True
+    evaluate: bool = True  # roll the final policy and each snapshot out into the results table
+    episodes: int = 20
+    results: str = "outputs/eval/results.jsonl"
+    roaming: bool = True  # score episodes against the data (and against the prior: log_ratio_prior)
+    datasets_path: Optional[str] = None
+
+    def __post_init__(self):
+        if not (self.beta >= 0 and math.isfinite(self.beta)):
+            raise DtcondError(f"beta must be a finite number >= 0 (0: unregularized), got {self.beta}")
+        if self.finetune.betas:
+            raise DtcondError("finetune.betas lists a comparison's runs; this command trains one: beta=<value>")
+        if self.evaluate:
+            _at_least("", episodes=(self.episodes, 1))
+
+
 COMMANDS = {"train": TrainConfig, "collect": CollectConfig, "eval": EvalConfig, "baseline": BaselineConfig,
-            "report": ReportConfig, "demo": ComparisonConfig}
+            "finetune": FinetuneCommandConfig, "report": ReportConfig, "demo": ComparisonConfig}
 
 
 # ----------------------------------------------------------------------------------------------

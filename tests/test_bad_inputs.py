@@ -326,6 +326,11 @@ CASES = [
     # demo: a wrong type deep in the config fails before the first stage runs
     ("demo-bc-steps-type", ("demo", "{ds}", "bc.steps=many", "work_dir={root}/demo"), "config key bc.steps"),
     # baseline, report
+    ("finetune-dt-prior", ("finetune", "{ds}", "policy={policy}", "hydra.run.dir={root}/f1"), "starts from a policy trained without returns (BC)"),
+    ("finetune-negative-beta", ("finetune", "{ds}", "policy={policy}", "beta=-1", "hydra.run.dir={root}/f2"), "beta must be a finite number >= 0"),
+    ("finetune-betas", ("finetune", "{ds}", "policy={policy}", "finetune.betas=[1]", "hydra.run.dir={root}/f3"), "this command trains one: beta=<value>"),
+    ("finetune-no-policy", ("finetune", "{ds}", "hydra.run.dir={root}/f4"), "missing mandatory value"),
+    ("finetune-missing-policy", ("finetune", "{ds}", "policy={root}/nothing", "hydra.run.dir={root}/f5"), "no policy at"),
     ("baseline-sac-discrete", ("baseline", "{ds}", "dataset.id=bad/cartpole-v0", "algo=sac", "hydra.run.dir={root}/b1"), "SAC needs continuous"),
     ("baseline-zero-budget", ("baseline", "{ds}", "dataset.id=bad/cartpole-v0", "budget=0", "hydra.run.dir={root}/b2"), "budget must be >= 1"),
     ("baseline-unknown-algo", ("baseline", "{ds}", "dataset.id=bad/cartpole-v0", "algo=dqn", "hydra.run.dir={root}/b3"), "unknown algo 'dqn'"),

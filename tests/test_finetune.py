@@ -206,3 +206,18 @@ def test_a_comparison_fine_tunes_each_seeds_bc_and_measures_the_distance_to_its_
     by_hand = float((s0["log_ratio_prior"] - s0["episode_return"]).mean() + np.log(np.exp(r).mean()))
     assert row["kl_to_posterior_per_seed"][0] == pytest.approx(by_hand)
     assert (tmp_path / "work" / "seed0" / "rlft_stop" / "stop-0.05" / "policy" / "card.json").is_file()
+
+
+@pytest.mark.slow  # the CLI in a subprocess
+def test_the_cli_fine_tunes_a_bundle_and_evaluates_every_policy_it_wrote(bandit, tmp_path, monkeypatch):
+    from tests.conftest import run_cli
+
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(bandit["root"] / "minari"))
+    out = run_cli("finetune", f"policy={bandit['prior']}", "beta=0", "finetune.updates=6", "finetune.episodes=8",
+                  "finetune.check_every=2", "finetune.check_episodes=8", "finetune.thresholds=[0.01]", "episodes=6",
+                  f"results={tmp_path / 'results.jsonl'}", "progress=false", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    records = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()]
+    kinds = {r["policy_kind"] for r in records}
+    assert {"rlft_kl", "data"} <= kinds and all(r["log_ratio_prior"] is not None for r in records if r["policy_kind"].startswith("rlft"))
+    assert "held-out KL to the prior" in out.stdout and (tmp_path / "hydra" / "policy" / "card.json").is_file()
