@@ -199,10 +199,12 @@ class ConditionedPolicy:
 
     @property
     def fingerprint(self) -> str:
-        """Identifies the weights and the decoding mode, so results tables key episodes by it."""
+        """Identifies the weights, the decoding mode and a card-named family, so results tables key episodes by it."""
         if self._weights_hash is None:
             self._weights_hash = weights_hash(self.model)
         fp = self._weights_hash
+        if self._param is not None:  # a family named by its card (an RL-fine-tuned snapshot may hold its prior's weights)
+            fp += f"-{self.kind}{self._param:g}"
         if self.config.discrete or self.config.binned:
             fp += "-greedy" if self.greedy else f"-t{self.temperature:g}"
         return fp + ("-window" if self.decode == "window" else "")

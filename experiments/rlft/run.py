@@ -172,7 +172,8 @@ def render(cfg, table, frontier: dict, out: Path, timing: str, machine_line: str
         "## 1. Does KL-regularized fine-tuning reach its posterior?", "", POSTERIOR_NOTE.format(episodes=cfg.eval.episodes), "",
         "| β | seeds | KL to the posterior | KL(p_π‖p_BC) | observed return | true return | posterior's observed return "
         "| posterior's true return | low-ESS seeds |", "|---|---|---|---|---|---|---|---|---|",
-        *[f"| {r['beta']:g} | {len(r['seeds'])} | {fmt(r['kl_to_posterior'], r['kl_to_posterior_ci95'])} "
+        *[f"| {r['beta']:g} | {len(r['seeds'])} | {fmt(r['kl_to_posterior'], r['kl_to_posterior_ci95'])}"
+          + (f" (low ESS on {len(r['low_ess_seeds'])} of {len(r['seeds'])} seeds: not evidence)" if r["low_ess_seeds"] else "") + " "
           f"| {fmt(r['kl_to_prior'], r['kl_to_prior_ci95'])} | {fmt(r['return'], r['return_ci95'])} "
           f"| {fmt(r['true_return'], r['true_return_ci95'])} | {fmt(r['posterior_return'], r['posterior_return_ci95'])} "
           f"| {fmt(r['posterior_true_return'], r['posterior_true_return_ci95'])} | {r['low_ess_seeds'] or 'none'} |"
