@@ -246,3 +246,11 @@ def _out_of_bounds_text(path):
             if bounds and span and (span[0] < bounds[0] - 1e-9 or span[1] > bounds[1] + 1e-9):
                 bad.append(f"{name} = {cell}")
     return bad
+
+
+@pytest.mark.slow  # runs an experiment script's analyse-only path in a subprocess
+def test_the_rlft_tables_are_re_rendered_from_the_committed_results(tmp_path):
+    out = _analyse("rlft", tmp_path)
+    md = (out / "summary.md").read_text()
+    assert md == (REPO / "experiments/rlft/results/summary.md").read_text()
+    assert "(low ESS on 5 of 5 seeds: not evidence)" in md  # β = 1 and 3: the prior's pool cannot normalize the posterior

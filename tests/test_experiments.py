@@ -167,7 +167,7 @@ def test_oracles_experiment_reports_the_oracles_and_the_cost_bound(tmp_path, min
 
 
 SCHEMAS = {"goodhart": "GoodhartConfig", "luck": "LuckConfig", "cost": "CostConfig", "cost_tradeoff": "CostTradeoffConfig",
-           "oracles": "OraclesConfig", "calibration": "CalibrationConfig"}
+           "oracles": "OraclesConfig", "calibration": "CalibrationConfig", "rlft": "RlftConfig"}
 
 
 def compose_experiment(name: str):
