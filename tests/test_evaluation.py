@@ -171,6 +171,7 @@ def test_cli_eval_grid_report_and_bad_targets(cartpole_policy, tmp_path):
     assert out.returncode == 2 and "no policy at" in out.stderr
 
 
+@pytest.mark.slow  # a subprocess or several processes: the end-to-end tier
 def test_multirun_with_joblib_writes_one_consistent_table(cartpole_policy, tmp_path):
     results = tmp_path / "results.jsonl"
     out = run_cli("eval", "-m", f"policy={cartpole_policy.source}", f"results={results}", "episodes=3", "progress=false",

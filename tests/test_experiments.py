@@ -50,6 +50,7 @@ def test_luck_experiment_runs_end_to_end(tmp_path, minari_root):
     assert committed.read_bytes() == before if committed.exists() else before is None  # the committed results untouched
 
 
+@pytest.mark.slow  # a subprocess or several processes: the end-to-end tier
 def test_experiment_typo_is_one_line_and_exit_2(tmp_path):
     out = subprocess.run([sys.executable, str(REPO / "experiments" / "goodhart" / "run.py"), "seedz=[0]", f"work_dir={tmp_path / 'work'}"],
                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
@@ -66,6 +67,7 @@ def test_experiment_typo_is_one_line_and_exit_2(tmp_path):
     assert not (tmp_path / "work").exists()  # a value out of range too, before Hydra makes a run dir
 
 
+@pytest.mark.slow  # a subprocess or several processes: the end-to-end tier
 def test_an_unknown_testbed_is_one_line_before_any_work(tmp_path):
     out = subprocess.run([sys.executable, str(REPO / "experiments" / "oracles" / "run.py"), "testbeds=[gamble,hazrd_grid]",
                           f"results_dir={tmp_path / 'results'}", f"hydra.run.dir={tmp_path / 'hydra'}"],

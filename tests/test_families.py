@@ -199,6 +199,7 @@ def test_minigrid_with_a_text_mission_trains_and_acts_in_its_recorded_env_withou
     assert env.action_space.contains(policy.act(obs))
 
 
+@pytest.mark.slow  # a subprocess or several processes: the end-to-end tier
 def test_point_maze_trains_and_evaluates_in_its_recorded_env_from_the_cli(minari_root, tmp_path):
     pytest.importorskip("gymnasium_robotics")
     import gymnasium_robotics

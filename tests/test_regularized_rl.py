@@ -256,6 +256,7 @@ def test_bounded_intervals_stay_in_bounds_and_cover():
     assert bounded_mean_ci([1.0, 1.0])[1:] == (1.0, 1.0)
 
 
+@pytest.mark.slow  # a subprocess or several processes: the end-to-end tier
 def test_a_bad_budget_is_refused_in_one_line_before_any_work(tmp_path):
     import subprocess
     import sys

@@ -49,6 +49,7 @@ def test_labels_rank_the_safe_behaviour_above_every_lucky_gamble(gamble):
     assert gamble["info"]["clusters_used"] >= 2
 
 
+@pytest.mark.slow  # a subprocess or several processes: the end-to-end tier
 def test_labels_keep_the_returns_of_a_deterministic_env(tmp_path):
     """Pendulum has no randomness after the reset, so there is no luck to remove: the labels should be the returns.
     With the reference's objective (clusters learn from actions only, return_weight 0) they kept R² 0.54 here."""

@@ -495,6 +495,7 @@ def test_fp16_with_a_grad_scaler_clips_unscaled_gradients(cartpole_dataset):
     assert max(norms.norms) <= 1e-3 * 1.01 and norms.fused == {False}
 
 
+@pytest.mark.slow  # a subprocess or several processes: the end-to-end tier
 def test_ddp_on_two_cpu_processes_trains_and_writes_one_bundle(tmp_path, cartpole_dataset):
     # `trainer=ddp` as on GPUs, but 2 CPU processes talking over gloo; Lightning reruns the CLI for rank 1.
     import csv
