@@ -164,7 +164,7 @@ def finetune(prior, out_dir: str | Path, beta: float = 0.0, config: FinetuneConf
     this call trains the one ``beta``). Snapshots are taken at every ``check_every`` updates from held-out episodes:
     the snapshot for a threshold is the last checked policy whose held-out KL was at most the threshold.
     """
-    cfg = merge(FinetuneConfig, config, {k: v for k, v in overrides.items()})
+    cfg = merge(FinetuneConfig, config, overrides)
     if not (beta >= 0 and math.isfinite(beta)):
         raise DtcondError(f"beta must be a finite number >= 0 (0: unregularized), got {beta}")
     prior_policy = load_prior(prior)
