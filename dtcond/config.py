@@ -154,17 +154,23 @@ class DataConfig:
 
 @dataclass
 class OptimConfig:
-    """AdamW with a linear warmup; weight decay on matrices only."""
+    """AdamW with a linear warmup, then a constant or cosine-decayed learning rate; weight decay on matrices only."""
 
     lr: float = 1e-3
     weight_decay: float = 1e-4
     warmup_steps: int = 200  # the learning rate ramps linearly from lr/warmup_steps to lr
+    decay: str = "none"  # after warmup: none (constant lr) | cosine (nanoGPT's: to min_lr_ratio x lr at trainer.max_steps)
+    min_lr_ratio: float = 0.1  # cosine: the final learning rate as a fraction of lr
     betas: List[float] = field(default_factory=lambda: [0.9, 0.999])
 
     def __post_init__(self):
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise DtcondError(f"optim.lr must be a positive number, got {self.lr}")
         _at_least("optim", weight_decay=(self.weight_decay, 0.0), warmup_steps=(self.warmup_steps, 0))
+        if self.decay not in ("none", "cosine"):
+            raise DtcondError(f"optim.decay must be 'none' or 'cosine', got {self.decay!r}")
+        if not 0.0 <= self.min_lr_ratio <= 1.0:
+            raise DtcondError(f"optim.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
         if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
             raise DtcondError(f"optim.betas must be two numbers in [0, 1), got {list(self.betas)}")
 

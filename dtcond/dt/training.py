@@ -63,6 +63,27 @@ def model_config_for(stats: DatasetStats, **overrides) -> DTConfig:
     return cfg
 
 
+def lr_schedule(warmup_steps: int, decay: str = "none", min_lr_ratio: float = 0.1, total_steps: int = -1):
+    """The learning rate's multiplier at each optimizer step: a linear warmup, then constant or a cosine decay to
+    ``min_lr_ratio`` at ``total_steps`` (nanoGPT's; with no step budget, ``total_steps`` < 1, it stays constant).
+
+    >>> f = lr_schedule(10, "cosine", 0.1, 110)
+    >>> round(f(0), 2), f(9), round(f(59), 2), round(f(109), 2), round(f(500), 2)
+    (0.1, 1.0, 0.55, 0.1, 0.1)
+    """
+    warmup = max(1, warmup_steps)
+
+    def factor(step: int) -> float:
+        if step + 1 < warmup:
+            return (step + 1) / warmup
+        if decay != "cosine" or total_steps < 1 or total_steps <= warmup:
+            return 1.0
+        progress = min(1.0, (step + 1 - warmup) / (total_steps - warmup))
+        return min_lr_ratio + (1.0 - min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return factor
+
+
 class DTModule(L.LightningModule):
     """Supervised action prediction on return-conditioned windows.
 
@@ -79,6 +100,8 @@ class DTModule(L.LightningModule):
         weight_decay: float = OptimConfig.weight_decay,
         warmup_steps: int = OptimConfig.warmup_steps,
         betas: tuple[float, float] = tuple(OptimConfig().betas),
+        decay: str = OptimConfig.decay,
+        min_lr_ratio: float = OptimConfig.min_lr_ratio,
         condition_on_return: bool = True,
         top_fraction: float | None = None,
     ):
@@ -194,8 +217,8 @@ class DTModule(L.LightningModule):
         # itself); the multi-tensor AdamW clips under every precision, the fused one is kept elsewhere.
         fused = False if self._mixed_precision() else None
         opt = configure_optimizer(self.model, self.hparams.lr, self.hparams.weight_decay, self.hparams.betas, fused=fused)
-        warmup = max(1, self.hparams.warmup_steps)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: min(1.0, (step + 1) / warmup))
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_schedule(self.hparams.warmup_steps, self.hparams.decay,
+                                                                   self.hparams.min_lr_ratio, self.trainer.max_steps))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     def _mixed_precision(self) -> bool:
@@ -419,7 +442,7 @@ def train(dataset_id: str, out_dir: str | Path, config: TrainConfig | None = Non
     validates = dm.val_set is not None and cfg.trainer.limit_val_batches not in (0, 0.0)
     o = cfg.optim
     module = DTModule(model_cfg.to_dict(), offline.stats.to_dict(), lr=o.lr, weight_decay=o.weight_decay,
-                      warmup_steps=o.warmup_steps, betas=tuple(o.betas),
+                      warmup_steps=o.warmup_steps, betas=tuple(o.betas), decay=o.decay, min_lr_ratio=o.min_lr_ratio,
                       condition_on_return=cfg.condition_on_return, top_fraction=cfg.top_fraction)
 
     from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
