@@ -294,6 +294,7 @@ CASES = [
     ("train-bad-trainer-value", ("train", "{ds}", "dataset.id=bad/cartpole-v0", "trainer.accelerator=quantum"), "trainer config: You selected an invalid accelerator"),
     ("train-steps-type", ("train", "{ds}", "dataset.id=bad/cartpole-v0", "trainer.max_steps=many"), "config key trainer.max_steps: Value 'many'"),
     ("train-lr-type", ("train", "{ds}", "dataset.id=bad/cartpole-v0", "optim.lr=fast"), "config key optim.lr: Value 'fast'"),
+    ("train-lr-decay", ("train", "{ds}", "dataset.id=bad/cartpole-v0", "optim.decay=linear"), "optim.decay must be 'none' or 'cosine', got 'linear'"),
     ("train-gamma", ("train", "{ds}", "dataset.id=bad/cartpole-v0", "dataset.gamma=0.99"), "dataset.gamma=0.99 is not supported"),
     ("train-relabel-unknown", ("train", "{ds}", "dataset.id=bad/cartpole-v0", "relabel=luckless"), "relabel must be one of none, esper, got 'luckless'"),
     ("train-relabel-bc", ("train", "{ds}", "dataset.id=bad/cartpole-v0", "relabel=esper", "condition_on_return=false"),

@@ -55,6 +55,16 @@ def test_weight_decay_applies_to_matrices_only(cartpole_dataset):
     assert plain["weight_decay"] == 0.0 and all(p.dim() < 2 for p in plain["params"])
 
 
+@pytest.mark.parametrize("decay, final", [("cosine", 0.2), ("none", 1.0)])
+def test_the_learning_rate_decays_to_its_floor_only_when_asked(cartpole_dataset, tmp_path, decay, final):
+    r = train(cartpole_dataset, tmp_path / decay, model=TINY, data=dict(batch_size=8, steps_per_epoch=10, val_windows=32),
+              optim=dict(lr=1e-2, warmup_steps=4, decay=decay, min_lr_ratio=0.2), trainer=dict(max_steps=20, **QUIET),
+              checkpoint_every=10)
+    ckpt = torch.load(r.last_checkpoint, map_location="cpu", weights_only=False)
+    assert ckpt["global_step"] == 20
+    assert ckpt["optimizer_states"][0]["param_groups"][0]["lr"] == pytest.approx(1e-2 * final)
+
+
 def test_fast_dev_run(cartpole_dataset, tmp_path):
     r = train(cartpole_dataset, tmp_path / "fdr", model=TINY, data=dict(batch_size=8), trainer=dict(fast_dev_run=True, **QUIET))
     assert r.global_step == 1 and (r.bundle / "card.json").exists()
@@ -235,8 +245,8 @@ def test_the_library_defaults_are_the_cli_defaults():
     defaults = TrainConfig()
     assert (defaults.model.n_embd, defaults.trainer.accelerator, defaults.trainer.max_steps) == (64, "cpu", 1500)  # small, cpu
     module_defaults = {k: p.default for k, p in inspect.signature(DTModule.__init__).parameters.items()}
-    assert {k: module_defaults[k] for k in ("lr", "weight_decay", "warmup_steps")} == \
-        {k: getattr(OptimConfig(), k) for k in ("lr", "weight_decay", "warmup_steps")}
+    optim_keys = ("lr", "weight_decay", "warmup_steps", "decay", "min_lr_ratio")
+    assert {k: module_defaults[k] for k in optim_keys} == {k: getattr(OptimConfig(), k) for k in optim_keys}
     assert list(module_defaults["betas"]) == OptimConfig().betas
     from dtcond.config import ModelConfig
     from dtcond.dt.model import DTConfig

@@ -64,6 +64,7 @@ class Setting:
     steps: int = 1500
     dropout: float = 0.0
     weight_decay: float = 1e-4
+    decay: str = "none"  # the learning rate after warmup: none (constant) | cosine
     families: List[str] = field(default_factory=lambda: ["bc", "pct_bc", "dt"])
     default: bool = False  # the setting dtcond's shipped defaults train
 
@@ -143,7 +144,7 @@ def model_rows(cfg, setting: Setting, scorer_cache: dict, store, oracle_true: di
             run, seconds = timed_run(out, lambda: dtcond.train(
                 dataset_id, out, model={"context_len": setting.context_len, "dropout": setting.dropout},
                 data={"segment_len": setting.segment_len, "batch_size": setting.batch_size, "val_windows": 256},
-                optim={"weight_decay": setting.weight_decay}, seed=seed, checkpoint_every=250,
+                optim={"weight_decay": setting.weight_decay, "decay": setting.decay}, seed=seed, checkpoint_every=250,
                 trainer={"max_steps": setting.steps, "enable_progress_bar": False, "logger": False}, **kwargs))
             policy = dtcond.load_policy(run.bundle)
             t0 = time.perf_counter()
@@ -167,7 +168,7 @@ def model_rows(cfg, setting: Setting, scorer_cache: dict, store, oracle_true: di
         rows.append({
             "family": family, "param": param, "setting": setting.name, "K": setting.context_len, "episodes": setting.episodes,
             "steps": setting.steps, "batch_size": setting.batch_size, "segment_len": setting.segment_len or 2 * setting.context_len,
-            "dropout": setting.dropout, "weight_decay": setting.weight_decay, "seeds": len(items), "units": "training seeds",
+            "dropout": setting.dropout, "weight_decay": setting.weight_decay, "decay": setting.decay, "seeds": len(items), "units": "training seeds",
             "trajectory_kl": interval([i["kl"] for i in items]), "log_1_over_q": None if param is None else math.log(1 / param),
             "forward_kl_per_step": interval([i["forward"] for i in items]),
             "forward_kl_kind": "val/kl_data" if family == "bc" else "val/nll_gap",
