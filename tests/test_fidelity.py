@@ -191,3 +191,29 @@ def test_the_per_step_decomposition_sums_to_the_trajectory_kl(tomato):
         assert len(r["kl_by_step"]) == r["length"]
         assert sum(r["kl_by_step"]) == pytest.approx(r["trajectory_kl"], abs=1e-3)
     assert np.mean([r["trajectory_kl"] for r in records]) > 0.1
+
+
+def test_the_fidelity_study_s_default_row_trains_what_dtcond_ships():
+    """The study's row marked `default: true` is what `dtcond train` trains on `dtcond collect env=tomato`: change a
+    training default or the preset's data size without rerunning the study and this fails."""
+    import sys
+    from pathlib import Path
+
+    from dtcond.config import TrainConfig, env_preset
+
+    here = Path(__file__).resolve().parents[1] / "experiments" / "fidelity"
+    sys.path.insert(0, str(here))
+    try:
+        from run import Setting
+    finally:
+        sys.path.remove(str(here))
+    import yaml
+
+    settings = [Setting(**s) for s in yaml.safe_load((here / "config.yaml").read_text())["settings"]]
+    (shipped,) = [s for s in settings if s.default]
+    d = TrainConfig()
+    assert shipped.episodes == env_preset("tomato").collect_episodes
+    assert (shipped.context_len, shipped.segment_len or 2 * shipped.context_len, shipped.batch_size, shipped.steps) == \
+        (d.model.context_len, d.data.segment_len or 2 * d.model.context_len, d.data.batch_size, d.trainer.max_steps)
+    assert (shipped.dropout, shipped.weight_decay, shipped.decay) == (d.model.dropout, d.optim.weight_decay, d.optim.decay)
+    assert set(shipped.families) == {"bc", "pct_bc", "dt"}

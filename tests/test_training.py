@@ -243,7 +243,7 @@ def test_the_library_defaults_are_the_cli_defaults():
 
     assert from_hydra(compose_config("train")) == TrainConfig()
     defaults = TrainConfig()
-    assert (defaults.model.n_embd, defaults.trainer.accelerator, defaults.trainer.max_steps) == (64, "cpu", 1500)  # small, cpu
+    assert (defaults.model.n_embd, defaults.trainer.accelerator, defaults.trainer.max_steps) == (64, "cpu", 3000)  # small, cpu
     module_defaults = {k: p.default for k, p in inspect.signature(DTModule.__init__).parameters.items()}
     optim_keys = ("lr", "weight_decay", "warmup_steps", "decay", "min_lr_ratio")
     assert {k: module_defaults[k] for k in optim_keys} == {k: getattr(OptimConfig(), k) for k in optim_keys}
@@ -326,8 +326,8 @@ def test_train_with_no_options_trains_the_cpu_preset_and_stops(cartpole_dataset,
 
     r = train(cartpole_dataset, tmp_path / "default")
     preset = TrainConfig()
-    assert (preset.trainer.max_steps, preset.export, preset.early_stopping) == (1500, "best", 4)
-    assert r.best_step <= r.global_step <= 1500  # up to the preset's steps, or stopped early; the best step exported
+    assert (preset.trainer.max_steps, preset.export, preset.early_stopping) == (3000, "best", 4)
+    assert r.best_step <= r.global_step <= 3000  # up to the preset's steps, or stopped early; the best step exported
     policy = load_policy(r.bundle)
     assert (policy.config.n_embd, policy.config.context_len) == (64, 20)
     assert (tmp_path / "default" / "logs" / "metrics.csv").exists()
