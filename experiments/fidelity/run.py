@@ -186,6 +186,35 @@ def write(cfg, rows: list[dict], started: float) -> None:
     doc = {"env": cfg.env, "machine": machine(), "seeds": list(cfg.seeds), "eval_episodes": cfg.eval.episodes,
            "wall_seconds": time.perf_counter() - started, "rows": rows}
     atomic_write(out / "fidelity.json", json.dumps(doc, indent=1, default=float))
+    atomic_write(out / "summary.md", summary_markdown(doc).encode())
+
+
+def _interval(v: dict | None, digits: int = 1) -> str:
+    if not v or v.get("mean") is None:
+        return ""
+    if not v.get("ci95"):
+        return f"{v['mean']:.{digits}f}"
+    lo, hi = v["ci95"]
+    return f"{v['mean']:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]"
+
+
+def summary_markdown(doc: dict) -> str:
+    """The learned models' rows as one table (95% t-intervals over training seeds), beside log(1/q) and the oracle."""
+    lines = [f"Fidelity on {doc['env']}: trajectory KL from the data (nats/episode) on each model's own rollouts, "
+             f"{doc['eval_episodes']} episodes per model and target; 95% t-intervals over training seeds. {doc['machine']}.", "",
+             "| setting | family | q | seeds | trajectory KL | log(1/q) | forward KL / step (val) | true return | oracle quantilizer's true return | train s / model |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    learned = [r for r in doc["rows"] if "setting" in r]
+    order = {name: i for i, name in enumerate(dict.fromkeys(r["setting"] for r in learned))}
+    family = {"bc": 0, "pct_bc": 1, "dt": 2}
+    for r in sorted(learned, key=lambda r: (order[r["setting"]], family.get(r["family"], 3), -(r["param"] or 1.0))):
+        q = "" if r["param"] is None else f"{r['param']:g}"
+        l1q = "" if r.get("log_1_over_q") is None else f"{r['log_1_over_q']:.2f}"
+        lines.append(f"| {r['setting']}{' (defaults)' if r.get('default') else ''} | {r['family']} | {q} | {r['seeds']} | "
+                     f"{_interval(r['trajectory_kl'])} | {l1q} | {_interval(r['forward_kl_per_step'], 3)} ({r['forward_kl_kind']}) | "
+                     f"{_interval(r['true_return'])} | {_interval(r.get('oracle_true_return'))} | "
+                     f"{_interval(r['train_seconds_per_model'], 0)} |")
+    return "\n".join(lines) + "\n"
 
 
 def main(cfg) -> None:
