@@ -217,8 +217,10 @@ class DTModule(L.LightningModule):
         # itself); the multi-tensor AdamW clips under every precision, the fused one is kept elsewhere.
         fused = False if self._mixed_precision() else None
         opt = configure_optimizer(self.model, self.hparams.lr, self.hparams.weight_decay, self.hparams.betas, fused=fused)
+        trainer = self._trainer  # None when called outside a Trainer: no step budget, so no decay
+        total = trainer.max_steps if trainer is not None else -1
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_schedule(self.hparams.warmup_steps, self.hparams.decay,
-                                                                   self.hparams.min_lr_ratio, self.trainer.max_steps))
+                                                                   self.hparams.min_lr_ratio, total))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     def _mixed_precision(self) -> bool:
