@@ -21,7 +21,7 @@ for (kind, spec), part in df.groupby(["policy_kind", "target_spec"]):
     rows.append({"family": kind, "target_spec": spec, "episodes": len(part), "trajectory_kl": kl, "trajectory_kl_ci95": ci,
                  "log_1_over_q": math.log(1 / q), "true_return": true, "true_return_ci95": true_ci})
 fidelity = json.load(open(card))["extra"]["fidelity"]
-summary = {"dataset": "user/tomato-other-v0 (400 episodes, collect seed 7; a mixture no preset uses)",
+summary = {"dataset": "user/tomato-other-v0 (the preset's episode count, collect seed 7; a mixture no preset uses)",
            "interval": "95% Student t over episodes (one training seed)", "machine": machine(),
            "command": "bash experiments/fidelity/new_user.sh", "bc_forward_kl_per_step": fidelity["kl_data"],
            "bc_best_step": fidelity["best_step"], "rows": rows}
