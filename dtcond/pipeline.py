@@ -268,7 +268,7 @@ def train_configs(config: ComparisonConfig, seed: int) -> dict[str, TrainConfig]
     >>> runs = train_configs(merge(ComparisonConfig, {"env": {"name": "cartpole", "id": "CartPole-v1"},
     ...                                               "bc": {"steps": 300, "top_fractions": [0.1]}}), seed=3)
     >>> {name: (c.trainer.max_steps, c.condition_on_return, c.top_fraction, c.seed) for name, c in runs.items()}
-    {'dt': (1500, True, None, 3), 'bc': (300, False, None, 3), 'pct_bc0.1': (300, False, 0.1, 3)}
+    {'dt': (3000, True, None, 3), 'bc': (300, False, None, 3), 'pct_bc0.1': (300, False, 0.1, 3)}
     """
     from dataclasses import replace
 
