@@ -181,8 +181,23 @@ def model_rows(cfg, setting: Setting, scorer_cache: dict, store, oracle_true: di
     return rows
 
 
+NONNEGATIVE = ("trajectory_kl", "true_return", "oracle_true_return")  # a KL and TomatoGarden's true return are >= 0
+
+
+def bounded(rows: list[dict]) -> list[dict]:
+    """Intervals of quantities that cannot be negative cut at 0 (a t-interval over 3 seeds can reach below it)."""
+    for r in rows:
+        keys = NONNEGATIVE + (("forward_kl_per_step",) if r.get("forward_kl_kind") == "val/kl_data" else ())
+        for k in keys:
+            v = r.get(k)
+            if isinstance(v, dict) and v.get("ci95"):
+                v["ci95"] = [max(0.0, v["ci95"][0]), v["ci95"][1]]
+    return rows
+
+
 def write(cfg, rows: list[dict], started: float) -> None:
     out = results_dir(cfg, HERE)
+    rows = bounded(rows)
     doc = {"env": cfg.env, "machine": machine(), "seeds": list(cfg.seeds), "eval_episodes": cfg.eval.episodes,
            "wall_seconds": time.perf_counter() - started, "rows": rows}
     atomic_write(out / "fidelity.json", json.dumps(doc, indent=1, default=float))
