@@ -63,7 +63,7 @@ def model_config_for(stats: DatasetStats, **overrides) -> DTConfig:
     return cfg
 
 
-def lr_schedule(warmup_steps: int, decay: str = "none", min_lr_ratio: float = 0.1, total_steps: int = -1):
+def lr_schedule(warmup_steps: int, decay: str, min_lr_ratio: float, total_steps: int):
     """The learning rate's multiplier at each optimizer step: a linear warmup, then constant or a cosine decay to
     ``min_lr_ratio`` at ``total_steps`` (nanoGPT's; with no step budget, ``total_steps`` < 1, it stays constant).
 
