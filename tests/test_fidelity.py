@@ -173,6 +173,18 @@ def test_early_stopping_ends_a_run_whose_validation_loss_stops_falling(cartpole_
     assert run.best_step == 10
 
 
+def test_a_rerun_of_an_early_stopped_run_stays_stopped(cartpole_dataset, tmp_path):
+    """The rerun (no spoiling now, so a further validation could only look better) resumes the finished run and takes
+    no step: Lightning alone trained on to the next validation and exported whatever was best by then."""
+    kwargs = dict(model=TINY, data=dict(batch_size=16, steps_per_epoch=10), trainer=dict(max_steps=200, **QUIET),
+                  checkpoint_every=10, early_stopping=2)
+    first = train(cartpole_dataset, tmp_path / "run", callbacks=[_spoiling_callback(12)], **kwargs)
+    exported = load_file(first.bundle / "model.safetensors")
+    again = train(cartpole_dataset, tmp_path / "run", **kwargs)
+    assert (first.global_step, again.global_step, again.best_step) == (30, 30, 10)
+    assert all(torch.equal(v, load_file(again.bundle / "model.safetensors")[k]) for k, v in exported.items())
+
+
 def test_export_last_keeps_the_final_weights(cartpole_dataset, tmp_path):
     run = train(cartpole_dataset, tmp_path / "run", model=TINY, data=dict(batch_size=16, steps_per_epoch=10),
                 trainer=dict(max_steps=20, **QUIET), checkpoint_every=10, export="last", early_stopping=0)

@@ -13,7 +13,7 @@ from pathlib import Path
 import lightning as L
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.callbacks import TQDMProgressBar
+from lightning.pytorch.callbacks import EarlyStopping, TQDMProgressBar
 
 from dtcond.config import TRAINER_LOOP_KEYS, LoggerConfig, OptimConfig, TrainConfig, merge
 from dtcond.datasets.loading import DatasetStats
@@ -285,6 +285,19 @@ class ValidationRecord(L.Callback):
         self.by_step[trainer.global_step] = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
 
 
+class ResumableEarlyStopping(EarlyStopping):
+    """Lightning's ``EarlyStopping``, which also stays stopped when its run is resumed.
+
+    Lightning decides only after a validation, so a rerun of a run that had stopped early trained on to its next
+    validation (and further, if that one happened to be lower). The patience spent travels in the checkpoint: a
+    resumed run that had used it up stops before its first step.
+    """
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        if self.stopped_epoch > 0 or self.wait_count >= self.patience:
+            trainer.should_stop = True
+
+
 class EpochsFromSteps(L.Callback):
     """Sets ``max_epochs`` from ``max_steps`` once the epoch's length is known, so a progress bar reads ``Epoch 5/6``.
 
@@ -474,10 +487,8 @@ def train(dataset_id: str, out_dir: str | Path, config: TrainConfig | None = Non
                                enable_version_counter=False, save_weights_only=True, save_on_train_epoch_end=False)
         extra.append(best)
     if validates and cfg.early_stopping > 0:
-        from lightning.pytorch.callbacks import EarlyStopping
-
         # checked after each validation (not at an epoch's end, which max_steps may reach before any validation)
-        extra.append(EarlyStopping(monitor="val/loss", mode="min", patience=cfg.early_stopping, verbose=False,
+        extra.append(ResumableEarlyStopping(monitor="val/loss", mode="min", patience=cfg.early_stopping, verbose=False,
                                    check_on_train_epoch_end=False, strict=False))
     from lightning.fabric.utilities.exceptions import MisconfigurationException
 
