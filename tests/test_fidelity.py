@@ -183,6 +183,12 @@ def test_a_rerun_of_an_early_stopped_run_stays_stopped(cartpole_dataset, tmp_pat
     again = train(cartpole_dataset, tmp_path / "run", **kwargs)
     assert (first.global_step, again.global_step, again.best_step) == (30, 30, 10)
     assert all(torch.equal(v, load_file(again.bundle / "model.safetensors")[k]) for k, v in exported.items())
+    # checkpoints written with Lightning's own EarlyStopping keep their state under its key: it must restore here too
+    from lightning.pytorch.callbacks import EarlyStopping
+
+    from dtcond.dt.training import ResumableEarlyStopping
+
+    assert ResumableEarlyStopping(monitor="val/loss", mode="min").state_key == EarlyStopping(monitor="val/loss", mode="min").state_key
 
 
 def test_export_last_keeps_the_final_weights(cartpole_dataset, tmp_path):

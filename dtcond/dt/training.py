@@ -293,6 +293,11 @@ class ResumableEarlyStopping(EarlyStopping):
     resumed run that had used it up stops before its first step.
     """
 
+    @property
+    def state_key(self) -> str:
+        # Lightning's own key, so that checkpoints written with its EarlyStopping restore their patience here too
+        return EarlyStopping(monitor=self.monitor, mode=self.mode).state_key
+
     def on_train_start(self, trainer, pl_module) -> None:
         if self.stopped_epoch > 0 or self.wait_count >= self.patience:
             trainer.should_stop = True
