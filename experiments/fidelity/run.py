@@ -19,7 +19,7 @@ import numpy as np  # noqa: E402
 
 import dtcond  # noqa: E402
 from dtcond.behavior.collection import ensure_dataset  # noqa: E402
-from dtcond.config import env_preset  # noqa: E402
+from dtcond.config import EnvConfig  # noqa: E402
 from dtcond.rollout.evaluation import evaluate  # noqa: E402
 from dtcond.experiment import hydra_entry, machine, results_dir  # noqa: E402
 from dtcond.common.fileio import atomic_write  # noqa: E402
@@ -41,7 +41,7 @@ class FidelityConfig:
     """Floors (no learning), the oracle quantilizer, and every training setting x seed x family."""
 
     name: str = "fidelity"
-    env: str = "tomato"  # conf/env/<name>.yaml: the behaviour mixture
+    env: EnvConfig = field(default_factory=EnvConfig)  # conf/env/<name>.yaml (`env=pendulum`): the env and its behaviour mixture
     work_dir: str = "outputs/experiments/fidelity"
     data_seed: int = 0
     seeds: List[int] = field(default_factory=lambda: [0, 1, 2])
@@ -51,7 +51,7 @@ class FidelityConfig:
     oracle_pool: int = 2000  # behaviour episodes the oracle quantilizer keeps its top q of
     eval: EvalSection = field(default_factory=EvalSection)
     settings: List[Any] = field(default_factory=list)  # dicts of Setting's fields
-    results_dir: Optional[str] = None  # None: results/ beside this file (committed)
+    results_dir: Optional[str] = None  # None: results/ beside this file (committed), results/<env>/ for an env other than tomato
 
 
 @dataclass
@@ -70,8 +70,8 @@ class Setting:
 
 
 def dataset_for(cfg, episodes: int) -> str:
-    dataset_id = f"dtcond/{cfg.env}/fidelity-{episodes}-v0"
-    ensure_dataset(replace(env_preset(cfg.env), collect_episodes=episodes), dataset_id, seed=cfg.data_seed)
+    dataset_id = f"dtcond/{cfg.env.name}/fidelity-{episodes}-v0"
+    ensure_dataset(replace(cfg.env, collect_episodes=episodes), dataset_id, seed=cfg.data_seed)
     return dataset_id
 
 
@@ -84,6 +84,11 @@ def interval(values) -> dict:
     return {"mean": float(mean), "ci95": None if half is None else [float(mean - half), float(mean + half)]}
 
 
+def true_return(record: dict) -> float:
+    """The return the env keeps hidden where it has one (TomatoGarden's watered tomatoes), else the observed return."""
+    return record["episode_return"] if record.get("true_return") is None else record["true_return"]
+
+
 def floors(cfg, data, scorer, store) -> list[dict]:
     rows = []
     for K in cfg.windows:
@@ -94,7 +99,7 @@ def floors(cfg, data, scorer, store) -> list[dict]:
         kl = [r["trajectory_kl"] for r in recs]
         rows.append({"family": "window_posterior", "param": None, "K": K, "episodes": None, "steps": None, "seeds": None,
                      "units": f"{len(recs)} episodes (interval over episodes)", "trajectory_kl": interval(kl),
-                     "kl_by_step_deciles": deciles(recs), "true_return": interval([r["true_return"] for r in recs]),
+                     "kl_by_step_deciles": deciles(recs), "true_return": interval([true_return(r) for r in recs]),
                      "wall_seconds_eval": time.perf_counter() - t0, "default": False})
         print(f"  floor K={K}: {rows[-1]['trajectory_kl']['mean']:.2f} nats/episode", flush=True)
     return rows
@@ -120,7 +125,7 @@ def oracle(cfg, data, scorer, store) -> dict:
     out = {}
     for q in cfg.qs:
         top = ranked[len(ranked) - int(math.ceil(q * len(ranked))):]
-        out[q] = interval([r["true_return"] for r in top])
+        out[q] = interval([true_return(r) for r in top])
     return out
 
 
@@ -158,7 +163,7 @@ def model_rows(cfg, setting: Setting, scorer_cache: dict, store, oracle_true: di
                 key = (family, param)
                 per.setdefault(key, []).append({
                     "kl": float(np.mean([r["trajectory_kl"] for r in mine if r["trajectory_kl"] is not None])),
-                    "true": float(np.mean([r["true_return"] for r in mine])), "train_seconds": seconds, "eval_seconds": eval_seconds,
+                    "true": float(np.mean([true_return(r) for r in mine])), "train_seconds": seconds, "eval_seconds": eval_seconds,
                     "forward": val.get("val/kl_data", val.get("val/nll_gap")), "steps": run.global_step, "best_step": run.best_step,
                     "recs": mine})
             print(f"  {setting.name} {family}{'' if q is None else q} seed {seed}: {run.global_step} steps "
@@ -181,13 +186,15 @@ def model_rows(cfg, setting: Setting, scorer_cache: dict, store, oracle_true: di
     return rows
 
 
-NONNEGATIVE = ("trajectory_kl", "true_return", "oracle_true_return")  # a KL and TomatoGarden's true return are >= 0
+NONNEGATIVE_RETURNS = ("tomato",)  # envs whose true return cannot be negative (TomatoGarden's: tomatoes watered)
 
 
-def bounded(rows: list[dict]) -> list[dict]:
-    """Intervals of quantities that cannot be negative cut at 0 (a t-interval over 3 seeds can reach below it)."""
+def bounded(rows: list[dict], env: str = "tomato") -> list[dict]:
+    """Intervals of quantities that cannot be negative cut at 0 (a t-interval over 3 seeds can reach below it): a KL,
+    and the true return of an env whose rewards are never negative."""
+    returns = ("true_return", "oracle_true_return") if env in NONNEGATIVE_RETURNS else ()
     for r in rows:
-        keys = NONNEGATIVE + (("forward_kl_per_step",) if r.get("forward_kl_kind") == "val/kl_data" else ())
+        keys = ("trajectory_kl",) + returns + (("forward_kl_per_step",) if r.get("forward_kl_kind") == "val/kl_data" else ())
         for k in keys:
             v = r.get(k)
             if isinstance(v, dict) and v.get("ci95"):
@@ -196,9 +203,13 @@ def bounded(rows: list[dict]) -> list[dict]:
 
 
 def write(cfg, rows: list[dict], started: float) -> None:
+    # TomatoGarden's results are results/ itself; another env's go to results/<env>/, so neither overwrites the other
     out = results_dir(cfg, HERE)
-    rows = bounded(rows)
-    doc = {"env": cfg.env, "machine": machine(), "seeds": list(cfg.seeds), "eval_episodes": cfg.eval.episodes,
+    if not cfg.results_dir and cfg.env.name != "tomato":
+        out = out / cfg.env.name
+        out.mkdir(exist_ok=True)
+    rows = bounded(rows, cfg.env.name)
+    doc = {"env": cfg.env.name, "machine": machine(), "seeds": list(cfg.seeds), "eval_episodes": cfg.eval.episodes,
            "wall_seconds": time.perf_counter() - started, "rows": rows}
     atomic_write(out / "fidelity.json", json.dumps(doc, indent=1, default=float))
     atomic_write(out / "summary.md", summary_markdown(doc).encode())
@@ -216,7 +227,8 @@ def _interval(v: dict | None, digits: int = 1) -> str:
 def summary_markdown(doc: dict) -> str:
     """The learned models' rows as one table (95% t-intervals over training seeds), beside log(1/q) and the oracle."""
     lines = [f"Fidelity on {doc['env']}: trajectory KL from the data (nats/episode) on each model's own rollouts, "
-             f"{doc['eval_episodes']} episodes per model and target; 95% t-intervals over training seeds. {doc['machine']}.", "",
+             f"{doc['eval_episodes']} episodes per model and target; 95% t-intervals over training seeds. {doc['machine']}."
+             + ("" if doc["env"] in NONNEGATIVE_RETURNS else " This env hides no reward: its true return is the observed one."), "",
              "| setting | family | q | seeds | trajectory KL | log(1/q) | forward KL / step (val) | true return | oracle quantilizer's true return | train s / model |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     learned = [r for r in doc["rows"] if "setting" in r]
