@@ -158,8 +158,9 @@ def render(cfg, table, frontier: dict, out: Path, timing: str, machine_line: str
     md = [
         "# Conditioning vs RL fine-tuning of the same transformer, on the exact axis", "",
         f"dtcond/TomatoGarden-v0; dataset {cfg.dataset} ({cfg.env.collect_episodes} episodes, behaviour seed {cfg.data_seed}); "
-        f"DT {cfg.trainer.max_steps} steps and BC {cfg.bc.steps} steps (K={cfg.model.context_len}, {cfg.model.n_layer} layers, "
-        f"width {cfg.model.n_embd}); each seed's BC transformer fine-tuned by RLOO on the observed reward for {ft.updates} updates "
+        f"DT {cfg.trainer.max_steps} steps and BC {cfg.bc.steps or cfg.trainer.max_steps} steps (K={cfg.model.context_len}, "
+        f"{cfg.model.n_layer} layers, width {cfg.model.n_embd}, dropout {cfg.model.dropout:g}, lr decay {cfg.optim.decay}; best "
+        f"validation weights); each seed's BC transformer fine-tuned by RLOO on the observed reward for {ft.updates} updates "
         f"of {ft.episodes} episodes (lr {ft.lr:g}) with a KL penalty toward its frozen copy at β ∈ {list(ft.betas)}, and "
         f"unregularized (β = 0) with snapshots at held-out KL from the prior ≤ {list(ft.thresholds)} nats (checked every "
         f"{ft.check_every} updates on {ft.check_episodes} held-out episodes); the posterior's normalizer from {ft.prior_pool} "
