@@ -178,12 +178,13 @@ def test_context_longer_than_any_episode_is_refused(cartpole_dataset, tmp_path):
 
 def test_cli_trains_resumes_and_rejects_unknown_keys(tmp_path, cartpole_dataset):
     base = ("train", "model=tiny", f"dataset.id={cartpole_dataset}", "data.batch_size=8", "data.steps_per_epoch=10",
-            "data.val_windows=32", "checkpoint_every=10", "trainer.enable_progress_bar=false")
+            "data.val_windows=32", "checkpoint_every=10", "trainer.enable_progress_bar=false", "trainer.log_every_n_steps=5")
     out = run_cli(*base, "trainer.max_steps=20", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     assert "trained test/cartpole/mix-v0: 20 steps" in out.stdout
     out = run_cli(*base, "trainer.max_steps=30", cwd=tmp_path)
     assert out.returncode == 0 and "30 steps" in out.stdout, out.stderr
+    assert out.stderr.strip() == "", out.stderr  # resuming its own run dir is what the user asked for: no warnings
     assert load_policy(tmp_path / "hydra" / "policy").config.context_len == 4
 
     bad = run_cli(*base, "+model.widht=3", cwd=tmp_path)

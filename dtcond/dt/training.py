@@ -508,6 +508,7 @@ def train(dataset_id: str, out_dir: str | Path, config: TrainConfig | None = Non
         import warnings
 
         warnings.filterwarnings("ignore", message="Experiment logs directory .* exists and is not empty")
+        warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not empty")
     try:
         # Resuming reads our own checkpoint with weights_only=True too: nothing in it may run code.
         pl_trainer.fit(module, datamodule=dm, ckpt_path=str(last) if last.exists() else None, weights_only=True)
