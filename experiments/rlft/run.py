@@ -70,6 +70,7 @@ def main(cfg) -> None:
         summary = json.loads((out / "summary.json").read_text())
         frontier = json.loads((out / "frontier.json").read_text())
         table = with_policy_columns(pd.DataFrame(summary["rows"]))
+        plot_questions(table, out / "questions.png")
         render(cfg, table, frontier, out, "these tables were re-rendered from results/summary.json and frontier.json "
                                           "(`run.py analyse_only=true`)", frontier["machine"])
         return
@@ -138,8 +139,9 @@ def plot_questions(table, path: Path) -> Path:
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("KL(p_π‖p_data), nats per episode (exact)")
         ax.set_xscale("symlog", linthresh=1.0)
-        ax.set_xlim(left=0)
         ax.legend(fontsize=7, loc="lower left")
+    # after every panel is drawn: a left limit set per panel would freeze the shared right one at the first panel's data
+    axes[0].set_xlim(0, 1.3 * float(t["trajectory_kl"].max()))
     axes[0].set_ylabel("true return")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
