@@ -67,6 +67,7 @@ class Setting:
     decay: str = "none"  # the learning rate after warmup: none (constant) | cosine
     families: List[str] = field(default_factory=lambda: ["bc", "pct_bc", "dt"])
     default: bool = False  # the setting dtcond's shipped defaults train
+    seeds: Optional[List[int]] = None  # training seeds of this setting; None: the study's
 
 
 def dataset_for(cfg, episodes: int) -> str:
@@ -144,7 +145,7 @@ def model_rows(cfg, setting: Setting, scorer_cache: dict, store, oracle_true: di
         runs.append(("dt", None, dict(condition_on_return=True), [f"quantilizer:{q:g}" for q in cfg.qs]))
     per = {}
     for family, q, kwargs, targets in runs:
-        for seed in cfg.seeds:
+        for seed in setting.seeds if setting.seeds is not None else cfg.seeds:
             out = Path(cfg.work_dir) / setting.name / f"{family}{'' if q is None else f'{q:g}'}" / f"seed{seed}"
             run, seconds = timed_run(out, lambda: dtcond.train(
                 dataset_id, out, model={"context_len": setting.context_len, "dropout": setting.dropout},
