@@ -824,6 +824,9 @@ def override_error(config_dir: Path, config_name: str, args: list[str], hint: st
                     break
                 options.append(line)
             message += f" (available: {', '.join(options)})"
+        elif any(line.startswith("To append to your config use +") for line in lines):
+            # a mapping the config sets: Hydra merges into it, and a key it does not have yet needs a leading +
+            message += f"; a key it does not set yet takes a leading + (e.g. +{message.split(chr(39))[1]}.<key>=...); {hint}"
         else:
             message += f"; {hint}"
         return message

@@ -348,6 +348,8 @@ CASES = [
     ("baseline-negative-cost-limit", ("baseline", "{ds}", "dataset.id=bad/cartpole-v0", "regularizer=ppo_lag", "param=-1", "hydra.run.dir={root}/b7"),
      "ppo_lag: cost_limit must be a finite number >= 0, got -1.0"),
     ("demo-zero-kl", ("demo", "{ds}", "rl.regularized={ppo_kl: [0]}", "work_dir={root}/demo"), "rl.regularized.ppo_kl: ppo_kl: kl_coef must be a finite number > 0"),
+    ("demo-new-hyperparam", ("demo", "{ds}", "rl.hyperparams={n_envs: 2, n_epochs: 2}", "work_dir={root}/demo"),
+     "a key it does not set yet takes a leading + (e.g. +rl.hyperparams.<key>=...)"),
     ("demo-old-key", ("demo", "{ds}", "baseline.budget=10", "work_dir={root}/demo"), "unknown config key baseline; ComparisonConfig takes: env"),
     ("report-missing", ("report", "results={root}/none.jsonl"), "no results table at"),
     # datasets a user brings, damaged (see DAMAGED), and a policy whose dataset's env id cannot be made

@@ -42,7 +42,8 @@ def test_the_default_demo_sets_conditioning_beside_kl_regularized_ppo_on_a_gamea
     and a summary of observed vs true return and KL for each (tiny budgets here)."""
     result = run_cli("demo", "model=tiny", "trainer.max_steps=20", "data.steps_per_epoch=10", "env.collect_episodes=12", "eval.episodes=2",
                      "bc.steps=5", "rl.budget=256", "rl.bc_init_steps=20",
-                     "rl.hyperparams={n_envs: 2, n_steps: 64, batch_size: 64, n_epochs: 2}", f"work_dir={tmp_path}/demo",
+                     # the TomatoGarden demo sets n_envs, n_steps and batch_size: a key it does not set is added with +
+                     "rl.hyperparams={n_envs: 2, n_steps: 64, batch_size: 64}", "+rl.hyperparams.n_epochs=2", f"work_dir={tmp_path}/demo",
                      "progress=false", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     header = next(line for line in result.stdout.splitlines() if "observed return" in line)
