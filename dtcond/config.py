@@ -18,6 +18,7 @@ Layer 5: may import common, envs, datasets, targets (the layers below it; the pa
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
@@ -826,7 +827,9 @@ def override_error(config_dir: Path, config_name: str, args: list[str], hint: st
             message += f" (available: {', '.join(options)})"
         elif any(line.startswith("To append to your config use +") for line in lines):
             # a mapping the config sets: Hydra merges into it, and a key it does not have yet needs a leading +
-            message += f"; a key it does not set yet takes a leading + (e.g. +{message.split(chr(39))[1]}.<key>=...); {hint}"
+            key = re.search(r"'([^']+)'", message)
+            example = f" (e.g. +{key.group(1)}.<key>=...)" if key else ""
+            message += f"; a key it does not set yet takes a leading +{example}; {hint}"
         else:
             message += f"; {hint}"
         return message
