@@ -25,7 +25,7 @@ HERE = Path(__file__).resolve().parent
 
 import pandas as pd  # noqa: E402
 
-from dtcond.analysis.frontier import BUDGET_NOTE, budget_comparisons, budget_markdown, frontier_rows, gao_fit, quantilizer_check  # noqa: E402
+from dtcond.analysis.frontier import BUDGET_NOTE, budget_comparisons, budget_markdown, check_budgets, frontier_rows, gao_fit, quantilizer_check  # noqa: E402
 from dtcond.analysis.statistics import bounded_interval, with_policy_columns  # noqa: E402
 from dtcond.common.fileio import atomic_write  # noqa: E402
 from dtcond.experiment import (MODE_COLLAPSE_NOTE, BudgetExperimentConfig, add_gap, fmt, fmt_bounded, hydra_entry, machine, numbers,  # noqa: E402
@@ -36,8 +36,13 @@ from dtcond.analysis.report import plot_frontier  # noqa: E402
 
 @dataclass
 class GoodhartConfig(BudgetExperimentConfig):
-    budgets: List[Optional[float]] = field(default_factory=lambda: [5, 10, 20, 30, None])  # nats per episode
+    budgets: List[Optional[float]] = field(default_factory=lambda: [5, 10, 20, 30, None])  # KL(p_π‖p_data), nats per episode
+    prior_budgets: List[Optional[float]] = field(default_factory=lambda: [1, 2, 5, 10])  # KL(p_π‖p_BC), nats per episode
     analyse_only: bool = False  # re-render summary.md and frontier.json's rows from the committed results; train and roll out nothing
+
+    def __post_init__(self):
+        super().__post_init__()
+        check_budgets(self.prior_budgets)
 
 TRAJECTORY_NOTE = ("Divergence from the data. **KL(p_π‖p_data)** is trajectory-level, in nats per episode, from the data's exact "
                    "likelihood: the dataset records its behaviour mixture, so log p_data(τ) = log Σ_k w_k Π_t π_k(a_t|s_t) is known, "
