@@ -130,19 +130,28 @@ def test_goodhart_experiment_writes_its_frontier_on_the_exact_axis(tmp_path, min
     out = subprocess.run(
         [sys.executable, str(REPO / "experiments" / "goodhart" / "run.py"), "seeds=[0,1]", "env.collect_episodes=60", "trainer.max_steps=20",
          "bc.steps=10", "rl.budget=512", "rl.regularized={ppo_kl: [10], ppo_kl_bc: [10], ppo_om: [3]}",
-         "rl.bc_init_steps=20", "eval.episodes=4", "budgets=[20,null]", "oracles.pool=60", "oracles.draws=20", f"work_dir={tmp_path / 'work'}", f"results_dir={tmp_path / 'results'}",
+         "rl.bc_init_steps=20", "eval.episodes=4", "budgets=[20,null]", "oracles.pool=60", "oracles.draws=20", "finetune.betas=[10]",
+         "finetune.thresholds=[1]", "finetune.updates=2", "finetune.episodes=4", "finetune.check_every=1", "finetune.check_episodes=4",
+         "finetune.prior_pool=20", "prior_budgets=[5,null]", f"work_dir={tmp_path / 'work'}", f"results_dir={tmp_path / 'results'}",
          f"hydra.run.dir={tmp_path / 'hydra'}"],
         cwd=tmp_path, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=600,
     )
     assert out.returncode == 0, out.stderr[-2000:]
     frontier = json.loads((tmp_path / "results" / "frontier.json").read_text())
     families = {r["family"] for r in frontier["rows"]}
-    assert {"data", "behavior", "dt", "bc", "pct_bc", "ppo", "ppo_kl", "ppo_kl_bc", "ppo_om", "oracle_quantilizer", "oracle_plan_quantilizer",
-            "oracle_best_of_n", "oracle_posterior"} <= families
-    # the DT against each regularized RL family at each budget, paired over the 2 seeds
+    assert {"data", "behavior", "dt", "bc", "pct_bc", "ppo", "ppo_kl", "ppo_kl_bc", "ppo_om", "rlft_kl", "rlft_stop", "oracle_quantilizer",
+            "oracle_plan_quantilizer", "oracle_best_of_n", "oracle_posterior"} <= families
+    # the DT against each RL family (the fine-tuned transformer first, then SB3's) and BC at each budget, paired over the 2 seeds
     assert [(e["budget"], e["other"]["family"]) for e in frontier["budgets"]] == [
-        (b, f) for f in ("ppo_kl", "ppo_kl_bc", "ppo_om") for b in (20.0, None)]
-    assert all(e["comparisons"] == 6 and e["seeds"] == [0, 1] and e["reference"]["family"] == "conditioning" for e in frontier["budgets"])
+        (b, f) for f in ("rlft_kl", "rlft_stop", "ppo_kl", "ppo_kl_bc", "ppo_om", "bc") for b in (20.0, None)]
+    assert all(e["comparisons"] == 12 and e["seeds"] == [0, 1] and e["reference"]["family"] == "conditioning" for e in frontier["budgets"])
+    # the fine-tuned β row carries its distance to the posterior it promises; Gao's comparison is on the KL from the prior
+    beta = next(r for r in frontier["rows"] if r["family"] == "rlft_kl" and r["param"] == 10)
+    assert beta["kl_to_posterior"] is not None and beta["kl_to_posterior_ci95"] is not None and beta["log_ratio_prior"] is not None
+    assert [p["beta"] for p in frontier["posterior"]] == [10.0]
+    assert [(e["budget"], e["reference"]["family"], e["other"]["family"]) for e in frontier["prior_budgets"]] == [
+        (5.0, "rlft_kl", "rlft_stop"), (None, "rlft_kl", "rlft_stop")]
+    assert set(frontier["train_seconds"]) >= {"dt", "bc", "rlft_kl:10"} and all(len(v) == 2 for v in frontier["train_seconds"].values())
     unlimited = [e for e in frontier["budgets"] if e["budget"] is None]
     assert all(e["reference"]["reached"] == 2 and e["pairs"] == 2 for e in unlimited)  # no budget: every seed has a choice
     # every row has a trajectory KL from the exact likelihood, with its interval over the 2 seeds
@@ -150,7 +159,8 @@ def test_goodhart_experiment_writes_its_frontier_on_the_exact_axis(tmp_path, min
     assert all(r["seeds"] == 2 and r["trajectory_kl_lo"] is not None for r in frontier["rows"] if r["family"] not in ("data", "behavior"))
     assert {round(r["q"], 2) for r in frontier["oracle_kl_check"]} == {0.5, 0.25, 0.1}
     assert {r["dt"] for r in frontier["quantilizer_check"]} >= {"quantilizer:0.25", "q0.75"}
-    assert (tmp_path / "results" / "frontier.png").exists()
+    assert (tmp_path / "results" / "frontier.png").exists() and (tmp_path / "results" / "questions.png").exists()
+    assert "| all families | " in (tmp_path / "results" / "summary.md").read_text()
     assert committed.read_bytes() == before if committed.exists() else before is None
 
 
@@ -254,7 +264,7 @@ def test_an_experiment_trains_what_its_config_says():
     runs = train_configs(cfg, seed=3)
     assert list(runs) == ["dt", "bc", "pct_bc0.1", "pct_bc0.25"]
     assert {name: (c.trainer.max_steps, c.top_fraction, c.condition_on_return) for name, c in runs.items()} == {
-        "dt": (3000, None, True), "bc": (1500, None, False), "pct_bc0.1": (1500, 0.1, False), "pct_bc0.25": (1500, 0.25, False)}
-    assert all(c.seed == 3 and c.model.context_len == 10 and c.data.val_windows == 256 and c.trainer.logger is False
+        "dt": (3000, None, True), "bc": (3000, None, False), "pct_bc0.1": (3000, 0.1, False), "pct_bc0.25": (3000, 0.25, False)}
+    assert all(c.seed == 3 and c.model.context_len == 20 and c.data.val_windows == 256 and c.trainer.logger is False
                and c.dataset.id == "dtcond/tomato/mixture-v0" for c in runs.values())
     assert cfg.rl.runs[:2] == [("ppo_kl", 0.3), ("ppo_kl", 1.0)] and len(cfg.rl.runs) == 13

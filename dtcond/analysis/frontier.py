@@ -9,7 +9,9 @@ likelihood, :mod:`dtcond.behavior.likelihood`):
   beside the oracle q-quantilizers, with the difference's interval;
 - :func:`gao_fit`: Gao, Schulman & Hilton's (2022) functional forms of return gain against d = √KL;
 - :func:`budget_comparisons`: two families compared at fixed divergence budgets, each family's frontier
-  interpolated per training seed, chosen on half of the env seeds and scored on the other half.
+  interpolated per training seed, chosen on half of the env seeds and scored on the other half;
+- :func:`with_posterior` and :func:`posterior_markdown`: an RL-fine-tuned family's distance to the posterior its
+  objective promises (:func:`dtcond.analysis.oracles.posterior_gaps`), on its frontier rows and as a table.
 
 Intervals are the table's (t over training seeds, or over oracle pools); differences between two families
 are Welch t-intervals over their independent units (:func:`dtcond.analysis.statistics.difference_ci`).
@@ -343,4 +345,46 @@ def budget_markdown(budgets: list[dict], what: str = "true return", digits: int 
                      f"| {within_budget(ref['trajectory_kl_per_seed'], e['budget'])} / {within_budget(oth['trajectory_kl_per_seed'], e['budget'])} "
                      f"| {_pm(e['difference'], e['difference_ci95'], digits)} | {e['verdict']} "
                      f"| {'± ' + format(bonf, f'.{digits}f') if math.isfinite(bonf) else '–'} | {e['verdict_bonferroni']} |")
+    return "\n".join(lines)
+
+
+POSTERIOR_NOTE = ("Distance to the promised posterior P_β = p_BC(τ)·exp(R(τ)/β)/Z: KL(p_π‖P_β) = E_π[log p_π/p_BC − R/β] + log Z "
+                  "(nats per episode), per training seed from the fine-tuned policy's {episodes} evaluation episodes (their exact "
+                  "log-ratio to the seed's BC model) and log Z from the BC model's own pool of episodes; mean and 95% t-interval over seeds. "
+                  "The posterior's own observed and true return are the pool reweighted by exp(R/β). A seed whose pool has an "
+                  f"effective sample size below {MIN_ESS:g} under those weights is listed: its log Z is biased low, and so is its "
+                  "distance. TomatoGarden's env is stochastic, so P_β also selects on the env's luck, which no policy can: the "
+                  "distance has a floor above 0 that this run does not separate from optimization error. Snapshots with the same "
+                  "weights (thresholds crossed between the same two checks, or never crossed: the run's end) act identically and "
+                  "share one row, the first of them.")
+GAO_NOTE = ("Gao et al.'s comparison: RLFT-KL's members (β, β = 0 included) against RLFT-stop's (the thresholds), each family's "
+            "best mixture within a budget on **KL(p_π‖p_BC), the divergence from the prior that the penalty and the stopping "
+            "rule both control** (the episodes' `log_ratio_prior`), chosen on the even-numbered episodes and scored on the "
+            "odd-numbered ones; true return, paired over training seeds, 95% t-intervals; {m} comparisons (Bonferroni column).")
+POSTERIOR_FIELDS = ("kl_to_posterior", "kl_to_posterior_ci95", "posterior_return", "posterior_return_ci95", "posterior_true_return",
+                    "posterior_true_return_ci95", "low_ess_seeds")
+
+
+def with_posterior(rows: list[dict], posterior: list[dict]) -> list[dict]:
+    """:func:`frontier_rows` with each RL-fine-tuned β row carrying its distance to the promised posterior (and the
+    posterior's own returns) from :func:`dtcond.analysis.oracles.posterior_gaps`, matched on family and β."""
+    by_beta = {(p["family"], float(p["beta"])): p for p in posterior}
+    out = []
+    for r in rows:
+        gap = by_beta.get((r["family"], float(r["param"]))) if isinstance(r.get("param"), (int, float)) else None
+        out.append({**r, **({k: gap[k] for k in POSTERIOR_FIELDS} if gap else {})})
+    return out
+
+
+def posterior_markdown(posterior: list[dict]) -> str:
+    """The :func:`dtcond.analysis.oracles.posterior_gaps` rows as a markdown table, one line per β."""
+    pm = _pm
+    lines = ["| β | seeds | KL to the posterior | KL(p_π‖p_BC) | observed return | true return | posterior's observed return "
+             "| posterior's true return | low-ESS seeds |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in posterior:
+        low = f" (low ESS on {len(r['low_ess_seeds'])} of {len(r['seeds'])} seeds: not evidence)" if r["low_ess_seeds"] else ""
+        lines.append(f"| {r['beta']:g} | {len(r['seeds'])} | {pm(r['kl_to_posterior'], r['kl_to_posterior_ci95'])}{low} "
+                     f"| {pm(r['kl_to_prior'], r['kl_to_prior_ci95'])} | {pm(r['return'], r['return_ci95'])} "
+                     f"| {pm(r['true_return'], r['true_return_ci95'])} | {pm(r['posterior_return'], r['posterior_return_ci95'])} "
+                     f"| {pm(r['posterior_true_return'], r['posterior_true_return_ci95'])} | {r['low_ess_seeds'] or 'none'} |")
     return "\n".join(lines)

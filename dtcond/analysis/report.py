@@ -27,7 +27,8 @@ from dtcond.common.errors import DtcondError
 from dtcond.common.fileio import atomic_write, save_figure
 from dtcond.analysis.statistics import calibration_metrics, ci95, grouped_mean_ci, with_policy_columns
 
-__all__ = ["calibration_metrics", "comparison_table", "console_summary", "per_target_table", "plot_frontier", "quantilizer_bound", "write_report"]
+__all__ = ["calibration_metrics", "comparison_table", "console_summary", "per_target_table", "plot_frontier", "plot_questions", "quantilizer_bound",
+           "write_report"]
 
 CROSS_ENTROPY_LABEL = "cross-entropy H(π,β̂) under β̂ (nats/step)"
 KL_LABEL = "KL(π‖β̂) (nats/step)"
@@ -407,6 +408,63 @@ def plot_frontier(table, path: Path, title: str = "") -> Path:
         ax.set_ylabel(col.replace("_", " "))
         ax.legend(fontsize=7)
     fig.suptitle(title or "return vs divergence from the behaviour data")
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+OTHER_NETWORK = ("ppo_kl", "ppo_kl_bc", "ppo_om")  # regularized PPO on SB3's Markov MLP: the "different network" panel
+
+
+def plot_questions(table, path: Path) -> Path:
+    """The headline figure: one panel per question, on the same axes (true return against KL(p_π‖p_data); bars: 95%
+    intervals of the true return over seeds, the KL's are in the table) — imitation (BC beside the data), conditioning
+    (the DT's targets beside the oracle quantilizer), RL fine-tuning of the same transformer (RLFT-KL by β and RLFT-stop
+    by threshold beside the data's posterior) and, where the table has them, regularized PPO on a different network (the
+    Markov MLP: PPO-KL toward β̂ and toward BC, ORPO)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    t = table[table["trajectory_kl"].notna() & table["true_return"].notna()]
+    data = table[table["policy_kind"] == "data"].iloc[0]
+    oracle = t[t["policy_kind"] == "oracle"]
+    bc = ("bc", t[t["policy_kind"] == "bc"], "label")
+    panels = [
+        ("imitation", [bc], []),
+        ("conditioning", [("dt", t[(t["policy_kind"] == "dt") & (t["label"] == "dt")], "target_spec")], ["quantilizer"]),
+        ("RL fine-tuning of the same BC transformer",
+         [bc] + [(k, t[t["policy_kind"] == k].sort_values("policy_param"), "label") for k in ("rlft_kl", "rlft_stop")], ["posterior"]),
+    ]
+    if t["policy_kind"].isin(OTHER_NETWORK).any():
+        panels.append(("regularized PPO on a different network (Markov MLP)",
+                       [bc] + [(k, t[t["policy_kind"] == k].sort_values("policy_param"), "label") for k in OTHER_NETWORK], ["posterior"]))
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4.6), sharex=True, sharey=True)
+    for ax, (title, groups, oracles) in zip(axes, panels):
+        ax.axhline(float(data["true_return"]), ls="--", color="k", lw=0.8, label="data (KL 0)")
+        for kind, part, note in groups:
+            if not len(part):
+                continue
+            fmt_, color = families.describe(kind).style
+            ax.errorbar(part["trajectory_kl"], part["true_return"], yerr=part["true_return_ci95"], fmt=fmt_, color=color, capsize=2,
+                        lw=1, label=families.describe(kind).name + (" (the prior)" if kind == "bc" and len(groups) > 1 else ""))
+            for r in part.itertuples():
+                ax.annotate(str(getattr(r, note)), (r.trajectory_kl, r.true_return), fontsize=6, xytext=(3, 3), textcoords="offset points")
+        for fam in oracles:
+            part = oracle[oracle["oracle_family"] == fam].sort_values("oracle_param")
+            fmt_, color = families.ORACLE_STYLES[fam]
+            ax.errorbar(part["trajectory_kl"], part["true_return"], yerr=part["true_return_ci95"], fmt=fmt_, color=color,
+                        capsize=2, lw=1, mfc="none", label=f"oracle {fam} (of the data)")
+            for r in part.itertuples():
+                ax.annotate(f"{r.oracle_param:g}", (r.trajectory_kl, r.true_return), fontsize=6, color=color, xytext=(3, -8),
+                            textcoords="offset points")
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("KL(p_π‖p_data), nats per episode (exact)")
+        ax.set_xscale("symlog", linthresh=1.0)
+        ax.legend(fontsize=7, loc="lower left")
+    # after every panel is drawn: a left limit set per panel would freeze the shared right one at the first panel's data
+    axes[0].set_xlim(0, 1.3 * float(t["trajectory_kl"].max()))
+    axes[0].set_ylabel("true return")
     fig.tight_layout()
     return save_figure(fig, path)
 

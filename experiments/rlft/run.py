@@ -26,12 +26,13 @@ HERE = Path(__file__).resolve().parent
 
 import pandas as pd  # noqa: E402
 
-from dtcond.analysis.frontier import BUDGET_NOTE, budget_comparisons, budget_markdown, check_budgets, frontier_rows  # noqa: E402
-from dtcond.analysis.oracles import MIN_ESS, posterior_gaps  # noqa: E402
-from dtcond.analysis.report import plot_frontier  # noqa: E402
+from dtcond.analysis.frontier import (BUDGET_NOTE, GAO_NOTE, POSTERIOR_NOTE, budget_comparisons, budget_markdown, check_budgets,  # noqa: E402
+                                     frontier_rows, posterior_markdown)
+from dtcond.analysis.oracles import posterior_gaps  # noqa: E402
+from dtcond.analysis.report import plot_frontier, plot_questions  # noqa: E402
 from dtcond.analysis.statistics import with_policy_columns  # noqa: E402
 from dtcond.common.fileio import atomic_write  # noqa: E402
-from dtcond.experiment import BudgetExperimentConfig, add_gap, fmt, hydra_entry, machine, table_markdown, write_results  # noqa: E402
+from dtcond.experiment import BudgetExperimentConfig, add_gap, hydra_entry, machine, table_markdown, write_results  # noqa: E402
 from dtcond.pipeline import run_comparison  # noqa: E402
 
 
@@ -47,21 +48,6 @@ class RlftConfig(BudgetExperimentConfig):
 
 
 AGAINST = ("rlft_kl", "rlft_stop", "bc")
-GAO_NOTE = ("Gao et al.'s comparison: RLFT-KL's members (β, β = 0 included) against RLFT-stop's (the thresholds), each family's "
-            "best mixture within a budget on **KL(p_π‖p_BC), the divergence from the prior that the penalty and the stopping "
-            "rule both control** (the episodes' `log_ratio_prior`), chosen on the even-numbered episodes and scored on the "
-            "odd-numbered ones; true return, paired over training seeds, 95% t-intervals; {m} comparisons (Bonferroni column).")
-POSTERIOR_NOTE = ("Distance to the promised posterior P_β = p_BC(τ)·exp(R(τ)/β)/Z: KL(p_π‖P_β) = E_π[log p_π/p_BC − R/β] + log Z "
-                  "(nats per episode), per training seed from the fine-tuned policy's {episodes} evaluation episodes (their exact "
-                  "log-ratio to the seed's BC model) and log Z from the BC model's own pool of episodes; mean and 95% t-interval over seeds. "
-                  "The posterior's own observed and true return are the pool reweighted by exp(R/β). A seed whose pool has an "
-                  f"effective sample size below {MIN_ESS:g} under those weights is listed: its log Z is biased low, and so is its "
-                  "distance. TomatoGarden's env is stochastic, so P_β also selects on the env's luck, which no policy can: the "
-                  "distance has a floor above 0 that this run does not separate from optimization error. Snapshots with the same "
-                  "weights (thresholds crossed between the same two checks, or never crossed: the run's end) act identically and "
-                  "share one row, the first of them.")
-
-
 def main(cfg) -> None:
     start = time.perf_counter()
     out = HERE / "results" if not cfg.results_dir else Path(cfg.results_dir).expanduser().resolve()
@@ -97,58 +83,6 @@ def main(cfg) -> None:
                                       "reuses finished training and episodes)", machine())
 
 
-def plot_questions(table, path: Path) -> Path:
-    """The headline figure: one panel per question, on the same axes (true return against KL(p_π‖p_data); bars: 95%
-    intervals of the true return over seeds, the KL's are in the table) — imitation
-    (BC beside the data), conditioning (the DT's targets beside the oracle quantilizer) and RL fine-tuning (RLFT-KL by β
-    and RLFT-stop by threshold beside the data's posterior)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from dtcond import families
-
-    t = table[table["trajectory_kl"].notna() & table["true_return"].notna()]
-    data = table[table["policy_kind"] == "data"].iloc[0]
-    oracle = t[t["policy_kind"] == "oracle"]
-    panels = [
-        ("imitation", [("bc", t[t["policy_kind"] == "bc"], "label")], []),
-        ("conditioning", [("dt", t[(t["policy_kind"] == "dt") & (t["label"] == "dt")], "target_spec")], ["quantilizer"]),
-        ("RL fine-tuning of the same BC transformer",
-         [("bc", t[t["policy_kind"] == "bc"], "label")]
-         + [(k, t[t["policy_kind"] == k].sort_values("policy_param"), "label") for k in ("rlft_kl", "rlft_stop")], ["posterior"]),
-    ]
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.6), sharex=True, sharey=True)
-    for ax, (title, groups, oracles) in zip(axes, panels):
-        ax.axhline(float(data["true_return"]), ls="--", color="k", lw=0.8, label="data (KL 0)")
-        for kind, part, note in groups:
-            fmt_, color = families.describe(kind).style
-            ax.errorbar(part["trajectory_kl"], part["true_return"], yerr=part["true_return_ci95"], fmt=fmt_, color=color, capsize=2,
-                        lw=1, label=families.describe(kind).name + (" (the prior)" if kind == "bc" and len(groups) > 1 else ""))
-            for r in part.itertuples():
-                ax.annotate(str(getattr(r, note)), (r.trajectory_kl, r.true_return), fontsize=6, xytext=(3, 3), textcoords="offset points")
-        for fam in oracles:
-            part = oracle[oracle["oracle_family"] == fam].sort_values("oracle_param")
-            fmt_, color = families.ORACLE_STYLES[fam]
-            ax.errorbar(part["trajectory_kl"], part["true_return"], yerr=part["true_return_ci95"], fmt=fmt_, color=color,
-                        capsize=2, lw=1, mfc="none", label=f"oracle {fam} (of the data)")
-            for r in part.itertuples():
-                ax.annotate(f"{r.oracle_param:g}", (r.trajectory_kl, r.true_return), fontsize=6, color=color, xytext=(3, -8),
-                            textcoords="offset points")
-        ax.set_title(title, fontsize=10)
-        ax.set_xlabel("KL(p_π‖p_data), nats per episode (exact)")
-        ax.set_xscale("symlog", linthresh=1.0)
-        ax.legend(fontsize=7, loc="lower left")
-    # after every panel is drawn: a left limit set per panel would freeze the shared right one at the first panel's data
-    axes[0].set_xlim(0, 1.3 * float(t["trajectory_kl"].max()))
-    axes[0].set_ylabel("true return")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
-
-
 def render(cfg, table, frontier: dict, out: Path, timing: str, machine_line: str) -> None:
     """Write frontier.json, summary.md, summary.json and comparison.csv."""
     ft = cfg.finetune
@@ -173,14 +107,7 @@ def render(cfg, table, frontier: dict, out: Path, timing: str, machine_line: str
         "![three questions](questions.png)", "", "Every row, observed return too: ![frontier](frontier.png)", "",
         table_markdown(table, cols), "",
         "## 1. Does KL-regularized fine-tuning reach its posterior?", "", POSTERIOR_NOTE.format(episodes=cfg.eval.episodes), "",
-        "| β | seeds | KL to the posterior | KL(p_π‖p_BC) | observed return | true return | posterior's observed return "
-        "| posterior's true return | low-ESS seeds |", "|---|---|---|---|---|---|---|---|---|",
-        *[f"| {r['beta']:g} | {len(r['seeds'])} | {fmt(r['kl_to_posterior'], r['kl_to_posterior_ci95'])}"
-          + (f" (low ESS on {len(r['low_ess_seeds'])} of {len(r['seeds'])} seeds: not evidence)" if r["low_ess_seeds"] else "") + " "
-          f"| {fmt(r['kl_to_prior'], r['kl_to_prior_ci95'])} | {fmt(r['return'], r['return_ci95'])} "
-          f"| {fmt(r['true_return'], r['true_return_ci95'])} | {fmt(r['posterior_return'], r['posterior_return_ci95'])} "
-          f"| {fmt(r['posterior_true_return'], r['posterior_true_return_ci95'])} | {r['low_ess_seeds'] or 'none'} |"
-          for r in frontier["posterior"]], "",
+        posterior_markdown(frontier["posterior"]), "",
         "## 2. An explicit KL penalty against early stopping, at equal KL from the prior", "",
         GAO_NOTE.format(m=len(frontier["prior_budgets"])), "", budget_markdown(frontier["prior_budgets"]), "",
         "## 3. Conditioning against fine-tuning (and BC) at equal divergence from the data", "",
