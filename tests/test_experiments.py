@@ -19,8 +19,9 @@ def test_luck_experiment_runs_end_to_end(tmp_path, minari_root):
     out = subprocess.run(
         [sys.executable, str(REPO / "experiments" / "luck" / "run.py"), "seeds=[0,1]", "env.collect_episodes=300", "trainer.max_steps=30",
          "bc.steps=20", "rl.budget=512", "rl.regularized={ppo_kl: [1, 10]}", "rl.bc_init_steps=50", "eval.episodes=8",
-         "esper.cluster_steps=100", "esper.return_steps=100", f"work_dir={tmp_path / 'work'}",
-         f"results_dir={tmp_path / 'results'}"],
+         "esper.cluster_steps=100", "esper.return_steps=100", "finetune.betas=[1]", "finetune.thresholds=[0.5]", "finetune.updates=4",
+         "finetune.episodes=8", "finetune.check_every=2", "finetune.check_episodes=8", "finetune.prior_pool=200",
+         f"work_dir={tmp_path / 'work'}", f"results_dir={tmp_path / 'results'}"],
         cwd=tmp_path, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=600,
     )
     assert out.returncode == 0, out.stderr[-2000:]
@@ -33,10 +34,17 @@ def test_luck_experiment_runs_end_to_end(tmp_path, minari_root):
     assert all(r["seeds"] == 2 for r in summary["rows"] if r["policy_kind"] != "data")
     # one PPO rollout (2048 steps) is the least a run takes, whatever the budget
     assert {r["label"].split("@")[0] for r in summary["rows"] if r["policy_kind"] == "ppo_kl"} == {"ppo_kl:1", "ppo_kl:10"}
-    # plain and relabelled DT each against PPO-KL at every budget of the config, the Bonferroni count over all of them
+    # plain and relabelled DT each against PPO-KL and RL fine-tuning at every budget of the config, the Bonferroni count over all of them
     budgets = [None if b is None else float(b) for b in (0.25, 0.5, 1, 2, None)]
-    assert [(e["reference"]["family"], e["budget"]) for e in summary["budgets"]] == [(f, b) for f in ("conditioning", "dt:esper") for b in budgets]
-    assert {e["comparisons"] for e in summary["budgets"]} == {10} and all(e["seeds"] == [0, 1] for e in summary["budgets"])
+    assert [(e["reference"]["family"], e["other"]["family"], e["budget"]) for e in summary["budgets"]] == [
+        (f, o, b) for f in ("conditioning", "dt:esper") for o in ("ppo_kl", "rlft_kl", "rlft_stop") for b in budgets]
+    assert {e["comparisons"] for e in summary["budgets"]} == {30} and all(e["seeds"] == [0, 1] for e in summary["budgets"])
+    # the fine-tuned policy's exact distance to its posterior splits into the part a policy can close and the luck floor
+    [floor] = summary["posterior"]
+    assert floor["beta"] == 1.0 and floor["seeds"] == [0, 1] and floor["floor"] > 0
+    for s in range(2):
+        assert abs(floor["kl_to_posterior_per_seed"][s] - floor["kl_to_soft_optimum_per_seed"][s] - floor["floor_per_seed"][s]) < 1e-6
+    assert floor["sampled_kl_to_posterior"] is not None
     for e in summary["budgets"]:  # each side's reported value is the mean of its per-seed held-out values
         for side in ("reference", "other"):
             per = [v for v in e[side]["per_seed"] if v is not None and v == v]
@@ -47,6 +55,7 @@ def test_luck_experiment_runs_end_to_end(tmp_path, minari_root):
     text = (tmp_path / "results" / "summary.md").read_text()
     assert "expected return (luck removed)" in text and "quantilizer:0.1" in text and "KL(π‖β̂)" in text
     assert "At fixed divergence budgets" in text and "action entropy" in text and "Relabelled with ESPER" in text
+    assert "the luck floor" in text
     assert committed.read_bytes() == before if committed.exists() else before is None  # the committed results untouched
 
 

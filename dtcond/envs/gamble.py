@@ -47,6 +47,42 @@ class GambleEnv(gym.Env):
         self._left = self.rounds
         self._last = 0.0
 
+    def outcomes(self, action: int) -> list[tuple[float, float, float]]:
+        """(probability, reward, true reward) of each outcome of ``action``: the env's dynamics, for exact sums."""
+        if action == SAFE:
+            return [(1.0, 1.0, 1.0)]
+        if action == GAMBLE:
+            return [(self.p_win, self.win, self.gamble_value), (1 - self.p_win, -self.loss, self.gamble_value)]
+        return [(1.0, -1.0, -1.0)]
+
+    def episodes(self) -> list[dict]:
+        """Every episode the env can produce (each action sequence, each outcome of its gambles): ``obs`` (T, 2), the
+        observation before each action, ``actions``, ``rewards``, ``true_rewards`` and ``outcome_log_probs`` (T,),
+        the log-probability of each step's outcome given its action. 4 outcomes a round: 64 episodes at 3 rounds.
+
+        >>> eps = GambleEnv().episodes()
+        >>> len(eps), round(float(sum(np.exp(e["outcome_log_probs"].sum()) for e in eps if (e["actions"] == GAMBLE).all())), 12)
+        (64, 1.0)
+        """
+        out = []
+
+        def grow(prefix: list[tuple[np.ndarray, int, float, float, float]]) -> None:
+            if len(prefix) == self.rounds:
+                obs, actions, rewards, true, logp = zip(*prefix)
+                out.append({"obs": np.stack(obs), "actions": np.array(actions), "rewards": np.array(rewards),
+                            "true_rewards": np.array(true), "outcome_log_probs": np.log(np.array(logp))})
+                return
+            self._left, self._last = self.rounds - len(prefix), prefix[-1][2] if prefix else 0.0
+            obs = self._obs()
+            for action in (SAFE, GAMBLE, FOLD):
+                for prob, reward, true in self.outcomes(action):
+                    grow(prefix + [(obs, action, reward, true, prob)])
+
+        left, last = self._left, self._last
+        grow([])
+        self._left, self._last = left, last  # enumerating leaves a running episode as it was
+        return out
+
     @property
     def gamble_value(self) -> float:
         """Expected reward of one gamble."""
@@ -65,14 +101,8 @@ class GambleEnv(gym.Env):
             raise DtcondError(f"GambleEnv: invalid action {action!r}; use 0 (safe), 1 (gamble) or 2 (fold)")
         if self._left <= 0:
             raise DtcondError("GambleEnv: step() after the episode ended; call reset()")
-        action = int(action)
-        if action == SAFE:
-            reward, expected = 1.0, 1.0
-        elif action == GAMBLE:
-            reward = self.win if self.np_random.random() < self.p_win else -self.loss
-            expected = self.gamble_value
-        else:
-            reward, expected = -1.0, -1.0
+        options = self.outcomes(int(action))
+        _, reward, expected = options[0] if len(options) == 1 or self.np_random.random() < options[0][0] else options[1]
         self._left -= 1
         self._last = reward
         # The true reward is what the choice is worth on average: the reward with the luck taken out.

@@ -6,7 +6,10 @@ round (return 3). Every return above 3 in the data belongs to an agent that gamb
 DT asked for those returns is asked to gamble. The env reports each choice's expected reward as
 ``info["true_reward"]``, so the true return below is the return with the luck removed: the quantity
 a policy can actually control. PPO is trained on the achieved reward, plain and with a KL penalty
-toward the data's behaviour model at several β. Beside the plain DT, a DT trained on ESPER's
+toward the data's behaviour model at several β, and the BC transformer is fine-tuned by RL on it (toward its frozen
+copy at several β, and stopped early), whose promised posterior selects the lucky episodes: every Gamble episode can
+be listed, so how much of the distance to that posterior no policy can close is summed exactly
+(:mod:`dtcond.analysis.soft_optimum`). Beside the plain DT, a DT trained on ESPER's
 expected-return labels (``relabel: [esper]``, dtcond/dt/relabel.py) is rolled out at the same target
 specs, which resolve against its labels rather than the raw returns.
 
@@ -15,6 +18,7 @@ specs, which resolve against its labels rather than the raw returns.
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,11 +29,15 @@ HERE = Path(__file__).resolve().parent
 from dtcond.experiment import (DIVERGENCE, DIVERGENCE_NOTE, MODE_COLLAPSE, MODE_COLLAPSE_NOTE, BudgetExperimentConfig, add_gap, esper_description,  # noqa: E402
                     final_checkpoints, fmt, hydra_entry, machine, table_markdown, results_dir, write_results)
 from dtcond.analysis.frontier import BUDGET_NOTE, budget_comparisons, budget_markdown  # noqa: E402
+from dtcond.analysis.oracles import posterior_gaps  # noqa: E402
+from dtcond.analysis.soft_optimum import exact_terms, policy_log_probs  # noqa: E402
+from dtcond.analysis.statistics import mean_ci  # noqa: E402
 from dtcond.pipeline import run_comparison  # noqa: E402
 from dtcond.analysis.report import plot_frontier  # noqa: E402
 from dtcond.analysis.statistics import paired_ci, verdict  # noqa: E402
 
 OPTIMAL = 3.0  # always safe: 3 rounds × +1
+AGAINST = ("ppo_kl", "rlft_kl", "rlft_stop")  # the RL families each DT is compared with at the budgets
 BAR = 2.7  # the bar for relabelling: a relabelled DT's expected return at the top targets should reach this
 
 
@@ -101,8 +109,10 @@ def main(cfg) -> None:
             "luck": "luck", "trajectory_kl": "KL(p_π‖p_data) nats/episode", **DIVERGENCE, **MODE_COLLAPSE}
     # The plain DT and each relabelled one (dt:esper) against the same PPO-KL frontier.
     references = ["conditioning", *[x for x in table["label"].unique() if x.startswith("dt:")]]
-    m = len(references) * len(cfg.budgets)
-    budgets = [e for ref in references for e in budget_comparisons(df, list(cfg.budgets), reference=ref, against=("ppo_kl",), comparisons=m)]
+    against = [f for f in AGAINST if (df["policy_kind"] == f).any()]
+    m = len(references) * len(cfg.budgets) * len(against)
+    budgets = [e for ref in references for e in budget_comparisons(df, list(cfg.budgets), reference=ref, against=against, comparisons=m)]
+    exact = luck_floor(cfg, df)
     betas = sorted(table.loc[table["policy_kind"] == "ppo_kl", "policy_param"].dropna().unique())
     dt = table[table["label"] == "dt"]  # the plain DT; relabelled DTs have a section of their own
     high = dt[dt["target"] > OPTIMAL]  # returns only lucky gamblers reached
@@ -131,13 +141,73 @@ def main(cfg) -> None:
     lines += ["", *relabel_markdown(relabelled)]
     lines += ["", DIVERGENCE_NOTE, "", MODE_COLLAPSE_NOTE, "",
               "## At fixed divergence budgets: expected return, conditioning vs KL-regularized PPO", "",
-              BUDGET_NOTE.format(members="each DT's targets; PPO-KL's β", m=m).replace("true return", "expected return"), "",
+              BUDGET_NOTE.format(members="each DT's targets; PPO-KL's β; RLFT-KL's β; RLFT-stop's thresholds", m=m)
+              .replace("true return", "expected return"), "",
               budget_markdown(budgets, "expected return", digits=2)]
+    if exact:
+        lines += ["", "## RL fine-tuning, its posterior and the luck floor", "", FLOOR_NOTE, "", floor_markdown(exact)]
     md = "\n".join(lines) + "\n"
     plot_frontier(table, results_dir(cfg, HERE) / "frontier.png", title="Gamble: achieved and expected return vs divergence from the data")
     write_results(results_dir(cfg, HERE), md, {"optimal": OPTIMAL, "rows": table.to_dict(orient="records"), "budgets": budgets,
-                                                  "relabelled": relabelled}, table)
+                                                  "relabelled": relabelled, "posterior": exact}, table)
     print(md)
+
+
+FLOOR_NOTE = ("The BC transformer fine-tuned by RL toward its frozen copy at β promises the posterior P_β = p_BC·exp(R/β)/Z, "
+              "which reweights whole episodes by their achieved return, luck included. Every Gamble episode can be listed (64 of "
+              "them), so each term is an exact sum over them, per training seed, from the two transformers' action probabilities "
+              "(dtcond.analysis.soft_optimum): KL(p_π‖P_β) = KL(p_π‖p_π*) + floor, where π* is the best any policy can do "
+              "under the penalized objective (it averages the gamble's outcome, it cannot pick it) and the floor, "
+              "log Z − V*/β, is what the posterior's selection on luck puts out of every policy's reach. \"sampled\" is the "
+              "estimate the Goodhart and RL fine-tuning experiments use (the policy's evaluation episodes and a pool of the prior's "
+              "own), beside the exact value it estimates. Expected return: luck removed. Means ± 95% t-interval over training seeds.")
+EXACT = ("kl_to_posterior", "floor", "kl_to_soft_optimum", "kl_to_prior", "true_return", "soft_optimum_true_return",
+         "posterior_true_return", "posterior_return", "soft_optimum_kl_to_prior")
+
+
+def luck_floor(cfg, df) -> list[dict]:
+    """Per β of RLFT-KL: the exact terms of :func:`dtcond.analysis.soft_optimum.exact_terms` per training seed (the seed's
+    fine-tuned policy against its BC prior, over every Gamble episode), their means over seeds, and the sampled
+    estimate of the distance to the posterior (:func:`dtcond.analysis.oracles.posterior_gaps`)."""
+    import gymnasium as gym
+
+    work = Path(cfg.work_dir).expanduser().resolve()
+    pools = {int(s): json.loads(p.read_text()) for s in cfg.seeds if (p := work / f"seed{s}" / "rlft_prior_pool.json").exists()}
+    sampled = {r["beta"]: r for r in posterior_gaps(df, pools)}
+    env = gym.make(cfg.env.id, **dict(cfg.env.kwargs)).unwrapped
+    episodes = env.episodes()
+    rows = []
+    for beta in cfg.finetune.betas:
+        per = []
+        for s in cfg.seeds:
+            policy, prior = work / f"seed{s}" / f"rlft_kl{beta:g}" / "policy", work / f"seed{s}" / "bc" / "policy"
+            if policy.exists() and prior.exists():
+                per.append({"seed": int(s), **exact_terms(episodes, policy_log_probs(policy, episodes), policy_log_probs(prior, episodes), beta)})
+        if not per:
+            continue
+        row = {"beta": float(beta), "seeds": [p["seed"] for p in per]}
+        for k in EXACT:
+            row[k], row[f"{k}_ci95"] = mean_ci([p[k] for p in per])
+            row[f"{k}_per_seed"] = [p[k] for p in per]
+        got = sampled.get(float(beta))
+        row["sampled_kl_to_posterior"], row["sampled_kl_to_posterior_ci95"] = (got["kl_to_posterior"], got["kl_to_posterior_ci95"]) if got else (None, None)
+        row["sampled_low_ess_seeds"] = got["low_ess_seeds"] if got else []
+        rows.append(row)
+    return rows
+
+
+def floor_markdown(rows: list[dict]) -> str:
+    lines = ["| β | seeds | KL to the posterior (exact) | floor (no policy below) | KL to the best policy π* | sampled KL to the posterior "
+             "| KL(p_π‖p_BC) | expected return: π | π* | posterior | posterior's achieved return |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        low = f" (low ESS on {len(r['sampled_low_ess_seeds'])} seeds)" if r["sampled_low_ess_seeds"] else ""
+        lines.append(f"| {r['beta']:g} | {len(r['seeds'])} | {fmt(r['kl_to_posterior'], r['kl_to_posterior_ci95'], 2)} "
+                     f"| {fmt(r['floor'], r['floor_ci95'], 2)} | {fmt(r['kl_to_soft_optimum'], r['kl_to_soft_optimum_ci95'], 2)} "
+                     f"| {fmt(r['sampled_kl_to_posterior'], r['sampled_kl_to_posterior_ci95'], 2) if r['sampled_kl_to_posterior'] is not None else '–'}{low} "
+                     f"| {fmt(r['kl_to_prior'], r['kl_to_prior_ci95'], 2)} | {fmt(r['true_return'], r['true_return_ci95'], 2)} "
+                     f"| {fmt(r['soft_optimum_true_return'], r['soft_optimum_true_return_ci95'], 2)} "
+                     f"| {fmt(r['posterior_true_return'], r['posterior_true_return_ci95'], 2)} | {fmt(r['posterior_return'], r['posterior_return_ci95'], 2)} |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
