@@ -420,7 +420,7 @@ def plot_questions(table, path: Path) -> Path:
     intervals of the true return over seeds, the KL's are in the table) — imitation (BC beside the data), conditioning
     (the DT's targets beside the oracle quantilizer), RL fine-tuning of the same transformer (RLFT-KL by β and RLFT-stop
     by threshold beside the data's posterior) and, where the table has them, regularized PPO on a different network (the
-    Markov MLP: PPO-KL toward β̂ and toward BC, ORPO)."""
+    Markov MLP: PPO-KL toward β̂ and toward BC, ORPO). Members of a swept family are marked by their parameter."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -439,17 +439,23 @@ def plot_questions(table, path: Path) -> Path:
     if t["policy_kind"].isin(OTHER_NETWORK).any():
         panels.append(("regularized PPO on a different network (Markov MLP)",
                        [bc] + [(k, t[t["policy_kind"] == k].sort_values("policy_param"), "label") for k in OTHER_NETWORK], ["posterior"]))
+    def note(r, field: str) -> str:  # a member of a swept family by its parameter (β=10, λ=3), the others by their column
+        symbol = families.describe(r.policy_kind).symbol if field == "label" else None
+        return f"{symbol}={float(r.policy_param):g}" if symbol and r.policy_param == r.policy_param and r.policy_param is not None else str(getattr(r, field))
+
     fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4.6), sharex=True, sharey=True)
+    shown = [float(oracle["trajectory_kl"].max()) if len(oracle) else 0.0]
     for ax, (title, groups, oracles) in zip(axes, panels):
         ax.axhline(float(data["true_return"]), ls="--", color="k", lw=0.8, label="data (KL 0)")
-        for kind, part, note in groups:
+        for kind, part, field in groups:
             if not len(part):
                 continue
             fmt_, color = families.describe(kind).style
             ax.errorbar(part["trajectory_kl"], part["true_return"], yerr=part["true_return_ci95"], fmt=fmt_, color=color, capsize=2,
                         lw=1, label=families.describe(kind).name + (" (the prior)" if kind == "bc" and len(groups) > 1 else ""))
+            shown.append(float(part["trajectory_kl"].max()))
             for r in part.itertuples():
-                ax.annotate(str(getattr(r, note)), (r.trajectory_kl, r.true_return), fontsize=6, xytext=(3, 3), textcoords="offset points")
+                ax.annotate(note(r, field), (r.trajectory_kl, r.true_return), fontsize=6, xytext=(3, 3), textcoords="offset points")
         for fam in oracles:
             part = oracle[oracle["oracle_family"] == fam].sort_values("oracle_param")
             fmt_, color = families.ORACLE_STYLES[fam]
@@ -463,7 +469,7 @@ def plot_questions(table, path: Path) -> Path:
         ax.set_xscale("symlog", linthresh=1.0)
         ax.legend(fontsize=7, loc="lower left")
     # after every panel is drawn: a left limit set per panel would freeze the shared right one at the first panel's data
-    axes[0].set_xlim(0, 1.3 * float(t["trajectory_kl"].max()))
+    axes[0].set_xlim(0, 1.3 * max(shown))  # what the panels show (plain PPO, far out, is in the table, not here)
     axes[0].set_ylabel("true return")
     fig.tight_layout()
     return save_figure(fig, path)
