@@ -354,7 +354,8 @@ POSTERIOR_NOTE = ("Distance to the promised posterior P_β = p_BC(τ)·exp(R(τ)
                   "The posterior's own observed and true return are the pool reweighted by exp(R/β). A seed whose pool has an "
                   f"effective sample size below {MIN_ESS:g} under those weights is listed: its log Z is biased low, and so is its "
                   "distance. TomatoGarden's env is stochastic, so P_β also selects on the env's luck, which no policy can: the "
-                  "distance has a floor above 0 that this run does not separate from optimization error. Snapshots with the same "
+                  "distance has a floor above 0 that this run does not separate from optimization error (on Gamble, whose episodes "
+                  "can all be listed, the luck experiment separates them exactly: dtcond.analysis.soft_optimum). Snapshots with the same "
                   "weights (thresholds crossed between the same two checks, or never crossed: the run's end) act identically and "
                   "share one row, the first of them.")
 GAO_NOTE = ("Gao et al.'s comparison: RLFT-KL's members (β, β = 0 included) against RLFT-stop's (the thresholds), each family's "
