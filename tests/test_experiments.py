@@ -67,7 +67,7 @@ def test_experiment_typo_is_one_line_and_exit_2(tmp_path):
     assert out.stderr.strip().splitlines() == ["goodhart: error: unknown config key seedz; GoodhartConfig takes: env, dataset_id, "
                                                "data_seed, work_dir, seeds, model, data, optim, trainer, checkpoint_every, bc, relabel, "
                                                "esper, rl, finetune, targets, eval, oracles, report, name, fresh, progress, datasets_path, "
-                                               "results_dir, budgets, analyse_only"]
+                                               "results_dir, budgets, prior_budgets, analyse_only"]
     assert not (tmp_path / "work").exists()  # refused before any work
     out = subprocess.run([sys.executable, str(REPO / "experiments" / "goodhart" / "run.py"), "rl.regularized={ppo_kl: [0]}", f"work_dir={tmp_path / 'work'}"],
                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
