@@ -21,6 +21,7 @@ already in the table are not run again, so a rerun does only what is missing. La
     seed<s>/dt_<method>                                          a DT on relabelled returns (``relabel``)
     seed<s>/<kind><param>                                        a regularized family, one run per parameter
                                                                  (ppo_kl1: PPO-KL at β = 1, ppo_om3: ORPO at λ = 3)
+    seed<s>/rlft_kl<β>, seed<s>/rlft_stop, seed<s>/rlft_prior_pool.json   RL fine-tuning of the BC transformer
     episodes.jsonl                                               every episode rolled out here
     report/                                                      this comparison's records and report
 
@@ -375,8 +376,18 @@ def _finetune_seed(config: ComparisonConfig, seed: int, out: Path) -> list[tuple
         # the final policy first: a threshold the run never crossed snapshots the same weights, which then share its episodes
         bundles += [(result.bundle, seconds)] + [(path, 0.0) for path in result.snapshots.values()]
     if ft.betas:
-        prior_pool(prior, ft.prior_pool, seed, out / "rlft_prior_pool.json")
+        prior_pool(prior, ft.prior_pool, seed, out / PRIOR_POOL)
     return bundles
+
+
+PRIOR_POOL = "rlft_prior_pool.json"  # per seed dir: the BC prior's own episodes, the posterior's normalizer
+
+
+def prior_pools(work_dir, seeds) -> dict[int, dict]:
+    """Each seed's prior pool that a comparison with ``finetune.betas`` wrote under ``work_dir`` (seed -> pool), the
+    input of :func:`dtcond.analysis.oracles.posterior_gaps`; a seed without one is left out."""
+    work = Path(work_dir).expanduser().resolve()
+    return {int(s): json.loads(path.read_text()) for s in seeds if (path := work / f"seed{s}" / PRIOR_POOL).exists()}
 
 
 TRAIN_SECONDS = "train_seconds.json"

@@ -379,13 +379,12 @@ def with_posterior(rows: list[dict], posterior: list[dict]) -> list[dict]:
 
 def posterior_markdown(posterior: list[dict]) -> str:
     """The :func:`dtcond.analysis.oracles.posterior_gaps` rows as a markdown table, one line per β."""
-    pm = _pm
     lines = ["| β | seeds | KL to the posterior | KL(p_π‖p_BC) | observed return | true return | posterior's observed return "
              "| posterior's true return | low-ESS seeds |", "|---|---|---|---|---|---|---|---|---|"]
     for r in posterior:
         low = f" (low ESS on {len(r['low_ess_seeds'])} of {len(r['seeds'])} seeds: not evidence)" if r["low_ess_seeds"] else ""
-        lines.append(f"| {r['beta']:g} | {len(r['seeds'])} | {pm(r['kl_to_posterior'], r['kl_to_posterior_ci95'])}{low} "
-                     f"| {pm(r['kl_to_prior'], r['kl_to_prior_ci95'])} | {pm(r['return'], r['return_ci95'])} "
-                     f"| {pm(r['true_return'], r['true_return_ci95'])} | {pm(r['posterior_return'], r['posterior_return_ci95'])} "
-                     f"| {pm(r['posterior_true_return'], r['posterior_true_return_ci95'])} | {r['low_ess_seeds'] or 'none'} |")
+        lines.append(f"| {r['beta']:g} | {len(r['seeds'])} | {_pm(r['kl_to_posterior'], r['kl_to_posterior_ci95'])}{low} "
+                     f"| {_pm(r['kl_to_prior'], r['kl_to_prior_ci95'])} | {_pm(r['return'], r['return_ci95'])} "
+                     f"| {_pm(r['true_return'], r['true_return_ci95'])} | {_pm(r['posterior_return'], r['posterior_return_ci95'])} "
+                     f"| {_pm(r['posterior_true_return'], r['posterior_true_return_ci95'])} | {r['low_ess_seeds'] or 'none'} |")
     return "\n".join(lines)

@@ -425,6 +425,7 @@ def plot_questions(table, path: Path) -> Path:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import pandas as pd
 
     t = table[table["trajectory_kl"].notna() & table["true_return"].notna()]
     data = table[table["policy_kind"] == "data"].iloc[0]
@@ -441,7 +442,7 @@ def plot_questions(table, path: Path) -> Path:
                        [bc] + [(k, t[t["policy_kind"] == k].sort_values("policy_param"), "label") for k in OTHER_NETWORK], ["posterior"]))
     def note(r, field: str) -> str:  # a member of a swept family by its parameter (β=10, λ=3), the others by their column
         symbol = families.describe(r.policy_kind).symbol if field == "label" else None
-        return f"{symbol}={float(r.policy_param):g}" if symbol and r.policy_param == r.policy_param and r.policy_param is not None else str(getattr(r, field))
+        return f"{symbol}={float(r.policy_param):g}" if symbol and pd.notna(r.policy_param) else str(getattr(r, field))
 
     fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4.6), sharex=True, sharey=True)
     shown = [float(oracle["trajectory_kl"].max()) if len(oracle) else 0.0]

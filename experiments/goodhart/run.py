@@ -34,7 +34,7 @@ from dtcond.analysis.statistics import bounded_interval, with_policy_columns  # 
 from dtcond.common.fileio import atomic_write  # noqa: E402
 from dtcond.experiment import (MODE_COLLAPSE_NOTE, BudgetExperimentConfig, add_gap, fmt, fmt_bounded, hydra_entry, machine, numbers,  # noqa: E402
                                results_dir, table_markdown, write_results)
-from dtcond.pipeline import run_comparison  # noqa: E402
+from dtcond.pipeline import prior_pools, run_comparison  # noqa: E402
 from dtcond.analysis.report import plot_frontier, plot_questions  # noqa: E402
 
 
@@ -92,9 +92,7 @@ def main(cfg) -> None:
     collapse = _collapse(table)
     against = [f for f in AGAINST if (df["policy_kind"] == f).any()]
     budgets = budget_comparisons(df, list(cfg.budgets), reference="conditioning", against=against)
-    work = Path(cfg.work_dir).expanduser().resolve()
-    pools = {int(s): json.loads(path.read_text()) for s in cfg.seeds if (path := work / f"seed{s}" / "rlft_prior_pool.json").exists()}
-    posterior = posterior_gaps(df, pools)
+    posterior = posterior_gaps(df, prior_pools(cfg.work_dir, cfg.seeds))
     gao = (budget_comparisons(df, list(cfg.prior_budgets), reference="rlft_kl", against=["rlft_stop"], kl="log_ratio_prior")
            if {"rlft_kl", "rlft_stop"} <= set(df["policy_kind"]) else [])
     seconds: dict[str, list[float]] = {}

@@ -18,7 +18,6 @@ specs, which resolve against its labels rather than the raw returns.
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,7 +31,7 @@ from dtcond.analysis.frontier import BUDGET_NOTE, budget_comparisons, budget_mar
 from dtcond.analysis.oracles import posterior_gaps  # noqa: E402
 from dtcond.analysis.soft_optimum import exact_terms, policy_log_probs  # noqa: E402
 from dtcond.analysis.statistics import mean_ci  # noqa: E402
-from dtcond.pipeline import run_comparison  # noqa: E402
+from dtcond.pipeline import prior_pools, run_comparison  # noqa: E402
 from dtcond.analysis.report import plot_frontier  # noqa: E402
 from dtcond.analysis.statistics import paired_ci, verdict  # noqa: E402
 
@@ -172,17 +171,17 @@ def luck_floor(cfg, df) -> list[dict]:
     import gymnasium as gym
 
     work = Path(cfg.work_dir).expanduser().resolve()
-    pools = {int(s): json.loads(p.read_text()) for s in cfg.seeds if (p := work / f"seed{s}" / "rlft_prior_pool.json").exists()}
-    sampled = {r["beta"]: r for r in posterior_gaps(df, pools)}
+    sampled = {r["beta"]: r for r in posterior_gaps(df, prior_pools(work, cfg.seeds))}
     env = gym.make(cfg.env.id, **dict(cfg.env.kwargs)).unwrapped
     episodes = env.episodes()
+    priors = {int(s): policy_log_probs(path, episodes) for s in cfg.seeds if (path := work / f"seed{s}" / "bc" / "policy").exists()}
     rows = []
     for beta in cfg.finetune.betas:
         per = []
-        for s in cfg.seeds:
-            policy, prior = work / f"seed{s}" / f"rlft_kl{beta:g}" / "policy", work / f"seed{s}" / "bc" / "policy"
-            if policy.exists() and prior.exists():
-                per.append({"seed": int(s), **exact_terms(episodes, policy_log_probs(policy, episodes), policy_log_probs(prior, episodes), beta)})
+        for s, prior in priors.items():
+            policy = work / f"seed{s}" / f"rlft_kl{beta:g}" / "policy"
+            if policy.exists():
+                per.append({"seed": s, **exact_terms(episodes, policy_log_probs(policy, episodes), prior, beta)})
         if not per:
             continue
         row = {"beta": float(beta), "seeds": [p["seed"] for p in per]}

@@ -33,7 +33,7 @@ from dtcond.analysis.report import plot_frontier, plot_questions  # noqa: E402
 from dtcond.analysis.statistics import with_policy_columns  # noqa: E402
 from dtcond.common.fileio import atomic_write  # noqa: E402
 from dtcond.experiment import BudgetExperimentConfig, add_gap, hydra_entry, machine, table_markdown, write_results  # noqa: E402
-from dtcond.pipeline import run_comparison  # noqa: E402
+from dtcond.pipeline import prior_pools, run_comparison  # noqa: E402
 
 
 @dataclass
@@ -62,8 +62,7 @@ def main(cfg) -> None:
         return
     result = run_comparison(cfg)
     df, table = result.records, add_gap(result.records, result.table)
-    work = Path(cfg.work_dir).expanduser().resolve()
-    pools = {int(s): json.loads((work / f"seed{s}" / "rlft_prior_pool.json").read_text()) for s in cfg.seeds}
+    pools = prior_pools(cfg.work_dir, cfg.seeds)
     seconds = {p.label: [] for p in result.policies}
     for p in result.policies:
         seconds[p.label].append(p.train_seconds)
